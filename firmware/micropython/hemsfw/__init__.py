@@ -1,0 +1,1 @@
+# hemsfw: the home controller firmware core (MicroPython subset; also imported by CPython).

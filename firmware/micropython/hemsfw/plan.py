@@ -1,0 +1,50 @@
+# Day plans: the special circuit's planned energy per frame, and the seed's adjustment applied to it.
+#
+# The seed (JP5300899B2, adjustment unit 15) moves *all* of a group's load in one time frame to
+# another frame.  Every member of the group receives the same moves and applies them to its own
+# plan, so the group total moves exactly as the coordinator decided.  Semantics (shared with
+# backend/coordinator/adjust/model.py): moves apply simultaneously to the original plan, each
+# from-frame at most once; curtailment then zeroes the named frames.  MicroPython subset only.
+
+
+def to_quanta(plan_wh, quantum_wh):
+    """Round Wh to the round's quantum (integer units on the wire)."""
+    return [(v + quantum_wh // 2) // quantum_wh for v in plan_wh]
+
+
+def resample(values, frames):
+    """Stretch a plan given at a coarser step (e.g. 24 hourly values) onto `frames` frames.
+
+    Each value is split evenly over its sub-frames, the remainder going to the first ones, so
+    the day's total energy is preserved exactly."""
+    n = len(values)
+    if n == frames:
+        return list(values)
+    if n == 0 or frames % n:
+        raise ValueError("plan length %d does not divide %d frames" % (n, frames))
+    r = frames // n
+    out = []
+    for v in values:
+        q, rem = divmod(v, r)
+        for j in range(r):
+            out.append(q + (1 if j < rem else 0))
+    return out
+
+
+def apply_adjustment(plan, moves, curtail):
+    """Adjusted plan: moves (from, to) applied simultaneously to `plan`, then curtailed frames 0."""
+    out = list(plan)
+    for f, t in moves:
+        out[f] -= plan[f]
+        out[t] += plan[f]
+    for f in curtail:
+        out[f] = 0
+    return out
+
+
+def frame_at(now, start, frame_s, frames):
+    """Index of the frame containing `now`, or None outside the planned day (or time unknown)."""
+    if now is None or now < start:
+        return None
+    k = int((now - start) // frame_s)
+    return k if k < frames else None

@@ -1,0 +1,89 @@
+# End-to-end sealing of a mask seed from a home to one mask broker (DESIGN.md decision 2b).
+#
+# Encrypt-then-MAC built only from SHA-256, which every MicroPython port has (`hashlib.sha256`;
+# `cryptolib` has no CTR mode on the 1.2x unix port and CPython has no `cryptolib` at all):
+#   k_enc = HMAC(key, "enc"), k_mac = HMAC(key, "mac")           (key separation)
+#   keystream block i = HMAC(k_enc, nonce | i)                      (PRF in counter mode)
+#   ct = pt XOR keystream;  tag = HMAC(k_mac, len(ad) | ad | nonce | ct)
+# HMAC-SHA256 is a PRF, so this is IND-CPA + INT-CTXT (Bellare-Namprempre EtM).  The associated
+# data binds broker, home, day, round and report id: a blob moved to another home, broker or round
+# fails the MAC.  The nonce is 16 fresh random bytes per seal (and keys are per home and broker).
+#
+# MicroPython subset only.
+
+import hashlib
+
+TAG_LEN = 32
+NONCE_LEN = 16
+
+
+def hmac_sha256(key, msg):
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    k = bytearray(64)
+    k[:len(key)] = key
+    ipad = bytearray(64)
+    opad = bytearray(64)
+    for i in range(64):
+        ipad[i] = k[i] ^ 0x36
+        opad[i] = k[i] ^ 0x5C
+    inner = hashlib.sha256(ipad)
+    inner.update(msg)
+    outer = hashlib.sha256(opad)
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def _keys(key):
+    return hmac_sha256(key, b"hems/v1 enc"), hmac_sha256(key, b"hems/v1 mac")
+
+
+def _xor_stream(k_enc, nonce, data):
+    out = bytearray(data)
+    i = 0
+    ctr = 0
+    while i < len(out):
+        block = hmac_sha256(k_enc, bytes(nonce) + bytes((ctr & 0xFF, (ctr >> 8) & 0xFF)))
+        n = min(32, len(out) - i)
+        for j in range(n):
+            out[i + j] ^= block[j]
+        i += n
+        ctr += 1
+    return out
+
+
+def _tag(k_mac, ad, nonce, ct):
+    n = len(ad)
+    return hmac_sha256(k_mac, bytes((n & 0xFF, (n >> 8) & 0xFF)) + ad + nonce + ct)
+
+
+def equal_ct(a, b):
+    """Constant-time comparison (no early exit on the first differing byte)."""
+    if len(a) != len(b):
+        return False
+    d = 0
+    for i in range(len(a)):
+        d |= a[i] ^ b[i]
+    return d == 0
+
+
+def seal(key, ad, plaintext, nonce):
+    """Return nonce | ciphertext | tag.  `nonce` must be NONCE_LEN fresh random bytes."""
+    if len(nonce) != NONCE_LEN:
+        raise ValueError("nonce")
+    k_enc, k_mac = _keys(key)
+    ct = _xor_stream(k_enc, nonce, plaintext)
+    return bytes(nonce) + bytes(ct) + _tag(k_mac, ad, nonce, ct)
+
+
+def open_sealed(key, ad, blob):
+    """Inverse of seal(); raises ValueError('bad_mac') on any tampering or wrong key/ad."""
+    if len(blob) < NONCE_LEN + TAG_LEN:
+        raise ValueError("bad_mac")
+    nonce = blob[:NONCE_LEN]
+    ct = blob[NONCE_LEN:len(blob) - TAG_LEN]
+    tag = blob[len(blob) - TAG_LEN:]
+    k_enc, k_mac = _keys(key)
+    if not equal_ct(_tag(k_mac, ad, nonce, ct), tag):
+        raise ValueError("bad_mac")
+    return bytes(_xor_stream(k_enc, nonce, ct))

@@ -1,0 +1,45 @@
+# Persistent state on the device's filesystem with atomic replacement.
+#
+# Write to "<name>.tmp", flush (and fsync where the port has it), then rename over the old file:
+# on littlefs (ESP32/RP2040 default) and POSIX, rename is atomic, so after a power cut the file is
+# either the old or the new version, never a torn mix.  MicroPython subset only.
+
+import json
+import os
+
+
+class Store:
+    def __init__(self, root):
+        self.root = root
+        try:
+            os.mkdir(root)
+        except OSError:
+            pass  # exists
+
+    def path(self, name):
+        return self.root + "/" + name
+
+    def write(self, name, obj):
+        p = self.path(name)
+        tmp = p + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(obj))
+            f.flush()
+            fsync = getattr(os, "fsync", None)
+            if fsync is not None:
+                fsync(f.fileno())
+        os.rename(tmp, p)
+
+    def read(self, name, default=None):
+        try:
+            with open(self.path(name)) as f:
+                return json.loads(f.read())
+        except (OSError, ValueError):
+            # Missing, or unreadable: a torn .tmp never replaces the file, so ValueError here
+            # means the storage itself is corrupt; start from the default rather than crash.
+            return default
+
+    def append_line(self, name, obj):
+        # Append-only log (the lab relay log): one JSON object per line.
+        with open(self.path(name), "a") as f:
+            f.write(json.dumps(obj) + "\n")

@@ -1,8 +1,8 @@
 # Known-answer vectors (tests/vectors/*.json, made by an independent CPython implementation)
 # checked against the firmware core.  MicroPython subset: runs under `micropython` and CPython.
 
-import json
 import binascii
+import json
 
 from hemsfw import masking, plan, protocol, seal
 

@@ -1,4 +1,4 @@
-# Day plans: the special circuit's planned energy per frame, and the seed's adjustment applied to it.
+# Day plans: the special circuit's planned energy per frame, and the adjustment applied to it.
 #
 # The seed (JP5300899B2, adjustment unit 15) moves *all* of a group's load in one time frame to
 # another frame.  Every member of the group receives the same moves and applies them to its own
@@ -8,8 +8,19 @@
 
 
 def to_quanta(plan_wh, quantum_wh):
-    """Round Wh to the round's quantum (integer units on the wire)."""
-    return [(v + quantum_wh // 2) // quantum_wh for v in plan_wh]
+    """Wh per frame -> integer quanta of the round's `quantum_wh` (the wire unit).
+
+    Rounds the running total rather than each frame, so the day's energy is kept to within half
+    a quantum (rounding frames one by one could lose or invent half a quantum per frame)."""
+    out = []
+    acc = 0
+    prev = 0
+    for v in plan_wh:
+        acc += v
+        q = (acc + quantum_wh // 2) // quantum_wh
+        out.append(q - prev)
+        prev = q
+    return out
 
 
 def resample(values, frames):

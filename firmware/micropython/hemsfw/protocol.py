@@ -5,9 +5,9 @@
 # pin it down.  Every parser raises ValueError(reason) with a short machine-readable reason code;
 # the services log and count rejections by that code.
 
-import json
-import hashlib
 import binascii
+import hashlib
+import json
 
 VERSION = 1
 PREFIX = "hems/v1"

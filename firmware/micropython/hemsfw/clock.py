@@ -1,0 +1,97 @@
+# Clocks and loop timing for the home runtime (adapters of the sans-I/O core, DESIGN.md decision 6).
+#
+# A clock's now() returns epoch seconds (1970 epoch) or None while the time is unknown.  The core
+# (home.relay_on) maps None to the configured safe state, so a controller that boots without
+# network time never drives its relay from a guessed frame (DESIGN.md decision 9).
+#
+# MicroPython subset only: runs on the unix port, on boards and under CPython.
+
+import time
+
+from hemsfw import protocol
+
+# MicroPython boards before 1.22 (and some ports still) count from 2000-01-01: normalise to 1970
+# so the announcement's `start` (Unix epoch, docs/protocol.md) compares directly.
+_EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
+
+# An RTC that has never been set reads 2000-01-01 (boards) or whatever the host says; anything
+# before 2024-01-01 is "not synchronised yet" (NTP has not run).
+VALID_AFTER = 1704067200
+
+
+# ------------------------------------------------------------------ loop timing (monotonic)
+
+if hasattr(time, "ticks_ms"):
+    ticks_ms = time.ticks_ms
+    ticks_diff = time.ticks_diff
+    ticks_add = time.ticks_add
+    sleep_ms = time.sleep_ms
+else:  # CPython
+    def ticks_ms():
+        return int(time.monotonic() * 1000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+    def ticks_add(a, b):
+        return a + b
+
+    def sleep_ms(ms):
+        time.sleep(ms / 1000)
+
+
+# ------------------------------------------------------------------ wall clocks
+
+
+class SystemClock:
+    """The board's or host's clock, trusted only once it looks synchronised (NTP/RTC)."""
+
+    topic = None  # nothing to subscribe to
+
+    def __init__(self, valid_after=VALID_AFTER):
+        self.valid_after = valid_after
+
+    def now(self):
+        # Boards return an int (float is single precision there, useless for epoch seconds);
+        # the unix port and CPython return a float.  Both work with plan.frame_at.
+        t = time.time() + _EPOCH_OFFSET
+        return t if t >= self.valid_after else None
+
+    def update(self, obj):
+        raise ValueError("not_lab_clock")
+
+
+class LabClock:
+    """Accelerated virtual time for the lab (the lab's stand-in for NTP).
+
+    Set by the retained `hems/v1/lab/clock` message
+    {"v":1, "anchor": <real epoch s>, "virtual": <virtual epoch s at anchor>, "speed": <float>}:
+    now() = virtual + (real now - anchor) * speed.  A day of 96 frames can then play out in seconds
+    while every component agrees on the frame (they all read the same retained anchor)."""
+
+    topic = protocol.t_clock()
+
+    def __init__(self, real=time.time):
+        self.real = real
+        self.anchor = None
+        self.virtual = 0
+        self.speed = 1.0
+
+    def update(self, obj):
+        """A decoded lab/clock message; raises ValueError(reason) if malformed."""
+        a = obj.get("anchor")
+        v = obj.get("virtual")
+        s = obj.get("speed")
+        for x in (a, v, s):
+            if not isinstance(x, (int, float)) or isinstance(x, bool):
+                raise ValueError("bad_clock")
+        if not 0 < s <= 1e6 or a < 0 or v < 0:
+            raise ValueError("bad_clock")
+        self.anchor = a
+        self.virtual = v
+        self.speed = s
+
+    def now(self):
+        if self.anchor is None:
+            return None
+        return self.virtual + (self.real() - self.anchor) * self.speed

@@ -1,0 +1,163 @@
+# paho-mqtt 2.x behind umqtt.simple's MQTTClient interface: the MQTT adapter under CPython
+# (Raspberry Pi, and the CPython run of the lab/tests).  The runner (hemsfw/runner.py) sees the same
+# small synchronous interface on every platform: connect / set_callback / set_last_will /
+# subscribe / publish / check_msg / ping / disconnect (+ close).
+#
+# paho is driven by hand with loop(timeout=0) from check_msg(): no background thread, so callbacks
+# run inside the runner's loop exactly like umqtt's.  Every blocking step (CONNACK, SUBACK, PUBACK)
+# waits at most `timeout_s` and then raises OSError, which the runner treats as a lost link
+# (DESIGN.md decision 8).  paho sends PINGREQs itself from loop() and drops a link whose PINGRESP
+# does not come, so ping() is a no-op here.
+#
+# CPython only (imported by run_home.py when sys.implementation.name != "micropython").
+
+import ssl
+import time
+
+import paho.mqtt.client as mqtt
+
+
+class MQTTException(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, client_id, server, port=1883, user=None, password=None, keepalive=30,
+                 timeout_s=5, cadata=None):
+        self.client_id = client_id
+        self.server = server
+        self.port = port
+        self.user = user
+        self.pswd = password
+        self.keepalive = keepalive
+        self.timeout_s = timeout_s
+        self.cadata = cadata  # DER (or PEM text) of the CA; None = plain MQTT
+        self.cb = None
+        self.will = None
+        self._c = None
+        self._connack = None
+        self._subacks = {}
+        self._lost = False
+
+    # -------------------------------------------------------------- umqtt.simple interface
+
+    def set_callback(self, f):
+        self.cb = f
+
+    def set_last_will(self, topic, msg, retain=False, qos=0):
+        self.will = (topic, msg, qos, retain)
+
+    def connect(self, clean_session=True):
+        """A fresh paho client per connection (no paho-internal reconnect state); blocks until
+        CONNACK or timeout_s.  Returns the session-present flag like umqtt."""
+        self.close()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                        clean_session=clean_session, reconnect_on_failure=False)
+        c.connect_timeout = self.timeout_s
+        if self.user is not None:
+            c.username_pw_set(self.user, self.pswd)
+        if self.will is not None:
+            t, m, q, r = self.will
+            c.will_set(t, m, q, r)
+        if self.cadata is not None:
+            ctx = ssl.create_default_context(cadata=self.cadata)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            c.tls_set_context(ctx)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        self._connack = None
+        self._lost = False
+        self._subacks = {}
+        self._c = c
+        c.connect(self.server, self.port, self.keepalive)  # TCP connect bounded by connect_timeout
+        self._wait(lambda: self._connack is not None, "CONNACK")
+        flags, rc = self._connack
+        if rc.is_failure:
+            self.close()
+            raise MQTTException(rc.value)
+        return 1 if flags.session_present else 0
+
+    def subscribe(self, topic, qos=0):
+        rc, mid = self._c.subscribe(topic, qos)
+        self._check(rc)
+        self._wait(lambda: mid in self._subacks, "SUBACK")
+        codes = self._subacks.pop(mid)
+        if any(x.is_failure for x in codes):
+            raise MQTTException(0x80)
+
+    def publish(self, topic, msg, retain=False, qos=0):
+        info = self._c.publish(topic, msg, qos, retain)
+        self._check(info.rc)
+        if qos:
+            self._wait(info.is_published, "PUBACK")
+
+    def check_msg(self):
+        """Process whatever has arrived (non-blocking); OSError when the link is gone."""
+        if self._c is None:
+            raise OSError("not connected")
+        self._check(self._c.loop(timeout=0))
+        if self._lost:
+            raise OSError("connection lost")
+
+    def ping(self):
+        pass  # paho's loop() keeps the connection alive (PINGREQ / PINGRESP timeout)
+
+    def disconnect(self):
+        """Graceful DISCONNECT (the broker then discards the last will)."""
+        c = self._c
+        if c is not None:
+            try:
+                c.disconnect()
+                c.loop(timeout=0)
+            finally:
+                self.close()
+
+    def close(self):
+        """Drop the socket without DISCONNECT (keeps the last will armed on a link failure)."""
+        c = self._c
+        self._c = None
+        if c is not None:
+            sock = c.socket()
+            if sock is not None:
+                sock.close()   # closing a socket twice is harmless; this cannot raise
+
+    # -------------------------------------------------------------- internals
+
+    def _check(self, rc):
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise OSError("mqtt: " + mqtt.error_string(rc))
+
+    def _wait(self, done, what):
+        deadline = time.monotonic() + self.timeout_s
+        while not done():
+            if self._lost:
+                raise OSError("connection lost waiting for " + what)
+            if time.monotonic() >= deadline:
+                raise OSError("timeout waiting for " + what)
+            self._check(self._c.loop(timeout=0.05))
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self._connack = (flags, reason_code)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self._lost = True
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        self._subacks[mid] = reason_codes
+
+    def _on_message(self, client, userdata, msg):
+        # umqtt passes the topic as bytes: keep the same types on both platforms.
+        if self.cb is not None:
+            self.cb(msg.topic.encode(), msg.payload)
+
+
+def make_client(mcfg, client_id):
+    """Client from the config's "mqtt" section (hemsfw.config)."""
+    cadata = None
+    if mcfg.get("cafile_der"):
+        with open(mcfg["cafile_der"], "rb") as f:
+            cadata = f.read()
+    return Client(client_id, mcfg["host"], mcfg["port"], mcfg["user"], mcfg["password"],
+                  mcfg["keepalive"], mcfg["timeout_s"], cadata)

@@ -1,0 +1,157 @@
+# umqtt.simple with timeouts and TLS: the MQTT adapter on MicroPython (unix port and boards).
+#
+# Why a wrapper (DESIGN.md decision 8): umqtt.simple 1.3.4 has no timeouts at all.  Its connect()
+# opens a blocking socket (a dead broker hangs the TCP connect), a QoS 1 publish waits for the
+# PUBACK forever, and check_msg() sets the socket non-blocking for the first byte and then calls
+# setblocking(True), which on MicroPython also clears any timeout, so a half-received packet blocks
+# the loop (and the relay) forever.  Its TLS path imports `ussl`, which 1.23+ no longer has.
+#
+# So: connect() is re-implemented here (same CONNECT packet as umqtt, with a timed TCP connect and
+# TLS via `tls.SSLContext`), and the socket handed to umqtt is wrapped so setblocking(True) means
+# "blocking with our timeout".  Any stall then surfaces as OSError(ETIMEDOUT) and the runner
+# reconnects.  ping() raises OSError when nothing has arrived for 1.5 keepalives (the MQTT rule for
+# a dead link), which catches half-open TCP connections a write would not notice.
+#
+# MicroPython only (umqtt.simple, socket.read/write streams).
+
+import socket
+import struct
+
+from umqtt.simple import MQTTClient, MQTTException
+
+from hemsfw.clock import ticks_diff, ticks_ms
+
+
+class _TimedSock:
+    """The stream umqtt reads and writes, with setblocking(True) mapped to a bounded timeout."""
+
+    def __init__(self, raw, stream, timeout_s):
+        self.raw = raw          # the TCP socket (owns the timeout)
+        self.stream = stream    # raw itself, or the TLS socket wrapping it
+        self.timeout = timeout_s
+        self.last_rx = ticks_ms()
+        raw.settimeout(timeout_s)
+
+    def read(self, n):
+        b = self.stream.read(n)
+        if b:
+            self.last_rx = ticks_ms()
+        return b
+
+    def write(self, buf, n=None):
+        if n is None:
+            return self.stream.write(buf)
+        return self.stream.write(buf, n)
+
+    def setblocking(self, flag):
+        self.raw.settimeout(self.timeout if flag else 0)
+
+    def close(self):
+        try:
+            self.stream.close()
+        finally:
+            if self.stream is not self.raw:
+                self.raw.close()
+
+
+def _str(s):
+    if isinstance(s, str):
+        s = s.encode()
+    return struct.pack("!H", len(s)) + s
+
+
+def load_der(path):
+    """Read a DER CA certificate (MicroPython's load_verify_locations(cadata=) wants DER)."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class Client(MQTTClient):
+    """umqtt.simple.MQTTClient with bounded waits, reconnectable with connect(), optional TLS."""
+
+    def __init__(self, client_id, server, port=1883, user=None, password=None, keepalive=30,
+                 timeout_s=5, cadata=None):
+        MQTTClient.__init__(self, client_id, server, port, user, password, keepalive)
+        self.timeout_s = timeout_s
+        self.cadata = cadata  # DER bytes of the CA that signed the broker's certificate, or None
+
+    def _open(self):
+        addr = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0][-1]
+        raw = socket.socket()
+        try:
+            raw.settimeout(self.timeout_s)
+            raw.connect(addr)
+            stream = raw
+            if self.cadata is not None:
+                import tls  # MicroPython 1.23+: the C module under `ssl`
+
+                ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+                ctx.verify_mode = tls.CERT_REQUIRED
+                ctx.load_verify_locations(self.cadata)  # the C method: DER bytes, positional
+                stream = ctx.wrap_socket(raw, server_hostname=self.server)
+        except BaseException:
+            raw.close()
+            raise
+        return _TimedSock(raw, stream, self.timeout_s)
+
+    def connect(self, clean_session=True):
+        """CONNECT and wait for CONNACK (bounded); returns the session-present flag."""
+        self.close()
+        self.sock = self._open()
+        flags = (clean_session and 0x02) or 0
+        payload = _str(self.client_id)
+        if self.lw_topic:
+            flags |= 0x04 | (self.lw_qos << 3) | ((self.lw_retain and 0x20) or 0)
+            payload += _str(self.lw_topic) + _str(self.lw_msg)
+        if self.user is not None:
+            flags |= 0xC0
+            payload += _str(self.user) + _str(self.pswd)
+        var = b"\x00\x04MQTT\x04" + bytes((flags, self.keepalive >> 8, self.keepalive & 0xFF))
+        body = var + payload
+        n = len(body)
+        head = bytearray(b"\x10")
+        while True:  # remaining length, MQTT variable-length encoding
+            b = n & 0x7F
+            n >>= 7
+            head.append(b | 0x80 if n else b)
+            if not n:
+                break
+        self.sock.write(bytes(head) + body)
+        resp = self.sock.read(4)
+        if not resp or len(resp) != 4 or resp[0] != 0x20 or resp[1] != 0x02:
+            raise OSError("bad CONNACK")
+        if resp[3] != 0:
+            raise MQTTException(resp[3])  # 4 = bad user/password, 5 = not authorised
+        self.pid = 0
+        return resp[2] & 1
+
+    def ping(self):
+        """PINGREQ; OSError if the broker has been silent for 1.5 keepalives (dead link)."""
+        if self.keepalive and ticks_diff(ticks_ms(), self.sock.last_rx) > 1500 * self.keepalive:
+            raise OSError("keepalive timeout")
+        MQTTClient.ping(self)
+
+    def close(self):
+        """Drop the socket without DISCONNECT (keeps the last will armed on a link failure)."""
+        s = self.sock
+        self.sock = None
+        if s is not None:
+            try:
+                s.close()
+            except OSError as e:   # TLS close_notify on a dead link: nothing left to do
+                return e
+        return None
+
+    def disconnect(self):
+        """Graceful DISCONNECT (the broker then discards the last will), then close."""
+        try:
+            self.sock.write(b"\xe0\x00")
+        finally:
+            self.close()
+
+
+def make_client(mcfg, client_id):
+    """Client from the config's "mqtt" section (hemsfw.config)."""
+    cadata = load_der(mcfg["cafile_der"]) if mcfg.get("cafile_der") else None
+    return Client(client_id, mcfg["host"], mcfg["port"], mcfg["user"], mcfg["password"],
+                  mcfg["keepalive"], mcfg["timeout_s"], cadata)

@@ -1,0 +1,75 @@
+# Special-power relay drivers (the seed's HEMS server switching the special circuit).
+#
+# Interface: relay.set(on, frame) is called on every loop turn with the state the stored plan wants
+# (home.relay_on) and the current frame index (None outside the planned day or while the time is
+# unknown).  Drivers act only when the state changes.  Every driver puts the relay in the configured
+# safe state at construction, i.e. at boot before any network or clock exists (DESIGN.md
+# decision 9, the Tasmota/ESPHome "power-on state" convention).
+#
+# MicroPython subset; `machine` is imported only by PinRelay (boards), never at module import, so
+# the unix port and CPython import this module without it.
+
+
+class Relay:
+    """Base driver: tracks the state; subclasses implement _drive(on) and may _record()."""
+
+    def __init__(self, safe_state=False):
+        self.on = None
+        self.switches = 0
+        self.set(bool(safe_state), None)
+
+    def set(self, on, frame):
+        on = bool(on)
+        if on == self.on:
+            return False
+        self._drive(on)
+        self.on = on
+        self.switches += 1
+        self._record(on, frame)
+        return True
+
+    def _drive(self, on):
+        pass
+
+    def _record(self, on, frame):
+        pass
+
+
+class LabRelay(Relay):
+    """No hardware: appends one JSON line per switch to <state_dir>/relay.log (Store.append_line):
+    {"frame": k or null, "on": bool, "t": virtual epoch s or null}; the first line is the boot
+    safe state and also carries "boot": true.  The lab report and the tests replay this log."""
+
+    LOG = "relay.log"
+
+    def __init__(self, store, clock, safe_state=False):
+        self.store = store
+        self.clock = clock
+        Relay.__init__(self, safe_state)
+
+    def _record(self, on, frame):
+        rec = {"frame": frame, "on": on, "t": self.clock.now()}
+        if self.switches == 1:
+            rec["boot"] = True
+        self.store.append_line(self.LOG, rec)
+
+
+class PinRelay(Relay):
+    """A GPIO driving the relay (ESP32, Pico W): machine.Pin, active-high or active-low.
+
+    The pin is created already at the safe level (Pin(..., value=...)), so the output never
+    glitches to the wrong state between pin setup and the first set()."""
+
+    def __init__(self, pin, active_low=False, safe_state=False):
+        import machine  # boards only
+
+        self.active_low = bool(active_low)
+        level = self._level(bool(safe_state))
+        self.pin = machine.Pin(pin, machine.Pin.OUT, value=level)
+        Relay.__init__(self, safe_state)
+
+    def _level(self, on):
+        return 0 if on == self.active_low else 1
+
+    def _drive(self, on):
+        self.pin.value(self._level(on))

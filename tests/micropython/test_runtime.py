@@ -1,0 +1,337 @@
+# The device runtime around the core (runner, clocks, relays, config) with fake adapters, under
+# MicroPython and CPython.  The real-network version is tests/test_firmware_mqtt.py.
+
+import json
+import sys
+
+from fakes import CountingRandom, FakeClient, FakeClock, FakeRelay, MemStore, Ticks
+
+from hemsfw import clock, config, protocol, relay, runner
+
+KEY = "c8" * 32
+START = 1795824000
+DAY = "2026-11-28"
+
+
+def _cfg(**kw):
+    c = {"home_id": "h1",
+         "mqtt": {"host": "127.0.0.1", "port": 1883, "user": "h1", "password": "pw"},
+         "magnification": 2, "plan_wh": [0, 300, 0, 500], "keys": {"mb1": KEY},
+         "state_dir": "/tmp/x", "clock": "lab"}
+    for k in kw:
+        c[k] = kw[k]
+    return config.check(c)
+
+
+def _round(rnd=1):
+    return protocol.encode(protocol.make_round(DAY, rnd, 4, 900, 100, START, START - 60, ["mb1"]))
+
+
+def _adj(moves, rnd=1):
+    return protocol.encode(protocol.make_adjustment(DAY, rnd, "g1", moves, [], START + 86400))
+
+
+def _setup(**kw):
+    cl = FakeClient()
+    ck = FakeClock(topic=protocol.t_clock())
+    rl = FakeRelay()
+    st = MemStore()
+    logs = []
+    tk = Ticks()
+    r = runner.Runner(_cfg(**kw), cl, ck, rl, st, lambda *a: logs.append(a), CountingRandom(),
+                      ticks=tk)
+    return _Harness(r, cl, ck, rl, st, logs, tk)
+
+
+class _Harness:
+    def __init__(self, r, cl, ck, rl, st, logs, tk):
+        self.r, self.cl, self.ck, self.rl, self.st, self.logs, self.tk = r, cl, ck, rl, st, logs, tk
+
+
+def _logged(logs, text):
+    return any(text in " ".join([str(x) for x in a]) for a in logs)
+
+# ------------------------------------------------------------------ runner
+
+
+def test_connect_sequence():
+    h = _setup()
+    h.r.step()
+    assert h.cl.connects == 1 and h.cl.clean is False
+    assert h.cl.will == ("hems/v1/status/h1", b"offline", True, 1)
+    assert h.cl.published[0] == ("hems/v1/status/h1", b"online", True, 1)
+    assert [t for t, q in h.cl.subscribed] == [
+        "hems/v1/round", "hems/v1/adjust/h1", "hems/v1/reply/+/h1", "hems/v1/lab/clock"]
+    assert h.rl.calls[-1] == (False, None)   # time unknown: safe state
+
+
+def test_round_publishes_qos1_not_retained_then_marks_sent():
+    h = _setup()
+    h.r.step()
+    h.cl.inject("hems/v1/round", _round())
+    h.r.step()
+    sent = h.cl.published[1:]
+    assert [(t, ret, q) for t, _, ret, q in sent] == [
+        ("hems/v1/plan/h1", False, 1), ("hems/v1/mask/mb1/h1", False, 1)]
+    assert h.st.read("round.json")["sent"] is True
+    # the retained round comes again (e.g. after a reconnect): nothing is re-sent
+    h.cl.inject("hems/v1/round", _round())
+    h.r.step()
+    assert len(h.cl.published) == 3
+
+
+def test_relay_follows_plan_and_adjustment():
+    h = _setup(safe_state=True)
+    h.r.step()
+    h.cl.inject("hems/v1/round", _round())
+    h.r.step()
+    assert h.rl.on is True                       # time unknown: safe state (on here)
+    h.cl.inject("hems/v1/lab/clock", ('{"v":1,"virtual":' + str(START + 1) + "}").encode())
+    h.r.step()
+    assert h.rl.calls[-1] == (False, 0)          # plan [0, 3, 0, 5]
+    h.ck.t = START + 900
+    h.r.step()
+    assert h.rl.calls[-1] == (True, 1)
+    h.cl.inject("hems/v1/adjust/h1", _adj([[1, 2]]))
+    h.r.step()
+    assert h.rl.calls[-1] == (False, 1)          # frame 1 moved to frame 2
+    h.ck.t = START + 1800
+    h.r.step()
+    assert h.rl.calls[-1] == (True, 2)
+    assert _logged(h.logs, "adjustment applied")
+
+
+def test_malformed_messages_are_logged_not_fatal():
+    h = _setup()
+    h.r.step()
+    for t, p in (("hems/v1/round", b"{"), ("hems/v1/round", b'{"v":1}'),
+                 ("hems/v1/adjust/h1", b"\xff\xfe"), ("hems/v1/adjust/h1", _adj([[0, 1]])),
+                 ("hems/v1/lab/clock", b'{"v":1}'), ("hems/v1/other", b'{"v":1}'),
+                 ("hems/v1/reply/mb1/h1", b'{"v":1,"status":"rejected","reason":"late"}')):
+        h.cl.inject(t, p)
+        h.r.step()
+    assert _logged(h.logs, "bad_json")
+    assert _logged(h.logs, "bad_day")
+    assert _logged(h.logs, "adjustment ignored: no_plan")
+    assert _logged(h.logs, "bad_clock")
+    assert _logged(h.logs, "unexpected topic")
+    assert _logged(h.logs, "reply from mb1: rejected late")
+    assert h.r.online and h.st.read("round.json") is None
+
+
+def test_link_loss_backoff_and_relay_keeps_running():
+    h = _setup()
+    h.r.step()
+    h.cl.inject("hems/v1/round", _round())
+    h.r.step()
+    h.ck.t = START + 1
+    h.cl.fail["check_msg"] = 1
+    h.r.step()
+    assert not h.r.online and h.cl.closed == 1
+    # offline: the relay keeps following the stored plan
+    h.ck.t = START + 900
+    h.r.step()
+    assert h.rl.on is True and h.rl.calls[-1] == (True, 1)
+    assert h.cl.connects == 1                       # still waiting: backoff 0.5-1 s
+    h.cl.fail["connect"] = 1
+    h.tk.ms += 1000
+    h.r.step()                                      # attempt fails: backoff doubles
+    assert h.cl.connects == 1 and not h.r.online
+    assert h.r.backoff == 4 * runner.BACKOFF_MIN_MS
+    h.tk.ms += 1000
+    h.r.step()
+    assert not h.r.online                           # 1-2 s now
+    h.tk.ms += 1000
+    h.r.step()
+    assert h.r.online and h.cl.connects == 2
+    assert _logged(h.logs, "link down")
+
+
+def test_publish_failure_resends_same_report_after_reconnect():
+    h = _setup()
+    h.r.step()
+    h.cl.fail["publish"] = 1
+    h.cl.inject("hems/v1/round", _round())
+    h.r.step()
+    assert not h.r.online and h.st.read("round.json")["sent"] is False
+    h.tk.ms += 1000
+    h.r.step()                                       # reconnect; the retained round comes again
+    h.cl.inject("hems/v1/round", _round())
+    h.r.step()
+    plans = [json.loads(p) for t, p, _, _ in h.cl.published if t == "hems/v1/plan/h1"]
+    assert len(plans) == 1 and plans[0]["report_id"] == h.st.read("round.json")["report_id"]
+    assert h.st.read("round.json")["sent"] is True
+
+
+def test_keepalive_pings():
+    h = _setup()
+    h.r.step()
+    h.tk.ms += 14000
+    h.r.step()
+    assert h.cl.pings == 0
+    h.tk.ms += 1000
+    h.r.step()
+    assert h.cl.pings == 1
+
+
+def test_exit_after_day():
+    h = _setup(exit_after_day=True)
+    h.r.step()
+    assert h.r.step() is False                       # no plan yet
+    h.cl.inject("hems/v1/round", _round())
+    h.ck.t = START + 3599
+    assert h.r.step() is False
+    h.ck.t = START + 3600
+    assert h.r.step() is True
+    h.r.shutdown()
+    assert h.cl.published[-1] == ("hems/v1/status/h1", b"offline", True, 1)
+    assert not h.cl.connected
+
+
+def test_corrupt_state_falls_back_to_safe_state():
+    h = _setup(safe_state=True)
+    h.r.step()
+    h.cl.inject("hems/v1/round", _round())
+    h.r.step()
+    h.r.home.state["plan"] = []            # as if the stored plan were damaged
+    h.r.home.state["adjusted"] = None
+    h.ck.t = START + 10
+    h.r.step()
+    h.r.step()
+    assert h.rl.calls[-1] == (True, None)
+    assert len([a for a in h.logs if "relay:" in str(a[0])]) == 1
+
+# ------------------------------------------------------------------ clocks
+
+
+def test_lab_clock():
+    real = [1000.0]
+    c = clock.LabClock(lambda: real[0])
+    assert c.now() is None
+    c.update({"v": 1, "anchor": 1000.0, "virtual": START, "speed": 3600})
+    real[0] = 1000.5
+    assert c.now() == START + 1800
+    for bad in ({"anchor": 1, "virtual": 2}, {"anchor": 1, "virtual": 2, "speed": 0},
+                {"anchor": True, "virtual": 2, "speed": 1}, {"anchor": 1, "virtual": "x",
+                                                              "speed": 1}):
+        try:
+            c.update(bad)
+            raise AssertionError(f"accepted {bad!r}")
+        except ValueError as e:
+            assert str(e) == "bad_clock"
+    assert c.now() == START + 1800
+    assert clock.LabClock.topic == "hems/v1/lab/clock"
+
+
+def test_system_clock_unknown_before_sync():
+    assert clock.SystemClock(valid_after=1 << 40).now() is None
+    t = clock.SystemClock(valid_after=0).now()
+    assert t is not None and t > 1704067200
+    assert clock.SystemClock.topic is None
+
+
+def test_ticks():
+    a = clock.ticks_ms()
+    clock.sleep_ms(2)
+    assert clock.ticks_diff(clock.ticks_ms(), a) >= 1
+    assert clock.ticks_diff(clock.ticks_add(a, 5), a) == 5
+
+# ------------------------------------------------------------------ relays
+
+
+def test_lab_relay_logs_switches_only():
+    st = MemStore()
+    ck = FakeClock()
+    r = relay.LabRelay(st, ck, safe_state=False)
+    ck.t = 5
+    r.set(False, 0)
+    r.set(True, 1)
+    r.set(True, 2)
+    ck.t = 9
+    r.set(False, None)
+    assert st.lines["relay.log"] == [
+        {"frame": None, "on": False, "t": None, "boot": True},
+        {"frame": 1, "on": True, "t": 5},
+        {"frame": None, "on": False, "t": 9}]
+
+
+class _Pin:
+    OUT = 1
+
+    def __init__(self, n, mode, value=None):
+        self.n = n
+        self.levels = [value]
+
+    def value(self, v):
+        self.levels.append(v)
+
+
+class _Machine:
+    Pin = _Pin
+
+
+def test_pin_relay_levels():
+    saved = sys.modules.get("machine")
+    sys.modules["machine"] = _Machine
+    try:
+        hi = relay.PinRelay(5, active_low=False, safe_state=False)
+        hi.set(True, 0)
+        hi.set(False, 1)
+        # created at the safe level, driven to it again by the boot set(), then switched
+        assert hi.pin.levels == [0, 0, 1, 0]
+        lo = relay.PinRelay(6, active_low=True, safe_state=True)
+        lo.set(False, 0)
+        assert lo.pin.levels == [0, 0, 1]      # on = low (active-low), then off = high
+    finally:
+        if saved is None:
+            del sys.modules["machine"]
+        else:
+            sys.modules["machine"] = saved
+
+# ------------------------------------------------------------------ config
+
+
+def _bad(patch, text):
+    c = {"home_id": "h1", "mqtt": {"host": "h", "user": "h1", "password": "p"},
+         "plan_wh": [1], "keys": {"mb1": KEY}, "state_dir": "/s"}
+    for k in patch:
+        c[k] = patch[k]
+    try:
+        config.check(c)
+    except config.ConfigError as e:
+        assert text in str(e), str(e)
+        return
+    raise AssertionError(f"accepted {patch!r}")
+
+
+def test_config_defaults():
+    c = config.check({"home_id": "h1", "mqtt": {"host": "h", "user": "h1", "password": "p"},
+                      "plan_wh": [1], "keys": {"mb1": KEY}, "state_dir": "/s"})
+    assert c["mqtt"]["port"] == 1883 and c["mqtt"]["keepalive"] == 30
+    assert c["mqtt"]["cafile_der"] is None and c["mqtt"]["timeout_s"] == 5
+    assert (c["board"], c["clock"], c["safe_state"], c["exit_after_day"], c["loop_ms"],
+            c["magnification"]) == ("unix", "system", False, False, 20, 1)
+
+
+def test_config_errors():
+    _bad({"home_id": "H 1"}, "home_id")
+    _bad({"mqtt": {"host": "h", "user": "h2", "password": "p"}}, "mqtt.user must equal")
+    _bad({"mqtt": {"user": "h1", "password": "p"}}, "missing key mqtt.host")
+    _bad({"mqtt": {"host": "h", "user": "h1", "password": "p", "port": 0}}, "mqtt.port")
+    _bad({"keys": {"mb1": "zz"}}, "keys.mb1")
+    _bad({"keys": {}}, "keys")
+    _bad({"plan_wh": [1, -1]}, "plan_wh")
+    _bad({"plan_wh": "x"}, "plan_wh")
+    _bad({"board": "arduino"}, "board")
+    _bad({"clock": "gps"}, "clock")
+    _bad({"safe_state": 1}, "safe_state")
+    _bad({"board": "esp32"}, "missing key relay")
+    _bad({"state_dir": None}, "state_dir")
+
+
+def test_config_load_errors():
+    try:
+        config.load("/nonexistent/config.json")
+        raise AssertionError("loaded")
+    except config.ConfigError as e:
+        assert "cannot read" in str(e)

@@ -1,0 +1,368 @@
+"""The home firmware as a real process against a real mosquitto (integration).
+
+run_home.py runs under the MicroPython unix port (umqtt.simple) and under CPython (paho adapter).
+The test plays the coordinator, the mask broker mb1 and the lab clock with paho clients, and
+checks end to end: the masked plan unmasks exactly with the sealed seed, the adjustment is applied,
+and the relay log follows the adjusted plan frame by frame over an accelerated day.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from backend.common.broker import Mosquitto, TLSFiles
+from hemsfw import masking, plan, protocol, seal
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+FW = REPO / "firmware" / "micropython"
+MPYLIB = REPO / ".venv" / "lib" / "micropython"
+MICROPYTHON = REPO / ".venv" / "bin" / "micropython"
+
+HOME = "h1"
+FRAMES = 24
+FRAME_S = 3600
+QUANTUM = 100
+DAY = "2026-11-28"
+START = 1795824000  # 2026-11-28T00:00:00Z
+PLAN_WH = [0, 0, 0, 0, 0, 0, 500, 1200, 0, 0, 800, 0,
+           0, 0, 0, 0, 0, 300, 1500, 2000, 0, 0, 0, 0]
+MOVES = [[7, 9], [18, 21], [6, 0]]
+CURTAIL = [10]
+DAY_REAL_S = 3.0  # the whole accelerated day, in real seconds
+
+
+@dataclass
+class Lab:
+    broker: Mosquitto
+    passwords: dict[str, str]
+    key_hex: str
+    tmp: Path
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    pw = {u: secrets.token_hex(8) for u in (HOME, "coordinator", "mb1", "lab")}
+    broker = Mosquitto(tmp_path / "broker", pw, ["mb1"]).start()
+    try:
+        yield Lab(broker, pw, secrets.token_hex(32), tmp_path)
+    finally:
+        broker.stop()
+
+
+def make_tls(d: Path) -> TLSFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ossl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+         "-subj", "/CN=hems test CA")
+    ossl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ossl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
+    ossl("x509", "-in", "ca.crt", "-outform", "DER", "-out", "ca.der")
+    return TLSFiles(d / "ca.crt", d / "server.crt", d / "server.key")
+
+
+@pytest.fixture
+def tls_lab(tmp_path: Path) -> Iterator[Lab]:
+    pw = {u: secrets.token_hex(8) for u in (HOME, "coordinator", "mb1", "lab")}
+    tls = make_tls(tmp_path / "pki")
+    broker = Mosquitto(tmp_path / "broker", pw, ["mb1"], tls=tls).start()
+    try:
+        yield Lab(broker, pw, secrets.token_hex(32), tmp_path)
+    finally:
+        broker.stop()
+
+
+class Peer:
+    """A paho client playing one service; received messages land in a queue."""
+
+    def __init__(self, lab: Lab, user: str, subs: list[str]) -> None:
+        self.q: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self.ready = queue.Queue[int]()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-" + user)
+        c.username_pw_set(user, lab.passwords[user])
+        c.on_message = lambda _c, _u, m: self.q.put((m.topic, m.payload, m.retain))
+        c.on_subscribe = lambda _c, _u, mid, _rc, _p: self.ready.put(mid)
+        c.connect("127.0.0.1", lab.broker.port, 30)
+        c.loop_start()
+        for t in subs:
+            c.subscribe(t, 1)
+            self.ready.get(timeout=10)
+        self.c = c
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.c.publish(topic, payload, 1, retain).wait_for_publish(10)
+
+    def get(self, topic: str, timeout: float = 15.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("nothing on " + topic)
+            try:
+                t, p, _ = self.q.get(timeout=left)
+            except queue.Empty:
+                raise TimeoutError("nothing on " + topic) from None
+            if t == topic:
+                return p
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def write_config(lab: Lab, state: Path, **extra: Any) -> Path:
+    cfg = {
+        "home_id": HOME,
+        "mqtt": {"host": "127.0.0.1", "port": lab.broker.port, "user": HOME,
+                 "password": lab.passwords[HOME], "keepalive": 30, "cafile_der": None,
+                 "timeout_s": 3},
+        "magnification": 2,
+        "plan_wh": PLAN_WH,
+        "keys": {"mb1": lab.key_hex},
+        "state_dir": str(state),
+        "board": "unix",
+        "clock": "lab",
+        "safe_state": False,
+        "exit_after_day": True,
+        "loop_ms": 10,
+    }
+    cfg.update(extra)
+    path = lab.tmp / "home.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def start_home(impl: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    if impl == "micropython":
+        env["MICROPYPATH"] = f"{FW}:{MPYLIB}"
+        cmd = [str(MICROPYTHON), str(FW / "run_home.py"), str(cfg)]
+    else:
+        cmd = [sys.executable, str(FW / "run_home.py"), str(cfg)]
+    with open(log, "wb") as f:
+        return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+def wait_until(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.02)
+
+
+def read_state(state: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((state / "round.json").read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
+
+
+def announce(coord: Peer) -> None:
+    ann = protocol.make_round(DAY, 1, FRAMES, FRAME_S, QUANTUM, START, START - 3600, ["mb1"])
+    coord.publish(protocol.t_round(), protocol.encode(ann), retain=True)
+
+
+def check_unmasks(lab: Lab, plan_payload: bytes, mask_payload: bytes) -> list[int]:
+    """masked - expand(open_sealed(seed)) == the quantised plan, exactly (mod 2^32)."""
+    home, day, rnd, rid, mag, masked = protocol.parse_plan_report(
+        protocol.decode(plan_payload), FRAMES)
+    assert (home, day, rnd, mag) == (HOME, DAY, 1, 2)
+    home2, day2, rnd2, rid2, blob = protocol.parse_mask_report(protocol.decode(mask_payload))
+    assert (home2, day2, rnd2, rid2) == (HOME, DAY, 1, rid)
+    ad = protocol.mask_ad("mb1", HOME, DAY, 1, rid)
+    seed = seal.open_sealed(bytes.fromhex(lab.key_hex), ad, blob)
+    mask = masking.words(masking.expand_seed(seed, FRAMES))
+    got = [(m - k) % 2**32 for m, k in zip(masking.words(masked), mask, strict=True)]
+    expected = plan.to_quanta(PLAN_WH, QUANTUM)
+    assert got == expected
+    return expected
+
+
+def publish_clock(peer: Peer) -> None:
+    speed = FRAMES * FRAME_S / DAY_REAL_S
+    msg = {"v": 1, "anchor": time.time(), "virtual": START - FRAME_S / 2, "speed": speed}
+    peer.publish(protocol.t_clock(), json.dumps(msg).encode(), retain=True)
+
+
+def check_relay_log(state: Path, adjusted: list[int], safe: bool = False) -> None:
+    """The relay switched exactly when the adjusted plan says, in the right frame's time."""
+    recs = [json.loads(x) for x in (state / "relay.log").read_text().splitlines()]
+    assert recs[0] == {"frame": None, "on": safe, "t": None, "boot": True}, recs[0]
+    want = [v > 0 for v in adjusted]
+    end = START + FRAMES * FRAME_S
+    cur = safe
+    switched_in = set()
+    for r in recs[1:]:
+        assert r["on"] != cur, ("logged a non-switch", r)
+        cur = r["on"]
+        k, t = r["frame"], r["t"]
+        if k is None:
+            assert cur == safe and (t < START or t >= end), r
+        else:
+            assert cur == want[k], ("wrong state for frame", r, want[k])
+            assert START + k * FRAME_S <= t < START + (k + 1) * FRAME_S, r
+            switched_in.add(k)
+    prev = safe
+    for k in range(FRAMES):
+        if want[k] != prev:
+            assert k in switched_in, ("missed the switch into frame", k, recs)
+        prev = want[k]
+    assert cur == safe, "relay not back in the safe state after the day"
+
+
+@pytest.mark.parametrize("impl", ["micropython", "cpython"])
+def test_home_day_end_to_end(lab: Lab, impl: str) -> None:
+    state = lab.tmp / "state"
+    cfg = write_config(lab, state)
+    coord = Peer(lab, "coordinator", [protocol.t_plan(HOME), protocol.t_status(HOME)])
+    mb1 = Peer(lab, "mb1", [protocol.t_mask("mb1", HOME)])
+    clock = Peer(lab, "lab", [])
+    log = lab.tmp / "home.log"
+    proc = start_home(impl, cfg, log)
+    try:
+        assert coord.get(protocol.t_status(HOME)) == b"online"
+        announce(coord)
+        values = check_unmasks(lab, coord.get(protocol.t_plan(HOME)),
+                               mb1.get(protocol.t_mask("mb1", HOME)))
+
+        # Malformed and foreign adjustments are ignored without stopping the loop.
+        coord.publish(protocol.t_adjust(HOME), b"not json")
+        other = protocol.make_adjustment(DAY, 2, "g1", [(1, 2)], [], START + 86400)
+        coord.publish(protocol.t_adjust(HOME), protocol.encode(other))
+        adj = protocol.make_adjustment(DAY, 1, "g1", MOVES, CURTAIL, START + 86400)
+        coord.publish(protocol.t_adjust(HOME), protocol.encode(adj))
+        coord.publish(protocol.t_reply("coordinator", HOME),
+                      protocol.encode(protocol.make_reply(DAY, 1, "0" * 32, True, "ok")))
+        adjusted = plan.apply_adjustment(values, [tuple(m) for m in MOVES], CURTAIL)
+        wait_until(lambda: (read_state(state) or {}).get("adjusted") == adjusted, 10,
+                   "adjustment not applied")
+
+        publish_clock(clock)
+        assert proc.wait(DAY_REAL_S + 15) == 0
+        assert coord.get(protocol.t_status(HOME)) == b"offline"
+    finally:
+        stop(proc)
+        for p in (coord, mb1, clock):
+            p.close()
+    text = log.read_text()
+    assert "ignored message on hems/v1/adjust/h1: bad_json" in text, text
+    assert "adjustment ignored: other_round" in text, text
+    assert "reply from coordinator: accepted ok" in text, text
+    st = read_state(state)
+    assert st is not None and st["sent"] is True and st["plan"] == values
+    check_relay_log(state, adjusted)
+
+
+def test_home_survives_broker_restart(lab: Lab) -> None:
+    """Broker down after the report: the home keeps retrying with backoff, and the adjustment
+    sent while it was offline is queued in its persistent session and applied on reconnect."""
+    state = lab.tmp / "state"
+    cfg = write_config(lab, state)
+    coord = Peer(lab, "coordinator", [protocol.t_plan(HOME)])
+    log = lab.tmp / "home.log"
+    proc = start_home("micropython", cfg, log)
+    try:
+        announce(coord)
+        coord.get(protocol.t_plan(HOME))
+        wait_until(lambda: (read_state(state) or {}).get("sent") is True, 10, "not sent")
+        coord.close()
+        lab.broker.stop()                       # saves retained messages and sessions
+        wait_until(lambda: "link down" in log.read_text(), 10, "link loss not noticed")
+        lab.broker.start()
+        coord = Peer(lab, "coordinator", [])
+        adj = protocol.make_adjustment(DAY, 1, "g1", MOVES, CURTAIL, START + 86400)
+        coord.publish(protocol.t_adjust(HOME), protocol.encode(adj))
+        values = plan.to_quanta(PLAN_WH, QUANTUM)
+        adjusted = plan.apply_adjustment(values, [tuple(m) for m in MOVES], CURTAIL)
+        wait_until(lambda: (read_state(state) or {}).get("adjusted") == adjusted, 20,
+                   "queued adjustment not applied after reconnect")
+        assert proc.poll() is None
+    finally:
+        stop(proc)
+        coord.close()
+    assert log.read_text().count("connected") >= 2
+
+
+@pytest.mark.parametrize("impl", ["micropython", "cpython"])
+def test_home_over_tls(tls_lab: Lab, impl: str) -> None:
+    """The home reaches the broker's TLS listener, verifying it with a DER CA (mbedTLS on
+    MicroPython, OpenSSL on CPython); the test's peers use the plain loopback listener."""
+    lab = tls_lab
+    state = lab.tmp / "state"
+    mq = {"host": "127.0.0.1", "port": lab.broker.tls_port, "user": HOME,
+          "password": lab.passwords[HOME], "keepalive": 30,
+          "cafile_der": str(lab.tmp / "pki" / "ca.der"), "timeout_s": 5}
+    cfg = write_config(lab, state, mqtt=mq, exit_after_day=False)
+    coord = Peer(lab, "coordinator", [protocol.t_plan(HOME), protocol.t_status(HOME)])
+    mb1 = Peer(lab, "mb1", [protocol.t_mask("mb1", HOME)])
+    log = lab.tmp / "home.log"
+    proc = start_home(impl, cfg, log)
+    try:
+        assert coord.get(protocol.t_status(HOME)) == b"online", log.read_text()
+        announce(coord)
+        check_unmasks(lab, coord.get(protocol.t_plan(HOME)),
+                      mb1.get(protocol.t_mask("mb1", HOME)))
+    finally:
+        stop(proc)
+        coord.close()
+        mb1.close()
+
+
+@pytest.mark.parametrize("impl", ["micropython", "cpython"])
+def test_home_rejects_unknown_broker_certificate(tls_lab: Lab, impl: str) -> None:
+    """Certificate verification is real: with another CA the home never connects (and retries)."""
+    lab = tls_lab
+    other = make_tls(lab.tmp / "other-pki")
+    mq = {"host": "127.0.0.1", "port": lab.broker.tls_port, "user": HOME,
+          "password": lab.passwords[HOME], "cafile_der": str(other.cafile.with_suffix(".der")),
+          "timeout_s": 2}
+    cfg = write_config(lab, lab.tmp / "state", mqtt=mq, exit_after_day=False)
+    log = lab.tmp / "home.log"
+    proc = start_home(impl, cfg, log)
+    try:
+        wait_until(lambda: log.read_text().count("link down") >= 2, 15, "no retry")
+        assert "connected" not in log.read_text()
+        assert proc.poll() is None
+    finally:
+        stop(proc)
+
+
+@pytest.mark.parametrize("impl", ["micropython", "cpython"])
+def test_run_home_config_errors_exit_2(tmp_path: Path, impl: str) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"home_id": "h1", "mqtt": {"host": "x", "user": "h2"}}))
+    log = tmp_path / "out.log"
+    proc = start_home(impl, bad, log)
+    try:
+        assert proc.wait(30) == 2
+    finally:
+        stop(proc)
+    assert "config: mqtt.user must equal home_id" in log.read_text()

@@ -1,0 +1,89 @@
+"""python -m backend.mask_broker --broker-id mb1 --registry REG.json --k 3 [...]"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from backend.common.mqtt import add_mqtt_args, settings_from_args
+
+from .core import MaskBroker
+from .service import Service, configure_logging
+from .store import StateDir
+
+log = logging.getLogger("hems.mask_broker")
+
+
+def load_registry(path: Path) -> dict[str, bytes]:
+    """{"homes": {"<home id>": {"key": "<64 hex>"}}} -> {home id: 32-byte key}.
+
+    Read once at start; the coordinator has no way to add a home to it."""
+    obj = json.loads(path.read_text())
+    homes = obj.get("homes") if isinstance(obj, dict) else None
+    if not isinstance(homes, dict):
+        raise ValueError('expected {"homes": {...}}')
+    keys = {}
+    for home, entry in homes.items():
+        key = entry.get("key") if isinstance(entry, dict) else None
+        if not isinstance(key, str) or len(key) != 64:
+            raise ValueError(f"home {home!r}: key must be 64 hex digits")
+        keys[home] = bytes.fromhex(key)
+    return keys
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m backend.mask_broker",
+        description="Mask broker: stores sealed mask seeds, answers group mask sums "
+        "under the release rule (docs/privacy.md).")
+    p.add_argument("--broker-id", required=True, help="this broker's id (also its MQTT "
+                   "user and client id unless --user is given)")
+    p.add_argument("--registry", required=True, type=Path,
+                   help='JSON {"homes": {"<home id>": {"key": "<64 hex>"}}}')
+    p.add_argument("--k", type=int, default=3,
+                   help="smallest group and smallest atom answered (>= 2; default 3)")
+    p.add_argument("--state-dir", type=Path,
+                   help="keep the day's answered groups and the round's masks across restarts "
+                   "(without it a restart forgets them: see docs/privacy.md)")
+    p.add_argument("--stats-file", type=Path, help="JSON stats, rewritten atomically")
+    p.add_argument("--stats-interval", type=float, default=1.0,
+                   help="seconds between stats writes while masks arrive (default 1)")
+    p.add_argument("--log-level", default="info")
+    add_mqtt_args(p, default_user="")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    configure_logging(a.log_level)
+    try:
+        core = MaskBroker(a.broker_id, load_registry(a.registry), a.k)
+    except (OSError, ValueError) as e:
+        log.error("cannot start: %s", e)
+        return 2
+    settings = settings_from_args(a)
+    if not settings.username:
+        settings = dataclasses.replace(settings, username=a.broker_id)
+    state = None
+    if a.state_dir is not None:
+        state = StateDir(a.state_dir)
+        for kind, data in state.records():
+            try:
+                core.restore(kind, data)
+            except ValueError as e:
+                log.error("state: skipping a %s record: %s", kind, e)
+        log.info("state restored from %s: round %s, %d masks, %d atoms", a.state_dir,
+                 core.round, core.masks.count, len(core.partition.atom_sizes()))
+    else:
+        log.warning("no --state-dir: a restart forgets today's answered groups")
+    asyncio.run(Service(core, settings, state, a.stats_file, a.stats_interval).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""The mask broker's state machine (the seed's mask server 30), without any I/O.
+
+`MaskBroker.handle(topic, payload)` takes one MQTT message and returns what to do about it: a list
+of `Record` (state to persist first) and `Publish` (messages to send, in order).  The adapter
+(service.py) owns the sockets, the files and the clock; the rules live here and in release.py.
+
+Per message family (docs/protocol.md, docs/privacy.md):
+
+* round announcement: the current (day, round, frames).  A new round drops the previous round's
+  masks; a new day starts a fresh release partition.  An announcement for an earlier day is
+  refused (``stale_round``).  Until the first announcement is known, masks and group requests
+  are held (bounded) and handled in arrival order right after it, so a persistent session's
+  queued messages that overtake the retained announcement are not lost.
+* mask report, checked in this order: topic home == payload home (``home_mismatch``),
+  registered (``unregistered``), current round (``unknown_round``), MAC (``bad_mac``), seed
+  length (``bad_seed``), report id not seen this round (``replay``), home not already in this
+  round (``duplicate_home``).  Accepted: the expanded seed is stored as a uint32 row.  The home
+  gets a reply either way (when the topic names a valid home id).
+* group request: each group, in request order, is refused with a reason or answered with the
+  uint32 sum of its members' rows.  The release rule sees every group answered earlier the same
+  day, including the earlier groups of this very request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from backend.common.rejects import Rejections
+from backend.common.vectors import U32
+from hemsfw import masking, protocol, seal
+
+from .release import Partition
+
+log = logging.getLogger("hems.mask_broker")
+
+#: A group request may be larger than protocol.MAX_PAYLOAD (a request naming 100,000 homes is
+#: ~1.5 MB of JSON); the coordinator is authenticated, so the cap is mosquitto's max_packet_size.
+GROUPREQ_MAX = 16 << 20
+#: Members over all groups of one request, per registered home (groups may nest: a group and
+#: its parts in the same request).
+MEMBERS_PER_HOME = 8
+#: Messages held while no round announcement is known yet.
+PENDING_MAX = 200_000
+#: Group outcomes kept in the stats (the most recent ones).
+RECENT_GROUPS = 1000
+
+_DIGEST = np.dtype("<u8")  # SHA-256 of a report id as 4 words, for a vectorised XOR checksum
+
+
+@dataclass(frozen=True)
+class Publish:
+    topic: str
+    payload: bytes
+    qos: int = 1
+
+
+@dataclass(frozen=True)
+class Record:
+    """State the adapter persists before the publishes that follow it in the output list.
+
+    kind "round": {day, round, frames}; "mask": {day, round, home, report_id, seed (hex)};
+    "release": {day, round, req, group, members}."""
+
+    kind: str
+    data: dict[str, Any]
+
+
+Output = Publish | Record
+
+
+@dataclass(frozen=True)
+class Round:
+    day: str
+    round: int
+    frames: int
+
+
+class RoundMasks:
+    """The accepted masks of one round: one uint32 row per home, summed with numpy."""
+
+    def __init__(self, n_homes: int, frames: int) -> None:
+        self.frames = frames
+        self.row_of = np.full(n_homes, -1, dtype=np.int64)  # home index -> row (-1: none)
+        self.rows = np.zeros((0, frames), dtype=U32)
+        self.digests = np.zeros((0, 4), dtype=_DIGEST)
+        self.count = 0
+        self.report_ids: set[str] = set()
+
+    def add(self, home: int, report_id: str, seed: bytes) -> None:
+        if self.count == len(self.rows):  # grow by doubling, up to one row per home
+            cap = min(max(16, 2 * self.count), len(self.row_of))
+            rows = np.zeros((cap, self.frames), dtype=U32)
+            digests = np.zeros((cap, 4), dtype=_DIGEST)
+            rows[: self.count], digests[: self.count] = self.rows, self.digests
+            self.rows, self.digests = rows, digests
+        r = self.count
+        self.rows[r] = np.frombuffer(masking.expand_seed(seed, self.frames), dtype=U32)
+        digest = hashlib.sha256(bytes.fromhex(report_id)).digest()
+        self.digests[r] = np.frombuffer(digest, dtype=_DIGEST)
+        self.row_of[home] = r
+        self.report_ids.add(report_id)
+        self.count += 1
+
+    def checksum(self, rows: NDArray[np.int64]) -> str:
+        """protocol.report_checksum of the rows' report ids (XOR of SHA-256), vectorised."""
+        acc: NDArray[np.uint64] = np.bitwise_xor.reduce(self.digests[rows], axis=0)
+        return acc.tobytes().hex()
+
+    def total(self, rows: NDArray[np.int64]) -> NDArray[np.uint32]:
+        """The rows' sum mod 2^32 per frame."""
+        out: NDArray[np.uint32] = self.rows[rows].sum(axis=0, dtype=U32)
+        return out
+
+
+class Stats:
+    """What the service did, for --stats-file (docs/privacy.md, "Stats")."""
+
+    def __init__(self) -> None:
+        self.masks_accepted = 0
+        self.requests = 0
+        self.released = 0
+        self.refused: Counter[str] = Counter()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_GROUPS)
+
+    def group(self, req: str, day: str, rnd: int, gid: str, size: int,
+              reason: str | None, missing: int = 0) -> None:
+        entry: dict[str, Any] = {"req": req, "day": day, "round": rnd, "group": gid,
+                                 "size": size}
+        if reason is None:
+            self.released += 1
+            entry["status"] = "released"
+        else:
+            self.refused[reason] += 1
+            entry["status"] = "refused"
+            entry["reason"] = reason
+            if missing:
+                entry["missing"] = missing
+        self.recent.append(entry)
+
+
+def _refused(gid: str, reason: str, missing: Sequence[str] = ()) -> dict[str, Any]:
+    r: dict[str, Any] = {"id": gid, "status": "refused", "reason": reason}
+    if missing:
+        r["missing"] = list(missing)
+    return r
+
+
+def decode_request(payload: bytes) -> Any:
+    """protocol.decode with the larger GROUPREQ_MAX cap (the parser checks the version)."""
+    if len(payload) <= protocol.MAX_PAYLOAD:
+        return protocol.decode(payload)
+    if len(payload) > GROUPREQ_MAX:
+        raise ValueError("too_large")
+    try:
+        return json.loads(payload)
+    except Exception as e:
+        raise ValueError("bad_json") from e
+
+
+class MaskBroker:
+    def __init__(self, broker_id: str, keys: Mapping[str, bytes], k: int,
+                 logger: logging.Logger = log) -> None:
+        """keys: registered home id -> that home's 32-byte key for this broker."""
+        if not protocol.valid_id(broker_id):
+            raise ValueError(f"bad broker id {broker_id!r}")
+        for h, key in keys.items():
+            if not protocol.valid_id(h) or len(key) != 32:
+                raise ValueError(f"bad registry entry for {h!r}")
+        self.id = broker_id
+        self.k = k
+        self.log = logger
+        self.homes = sorted(keys)
+        self.index = {h: i for i, h in enumerate(self.homes)}
+        self.keys = [keys[h] for h in self.homes]
+        self.rejections = Rejections(logger)
+        self.stats = Stats()
+        self.round: Round | None = None
+        self.masks = RoundMasks(0, 1)
+        self.partition = Partition(k)
+        self.version = 0  # bumped whenever the stats change
+        self._pending: deque[tuple[str, bytes]] = deque()
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        return [(protocol.t_round(), 1), (protocol.t_mask(self.id, "+"), 1),
+                (protocol.t_groupreq(self.id), 1)]
+
+    # ------------------------------------------------------------ dispatch
+
+    def handle(self, topic: str, payload: bytes) -> list[Output]:
+        """One message in, what to persist and publish out.  Never raises."""
+        self.version += 1
+        try:
+            if topic == protocol.t_round():
+                return self._on_round(payload)
+            if self.round is None and self._is_held(topic):
+                if len(self._pending) < PENDING_MAX:
+                    self._pending.append((topic, payload))
+                    return []
+                self.rejections.reject("held", "unknown_round", topic)
+                return []
+            if topic == protocol.t_groupreq(self.id):
+                return self._on_group_request(payload)
+            tail = protocol.topic_tail(topic, "mask")
+            if tail is not None:
+                return self._on_mask(topic, tail, payload)
+            self.rejections.reject("topic", "unexpected_topic", topic)
+        except Exception:  # defence in depth: one bad message must not stop the service
+            self.log.exception("internal error on %r", topic)
+            self.rejections.reject("internal", "internal_error", topic)
+        return []
+
+    def _is_held(self, topic: str) -> bool:
+        return topic == protocol.t_groupreq(self.id) or topic.startswith(
+            protocol.t_mask(self.id, ""))
+
+    # ------------------------------------------------------------ rounds
+
+    def _start_round(self, day: str, rnd: int, frames: int) -> None:
+        if self.round is None or self.round.day != day:
+            self.partition = Partition(self.k)
+        self.round = Round(day, rnd, frames)
+        self.masks = RoundMasks(len(self.homes), frames)
+
+    def _on_round(self, payload: bytes) -> list[Output]:
+        try:
+            ann = protocol.parse_round(protocol.decode(payload))
+        except ValueError as e:
+            self.rejections.reject("round", str(e), protocol.t_round())
+            return []
+        day, rnd, frames = ann["day"], ann["round"], ann["frames"]
+        cur = self.round
+        if cur is not None and (day, rnd) == (cur.day, cur.round):
+            if frames != cur.frames:
+                self.rejections.reject("round", "round_conflict", protocol.t_round())
+            return []  # the retained announcement again (reconnect): keep the masks
+        if cur is not None and day < cur.day:
+            self.rejections.reject("round", "stale_round", protocol.t_round(), day)
+            return []
+        self._start_round(day, rnd, frames)
+        self.log.info("round %s/%d (%d frames)", day, rnd, frames)
+        out: list[Output] = [Record("round", {"day": day, "round": rnd, "frames": frames})]
+        while self._pending:
+            out += self.handle(*self._pending.popleft())
+        return out
+
+    # ------------------------------------------------------------ masks
+
+    def _on_mask(self, topic: str, tail: list[str], payload: bytes) -> list[Output]:
+        if len(tail) != 2 or tail[0] != self.id or not protocol.valid_id(tail[1]):
+            self.rejections.reject("mask", "bad_topic", topic)
+            return []
+        day: str | None = None
+        rnd: int | None = None
+        rid: str | None = None
+        out: list[Output] = []
+        try:
+            home, day, rnd, rid, blob = protocol.parse_mask_report(protocol.decode(payload))
+            record = self._accept(tail[1], home, day, rnd, rid, blob)
+            out.append(record)
+            self.stats.masks_accepted += 1
+            ok, reason = True, "ok"
+        except ValueError as e:
+            ok, reason = False, str(e)
+            self.rejections.reject("mask", reason, topic)
+        reply = protocol.make_reply(day, rnd, rid, ok, reason)
+        out.append(Publish(protocol.t_reply(self.id, tail[1]), protocol.encode(reply)))
+        return out
+
+    def _accept(self, topic_home: str, home: str, day: str, rnd: int, rid: str,
+                blob: bytes) -> Record:
+        """Check an authentic, fresh, first mask of the round and store it, or ValueError."""
+        if home != topic_home:
+            raise ValueError("home_mismatch")
+        i = self.index.get(home)
+        if i is None:
+            raise ValueError("unregistered")
+        cur = self.round
+        if cur is None or (day, rnd) != (cur.day, cur.round):
+            raise ValueError("unknown_round")
+        seed = seal.open_sealed(self.keys[i], protocol.mask_ad(self.id, home, day, rnd, rid),
+                                blob)
+        if len(seed) != protocol.SEED_LEN:
+            raise ValueError("bad_seed")
+        if rid in self.masks.report_ids:
+            raise ValueError("replay")
+        if self.masks.row_of[i] >= 0:
+            raise ValueError("duplicate_home")
+        self.masks.add(i, rid, seed)
+        return Record("mask", {"day": day, "round": rnd, "home": home, "report_id": rid,
+                               "seed": seed.hex()})
+
+    # ------------------------------------------------------------ group requests
+
+    def _on_group_request(self, payload: bytes) -> list[Output]:
+        topic = protocol.t_groupreq(self.id)
+        try:
+            req, day, rnd, groups = protocol.parse_group_request(
+                decode_request(payload), MEMBERS_PER_HOME * max(1, len(self.homes)))
+        except ValueError as e:
+            self.rejections.reject("groupreq", str(e), topic)
+            return []
+        self.stats.requests += 1
+        cur = self.round
+        out: list[Output] = []
+        results = []
+        if cur is None or (day, rnd) != (cur.day, cur.round):
+            self.rejections.reject("groupreq", "unknown_round", topic, f"{day}/{rnd}")
+            for gid, members, _ in groups:
+                self.stats.group(req, day, rnd, gid, len(members), "unknown_round")
+                results.append(_refused(gid, "unknown_round"))
+        else:
+            for gid, members, checksum in groups:
+                result = self._group(gid, members, checksum)
+                reason = result.get("reason")
+                self.stats.group(req, day, rnd, gid, len(members), reason,
+                                 len(result.get("missing", ())))
+                if reason is None:
+                    out.append(Record("release", {"day": day, "round": rnd, "req": req,
+                                                  "group": gid, "members": members}))
+                else:
+                    self.log.info("group %s/%s refused: %s", req, gid, reason)
+                results.append(result)
+        reply = protocol.make_group_sums(req, self.id, day, rnd, results)
+        out.append(Publish(protocol.t_groupsum(self.id), protocol.encode(reply)))
+        return out
+
+    def _group(self, gid: str, members: list[str], checksum: str) -> dict[str, Any]:
+        """One group's result: refused with a reason, or released with its sum."""
+        if len(set(members)) != len(members):
+            return _refused(gid, "duplicate_members")
+        get = self.index.get
+        idx = np.fromiter((get(h, -1) for h in members), dtype=np.int64, count=len(members))
+        if bool(np.any(idx < 0)):
+            return _refused(gid, "unregistered_member")
+        if len(members) < self.k:
+            return _refused(gid, "too_small")
+        rows = self.masks.row_of[idx]
+        absent = np.flatnonzero(rows < 0)
+        if len(absent):
+            return _refused(gid, "missing_members", [members[j] for j in absent])
+        if self.masks.checksum(rows) != checksum:
+            return _refused(gid, "checksum_mismatch")
+        reason = self.partition.release(members)
+        if reason is not None:
+            return _refused(gid, reason)
+        total = self.masks.total(rows)
+        return {"id": gid, "status": "released", "sum": protocol.b64(total.tobytes())}
+
+    # ------------------------------------------------------------ restart
+
+    def restore(self, kind: str, data: Mapping[str, Any]) -> None:
+        """Replay a persisted Record (service start-up).  ValueError if it does not fit."""
+        try:
+            day, rnd = data["day"], data["round"]
+            cur = self.round
+            if kind == "round":
+                self._start_round(day, rnd, int(data["frames"]))
+            elif cur is None or day != cur.day:
+                raise ValueError("record for another day")
+            elif kind == "release":
+                self.partition.commit([str(h) for h in data["members"]])
+            elif kind == "mask":
+                i = self.index.get(data["home"])
+                rid = str(data["report_id"])
+                seed = bytes.fromhex(data["seed"])
+                if (rnd != cur.round or i is None or self.masks.row_of[i] >= 0
+                        or len(rid) != protocol.REPORT_ID_HEX or len(seed) != protocol.SEED_LEN):
+                    raise ValueError("mask record does not fit the registry or round")
+                self.masks.add(i, rid, seed)
+            else:
+                raise ValueError(f"unexpected record {kind!r}")
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"malformed {kind!r} record") from e
+
+    # ------------------------------------------------------------ stats
+
+    def stats_dict(self) -> dict[str, Any]:
+        s = self.stats
+        cur = self.round
+        atoms = self.partition.atom_sizes()
+        return {
+            "broker": self.id,
+            "k": self.k,
+            "homes_registered": len(self.homes),
+            "round": None if cur is None else {"day": cur.day, "round": cur.round,
+                                               "frames": cur.frames},
+            "masks": {"accepted_total": s.masks_accepted, "this_round": self.masks.count},
+            "rejections": self.rejections.as_dict(),
+            "rejections_total": self.rejections.total(),
+            "groups": {"requests": s.requests, "released": s.released,
+                       "refused": sum(s.refused.values()),
+                       "refused_by_reason": dict(sorted(s.refused.items()))},
+            "atoms": {"count": len(atoms),
+                      "min_size": int(atoms.min()) if len(atoms) else None},
+            "recent_groups": list(s.recent),
+        }

@@ -1,0 +1,122 @@
+"""--state-dir: what the mask broker must not forget across a restart (docs/privacy.md, "State").
+
+Forgetting the groups answered today would let a restarted broker answer a reshuffle, so every
+release is appended and fsync'ed *before* its sum is published.  The current round and its
+accepted masks are kept too, so a restart does not turn accepted masks into missing members.
+
+Layout (the directory is 0700, every file 0600):
+  round.json                      the current round {day, round, frames} (atomic replace)
+  releases-<day>.jsonl            one line per answered group: membership only, never a value
+  masks-<day>-<round>.jsonl       the current round's accepted seeds (secret); deleted as soon as
+                                  the round changes
+A torn last line (a crash mid-write) is skipped on load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from .core import Record
+
+log = logging.getLogger("hems.mask_broker.store")
+
+
+def _open_append(path: Path) -> IO[str]:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class StateDir:
+    def __init__(self, path: Path) -> None:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = path
+        self._masks: IO[str] | None = None
+        self._releases: IO[str] | None = None
+
+    def _round_file(self) -> Path:
+        return self.path / "round.json"
+
+    def _masks_file(self, day: str, rnd: int) -> Path:
+        return self.path / f"masks-{day}-{rnd}.jsonl"
+
+    def _releases_file(self, day: str) -> Path:
+        return self.path / f"releases-{day}.jsonl"
+
+    # ------------------------------------------------------------ load
+
+    def records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The saved state as (kind, data) records, in the order MaskBroker.restore wants."""
+        try:
+            cur = json.loads(self._round_file().read_text())
+            day, rnd = str(cur["day"]), int(cur["round"])
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("ignoring unreadable %s: %s", self._round_file(), e)
+            return
+        yield "round", cur
+        for line in _lines(self._releases_file(day)):
+            yield "release", line
+        for line in _lines(self._masks_file(day, rnd)):
+            yield "mask", line
+
+    # ------------------------------------------------------------ save
+
+    def write(self, rec: Record) -> None:
+        d = rec.data
+        if rec.kind == "round":
+            self.close()
+            write_atomic(self._round_file(), json.dumps(d))
+            keep = self._masks_file(d["day"], d["round"])
+            for old in self.path.glob("masks-*.jsonl"):
+                if old != keep:
+                    old.unlink()
+        elif rec.kind == "mask":
+            if self._masks is None:
+                self._masks = _open_append(self._masks_file(d["day"], d["round"]))
+            self._masks.write(json.dumps(d) + "\n")
+            self._masks.flush()
+        elif rec.kind == "release":
+            if self._releases is None:
+                self._releases = _open_append(self._releases_file(d["day"]))
+            self._releases.write(json.dumps(d) + "\n")
+            self._releases.flush()
+            os.fsync(self._releases.fileno())
+        else:
+            raise ValueError(f"unknown record kind {rec.kind!r}")
+
+    def close(self) -> None:
+        for f in (self._masks, self._releases):
+            if f is not None:
+                f.close()
+        self._masks = self._releases = None
+
+
+def _lines(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        f = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        return
+    with f:
+        for n, line in enumerate(f, 1):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                log.warning("%s:%d: skipping a torn or corrupt line", path, n)
+                continue
+            if isinstance(obj, dict):
+                yield obj

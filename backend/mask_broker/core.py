@@ -24,7 +24,6 @@ Per message family (docs/protocol.md, docs/privacy.md):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
@@ -42,9 +41,6 @@ from .release import Partition
 
 log = logging.getLogger("hems.mask_broker")
 
-#: A group request may be larger than protocol.MAX_PAYLOAD (a request naming 100,000 homes is
-#: ~1.5 MB of JSON); the coordinator is authenticated, so the cap is mosquitto's max_packet_size.
-GROUPREQ_MAX = 16 << 20
 #: Members over all groups of one request, per registered home (groups may nest: a group and
 #: its parts in the same request).
 MEMBERS_PER_HOME = 8
@@ -155,15 +151,8 @@ def _refused(gid: str, reason: str, missing: Sequence[str] = ()) -> dict[str, An
 
 
 def decode_request(payload: bytes) -> Any:
-    """protocol.decode with the larger GROUPREQ_MAX cap (the parser checks the version)."""
-    if len(payload) <= protocol.MAX_PAYLOAD:
-        return protocol.decode(payload)
-    if len(payload) > GROUPREQ_MAX:
-        raise ValueError("too_large")
-    try:
-        return json.loads(payload)
-    except Exception as e:
-        raise ValueError("bad_json") from e
+    """A group request may be larger than a home's message (it names up to every home)."""
+    return protocol.decode(payload, protocol.MAX_GROUP_PAYLOAD)
 
 
 class MaskBroker:

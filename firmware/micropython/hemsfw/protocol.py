@@ -16,7 +16,10 @@ REPORT_ID_HEX = 32          # 16 random bytes, hex
 MAX_FRAMES = 1440           # one-minute frames over a day
 MAX_WH = 0x3FFFFFFF         # plan values stay MicroPython small ints on 32-bit boards (< 2^30)
 MAX_MAG = 96
-MAX_PAYLOAD = 1 << 20       # anything larger is rejected before parsing
+MAX_PAYLOAD = 1 << 20       # a home's message: anything larger is rejected before parsing
+# Group requests and group sums between the (authenticated) services name up to every home of
+# a round: ~1.3 MB of JSON per 100,000 homes; mosquitto's max_packet_size caps them too.
+MAX_GROUP_PAYLOAD = 16 << 20
 
 # ---------------------------------------------------------------- topics
 
@@ -124,9 +127,9 @@ def _version(obj):
         raise ValueError("bad_version")
 
 
-def decode(payload):
+def decode(payload, limit=MAX_PAYLOAD):
     """bytes -> dict, or ValueError('too_large' | 'bad_json' | 'bad_version')."""
-    if len(payload) > MAX_PAYLOAD:
+    if len(payload) > limit:
         raise ValueError("too_large")
     try:
         obj = json.loads(payload)

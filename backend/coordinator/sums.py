@@ -1,0 +1,370 @@
+"""Group sums from the mask brokers (the seed's units 13 and 14) and the group totals they give.
+
+Pure: ``SumLedger`` decides what to ask which broker and what every answer means; service.py only
+sends the requests and feeds the answers back.  The loop is::
+
+    while asks := ledger.requests(groups):      # per broker, the groups it has not released
+        answers = <ask every broker, bounded wait>
+        ledger.record(broker, asked, answers)     # for each broker
+        groups = ledger.resolve(groups)           # what the refusals change
+    groups = ledger.finish(groups)                # give up on what is still unanswered
+
+``settle`` runs that loop with the asking passed in (service.py passes MQTT, tests a fake).
+
+A group's total (in quanta, per frame) is the sum of its members' masked vectors minus every
+broker's mask sum, in uint32 (mod 2^32) arithmetic: exact while the true total stays below 2^32
+quanta (docs/protocol.md, "Quantum").
+
+What a refusal changes (reason codes are the broker's; exclusion reasons are ours):
+
+* ``missing_members`` naming members of the group: a broker has no mask for them (yet).  The group
+  is asked again once from that broker, after a short grace (the sealed seed may still be in
+  flight).  If the homes are still missing they leave the round (exclusion ``mask_missing``: a home
+  whose mask did not reach every broker cannot be counted) and the rest is re-asked from every
+  broker as a new group (id ``<id>m``) when it still has >= k homes and the request passes the
+  release rule at every broker (``release.Partition.check``, the broker's own code).  If a broker already released the full
+  group, the dropped homes would form an atom there: when fewer than k are missing, the fewest
+  further homes (lowest magnification first) leave too, so the dropped set has k homes (exclusion
+  ``atom_guard``).  A rest below k is merged into a group re-formed in the same pass whose source
+  was never released (nearest lower-or-equal magnification, else nearest higher; id ``<id>p``);
+  merging into an already released group would make the rest an atom below k at every broker that
+  released it, so it is never tried.  Rests that find no partner join each other when together
+  >= k; otherwise they leave (exclusion ``group_too_small``).
+* any other reason, or no answer within the timeout: the whole group leaves the round (exclusion
+  ``refused`` or ``no_answer``, with the broker and its reason), unless the group is half of a
+  refinement split: then the split is undone, the parent (released earlier) is used again and is
+  not split any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from backend.common.vectors import unwrap
+from backend.coordinator.grouping import Group, child_id, make_group
+from backend.coordinator.round import RoundConfig
+from backend.mask_broker.release import Partition
+from hemsfw import protocol
+
+__all__ = ["MAX_PASSES", "Answer", "Exclusion", "Refusal", "SumLedger", "parse_answer", "settle"]
+
+MISSING = "missing_members"
+MAX_PASSES = 8  # request/answer passes per settle (retry, re-form, merge, ...)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    missing: tuple[str, ...] = ()
+
+
+#: A broker's answer for one group: its mask sum (LE uint32 bytes), a refusal, or no answer.
+Answer = bytes | Refusal | None
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A home that was accepted but could not be counted."""
+
+    home: str
+    reason: str
+    group: str
+    broker: str | None = None
+    detail: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"home": self.home, "reason": self.reason, "group": self.group,
+                "broker": self.broker, "detail": self.detail}
+
+
+def parse_answer(
+    topic: str, payload: bytes, cfg: RoundConfig
+) -> tuple[str, str, dict[str, Answer]]:
+    """A ``hems/v1/groupsum/<broker>`` message -> (broker, req, {group id: answer}).
+
+    Raises ValueError(reason): the parser's reasons, ``bad_topic``, ``broker_mismatch``,
+    ``unknown_broker``, ``unknown_round``."""
+    tail = protocol.topic_tail(topic, "groupsum")
+    if tail is None or len(tail) != 1 or not protocol.valid_id(tail[0]):
+        raise ValueError("bad_topic")
+    req, broker, day, rnd, out = protocol.parse_group_sums(
+        protocol.decode(payload, protocol.MAX_GROUP_PAYLOAD), cfg.frames)
+    if broker != tail[0]:
+        raise ValueError("broker_mismatch")
+    if broker not in cfg.brokers:
+        raise ValueError("unknown_broker")
+    if day != cfg.day or rnd != cfg.round:
+        raise ValueError("unknown_round")
+    results: dict[str, Answer] = {}
+    for gid, v in out.items():
+        if isinstance(v, bytes | bytearray):
+            results[gid] = bytes(v)
+        else:
+            reason, missing = v
+            ids = tuple(m for m in missing if protocol.valid_id(m))
+            results[gid] = Refusal(reason[:64], ids)
+    return broker, req, results
+
+
+class SumLedger:
+    """Every broker's answers for every group of one round (see the module docstring)."""
+
+    def __init__(
+        self,
+        brokers: Sequence[str],
+        k: int,
+        homes: Sequence[str],
+        masked: npt.NDArray[np.uint32],
+        report_ids: Mapping[str, str],
+    ) -> None:
+        self.brokers = tuple(brokers)
+        self.k = k
+        self.frames = int(masked.shape[1])
+        self._row = {h: i for i, h in enumerate(homes)}
+        self._masked = masked
+        # SHA-256 of each report id as 4 LE uint64 words: a group's checksum is their XOR
+        # (protocol.report_checksum, vectorised).
+        digests = b"".join(hashlib.sha256(bytes.fromhex(report_ids[h])).digest() for h in homes)
+        self._digest = np.frombuffer(digests, dtype="<u8").reshape(len(homes), 4)
+        self.sums: dict[str, dict[str, npt.NDArray[np.uint32]]] = {}
+        self._refusals: dict[str, dict[str, Refusal]] = {}
+        self._retried: set[str] = set()
+        #: per broker, the partition its releases generated: the broker's own release rule
+        #: (backend/mask_broker/release.py), run here as a dry run before every ask
+        self.partitions: dict[str, Partition] = {b: Partition(self.k) for b in self.brokers}
+        self.released: list[dict[str, Any]] = []
+        self.refused: list[dict[str, Any]] = []
+        self.excluded: dict[str, Exclusion] = {}
+        #: groups whose split a broker refused: not to be split again
+        self.frozen: set[str] = set()
+        #: a missing-members retry is due: the adapter waits the grace before the next asks
+        self.grace_due = False
+
+    # ------------------------------------------------------------ asking
+
+    def checksum(self, g: Group) -> str:
+        """protocol.report_checksum of the members' report ids."""
+        x = np.bitwise_xor.reduce(self._digest[self._rows(g)], axis=0)
+        return bytes(x.astype("<u8").tobytes()).hex()
+
+    def _rows(self, g: Group) -> npt.NDArray[np.intp]:
+        return np.fromiter((self._row[h] for h in g.members), dtype=np.intp, count=g.size)
+
+    def request_entry(self, g: Group) -> tuple[str, list[str], str]:
+        """(id, members, checksum) as protocol.make_group_request takes it."""
+        return g.id, sorted(g.members), self.checksum(g)
+
+    def complete(self, g: Group) -> bool:
+        got = self.sums.get(g.id, {})
+        return all(b in got for b in self.brokers)
+
+    def requests(self, groups: Sequence[Group]) -> dict[str, list[Group]]:
+        out: dict[str, list[Group]] = {}
+        for b in self.brokers:
+            gs = [g for g in groups if b not in self.sums.get(g.id, {})]
+            if gs:
+                out[b] = gs
+        return out
+
+    def record(self, broker: str, asked: Sequence[Group], answers: Mapping[str, Answer]) -> None:
+        """One broker's answers to a request for ``asked`` (a group it left out: no answer)."""
+        for g in asked:
+            a = answers.get(g.id)
+            if isinstance(a, bytes) and len(a) == 4 * self.frames:
+                self.sums.setdefault(g.id, {})[broker] = np.frombuffer(a, dtype="<u4").copy()
+                self.partitions[broker].commit(g.members)
+                self.released.append({"id": g.id, "broker": broker, "size": g.size})
+                continue
+            ref = a if isinstance(a, Refusal) else Refusal("no_answer" if a is None else "bad_sum")
+            self._refusals.setdefault(g.id, {})[broker] = ref
+            rec: dict[str, Any] = {"id": g.id, "broker": broker, "reason": ref.reason}
+            if ref.missing:
+                rec["missing"] = list(ref.missing)
+            self.refused.append(rec)
+
+    # ------------------------------------------------------------ what the answers change
+
+    def resolve(self, groups: Sequence[Group]) -> list[Group]:
+        refs_by_group = {g.id: self._refusals.pop(g.id) for g in groups if g.id in self._refusals}
+        failed_parents = {
+            g.parent.id for g in groups if g.parent is not None and g.id in refs_by_group
+        }
+        out: list[Group] = []
+        reinstated: set[str] = set()
+        reduced: list[tuple[Group, list[tuple[str, int]], int]] = []
+        for g in groups:
+            if g.parent is not None and g.parent.id in failed_parents:
+                p = g.parent
+                if p.id not in reinstated:
+                    reinstated.add(p.id)
+                    self.frozen.add(p.id)
+                    out.append(p)
+                continue
+            refs = refs_by_group.get(g.id)
+            if not refs:
+                out.append(g)
+                continue
+            members = set(g.members)
+            missing_only = all(
+                r.reason == MISSING and r.missing and set(r.missing) <= members
+                for r in refs.values()
+            )
+            if missing_only and g.id not in self._retried:
+                self._retried.add(g.id)
+                self.grace_due = True
+                out.append(g)
+                continue
+            if missing_only:
+                gone: dict[str, str] = {}
+                for b, r in refs.items():
+                    for h in r.missing:
+                        gone.setdefault(h, b)
+                for h, b in gone.items():
+                    self._exclude(h, "mask_missing", g.id, b)
+                rest = [(h, m) for h, m in zip(g.members, g.mags, strict=True) if h not in gone]
+                reduced.append((g, rest, len(gone)))
+                continue
+            others = [
+                (b, r) for b, r in refs.items()
+                if not (r.reason == MISSING and r.missing and set(r.missing) <= members)
+            ]
+            b, r = others[0]
+            why = "no_answer" if r.reason == "no_answer" else "refused"
+            for h in g.members:
+                self._exclude(h, why, g.id, b, r.reason)
+        out.extend(self._reform(reduced))
+        return out
+
+    def finish(self, groups: Sequence[Group]) -> list[Group]:
+        """The complete groups; the others give up (split undone, or members ``no_answer``)."""
+        out: list[Group] = []
+        seen: set[str] = set()
+        for g in groups:
+            if self.complete(g):
+                if g.id not in seen:
+                    seen.add(g.id)
+                    out.append(g)
+            elif g.parent is not None and self.complete(g.parent):
+                self.frozen.add(g.parent.id)
+                if g.parent.id not in seen:
+                    seen.add(g.parent.id)
+                    out.append(g.parent)
+            else:
+                missing = [b for b in self.brokers if b not in self.sums.get(g.id, {})]
+                for h in g.members:
+                    self._exclude(h, "no_answer", g.id, missing[0] if missing else None)
+        # a parent reinstated above replaces its complete children as well
+        parents = {g.id for g in out}
+        return [g for g in out if g.parent is None or g.parent.id not in parents]
+
+    def _exclude(self, home: str, reason: str, group: str, broker: str | None,
+                 detail: str = "") -> None:
+        if home not in self.excluded:
+            self.excluded[home] = Exclusion(home, reason, group, broker, detail)
+
+    def _atoms_ok(self, members: Sequence[str]) -> bool:
+        return all(self.partitions[b].check(members) is None for b in self.brokers)
+
+    def _released_anywhere(self, g: Group) -> bool:
+        return bool(self.sums.get(g.id))
+
+    def _reform(self, reduced: list[tuple[Group, list[tuple[str, int]], int]]) -> list[Group]:
+        """New groups for what is left of groups that lost members (module docstring)."""
+        k = self.k
+        out: list[Group] = []
+        mergeable: list[Group] = []  # re-formed from never-released sources
+        leftovers: list[tuple[Group, list[tuple[str, int]]]] = []
+        for g, rest, dropped in reduced:
+            if not rest:
+                continue
+            if len(rest) < k:
+                if self._released_anywhere(g):
+                    for h, _ in rest:
+                        self._exclude(h, "group_too_small", g.id, None)
+                else:
+                    leftovers.append((g, rest))
+                continue
+            keep = rest
+            if not self._atoms_ok([h for h, _ in keep]):
+                need = k - dropped
+                keep = rest[need:] if need > 0 else []
+                if len(keep) < k or not self._atoms_ok([h for h, _ in keep]):
+                    keep = []
+            for h, _ in rest[: len(rest) - len(keep)]:
+                self._exclude(h, "atom_guard", g.id, None)
+            if keep:
+                ng = make_group(child_id(g.id, "m"), keep)
+                out.append(ng)
+                if not self._released_anywhere(g):
+                    mergeable.append(ng)
+        pool: list[tuple[Group, list[tuple[str, int]]]] = []
+        for g, rest in sorted(leftovers, key=lambda gr: -min(m for _, m in gr[1])):
+            mag = min(m for _, m in rest)
+            lower = [t for t in mergeable if t.magnification <= mag]
+            higher = [t for t in mergeable if t.magnification > mag]
+            target = (max(lower, key=lambda t: t.magnification) if lower
+                      else min(higher, key=lambda t: t.magnification) if higher else None)
+            if target is None:
+                pool.append((g, rest))
+                continue
+            merged = make_group(
+                child_id(target.id, "p"), [*zip(target.members, target.mags, strict=True), *rest]
+            )
+            if not self._atoms_ok(merged.members):
+                pool.append((g, rest))
+                continue
+            out[out.index(target)] = merged
+            mergeable[mergeable.index(target)] = merged
+        everyone = [hm for _, rest in pool for hm in rest]
+        if pool and len(everyone) >= k and self._atoms_ok([h for h, _ in everyone]):
+            out.append(make_group(child_id(pool[0][0].id, "p"), everyone))
+        else:
+            for g, rest in pool:
+                for h, _ in rest:
+                    self._exclude(h, "group_too_small", g.id, None)
+        return out
+
+    # ------------------------------------------------------------ totals
+
+    def total_quanta(self, g: Group) -> npt.NDArray[np.int64]:
+        """The group's true total per frame, in quanta (requires ``complete(g)``)."""
+        acc = self._masked[self._rows(g)].sum(axis=0, dtype=np.uint32)
+        for b in self.brokers:
+            acc = acc - self.sums[g.id][b]
+        return unwrap(acc)
+
+
+Ask = Callable[[str, list[Group]], Awaitable[Mapping[str, Answer]]]
+
+
+async def settle(
+    ledger: SumLedger,
+    groups: list[Group],
+    ask: Ask,
+    grace: Callable[[], Awaitable[None]],
+    max_passes: int = MAX_PASSES,
+) -> list[Group]:
+    """Ask until every group of ``groups`` (or what replaces it) has every broker's sum.
+
+    ``ask(broker, groups)`` sends one request and returns the answers (an empty mapping after a
+    timeout); the brokers are asked concurrently.  ``grace()`` waits before a missing-members
+    retry.  Returns the complete groups (see SumLedger.finish)."""
+    for _ in range(max_passes):
+        asks = ledger.requests(groups)
+        if not asks:
+            return groups
+        if ledger.grace_due:
+            ledger.grace_due = False
+            await grace()
+        answers = await asyncio.gather(*(ask(b, gs) for b, gs in asks.items()))
+        for (b, gs), ans in zip(asks.items(), answers, strict=True):
+            ledger.record(b, gs, ans)
+        groups = ledger.resolve(groups)
+    return ledger.finish(groups)

@@ -1,0 +1,120 @@
+"""Attacks by a malicious coordinator on a real mask broker, through a real mosquitto.
+
+The coordinator holds every masked plan; one mask sum of a single home, or two sums that differ by
+one home, would unmask that home. Each attack below is refused with its documented reason
+(docs/privacy.md) and releases nothing, while honest requests in the same session still work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from test_mask_broker_service import (  # the real service + mosquitto fixture
+    DAY,
+    FRAMES,
+    B,
+    HomeSide,
+    Lab,
+    ask,
+    connected,
+    expected,
+    lab,
+    next_json,
+    report,
+)
+
+from hemsfw import protocol
+
+__all__ = ["lab"]  # the fixture, re-exported for pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _released(res: dict[str, Any], gid: str) -> bool:
+    return isinstance(res[gid], bytes)
+
+
+def test_malicious_coordinator_is_refused(lab: Lab) -> None:
+    lab.start_service()
+    h = {n: HomeSide(lab.keys, n) for n in ("h1", "h2", "h3", "h4", "h5", "h6")}
+    h1, h2, h3, h4, h5, h6 = h.values()
+
+    async def attack() -> None:
+        async with connected(lab, "coordinator", protocol.t_groupsum(B)) as coord:
+            ann = protocol.make_round(DAY, 1, FRAMES, 900, 1, 0, 3600, [B])
+            await coord.publish(protocol.t_round(), protocol.encode(ann), qos=1, retain=True)
+            lab.wait_stats(lambda s: s["round"] is not None)
+            for home in (h1, h2, h3, h4, h5):
+                assert (await report(lab, home.id, home.payload()))["status"] == "accepted"
+
+            # 1. A group of one home (k = 2 in this fixture): that home's mask alone.
+            res = await ask(coord, "a1", [("tiny", [h1])])
+            assert res["tiny"] == ("too_small", [])
+
+            # 2. Padding a one-home group with invented ids to reach k.
+            pad = protocol.make_group_request("a2", DAY, 1, [(
+                "padded", ["h1", "ghost1", "ghost2"],
+                protocol.report_checksum([h1.rid, "00" * 16, "11" * 16]))])
+            await coord.publish(protocol.t_groupreq(B), protocol.encode(pad), qos=1)
+            res = await _answer(coord, "a2")
+            assert res["padded"][0] == "unregistered_member"
+
+            # 3. Replay: the same sealed report again, and a second report of a home.
+            again = await report(lab, "h1", h1.payload())
+            assert (again["status"], again["reason"]) == ("rejected", "replay")
+            second = HomeSide(lab.keys, "h1")
+            dup = await report(lab, "h1", second.payload())
+            assert (dup["status"], dup["reason"]) == ("rejected", "duplicate_home")
+
+            # 4. A split, then a reshuffle that would difference one home out:
+            #    {h1,h2,h3,h4} and {h1,h2}, {h3,h4} are fine; {h2,h3} would isolate.
+            res = await ask(coord, "a4", [("all", [h1, h2, h3, h4]),
+                                          ("left", [h1, h2]), ("right", [h3, h4])])
+            assert res["all"] == expected([h1, h2, h3, h4])
+            res = await ask(coord, "a5", [("shuffle", [h2, h3])])
+            assert res["shuffle"] == ("would_isolate", [])
+            # ... and a superset that differs from a released group by one home.
+            res = await ask(coord, "a6", [("plus1", [h1, h2, h3, h4, h5])])
+            assert res["plus1"] == ("would_isolate", [])
+
+            # 5. A member set that differs from the homes' reports (forged checksum, or a
+            #    member list that does not match the report ids it claims).
+            res = await ask(coord, "a7", [("forged", [h1, h2])],
+                            checksums={"forged": protocol.report_checksum([h1.rid, h3.rid])})
+            assert res["forged"] == ("checksum_mismatch", [])
+
+            # 6. Mixing rounds: a request for another round, and after round 2 starts, a group
+            #    naming a home that reported only in round 1.
+            other = protocol.make_group_request("a8", DAY, 2, [(
+                "r2", ["h1", "h2"], protocol.report_checksum([h1.rid, h2.rid]))])
+            await coord.publish(protocol.t_groupreq(B), protocol.encode(other), qos=1)
+            res = await _answer(coord, "a8")
+            assert res["r2"][0] == "unknown_round"
+            ann2 = protocol.make_round(DAY, 2, FRAMES, 900, 1, 0, 3600, [B])
+            await coord.publish(protocol.t_round(), protocol.encode(ann2), qos=1, retain=True)
+            lab.wait_stats(lambda s: s["round"] and s["round"]["round"] == 2)
+            n1, n6 = HomeSide(lab.keys, "h1"), h6
+            for home in (n1, n6):
+                assert (await report(lab, home.id, home.payload(rnd=2)))["status"] == "accepted"
+            mixed = protocol.make_group_request("a9", DAY, 2, [(
+                "mixed", ["h1", "h5", "h6"],
+                protocol.report_checksum([n1.rid, h5.rid, n6.rid]))])
+            await coord.publish(protocol.t_groupreq(B), protocol.encode(mixed), qos=1)
+            res = await _answer(coord, "a9")
+            assert res["mixed"] == ("missing_members", ["h5"])
+
+        s = lab.wait_stats(lambda s: s["groups"]["requests"] >= 8)
+        # Only the honest split (3 groups) was ever released.
+        assert s["groups"]["released"] == 3, s["groups"]
+
+    asyncio.run(asyncio.wait_for(attack(), 120))
+
+
+async def _answer(coord: Any, req: str) -> dict[str, Any]:
+    """The broker's answer to a request published by hand (not through ask())."""
+    while True:
+        obj = await next_json(coord, protocol.t_groupsum(B))
+        if obj.get("req") == req:
+            return protocol.parse_group_sums(obj, FRAMES)[4]

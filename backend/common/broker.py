@@ -182,9 +182,11 @@ class Mosquitto:
             wait_port(self.port)
             if self.tls_port:
                 wait_port(self.tls_port)
-        except TimeoutError:
+        except TimeoutError as e:
             self.stop()
-            raise RuntimeError("mosquitto did not start:\n" + self.log_path.read_text()[-2000:])
+            raise RuntimeError(
+                "mosquitto did not start:\n" + self.log_path.read_text()[-2000:]
+            ) from e
         return self
 
     def stop(self, kill: bool = False) -> None:

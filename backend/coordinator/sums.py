@@ -23,9 +23,10 @@ What a refusal changes (reason codes are the broker's; exclusion reasons are our
   whose mask did not reach every broker cannot be counted) and the rest is re-asked from every
   broker as a new group (id ``<id>m``) when it still has >= k homes and the request passes the
   release rule at every broker (``release.Partition.check``, the broker's own code).  If a
-  broker already released the full group, the dropped homes would form an atom there: when fewer than k are missing, the fewest
-  further homes (lowest magnification first) leave too, so the dropped set has k homes (exclusion
-  ``atom_guard``).  A rest below k is merged into a group re-formed in the same pass whose source
+  broker already released the full group, the dropped homes would form an atom there: when
+  fewer than k are missing, the fewest further homes (lowest magnification first) leave too,
+  so the dropped set has k homes (exclusion ``atom_guard``).  A rest below k is merged into a
+  group re-formed in the same pass whose source
   was never released (nearest lower-or-equal magnification, else nearest higher; id ``<id>p``);
   merging into an already released group would make the rest an atom below k at every broker that
   released it, so it is never tried.  Rests that find no partner join each other when together

@@ -186,7 +186,10 @@ def read_state(state: Path) -> dict[str, Any] | None:
 
 
 def announce(coord: Peer) -> None:
-    ann = protocol.make_round(DAY, 1, FRAMES, FRAME_S, QUANTUM, START, START - 3600, ["mb1"])
+    # The deadline is a wall-clock instant (the home compares it with its real clock, not the
+    # lab's virtual day), so it is an hour from now, not a fixed date.
+    ann = protocol.make_round(DAY, 1, FRAMES, FRAME_S, QUANTUM, START, int(time.time()) + 3600,
+                              ["mb1"])
     coord.publish(protocol.t_round(), protocol.encode(ann), retain=True)
 
 

@@ -17,6 +17,12 @@ class MemStore:
         s = self.files.get(name)
         return default if s is None else json.loads(s)
 
+    def rename(self, old, new):
+        self.files[new] = self.files.pop(old)
+
+    def remove(self, name):
+        self.files.pop(name, None)
+
     def append_line(self, name, obj):
         self.lines.setdefault(name, []).append(json.loads(json.dumps(obj)))
 
@@ -36,13 +42,17 @@ class CountingRandom:
 
 
 class FakeClock:
-    def __init__(self, now=None, topic=None):
+    def __init__(self, now=None, topic=None, wall=None):
         self.t = now
+        self.w = wall       # the wall clock (round deadlines); None = unknown
         self.topic = topic
         self.updates = []
 
     def now(self):
         return self.t
+
+    def wall(self):
+        return self.w
 
     def update(self, obj):
         if "virtual" not in obj:
@@ -55,10 +65,14 @@ class FakeRelay:
     def __init__(self):
         self.calls = []
         self.on = None
+        self.stuck = False
 
     def set(self, on, frame):
         self.calls.append((on, frame))
         self.on = on
+
+    def ok(self):
+        return not self.stuck
 
 
 class FakeClient:
@@ -136,3 +150,30 @@ class Ticks:
 
     def __call__(self):
         return self.ms
+
+
+def tmpdir():
+    """A fresh directory under /tmp (MicroPython has no tempfile)."""
+    import os
+
+    try:
+        import tempfile
+
+        return tempfile.mkdtemp()
+    except ImportError:
+        pass
+    n = 0
+    while True:
+        d = "/tmp/hems-test-%d-%d" % (int(_rand() % 1000000), n)
+        try:
+            os.mkdir(d)
+            return d
+        except OSError:
+            n += 1
+
+
+def _rand():
+    import os
+
+    b = os.urandom(4)
+    return b[0] | (b[1] << 8) | (b[2] << 16)

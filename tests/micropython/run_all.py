@@ -15,6 +15,8 @@ _HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 # the tests' own folder (fakes.py) and the firmware package, wherever we are started from
 sys.path.insert(0, _HERE + "/../../firmware/micropython")
 sys.path.insert(0, _HERE)
+if sys.implementation.name == "micropython" and ".frozen" not in sys.path:
+    sys.path.append(".frozen")   # asyncio is frozen into the unix port
 
 
 def _print_exc(e):

@@ -191,6 +191,16 @@ def _unmask(out, cfg, frames):
     return _sub(masked, mask)
 
 
+def _ack_all(h):
+    for i, _t, _p in h.pending():
+        h.ack(i)
+
+
+def _plan(h):
+    st = h.new
+    return st["adjusted"] if st.get("adjusted") is not None else st["plan"]
+
+
 def test_home_round_masks_and_persists():
     store = MemStore()
     cfg = _cfg()
@@ -200,14 +210,14 @@ def test_home_round_masks_and_persists():
     assert topics == ["hems/v1/plan/h1", "hems/v1/mask/mb1/h1", "hems/v1/mask/mb2/h1"]
     # 4 hourly-ish values over 8 frames, quantum 100 Wh
     assert _unmask(out, cfg, 8) == [0, 0, 1, 1, 0, 0, 1, 1]
-    assert store.read(home.STATE)["sent"] is False
-    # Before mark_sent, the same round re-sends byte-identical reports (same report id, seeds).
+    assert store.read(home.NEW)["sent"] is False
+    # Before the acks, the same round re-sends byte-identical reports (same report id, seeds).
     assert h.on_round(_ann()) == out
     # A restart before the send completes re-sends them too, from the store (the same objects;
     # MicroPython's dict order may change the bytes after the JSON round trip).
     again = home.Home(cfg, store, CountingRandom(99)).on_round(_ann())
     assert _decoded(again) == _decoded(out)
-    h.mark_sent()
+    _ack_all(h)
     assert h.on_round(_ann()) == []
     assert home.Home(cfg, store, CountingRandom(99)).on_round(_ann()) == []
     # A new round draws a fresh report id and fresh masks.
@@ -220,8 +230,11 @@ def test_home_never_stores_the_mask_in_clear():
     store = MemStore()
     h = home.Home(_cfg(), store, CountingRandom())
     h.on_round(_ann())
-    st = store.read(home.STATE)
-    assert "mask" not in st and len(st["mask_sha256"]) == 64
+    st = store.read(home.NEW)
+    assert "mask" not in st and "seeds" not in st
+    _ack_all(h)
+    st = store.read(home.NEW)
+    assert st["outbox"] == [] and st["sent"] is True   # the sealed seeds are gone too
 
 
 def test_home_without_key_reports_nothing():
@@ -235,18 +248,18 @@ def test_home_adjustment_and_relay():
     h = home.Home(_cfg(), MemStore(), CountingRandom())
     adj = protocol.make_adjustment("2026-11-28", 1, "g1", [(2, 5)], [7], 1795910400)
     assert h.on_adjustment(adj) == "no_plan"
-    assert h.relay_on(None, True) is True and h.relay_on(1795824000, False) is False
+    assert h.relay_at(None, True)[0] is True and h.relay_at(1795824000, False)[0] is False
     h.on_round(_ann())
     assert h.on_adjustment(protocol.make_adjustment("2026-11-28", 2, "g1", [], [], 1)) == \
         "other_round"
     bad = dict(adj)
     bad["moves"] = [[0, 99]]
     assert h.on_adjustment(bad) == "bad_moves"
-    assert h.current_plan() == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert _plan(h) == [0, 0, 1, 1, 0, 0, 1, 1]
     assert h.on_adjustment(adj) is None
-    assert h.current_plan() == [0, 0, 0, 1, 0, 1, 1, 0]
+    assert _plan(h) == [0, 0, 0, 1, 0, 1, 1, 0]
     start = 1795824000
-    got = [h.relay_on(start + 900 * k + 1) for k in range(8)]
+    got = [h.relay_at(start + 900 * k + 1)[0] for k in range(8)]
     assert got == [False, False, False, True, False, True, True, False]
-    assert h.frame(start - 1) is None and h.relay_on(start - 1, True) is True
-    assert h.relay_on(start + 8 * 900, True) is True   # after the day: safe state
+    assert h.relay_at(start - 1, True) == (True, None)
+    assert h.relay_at(start + 8 * 900, True)[0] is True   # after the day: safe state

@@ -2,11 +2,10 @@
 # MicroPython and CPython.  The real-network version is tests/test_firmware_mqtt.py.
 
 import json
-import sys
 
 from fakes import CountingRandom, FakeClient, FakeClock, FakeRelay, MemStore, Ticks
 
-from hemsfw import clock, config, protocol, relay, runner
+from hemsfw import clock, config, link, protocol, relay, runner
 
 KEY = "c8" * 32
 START = 1795824000
@@ -70,6 +69,8 @@ def test_round_publishes_qos1_not_retained_then_marks_sent():
     h.r.step()
     h.cl.inject("hems/v1/round", _round())
     h.r.step()
+    assert h.st.read("round.json")["sent"] is False   # one message per turn
+    h.r.step()
     sent = h.cl.published[1:]
     assert [(t, ret, q) for t, _, ret, q in sent] == [
         ("hems/v1/plan/h1", False, 1), ("hems/v1/mask/mb1/h1", False, 1)]
@@ -116,7 +117,7 @@ def test_malformed_messages_are_logged_not_fatal():
     assert _logged(h.logs, "bad_clock")
     assert _logged(h.logs, "unexpected topic")
     assert _logged(h.logs, "reply from mb1: rejected late")
-    assert h.r.online and h.st.read("round.json") is None
+    assert h.r.main.online and h.st.read("round.json") is None
 
 
 def test_link_loss_backoff_and_relay_keeps_running():
@@ -127,7 +128,7 @@ def test_link_loss_backoff_and_relay_keeps_running():
     h.ck.t = START + 1
     h.cl.fail["check_msg"] = 1
     h.r.step()
-    assert not h.r.online and h.cl.closed == 1
+    assert not h.r.main.online and h.cl.closed == 1
     # offline: the relay keeps following the stored plan
     h.ck.t = START + 900
     h.r.step()
@@ -136,14 +137,14 @@ def test_link_loss_backoff_and_relay_keeps_running():
     h.cl.fail["connect"] = 1
     h.tk.ms += 1000
     h.r.step()                                      # attempt fails: backoff doubles
-    assert h.cl.connects == 1 and not h.r.online
-    assert h.r.backoff == 4 * runner.BACKOFF_MIN_MS
+    assert h.cl.connects == 1 and not h.r.main.online
+    assert h.r.main.backoff == 4 * link.BACKOFF_MIN_MS
     h.tk.ms += 1000
     h.r.step()
-    assert not h.r.online                           # 1-2 s now
+    assert not h.r.main.online                           # 1-2 s now
     h.tk.ms += 1000
     h.r.step()
-    assert h.r.online and h.cl.connects == 2
+    assert h.r.main.online and h.cl.connects == 2
     assert _logged(h.logs, "link down")
 
 
@@ -153,7 +154,7 @@ def test_publish_failure_resends_same_report_after_reconnect():
     h.cl.fail["publish"] = 1
     h.cl.inject("hems/v1/round", _round())
     h.r.step()
-    assert not h.r.online and h.st.read("round.json")["sent"] is False
+    assert not h.r.main.online and h.st.read("round.json")["sent"] is False
     h.tk.ms += 1000
     h.r.step()                                       # reconnect; the retained round comes again
     h.cl.inject("hems/v1/round", _round())
@@ -193,8 +194,8 @@ def test_corrupt_state_falls_back_to_safe_state():
     h.r.step()
     h.cl.inject("hems/v1/round", _round())
     h.r.step()
-    h.r.home.state["plan"] = []            # as if the stored plan were damaged
-    h.r.home.state["adjusted"] = None
+    h.r.home.new["plan"] = []            # as if the stored plan were damaged
+    h.r.home.new["adjusted"] = None
     h.ck.t = START + 10
     h.r.step()
     h.r.step()
@@ -255,39 +256,6 @@ def test_lab_relay_logs_switches_only():
         {"frame": None, "on": False, "t": 9}]
 
 
-class _Pin:
-    OUT = 1
-
-    def __init__(self, n, mode, value=None):
-        self.n = n
-        self.levels = [value]
-
-    def value(self, v):
-        self.levels.append(v)
-
-
-class _Machine:
-    Pin = _Pin
-
-
-def test_pin_relay_levels():
-    saved = sys.modules.get("machine")
-    sys.modules["machine"] = _Machine
-    try:
-        hi = relay.PinRelay(5, active_low=False, safe_state=False)
-        hi.set(True, 0)
-        hi.set(False, 1)
-        # created at the safe level, driven to it again by the boot set(), then switched
-        assert hi.pin.levels == [0, 0, 1, 0]
-        lo = relay.PinRelay(6, active_low=True, safe_state=True)
-        lo.set(False, 0)
-        assert lo.pin.levels == [0, 0, 1]      # on = low (active-low), then off = high
-    finally:
-        if saved is None:
-            del sys.modules["machine"]
-        else:
-            sys.modules["machine"] = saved
-
 # ------------------------------------------------------------------ config
 
 
@@ -335,3 +303,161 @@ def test_config_load_errors():
         raise AssertionError("loaded")
     except config.ConfigError as e:
         assert "cannot read" in str(e)
+
+# ------------------------------------------------------------------ hardening
+
+
+class _Dog:
+    def __init__(self):
+        self.feeds = 0
+
+    def feed(self):
+        self.feeds += 1
+
+
+class _Board:
+    def __init__(self):
+        self.up = True
+        self.events = []
+        self.shown = None
+        self.serviced = 0
+
+    def net_up(self):
+        return self.up
+
+    def service(self, runner):
+        self.serviced += 1
+
+    def button(self):
+        return self.events.pop(0) if self.events else None
+
+    def show(self, on, online, override):
+        self.shown = (on, online, override)
+
+
+def test_watchdog_fed_only_while_healthy():
+    h = _setup()
+    dog = _Dog()
+    h.r.watchdog = dog
+    h.r.step()
+    assert dog.feeds >= 1
+    n = dog.feeds
+    h.rl.stuck = True                       # the relay output does not follow
+    h.r.step()
+    h.r.step()
+    assert dog.feeds == n and _logged(h.logs, "unhealthy: relay output does not read back")
+    h.rl.stuck = False
+    h.r.errors = runner.MAX_ERRORS          # the loop keeps failing
+    h.r.step()
+    assert dog.feeds == n
+    h.r.errors = 0
+    h.r.step()
+    assert dog.feeds > n
+
+
+def test_no_connect_attempt_while_the_network_is_down():
+    h = _setup()
+    b = _Board()
+    b.up = False
+    h.r.board = b
+    for _ in range(3):
+        h.tk.ms += 5000
+        h.r.step()
+    assert h.cl.connects == 0 and b.serviced == 3 and b.shown == (False, False, False)
+    b.up = True
+    h.r.step()
+    assert h.cl.connects == 1 and b.shown[1] is True
+
+
+def test_relay_is_driven_before_a_blocking_connect():
+    h = _setup(safe_state=False)
+    h.r.step()
+    h.cl.inject("hems/v1/round", _round())
+    h.r.step()
+    h.r.step()
+    h.cl.connected = False
+    h.r.main.online = False
+    order = []
+    real_connect = h.cl.connect
+
+    def connect(clean=True):
+        order.append(("connect", h.rl.on))
+        return real_connect(clean)
+
+    h.cl.connect = connect
+    h.ck.t = START + 900                    # the clock is known: frame 1 wants the relay on
+    h.tk.ms += 60000
+    h.r.step()
+    assert order == [("connect", True)]     # switched before the connect attempt
+
+
+def test_override_until_frame_end_then_back_to_plan():
+    h = _setup()
+    h.r.step()
+    h.cl.inject("hems/v1/round", _round())
+    h.ck.t = START + 10                     # frame 0: plan off
+    h.r.step()
+    assert h.rl.on is False
+    h.r.override("on", "frame")
+    assert h.rl.on is True and h.st.read("resident.json")["override"]["until"] == START + 900
+    h.ck.t = START + 899
+    h.r.step()
+    assert h.rl.on is True
+    h.ck.t = START + 900                    # frame 1: the plan says on anyway
+    h.r.step()
+    assert h.r.resident.ovr is None and h.rl.on is True
+    h.r.override("off", "day")
+    h.ck.t = START + 2700
+    h.r.step()
+    assert h.rl.on is False                 # frame 3 would be on: held off for the day
+    h.r.override("auto")
+    assert h.rl.on is True
+
+
+def test_button_toggles_override():
+    h = _setup()
+    b = _Board()
+    h.r.board = b
+    h.r.step()
+    h.cl.inject("hems/v1/round", _round())
+    h.ck.t = START + 10
+    h.r.step()
+    b.events.append("short")
+    h.r.step()
+    assert h.rl.on is True and b.shown == (True, True, True)
+    b.events.append("short")                # a second press: back to the plan
+    h.r.step()
+    assert h.rl.on is False and h.r.resident.ovr is None
+    b.events.append("long")
+    h.r.step()
+    assert h.r.resident.ovr["until"] == START + 3600
+
+
+def test_round_after_deadline_by_wall_clock_is_not_reported():
+    h = _setup()
+    h.ck.w = START - 30                     # deadline START - 60 has passed
+    h.r.step()
+    h.cl.inject("hems/v1/round", _round())
+    h.r.step()
+    h.r.step()
+    assert [t for t, _, _, _ in h.cl.published] == ["hems/v1/status/h1"]
+    assert h.st.read("round.json")["status"] == "late"
+    assert _logged(h.logs, "not reported: late")
+
+
+def test_partial_send_resumes_with_the_rest_after_reconnect():
+    h = _setup()
+    h.r.step()
+    h.cl.inject("hems/v1/round", _round())
+    h.r.step()                              # plan published and acknowledged
+    h.cl.fail["publish"] = 1
+    h.r.step()                              # the mask's publish fails: link lost
+    assert not h.r.main.online
+    st = h.st.read("round.json")
+    assert st["acked"] == [1, 0] and st["sent"] is False
+    h.tk.ms += 1000
+    h.r.step()                              # reconnect; flushes the mask without the round
+    h.r.step()
+    topics = [t for t, _, _, _ in h.cl.published]
+    assert topics.count("hems/v1/plan/h1") == 1 and topics.count("hems/v1/mask/mb1/h1") == 1
+    assert h.st.read("round.json")["sent"] is True

@@ -5,10 +5,19 @@
 #             "keepalive": 30, "cafile_der": null, "timeout_s": 5},
 #    "magnification": 2, "plan_wh": [...], "keys": {"mb1": "<64 hex>"},
 #    "state_dir": "/path", "board": "unix"|"esp32"|"picow"|"rpi", "clock": "lab"|"system",
-#    "safe_state": false, "exit_after_day": false, "loop_ms": 20,
-#    "relay": {"pin": 5, "active_low": false},           (esp32/picow only)
-#    "wifi": {"ssid": "...", "password": "..."}}          (esp32/picow only)
+#    "safe_state": false, "exit_after_day": false, "loop_ms": 20, "watchdog_ms": 30000,
+#    "relay": {"pin": 5, "active_low": false, "button": 0, "button_active_low": true,
+#              "led": 2, "led_active_low": false},       (required on esp32/picow; rpi: optional,
+#                                                          plus "driver": "gpiod"|"sysfs", "chip")
+#    "wifi": {"ssid": "...", "password": "...", "hostname": "...", "country": "JP"},
+#    "ntp": {"host": "pool.ntp.org", "every_s": 3600},   (esp32/picow)
+#    "planner": {"mode": "config"|"history", "alpha_pct": 25, "min_days": 1},
+#    "http": {"port": 80, "bind": "0.0.0.0", "token": null},       (the resident's page)
+#    "local": {"host": ..., "port": 1883, "user": ..., "password": ..., "client_id": ...,
+#              "discovery_prefix": "homeassistant", "base": "hems/<home_id>"},  (Home Assistant)
+#    "unix": {"wifi_file": null}, "debug_pause_at": null}                   (tests only)
 #
+# docs/firmware.md describes every key.
 # The MQTT user must be the home id: the broker's ACL grants a home its own topics by %u
 # (backend/common/broker.py acl_text).  A null/absent mqtt.password is taken from the environment
 # variable HEMS_MQTT_PASSWORD where the port has one (unix port, CPython), so a lab or a Pi need not
@@ -115,13 +124,45 @@ def check(cfg):
     cfg["exit_after_day"] = _bool(cfg, "exit_after_day", False)
     cfg["loop_ms"] = _int(cfg, "loop_ms", 1, 1000, 20)
 
-    if board in ("esp32", "picow"):
+    wmax = 8000 if board == "picow" else 120000
+    cfg["watchdog_ms"] = _int(cfg, "watchdog_ms", 1000, wmax, min(30000, wmax))
+    if board == "picow" and m["timeout_s"] > 6:
+        raise ConfigError("config: mqtt.timeout_s must be <= 6 on picow (8.3 s watchdog)")
+    mcu = board in ("esp32", "picow")
+    if mcu or "relay" in cfg:
         r = _need(cfg, "relay", (dict,))
-        _need(r, "pin", (int,), "relay.")
+        _need(r, "pin", (int, str) if mcu else (int,), "relay.")
+        for k in ("active_low", "button_active_low", "led_active_low"):
+            if k in r:
+                _need(r, k, (bool,), "relay.")
         r["active_low"] = _bool(r, "active_low", False)
+        if r.get("driver", "gpiod") not in ("gpiod", "sysfs"):
+            raise ConfigError("config: relay.driver must be gpiod or sysfs")
+    if mcu:
         w = _need(cfg, "wifi", (dict,))
         _need(w, "ssid", (str,), "wifi.")
         _need(w, "password", (str,), "wifi.")
+    pl = cfg.get("planner") or {}
+    if pl.get("mode", "config") not in ("config", "history"):
+        raise ConfigError("config: planner.mode must be config or history")
+    if pl:
+        _int(pl, "alpha_pct", 1, 100, 25, "planner.")
+        _int(pl, "min_days", 1, 1000, 1, "planner.")
+    h = cfg.get("http")
+    if h:
+        h["port"] = _int(h, "port", 1, 65535, 80, "http.")
+        h["bind"] = h.get("bind") or "0.0.0.0"
+    lo = cfg.get("local")
+    if lo:
+        _need(lo, "host", (str,), "local.")
+        lo["port"] = _int(lo, "port", 1, 65535, 1883, "local.")
+        lo["keepalive"] = _int(lo, "keepalive", 0, 65535, 30, "local.")
+        lo["timeout_s"] = _int(lo, "timeout_s", 1, 6 if board == "picow" else 120, 3, "local.")
+        for k in ("user", "password", "cafile_der"):
+            lo[k] = lo.get(k)
+        lo["client_id"] = lo.get("client_id") or "hems-" + hid + "-local"
+        lo["discovery_prefix"] = lo.get("discovery_prefix") or "homeassistant"
+        lo["base"] = lo.get("base") or "hems/" + hid
     return cfg
 
 

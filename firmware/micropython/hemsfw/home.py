@@ -1,28 +1,55 @@
 # The home controller's round logic (the seed's HEMS server 20), without any I/O.
 #
-# Inputs are decoded messages and the time; outputs are (topic, payload bytes) pairs to publish
-# and the relay state to drive.  Adapters (MQTT client, relay driver, clock, filesystem Store)
-# live elsewhere and are passed in.  State that must survive a power cut goes through `store`
-# *before* anything is published, so a restart re-sends the very same report (same report id,
-# same sealed seeds) instead of drawing a new one: nothing is lost and nothing is reported twice.
+# Inputs are decoded messages and the time; outputs are (topic, payload bytes) messages to
+# publish and the relay state to drive.  Adapters (MQTT client, relay driver, clock, filesystem
+# Store) live elsewhere and are passed in.
 #
-# MicroPython subset only.
+# Two slots, because rounds are planned a day ahead: `round.json` holds the newest round (the lab
+# reads plan / adjusted / quantum_wh there) and `prev.json` the previous day's round until that day
+# has been played out.  The relay follows whichever slot's day contains `now` (its adjusted plan
+# while the adjustment has not expired, else its own plan), else the safe state.
+#
+# Power-cut safety: a round's report (masked plan + sealed seeds, one report id) is persisted
+# *before* anything is published, each message is marked acknowledged (persisted) as soon as its
+# PUBACK arrives, and a restart re-sends only the unacknowledged ones, the very same bytes: never a
+# second draw, never a second report id.  Every write is atomic (store.py).  A round announced
+# after its deadline (by the wall clock) is not reported (the coordinator would refuse it as
+# "late"): the home just follows its own plan that day.  MicroPython subset only.
 
 import binascii
-import hashlib
+import sys
 
-from hemsfw import masking, plan, protocol, seal
+from hemsfw import plan, protocol
 
-STATE = "round.json"
+NEW = "round.json"
+PREV = "prev.json"
 
 
 def _hex(b):
     return binascii.hexlify(b).decode()
 
 
+def unload(*names):
+    """Drop once-a-day modules after use on MicroPython (their code leaves the heap)."""
+    if sys.implementation.name != "micropython":
+        return
+    import hemsfw
+
+    for n in names:
+        sys.modules.pop("hemsfw." + n, None)
+        if n in hemsfw.__dict__:
+            delattr(hemsfw, n)
+
+
+def day_end(st):
+    return st["start"] + st["frames"] * st["frame_s"]
+
+
 class Home:
-    def __init__(self, cfg, store, urandom, log=None):
-        """cfg: dict with home_id, magnification, plan_wh (list), keys {broker: hex key}."""
+    def __init__(self, cfg, store, urandom, log=None, planner=None):
+        """cfg: dict with home_id, magnification, plan_wh (list), keys {broker: hex key}.
+        planner: object with plan_for(day, frames) -> (Wh list, source) and record(day, wh,
+        source) (hemsfw.resident.Resident); None = the config's plan_wh every day."""
         self.id = cfg["home_id"]
         if not protocol.valid_id(self.id):
             raise ValueError("bad home_id")
@@ -34,88 +61,196 @@ class Home:
         self.store = store
         self.urandom = urandom
         self.log = log or (lambda *a: None)
-        self.state = store.read(STATE, {}) or {}
+        self.planner = planner
+        self.phase = lambda name: None   # test hook (runner: debug_pause_at)
+        self.new = store.read(NEW)
+        self.prev = store.read(PREV)
+        if self.new is None and self.prev is not None:
+            # cut between moving round.json to prev.json and writing the new round.json
+            store.rename(PREV, NEW)
+            self.new, self.prev = self.prev, None
+
+    def _slot_file(self, st):
+        return NEW if st is self.new else PREV
 
     # ------------------------------------------------------------ the round
 
-    def on_round(self, ann):
-        """A (validated) round announcement -> messages to publish (possibly none)."""
+    def _plan_for(self, day, frames):
+        if self.planner is None:
+            return plan.resample(self.plan_wh, frames), "config"
+        return self.planner.plan_for(day, frames)
+
+    def on_round(self, ann, wall=None, now=None):
+        """A validated round announcement -> [(topic, payload)] still to publish (maybe none;
+        the runner publishes pending() one by one and ack()s each).
+
+        wall: wall-clock epoch s (None = unknown) for the deadline; now: the frame clock (the
+        lab's virtual time) to tell whether the previous round's day is still running."""
         day, rnd = ann["day"], ann["round"]
-        st = self.state
-        if st.get("day") == day and st.get("round") == rnd:
-            # Already reported this round: re-send only what was not confirmed sent.
-            return [] if st.get("sent") else self._outbox()
-        missing = [b for b in ann["brokers"] if b not in self.keys]
-        if missing:
-            self.log("no key for mask broker(s)", missing)
-            return []
+        st = self.new
+        if st:
+            if day < st["day"] or (day == st["day"] and rnd < st["round"]):
+                self.log("round", day, rnd, "is older than the stored one: ignored")
+                return []
+            if day == st["day"] and rnd == st["round"]:
+                return self._out(wall)   # a repeat (retained, reconnect): nothing new
         frames = ann["frames"]
-        values = plan.to_quanta(plan.resample(self.plan_wh, frames), ann["quantum_wh"])
-        report_id = _hex(self.urandom(16))
-        seeds = [self.urandom(protocol.SEED_LEN) for _ in ann["brokers"]]
-        mask = masking.mask_from_seeds(seeds, frames)
-        masked = masking.add_plan(mask, values)
+        wh, source = self._plan_for(day, frames)
+        if self.planner is not None:
+            self.planner.record(day, wh, source)
+        values = plan.to_quanta(wh, ann["quantum_wh"])
+        brokers = ann["brokers"]
+        status = "reported"
+        if wall is not None and wall > ann["deadline"]:
+            status = "late"
+        else:
+            for b in brokers:
+                if b not in self.keys:
+                    status = "no_key"
+        new = {"day": day, "round": rnd, "start": ann["start"], "frame_s": ann["frame_s"],
+               "frames": frames, "quantum_wh": ann["quantum_wh"], "deadline": ann["deadline"],
+               "source": source, "status": status, "report_id": None, "plan": values,
+               "outbox": [], "acked": [], "sent": True, "adjustment": None, "adjusted": None}
+        if status == "reported":
+            self._report(new, brokers)
+        else:
+            self.log("round", day, rnd, "not reported:", status, "(following the own plan)")
+        # Day-ahead: keep the running day's round until it has been played out.
+        if st and day != st["day"]:
+            if now is None or now < day_end(st):
+                self.store.rename(NEW, PREV)
+                self.prev = st
+                if st.get("outbox"):
+                    self.log("dropped the unsent report of", st["day"], "(past its deadline)")
+            elif self.prev is not None:
+                self.store.remove(PREV)
+                self.prev = None
+        self.phase("drawn")
+        self.store.write(NEW, new)   # persisted before anything is published
+        self.new = new
+        return self._out(wall)
+
+    def _out(self, wall):
+        return [(t, p) for _i, t, p in self.pending(wall)]
+
+    def _report(self, new, brokers):
+
+        from hemsfw import masking, seal  # needed once a day: loaded only then
+
+        day, rnd, frames = new["day"], new["round"], new["frames"]
+        rid = _hex(self.urandom(16))
+        seeds = [self.urandom(protocol.SEED_LEN) for _ in brokers]
+        masked = masking.add_plan(masking.mask_from_seeds(seeds, frames), new["plan"])
         out = [[protocol.t_plan(self.id), protocol.make_plan_report(
-            self.id, day, rnd, report_id, self.mag, masked)]]
-        for b, s in zip(ann["brokers"], seeds):
-            ad = protocol.mask_ad(b, self.id, day, rnd, report_id)
+            self.id, day, rnd, rid, self.mag, masked)]]
+        for b, s in zip(brokers, seeds):
+            ad = protocol.mask_ad(b, self.id, day, rnd, rid)
             blob = seal.seal(self.keys[b], ad, s, self.urandom(seal.NONCE_LEN))
             out.append([protocol.t_mask(b, self.id),
-                        protocol.make_mask_report(self.id, day, rnd, report_id, blob)])
-        # Persist before publishing.  Only the sealed seeds are kept (the outbox); the mask
-        # itself is kept as a digest for bookkeeping, never in the clear.
-        self.state = {
-            "day": day, "round": rnd, "start": ann["start"], "frame_s": ann["frame_s"],
-            "frames": frames, "quantum_wh": ann["quantum_wh"], "report_id": report_id,
-            "plan": values, "mask_sha256": _hex(hashlib.sha256(mask).digest()),
-            "outbox": out, "sent": False, "adjustment": None, "adjusted": None,
-        }
-        self.store.write(STATE, self.state)
-        return self._outbox()
+                        protocol.make_mask_report(self.id, day, rnd, rid, blob)])
+        # Only the sealed seeds are kept (in the outbox, until acknowledged); the mask itself
+        # never reaches the storage.
+        unload("masking", "seal")
+        new["report_id"] = rid
+        new["outbox"] = out
+        new["acked"] = [0] * len(out)
+        new["sent"] = False
 
-    def _outbox(self):
-        return [(t, protocol.encode(m)) for t, m in self.state.get("outbox", [])]
+    def pending(self, wall=None):
+        """[(index, topic, payload bytes)] of the newest round's unacknowledged messages; none
+        once the deadline has passed (the round is then marked late)."""
+        st = self.new
+        if not st or st.get("sent", True):
+            return []
+        if wall is not None and wall > st["deadline"]:
+            self.log("deadline passed before the report was acknowledged: not sending it")
+            st["status"] = "late"
+            st["sent"] = True
+            st["outbox"] = []
+            self.store.write(NEW, st)
+            return []
+        out = []
+        for i in range(len(st["outbox"])):
+            if not st["acked"][i]:
+                t, m = st["outbox"][i]
+                out.append((i, t, protocol.encode(m)))
+        return out
 
-    def mark_sent(self):
-        if self.state and not self.state.get("sent"):
-            self.state["sent"] = True
-            self.store.write(STATE, self.state)
+    def ack(self, i):
+        """Message i of the newest round's outbox was acknowledged (PUBACK): persist that."""
+        st = self.new
+        if not st or st.get("sent", True) or st["acked"][i]:
+            return
+        st["acked"][i] = 1
+        if 0 not in st["acked"]:
+            st["sent"] = True
+            st["outbox"] = []     # every message is with the broker: drop the payloads
+        self.store.write(NEW, st)
 
-    def on_adjustment(self, obj):
+    def on_adjustment(self, obj, now=None):
         """A decoded adjustment; returns a reason string if ignored, else None."""
-        st = self.state
-        if not st:
+        slots = [s for s in (self.new, self.prev) if s]
+        if not slots:
             return "no_plan"
+        st = None
+        for s in slots:
+            if obj.get("day") == s["day"] and obj.get("round") == s["round"]:
+                st = s
         try:
-            day, rnd, group, moves, curtail, expires = protocol.parse_adjustment(obj, st["frames"])
+            _d, _r, group, moves, curtail, expires = protocol.parse_adjustment(
+                obj, (st or slots[0])["frames"])
         except ValueError as e:
             return str(e)
-        if day != st["day"] or rnd != st["round"]:
+        if st is None:
             return "other_round"
-        st["adjustment"] = {"group": group, "moves": moves, "curtail": curtail,
-                            "expires": expires}
+        if st.get("status") != "reported":
+            return "not_reported"
+        if now is not None and now >= expires:
+            return "expired"
+        adj = {"group": group, "moves": [list(m) for m in moves], "curtail": curtail,
+               "expires": expires}
+        if st.get("adjustment") == adj:
+            return None   # a redelivery: already applied and stored
+        st["adjustment"] = adj
         st["adjusted"] = plan.apply_adjustment(st["plan"], moves, curtail)
-        self.store.write(STATE, st)
+        self.store.write(self._slot_file(st), st)
         return None
 
     # ------------------------------------------------------------ the relay
 
-    def current_plan(self):
-        st = self.state
-        if not st:
+    def slot_at(self, now):
+        if now is None:
             return None
-        return st["adjusted"] if st.get("adjusted") is not None else st["plan"]
+        for st in (self.new, self.prev):
+            if st and st["start"] <= now < day_end(st):
+                return st
+        return None
 
-    def frame(self, now):
-        st = self.state
-        if not st:
+    def relay_at(self, now, safe_state=False):
+        """(relay on?, frame index or None) at `now` (None = time unknown): the stored plan of the
+        slot whose day contains now (adjusted while the adjustment holds), else the safe state."""
+        st = self.slot_at(now)
+        if st is None:
+            return safe_state, None
+        k = int((now - st["start"]) // st["frame_s"])
+        p = st.get("adjusted")
+        a = st.get("adjustment")
+        if p is None or (a and now >= a["expires"]):
+            p = st["plan"]
+        return p[k] > 0, k
+
+    def frame_end(self, now):
+        """End (epoch s) of the frame containing now, None outside any planned day."""
+        st = self.slot_at(now)
+        if st is None:
             return None
-        return plan.frame_at(now, st["start"], st["frame_s"], st["frames"])
+        fs = st["frame_s"]
+        return st["start"] + (int((now - st["start"]) // fs) + 1) * fs
 
-    def relay_on(self, now, safe_state=False):
-        """Relay state for time `now` (None = time unknown): the stored plan for the current
-        frame, else the configured safe state."""
-        k = self.frame(now)
-        if k is None:
-            return safe_state
-        return self.current_plan()[k] > 0
+    def day_end_at(self, now):
+        st = self.slot_at(now)
+        return None if st is None else day_end(st)
+
+    def day_over(self, now):
+        """The newest round's day has been played out (lab: exit_after_day)."""
+        return now is not None and bool(self.new) and now >= day_end(self.new)

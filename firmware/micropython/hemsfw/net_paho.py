@@ -38,6 +38,15 @@ class Client:
         self._connack = None
         self._subacks = {}
         self._lost = False
+        self.deadline = None   # time.monotonic() by which this turn's network work must be done
+
+    def set_budget(self, ms):
+        """Bound the waits from now on to `ms` in total (None: only timeout_s per wait)."""
+        self.deadline = None if ms is None else time.monotonic() + ms / 1000
+
+    def _limit(self):
+        t = time.monotonic() + self.timeout_s
+        return t if self.deadline is None else min(t, self.deadline)
 
     # -------------------------------------------------------------- umqtt.simple interface
 
@@ -53,7 +62,7 @@ class Client:
         self.close()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         clean_session=clean_session, reconnect_on_failure=False)
-        c.connect_timeout = self.timeout_s
+        c.connect_timeout = max(0.05, self._limit() - time.monotonic())
         if self.user is not None:
             c.username_pw_set(self.user, self.pswd)
         if self.will is not None:
@@ -104,6 +113,10 @@ class Client:
     def ping(self):
         pass  # paho's loop() keeps the connection alive (PINGREQ / PINGRESP timeout)
 
+    def fileno_sock(self):
+        """The socket (for select.poll while idle), or None."""
+        return None if self._c is None else self._c.socket()
+
     def disconnect(self):
         """Graceful DISCONNECT (the broker then discards the last will)."""
         c = self._c
@@ -130,7 +143,7 @@ class Client:
             raise OSError("mqtt: " + mqtt.error_string(rc))
 
     def _wait(self, done, what):
-        deadline = time.monotonic() + self.timeout_s
+        deadline = self._limit()
         while not done():
             if self._lost:
                 raise OSError("connection lost waiting for " + what)

@@ -12,6 +12,12 @@
 # reconnects.  ping() raises OSError when nothing has arrived for 1.5 keepalives (the MQTT rule for
 # a dead link), which catches half-open TCP connections a write would not notice.
 #
+# On top of the per-read timeout, set_budget(ms) gives all the socket operations that follow one
+# shared deadline (the runner sets it at the start of each loop turn's network work): a connect
+# (TCP + TLS + CONNACK + SUBACKs) or a QoS 1 publish waiting for its PUBACK then blocks the loop
+# for at most that budget in total, however the broker trickles its bytes.  Only DNS
+# (socket.getaddrinfo) is outside it: MicroPython has no resolver timeout (docs/firmware.md).
+#
 # MicroPython only (umqtt.simple, socket.read/write streams).
 
 import socket
@@ -19,32 +25,58 @@ import struct
 
 from umqtt.simple import MQTTClient, MQTTException
 
-from hemsfw.clock import ticks_diff, ticks_ms
+from hemsfw.clock import ticks_add, ticks_diff, ticks_ms
+
+ETIMEDOUT = 110
 
 
 class _TimedSock:
     """The stream umqtt reads and writes, with setblocking(True) mapped to a bounded timeout."""
 
-    def __init__(self, raw, stream, timeout_s):
+    def __init__(self, raw, stream, owner):
         self.raw = raw          # the TCP socket (owns the timeout)
         self.stream = stream    # raw itself, or the TLS socket wrapping it
-        self.timeout = timeout_s
+        self.owner = owner      # the Client: timeout_s and the shared deadline
+        self.blocking = True
         self.last_rx = ticks_ms()
-        raw.settimeout(timeout_s)
+        self._arm()
+
+    def _arm(self):
+        """Blocking mode: the next operation waits at most min(timeout_s, budget left)."""
+        t = self.owner.timeout_s
+        d = self.owner.deadline
+        if d is not None:
+            left = ticks_diff(d, ticks_ms())
+            if left <= 0:
+                raise OSError(ETIMEDOUT)
+            if left < 1000 * t:
+                t = left / 1000
+        self.raw.settimeout(t)
 
     def read(self, n):
+        if self.blocking:
+            self._arm()
         b = self.stream.read(n)
         if b:
             self.last_rx = ticks_ms()
         return b
 
     def write(self, buf, n=None):
-        if n is None:
-            return self.stream.write(buf)
-        return self.stream.write(buf, n)
+        self._arm()
+        try:
+            if n is None:
+                return self.stream.write(buf)
+            return self.stream.write(buf, n)
+        finally:
+            if not self.blocking:
+                self.raw.settimeout(0)
 
     def setblocking(self, flag):
-        self.raw.settimeout(self.timeout if flag else 0)
+        self.blocking = flag
+        if flag:
+            self._arm()
+        else:
+            self.raw.settimeout(0)
 
     def close(self):
         try:
@@ -74,12 +106,23 @@ class Client(MQTTClient):
         MQTTClient.__init__(self, client_id, server, port, user, password, keepalive)
         self.timeout_s = timeout_s
         self.cadata = cadata  # DER bytes of the CA that signed the broker's certificate, or None
+        self.deadline = None  # ticks_ms by which the current turn's network work must be done
+        self.addr = None      # resolved once (DNS has no timeout), again after a failure
+
+    def set_budget(self, ms):
+        """Bound every socket operation from now on to `ms` in total (None: no budget)."""
+        self.deadline = None if ms is None else ticks_add(ticks_ms(), ms)
 
     def _open(self):
-        addr = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0][-1]
+        if self.addr is None:
+            self.addr = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0][-1]
+        addr = self.addr
         raw = socket.socket()
         try:
-            raw.settimeout(self.timeout_s)
+            t = self.timeout_s
+            if self.deadline is not None:
+                t = min(t, max(ticks_diff(self.deadline, ticks_ms()), 1) / 1000)
+            raw.settimeout(t)
             raw.connect(addr)
             stream = raw
             if self.cadata is not None:
@@ -91,8 +134,9 @@ class Client(MQTTClient):
                 stream = ctx.wrap_socket(raw, server_hostname=self.server)
         except BaseException:
             raw.close()
+            self.addr = None   # resolve again next time (the broker may have moved)
             raise
-        return _TimedSock(raw, stream, self.timeout_s)
+        return _TimedSock(raw, stream, self)
 
     def connect(self, clean_session=True):
         """CONNECT and wait for CONNACK (bounded); returns the session-present flag."""
@@ -124,6 +168,10 @@ class Client(MQTTClient):
             raise MQTTException(resp[3])  # 4 = bad user/password, 5 = not authorised
         self.pid = 0
         return resp[2] & 1
+
+    def fileno_sock(self):
+        """The raw socket (for select.poll while idle), or None."""
+        return self.sock.raw if self.sock is not None else None
 
     def ping(self):
         """PINGREQ; OSError if the broker has been silent for 1.5 keepalives (dead link)."""

@@ -6,8 +6,8 @@
 # safe state at construction, i.e. at boot before any network or clock exists (DESIGN.md
 # decision 9, the Tasmota/ESPHome "power-on state" convention).
 #
-# MicroPython subset; `machine` is imported only by PinRelay (boards), never at module import, so
-# the unix port and CPython import this module without it.
+# MicroPython subset, no hardware: the GPIO drivers live with their boards (hemsfw/boards/), the
+# only modules that import `machine`.
 
 
 class Relay:
@@ -52,24 +52,3 @@ class LabRelay(Relay):
         if self.switches == 1:
             rec["boot"] = True
         self.store.append_line(self.LOG, rec)
-
-
-class PinRelay(Relay):
-    """A GPIO driving the relay (ESP32, Pico W): machine.Pin, active-high or active-low.
-
-    The pin is created already at the safe level (Pin(..., value=...)), so the output never
-    glitches to the wrong state between pin setup and the first set()."""
-
-    def __init__(self, pin, active_low=False, safe_state=False):
-        import machine  # boards only
-
-        self.active_low = bool(active_low)
-        level = self._level(bool(safe_state))
-        self.pin = machine.Pin(pin, machine.Pin.OUT, value=level)
-        Relay.__init__(self, safe_state)
-
-    def _level(self, on):
-        return 0 if on == self.active_low else 1
-
-    def _drive(self, on):
-        self.pin.value(self._level(on))

@@ -1,244 +1,322 @@
 # The home controller's main loop: the I/O shell around hemsfw.home.Home (DESIGN.md decision 6).
 #
 # Adapters are passed in, so the same loop runs on boards (umqtt + machine.Pin + NTP clock), on the
-# MicroPython unix port (umqtt + LabRelay + LabClock) and on CPython (paho + ...):
-#   client  umqtt.simple.MQTTClient interface: connect(clean_session) / set_callback /
-#           set_last_will / subscribe / publish / check_msg / ping / disconnect, and optionally
-#           close() (drop the socket without DISCONNECT).  Any exception from it = link lost.
-#   clock   now() -> epoch s or None; `topic` (None, or the lab clock topic) and update(obj).
-#   relay   set(on, frame).
-#   store   hemsfw.store.Store (Home persists its round there).
-#   log     log(*args).
+# MicroPython unix port (umqtt + LabRelay + LabClock) and on CPython (paho + gpiod ...):
+#   client  umqtt.simple.MQTTClient interface (hemsfw/link.py); any exception = link lost
+#   clock   now() -> frame-clock epoch s or None; wall() -> wall-clock epoch s or None (the
+#           round deadline); `topic` (None, or the lab clock topic) and update(obj)
+#   relay   set(on, frame); optionally ok() -> the output really is where it was driven
+#   store   hemsfw.store.Store (Home and Resident persist there)
+#   board   optional (hemsfw/boards): net_up(), service(runner), button() -> None|"short"|
+#           "long", show(relay_on, online, override) for a status LED
+#   local   optional second MQTT client: the resident's own broker (Home Assistant, local
+#           commands; hemsfw/ha.py).  Never the utility's broker: the plan would leak there.
 #
-# One loop turn (~loop_ms): poll MQTT without blocking, handle what arrived, drive the relay from
-# the stored plan for the current frame.  The relay is driven on every turn whether or not the
-# link is up: a controller that lost its broker keeps following the plan it stored (DESIGN.md
-# decisions 8 and 9).  Reconnects use jittered exponential backoff and never sleep: the next attempt
-# is only scheduled, so the only blocking is one bounded connect attempt (adapter timeout_s).
+# One loop turn (loop_ms): drive the relay from the stored plan for the current frame, board
+# housekeeping, at most one bounded network step per link (a poll, or one connect attempt when the
+# backoff allows), handle what arrived, publish at most one unacknowledged report message, drive
+# the relay again, then feed the watchdog if the loop is healthy.  The relay is driven on every
+# turn whether or not a link is up: a controller that lost its broker keeps following the plan it
+# stored (DESIGN.md decisions 8 and 9).  Worst case a turn blocks for one network budget
+# (timeout_s, default 5 s) plus DNS: docs/firmware.md.
 #
-# Incoming messages are queued by the MQTT callback and handled after check_msg returns, never
-# inside it: umqtt delivers messages while it waits for a PUBACK, and handling a round there
-# would re-enter publish.
-#
-# MicroPython subset only.
+# Incoming messages are queued by the MQTT callback and handled after the poll, never inside it:
+# umqtt delivers messages while it waits for a PUBACK, and handling a round there would re-enter
+# publish.  MicroPython subset only.
 
 import os
 
 from hemsfw import protocol
-from hemsfw.clock import sleep_ms, ticks_add, ticks_diff, ticks_ms
+from hemsfw.clock import sleep_ms, ticks_diff, ticks_ms
 from hemsfw.home import Home
+from hemsfw.link import Link
+from hemsfw.resident import Resident
 
 INBOX_MAX = 16            # messages held between two loop turns (a home gets only a handful)
-POLL_MAX = 8              # check_msg calls per turn while messages keep arriving
-BACKOFF_MIN_MS = 1000
-BACKOFF_MAX_MS = 60000
-STABLE_MS = 30000         # a link up this long resets the backoff (a kick-loop keeps growing it)
+MAX_ERRORS = 20           # consecutive failed turns before the watchdog is starved
+HEAP_FLOOR = 4096         # bytes free below which the loop counts as unhealthy (boards)
+
+
+def _mem_free():
+    try:
+        import gc
+
+        return gc.mem_free()
+    except (ImportError, AttributeError):
+        return None   # CPython
 
 
 class Runner:
     def __init__(self, cfg, client, clock, relay, store, log=None, urandom=None, watchdog=None,
-                 ticks=None):
+                 ticks=None, board=None, local=None):
         """cfg: checked config (hemsfw.config.check).  watchdog: object with feed(), fed once
         per healthy turn (machine.WDT on boards).  ticks: ms counter (tests)."""
         self.cfg = cfg
         self.id = cfg["home_id"]
-        self.client = client
         self.clock = clock
         self.relay = relay
+        self.store = store
         self.log = log or (lambda *a: None)
         self.urandom = urandom or os.urandom
         self.watchdog = watchdog
         self.ticks = ticks or ticks_ms
-        self.home = Home(cfg, store, self.urandom, self.log)
+        self.board = board
+        self.resident = Resident(cfg, store, self.log)
+        self.home = Home(cfg, store, self.urandom, self.log, self.resident)
+        self.home.phase = self._phase
         self.safe = cfg.get("safe_state", False)
         self.loop_ms = cfg.get("loop_ms", 20)
         self.exit_after_day = cfg.get("exit_after_day", False)
-        self.keepalive_ms = 1000 * cfg.get("mqtt", {}).get("keepalive", 30)
-        self.t_status = protocol.t_status(self.id)
+        self.dbg = None
+        if cfg.get("debug_pause_at") or cfg.get("debug_memtrace"):
+            from hemsfw.debug import Debug
+
+            self.dbg = Debug(cfg, self.log)
+        mq = cfg.get("mqtt", {})
         self.t_round = protocol.t_round()
         self.t_adjust = protocol.t_adjust(self.id)
         # QoS 1 on adjust with a persistent session: the broker queues an adjustment for a home
         # that is offline when it is sent (broker/mosquitto.conf max_queued_messages).
-        self.subs = [(self.t_round, 1), (self.t_adjust, 1), (protocol.t_reply("+", self.id), 1)]
+        subs = [(self.t_round, 1), (self.t_adjust, 1), (protocol.t_reply("+", self.id), 1)]
         if clock.topic:
-            self.subs.append((clock.topic, 1))
+            subs.append((clock.topic, 1))
+        self.main = Link("mqtt", client, protocol.t_status(self.id), subs, self._on_msg,
+                         self.urandom, self.ticks, self.log, mq.get("keepalive", 30),
+                         1000 * mq.get("timeout_s", 5))
+        self.ha = None
+        self.links = [self.main]
+        if local is not None:
+            from hemsfw.ha import HA
+
+            self.ha = HA(self, local, cfg["local"])
+            self.links.append(self.ha.link)
         self.inbox = []
-        self.rx = 0
-        self.online = False
-        self.up_since = 0
-        self.last_ping = 0
-        self.backoff = BACKOFF_MIN_MS
-        self.retry_at = self.ticks()   # connect on the first turn
+        self.state = (None, None)       # (relay on, frame) last driven
+        self.errors = 0
         self.relay_error = None
+        self.starved = None
+        self.turns = 0
 
-    # ------------------------------------------------------------------ link
+    # ------------------------------------------------------------------ helpers
 
-    def _connect(self):
-        c = self.client
-        try:
-            c.set_callback(self._on_msg)
-            c.set_last_will(self.t_status, b"offline", True, 1)
-            c.connect(False)    # persistent session, client id = home id
-            c.publish(self.t_status, b"online", True, 1)
-            for t, q in self.subs:
-                c.subscribe(t, q)   # a (re)subscribe also redelivers the retained round
-        except Exception as e:
-            self._lost(e)
-            return False
-        self.online = True
-        self.up_since = self.last_ping = self.ticks()
-        self.log("connected")
-        return True
+    def _phase(self, name):
+        if self.dbg is not None:   # test hooks (hemsfw/debug.py)
+            self.dbg.phase(name)
 
-    def _lost(self, e):
-        now = self.ticks()
-        if self.online and ticks_diff(now, self.up_since) >= STABLE_MS:
-            self.backoff = BACKOFF_MIN_MS
-        # jitter: wait uniformly in [backoff/2, backoff] so a fleet does not reconnect in step
-        half = self.backoff // 2
-        wait = half + half * self.urandom(1)[0] // 255
-        self.log(f"link down ({type(e).__name__}: {e}), retry in {wait} ms")
-        self.online = False
-        self.retry_at = ticks_add(now, wait)
-        self.backoff = min(2 * self.backoff, BACKOFF_MAX_MS)
-        close = getattr(self.client, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception as e2:
-                self.log("close:", e2)
+    def _wall(self):
+        w = getattr(self.clock, "wall", None)
+        return w() if w is not None else self.clock.now()
 
     def _on_msg(self, topic, msg):
-        self.rx += 1
         if len(self.inbox) >= INBOX_MAX:
             self.log("inbox full, dropped a message on", topic)
             return
         self.inbox.append((topic, msg))
 
-    def _poll(self):
-        for _ in range(POLL_MAX):
-            n = self.rx
-            self.client.check_msg()
-            if self.rx == n:
-                break
-        if self.keepalive_ms and ticks_diff(self.ticks(), self.last_ping) >= self.keepalive_ms // 2:
-            self.last_ping = self.ticks()
-            self.client.ping()
-
     # ------------------------------------------------------------------ messages
 
     def _handle(self, topic, msg):
-        """One message; returns a list of (topic, payload) to publish (a round's reports)."""
         if isinstance(topic, bytes):
             topic = topic.decode()
         try:
+            if self.ha is not None and self.ha.handle(topic, msg):
+                return
             obj = protocol.decode(msg)
             if topic == self.t_round:
                 ann = protocol.parse_round(obj)
-                out = self.home.on_round(ann)
-                if out:
-                    n = len(out)
-                    self.log(f"round {ann['day']}/{ann['round']}: publishing {n} reports")
-                return out
-            if topic == self.t_adjust:
-                why = self.home.on_adjustment(obj)
+                n = len(self.home.on_round(ann, self._wall(), self.clock.now()))
+                if n:
+                    self.log("round", ann["day"], ann["round"], ": publishing", n, "reports")
+                    self._phase("reported")
+                if self.ha is not None:
+                    self.ha.plan_changed()
+            elif topic == self.t_adjust:
+                why = self.home.on_adjustment(obj, self.clock.now())
                 if why is None:
-                    a = self.home.state["adjustment"]
-                    nm, nc = len(a["moves"]), len(a["curtail"])
-                    self.log(f"adjustment applied: group {a['group']}, {nm} moves, {nc} curtailed")
+                    self.log("adjustment applied: group", obj.get("group"),
+                             len(obj["moves"]), "moves", len(obj["curtail"]), "curtailed")
+                    self._phase("adjusted")
+                    if self.ha is not None:
+                        self.ha.plan_changed()
                 else:
                     self.log("adjustment ignored:", why)
-                return None
-            if self.clock.topic and topic == self.clock.topic:
+            elif self.clock.topic and topic == self.clock.topic:
                 self.clock.update(obj)
-                return None
-            tail = protocol.topic_tail(topic, "reply")
-            if tail is not None:
-                st, why = obj.get("status"), obj.get("reason")
-                self.log(f"reply from {tail[0]}: {st} {why}")
-                return None
-            self.log("unexpected topic", topic)
+            else:
+                tail = protocol.topic_tail(topic, "reply")
+                if tail is not None:
+                    self.log("reply from", tail[0] + ":", obj.get("status"), obj.get("reason"))
+                else:
+                    self.log("unexpected topic", topic)
         except ValueError as e:   # malformed message: protocol reason code
-            self.log(f"ignored message on {topic}: {e}")
+            self.log("ignored message on", topic + ":", e)
         except Exception as e:    # a bug must not stop the relay loop
-            self.log(f"error handling {topic}: {type(e).__name__}: {e}")
-        return None
+            self.log("error handling", topic + ":", type(e).__name__, e)
 
     def _handle_inbox(self):
         while self.inbox:
             topic, msg = self.inbox.pop(0)
-            out = self._handle(topic, msg)
-            if not out:
-                continue
-            if not self.online:
-                continue  # not sent: the retained round is redelivered after the reconnect
-            try:
-                for t, payload in out:
-                    self.client.publish(t, payload, False, 1)   # reports: QoS 1, never retained
-            except Exception as e:
-                self._lost(e)
-                continue
-            self.home.mark_sent()
+            self._handle(topic, msg)
 
-    # ------------------------------------------------------------------ relay
+    def _flush(self):
+        """Publish the next unacknowledged report message (QoS 1, never retained); persist its
+        acknowledgement.  One per turn, so the relay is driven between two PUBACK waits."""
+        if not self.main.online:
+            return
+        out = self.home.pending(self._wall())
+        if not out:
+            return
+        i, t, payload = out[0]
+        if self.main.publish(t, payload, False, 1):
+            self.home.ack(i)
+            self._phase("acked")
+            if self.home.new.get("sent"):
+                self.log("report acknowledged by the broker")
+                self._phase("sent")
+
+    # ------------------------------------------------------------------ relay and override
+
+    def override(self, state, until="frame"):
+        """Resident override: state "on" | "off" | "toggle" | "auto" (back to the plan); until
+        "frame" (end of the current frame) or "day" (end of the planned day)."""
+        if state == "auto":
+            self.resident.set_override(None, None)
+            self.log("override cleared")
+            self._drive()
+            return
+        on = (not self.relay.on) if state == "toggle" else state == "on"
+        now = self.clock.now()
+        u = None
+        if now is not None:
+            u = self.home.frame_end(now) if until == "frame" else self.home.day_end_at(now)
+            if u is None:   # outside any planned day: the quarter-hour, or UTC midnight
+                step = 900 if until == "frame" else 86400
+                u = now - now % step + step
+        self.resident.set_override(on, u)
+        self.log("override:", "on" if on else "off", "until", u)
+        self._drive()
 
     def _drive(self):
         now = self.clock.now()
         try:
-            on = self.home.relay_on(now, self.safe)
-            frame = self.home.frame(now)
+            on, frame = self.home.relay_at(now, self.safe)
         except Exception as e:   # corrupt stored state: fall back to the safe state, say it once
             if self.relay_error is None:
-                self.log(f"relay: cannot follow the stored plan ({e}), safe state")
+                self.log("relay: cannot follow the stored plan (" + str(e) + "), safe state")
             self.relay_error = e
             on, frame = self.safe, None
+        ov = self.resident.override(now) if self.resident.ovr is not None else None
+        if ov is not None:
+            on = ov
         self.relay.set(on, frame)
+        st = (on, frame)
+        if st != self.state:
+            self.state = st
+            if frame and self.dbg is not None:
+                self._phase("frame")
+            if self.ha is not None:
+                self.ha.relay_changed()
         return now
 
     def day_over(self, now):
-        """Lab: the stored plan's day has been played out (relay back in the safe state)."""
-        st = self.home.state
-        if now is None or not st:
-            return False
-        return now >= st["start"] + st["frames"] * st["frame_s"]
+        """Lab: the newest round's day has been played out (relay back in the safe state)."""
+        return self.home.day_over(now)
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ health and loop
+
+    def healthy(self):
+        """Checked before every watchdog feed: the relay output is where it was driven, the
+        loop is not failing turn after turn, and the heap is not nearly exhausted."""
+        ok = getattr(self.relay, "ok", None)
+        why = None
+        if ok is not None and not ok():
+            why = "relay output does not read back"
+        elif self.errors >= MAX_ERRORS:
+            why = "loop failing"
+        else:
+            free = _mem_free()
+            if free is not None and free < HEAP_FLOOR:
+                import gc
+
+                gc.collect()
+                if gc.mem_free() < HEAP_FLOOR:
+                    why = "heap exhausted"
+        if why != self.starved:
+            self.starved = why
+            if why:
+                self.log("unhealthy:", why, "- not feeding the watchdog")
+        return why is None
 
     def step(self):
         """One loop turn; returns True when the loop should stop (exit_after_day)."""
-        if self.online:
-            try:
-                self._poll()
-            except Exception as e:
-                self._lost(e)
-        elif ticks_diff(self.ticks(), self.retry_at) >= 0:
-            self._connect()
+        self.turns += 1
+        self._drive()
+        b = self.board
+        net = True
+        if b is not None:
+            self._feed()
+            b.service(self)                # Wi-Fi supervision, NTP (<= 1 s)
+            net = b.net_up()
+            ev = b.button()
+            if ev:
+                self.override("toggle" if self.resident.ovr is None else "auto",
+                              "day" if ev == "long" else "frame")
+            self._tick()
+        for lk in self.links:
+            lk.turn(net)                   # one poll or one connect attempt (<= its budget)
+            self._tick()
         self._handle_inbox()
-        now = self._drive()
-        if self.watchdog is not None:
-            self.watchdog.feed()
+        self._flush()                      # at most one QoS 1 publish (<= the budget)
+        now = self._tick()
+        if b is not None:
+            b.show(self.state[0], self.main.online, self.resident.ovr is not None)
+        if self.dbg is not None:
+            self.dbg.mem("idle", self.main.online)
         return self.exit_after_day and self.day_over(now)
 
-    def shutdown(self):
-        """Graceful stop: say offline (retained) and DISCONNECT."""
-        if not self.online:
-            return
-        try:
-            self.client.publish(self.t_status, b"offline", True, 1)
-            self.client.disconnect()
-        except Exception as e:
-            self.log("shutdown:", e)
-        self.online = False
+    def _tick(self):
+        # After every segment that may block: drive the relay (so it is never more than one
+        # segment late, whatever the turn does) and feed the watchdog if the loop is healthy
+        # (the longest gap between two feeds is one segment: the RP2040's watchdog is 8.3 s).
+        now = self._drive()
+        self._feed()
+        return now
 
-    def run(self):
-        """Loop forever (boards) or until the day is over (lab exit_after_day); returns 0."""
+    def _feed(self):
+        if self.watchdog is not None and self.healthy():
+            self.watchdog.feed()
+
+    def shutdown(self):
+        """Graceful stop: say offline (retained) and DISCONNECT, on every link."""
+        for lk in self.links:
+            lk.close()
+
+    def start(self):
         self.log("starting; relay safe state", "on" if self.safe else "off")
-        while True:
-            t0 = self.ticks()
+        self._phase("boot")
+
+    def turn(self):
+        """One guarded loop turn: returns -1 to stop (day over), else the ms left to sleep."""
+        t0 = self.ticks()
+        try:
             if self.step():
                 self.log("day over, exiting")
                 self.shutdown()
+                if self.dbg is not None:
+                    self.dbg.dump(self.turns)
+                return -1
+            self.errors = 0
+        except Exception as e:   # a bug: log it, keep the relay loop alive (not the WDT)
+            self.errors += 1
+            self.log("turn failed:", type(e).__name__, e)
+        return max(0, self.loop_ms - ticks_diff(self.ticks(), t0))
+
+    def run(self):
+        """Loop forever (boards) or until the day is over (lab exit_after_day); returns 0."""
+        self.start()
+        while True:
+            rest = self.turn()
+            if rest < 0:
                 return 0
-            rest = self.loop_ms - ticks_diff(self.ticks(), t0)
-            if rest > 0:
+            if rest:
                 sleep_ms(rest)

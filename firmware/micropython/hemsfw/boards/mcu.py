@@ -1,0 +1,209 @@
+# What ESP32 and Pico W share: machine.Pin relay / button / LED, network.WLAN supervision with
+# backoff, NTP, machine.WDT.  Imported only on those boards (and by the tests with stand-in
+# `machine` / `network` / `ntptime` modules).  MicroPython only.
+#
+# Boot order (DESIGN.md decision 9): the relay pin is created *at its safe level* first, before
+# Wi-Fi, NTP or MQTT, so a boot loop or a dead network never leaves the special circuit in an
+# arbitrary state.  Until NTP has set the RTC to a plausible date the clock is "unknown" and the
+# runner keeps the relay in the safe state.
+
+import machine
+import network
+
+from hemsfw import clock, relay
+from hemsfw.clock import ticks_add, ticks_diff, ticks_ms
+
+WIFI_MIN_MS = 5000          # first Wi-Fi retry; doubles up to WIFI_MAX_MS, jittered
+WIFI_MAX_MS = 300000
+NTP_MIN_MS = 2000           # NTP retry while the time is unknown; doubles up to NTP_MAX_MS
+NTP_MAX_MS = 300000
+NTP_EVERY_MS = 3600000      # re-sync hourly once known (ESP32/RP2040 RTCs drift s per day)
+DEBOUNCE_MS = 30
+LONG_PRESS_MS = 2000
+
+
+def _jitter(ms, urandom):
+    return ms // 2 + (ms // 2) * urandom(1)[0] // 255
+
+
+class PinRelay(relay.Relay):
+    """A GPIO driving the relay, active-high or active-low.  The pin is created already at the
+    safe level (Pin(..., value=...)), so the output never glitches to the wrong state between
+    pin setup and the first set(); ok() reads the pad back (a shorted or stuck output)."""
+
+    def __init__(self, pin, active_low=False, safe_state=False):
+        self.active_low = bool(active_low)
+        self.pin = machine.Pin(pin, machine.Pin.OUT, value=self._level(bool(safe_state)))
+        relay.Relay.__init__(self, safe_state)
+
+    def _level(self, on):
+        return 0 if on == self.active_low else 1
+
+    def _drive(self, on):
+        self.pin.value(self._level(on))
+
+    def ok(self):
+        return self.on is None or self.pin.value() == self._level(self.on)
+
+
+class Button:
+    """A push button to ground (pull-up) or to 3V3 (active_low false, pull-down): debounced,
+    reported on release as "short" or "long" (held >= 2 s)."""
+
+    def __init__(self, pin, active_low=True):
+        pull = machine.Pin.PULL_UP if active_low else machine.Pin.PULL_DOWN
+        self.pin = machine.Pin(pin, machine.Pin.IN, pull)
+        self.active_low = active_low
+        self.down_at = None
+        self.last = False
+        self.changed = 0
+
+    def poll(self):
+        now = ticks_ms()
+        pressed = self.pin.value() == (0 if self.active_low else 1)
+        if pressed != self.last:
+            if ticks_diff(now, self.changed) < DEBOUNCE_MS:
+                return None
+            self.changed = now
+            self.last = pressed
+            if pressed:
+                self.down_at = now
+            elif self.down_at is not None:
+                held = ticks_diff(now, self.down_at)
+                self.down_at = None
+                return "long" if held >= LONG_PRESS_MS else "short"
+        return None
+
+
+class McuBoard:
+    name = "mcu"
+    wdt_max_ms = 30000
+    led_default = None
+
+    def __init__(self, cfg, store, log, urandom=None):
+        r = cfg["relay"]
+        self.relay = PinRelay(r["pin"], r["active_low"], cfg.get("safe_state", False))  # first
+        self.cfg = cfg
+        self.log = log
+        if urandom is None:
+            import os
+
+            urandom = os.urandom
+        self.urandom = urandom
+        b = r.get("button")
+        self.btn = Button(b, r.get("button_active_low", True)) if b is not None else None
+        led = r.get("led", self.led_default)
+        self.led = None
+        self.led_low = r.get("led_active_low", False)
+        if led is not None:
+            self.led = machine.Pin(led, machine.Pin.OUT, value=1 if self.led_low else 0)
+        self.clock = clock.LabClock() if cfg.get("clock") == "lab" else clock.SystemClock()
+        w = cfg["wifi"]
+        self.ssid, self.wpass = w["ssid"], w["password"]
+        self._wifi_pre(w)
+        self.wlan = network.WLAN(network.STA_IF)
+        self.wlan.active(True)
+        self._wifi_post(w)
+        self.wifi_up = False
+        self.wifi_backoff = WIFI_MIN_MS
+        self.wifi_at = ticks_ms()          # first attempt now (connect() does not block)
+        ntp = cfg.get("ntp") or {}
+        self.ntp_host = ntp.get("host")
+        self.ntp_every = 1000 * ntp.get("every_s", NTP_EVERY_MS // 1000)
+        self.ntp_ok = False
+        self.ntp_backoff = NTP_MIN_MS
+        self.ntp_at = ticks_ms()
+
+    def _wifi_pre(self, w):
+        h = w.get("hostname")
+        if h:
+            try:
+                network.hostname(h)
+            except Exception as e:   # older ports: per-interface config only
+                self.log("wifi: hostname not set:", e)
+
+    def _wifi_post(self, w):
+        pass
+
+    def make_client(self, mcfg, client_id):
+        from hemsfw import net_umqtt
+
+        return net_umqtt.make_client(mcfg, client_id)
+
+    # ------------------------------------------------------------ Wi-Fi and time
+
+    def net_up(self):
+        return self.wifi_up
+
+    def _wifi(self):
+        up = self.wlan.isconnected()
+        if up != self.wifi_up:
+            self.wifi_up = up
+            if up:
+                self.wifi_backoff = WIFI_MIN_MS
+                self.log("wifi up", self.wlan.ifconfig()[0])
+            else:
+                self.log("wifi down")
+                self.wifi_at = ticks_ms()
+        if up or ticks_diff(ticks_ms(), self.wifi_at) < 0:
+            return
+        # Not connected and due: (re)start an association.  WLAN.connect() returns at once; the
+        # next check comes after a jittered, doubling backoff so a dead access point costs
+        # nothing per turn and a fleet does not retry in step.
+        try:
+            self.wlan.disconnect()
+            self.wlan.connect(self.ssid, self.wpass)
+        except Exception as e:
+            self.log("wifi connect:", e)
+        wait = _jitter(self.wifi_backoff, self.urandom)
+        self.wifi_at = ticks_add(ticks_ms(), wait)
+        self.wifi_backoff = min(2 * self.wifi_backoff, WIFI_MAX_MS)
+
+    def _ntp(self):
+        if not self.wifi_up or ticks_diff(ticks_ms(), self.ntp_at) < 0:
+            return
+        try:
+            import ntptime
+
+            if self.ntp_host:
+                ntptime.host = self.ntp_host
+            ntptime.timeout = 1
+            ntptime.settime()   # the RTC in UTC; blocks at most ~1 s
+            ok = True
+        except Exception as e:   # no answer: the clock stays unknown (relay safe) or drifts on
+            self.log("ntp failed:", e)
+            ok = False
+        if ok:
+            if not self.ntp_ok:
+                self.log("ntp: time set")
+            self.ntp_ok = True
+            self.ntp_backoff = NTP_MIN_MS
+            self.ntp_at = ticks_add(ticks_ms(), self.ntp_every)
+        else:
+            self.ntp_at = ticks_add(ticks_ms(), _jitter(self.ntp_backoff, self.urandom))
+            self.ntp_backoff = min(2 * self.ntp_backoff, NTP_MAX_MS)
+
+    def service(self, runner):
+        self._wifi()
+        if self.cfg.get("clock") != "lab":
+            self._ntp()
+
+    # ------------------------------------------------------------ resident interface
+
+    def button(self):
+        return self.btn.poll() if self.btn is not None else None
+
+    def show(self, on, online, override):
+        """LED: steady = the relay's state; slow blink = no broker link; fast = override."""
+        if self.led is None:
+            return
+        if override:
+            lit = (ticks_ms() // 125) % 2 == 0
+        elif not online:
+            lit = (ticks_ms() // 500) % 2 == 0
+        else:
+            lit = bool(on)
+        self.led.value(1 if lit != self.led_low else 0)
+
+    def watchdog(self, ms):
+        return machine.WDT(timeout=min(ms, self.wdt_max_ms))

@@ -1,0 +1,217 @@
+# Board "rpi": a Raspberry Pi (or any Linux SBC) running the firmware on CPython with paho-mqtt.
+#
+# Relay and optional button / LED on GPIO lines, through libgpiod's Python binding (`gpiod`, v2
+# API `request_lines`, or the v1 `Chip.get_line` API of older distributions) or, with
+# relay.driver "sysfs", the legacy /sys/class/gpio interface (line numbers are then the global
+# GPIO numbers: on kernels >= 6.6 the Pi's header GPIO n is 512 + n, or 571 + n on a Pi 5).
+# Without a "relay" section the relay is the lab's JSON-lines log (hemsfw.relay.LabRelay).
+#
+#   "relay": {"driver": "gpiod", "chip": "/dev/gpiochip0", "line": 17, "active_low": false,
+#             "button": 27, "button_active_low": true, "led": 22, "led_active_low": false}
+#
+# Watchdog: systemd's (sd_notify WATCHDOG=1 on $NOTIFY_SOCKET) when the unit sets WatchdogSec=
+# (docs/firmware.md has the unit file); the Pi's hardware watchdog is then systemd's business.
+# Wi-Fi and time belong to the OS (NetworkManager, systemd-timesyncd): the clock is "unknown"
+# until the system clock is plausible.  CPython only.
+
+import os
+import socket
+import time
+
+from hemsfw import relay
+from hemsfw.boards.unix import HostBoard
+
+DEBOUNCE_S = 0.03
+LONG_PRESS_S = 2.0
+
+
+class _GpiodLines:
+    """Output/input lines through libgpiod (v2 API, else v1)."""
+
+    def __init__(self, chip, gpiod=None):
+        if gpiod is None:
+            import gpiod
+        self.g = gpiod
+        self.chip = chip
+        self.v2 = hasattr(gpiod, "request_lines")
+        self.reqs = {}
+
+    def output(self, line, level):
+        g = self.g
+        if self.v2:
+            from gpiod.line import Direction, Value
+
+            val = Value.ACTIVE if level else Value.INACTIVE
+            req = g.request_lines(self.chip, consumer="hems", config={
+                line: g.LineSettings(direction=Direction.OUTPUT, output_value=val)})
+        else:
+            chip = g.Chip(self.chip)
+            req = chip.get_line(line)
+            req.request(consumer="hems", type=g.LINE_REQ_DIR_OUT, default_vals=[level])
+        self.reqs[line] = req
+
+    def input(self, line):
+        g = self.g
+        if self.v2:
+            from gpiod.line import Direction
+
+            req = g.request_lines(self.chip, consumer="hems", config={
+                line: g.LineSettings(direction=Direction.INPUT)})
+        else:
+            req = g.Chip(self.chip).get_line(line)
+            req.request(consumer="hems", type=g.LINE_REQ_DIR_IN)
+        self.reqs[line] = req
+
+    def set(self, line, level):
+        req = self.reqs[line]
+        if self.v2:
+            from gpiod.line import Value
+
+            req.set_value(line, Value.ACTIVE if level else Value.INACTIVE)
+        else:
+            req.set_value(level)
+
+    def get(self, line):
+        req = self.reqs[line]
+        if self.v2:
+            from gpiod.line import Value
+
+            return 1 if req.get_value(line) == Value.ACTIVE else 0
+        return req.get_value()
+
+
+class _SysfsLines:
+    """Legacy /sys/class/gpio (root may be a test directory)."""
+
+    def __init__(self, root="/sys/class/gpio"):
+        self.root = root
+
+    def _export(self, line):
+        d = self.root + "/gpio" + str(line)
+        if not os.path.exists(d):
+            with open(self.root + "/export", "w") as f:
+                f.write(str(line))
+            for _ in range(50):   # udev makes the files writable shortly after export
+                if os.path.exists(d + "/direction"):
+                    break
+                time.sleep(0.01)
+        return d
+
+    def output(self, line, level):
+        # "high"/"low" set the direction and the level in one write: no glitch.
+        with open(self._export(line) + "/direction", "w") as f:
+            f.write("high" if level else "low")
+
+    def input(self, line):
+        with open(self._export(line) + "/direction", "w") as f:
+            f.write("in")
+
+    def set(self, line, level):
+        with open(self.root + "/gpio" + str(line) + "/value", "w") as f:
+            f.write("1" if level else "0")
+
+    def get(self, line):
+        with open(self.root + "/gpio" + str(line) + "/value") as f:
+            return 1 if f.read(1) == "1" else 0
+
+
+class LineRelay(relay.Relay):
+    def __init__(self, lines, line, active_low=False, safe_state=False):
+        self.lines = lines
+        self.line = line
+        self.active_low = bool(active_low)
+        lines.output(line, self._level(bool(safe_state)))   # created at the safe level
+        relay.Relay.__init__(self, safe_state)
+
+    def _level(self, on):
+        return 0 if on == self.active_low else 1
+
+    def _drive(self, on):
+        self.lines.set(self.line, self._level(on))
+
+    def ok(self):
+        return self.on is None or self.lines.get(self.line) == self._level(self.on)
+
+
+class _SdWatchdog:
+    """systemd's software watchdog: WATCHDOG=1 datagrams to $NOTIFY_SOCKET."""
+
+    def __init__(self, path):
+        if path.startswith("@"):
+            path = "\0" + path[1:]
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.last = 0.0
+        self.sock.sendto(b"READY=1", path)
+
+    def feed(self):
+        now = time.monotonic()
+        if now - self.last >= 1.0:   # at most once a second
+            self.last = now
+            self.sock.sendto(b"WATCHDOG=1", self.path)
+
+
+class Board(HostBoard):
+    name = "rpi"
+
+    def __init__(self, cfg, store, log, gpiod=None):
+        HostBoard.__init__(self, cfg, store, log)
+        r = cfg.get("relay")
+        safe = cfg.get("safe_state", False)
+        self.btn_line = self.led_line = None
+        if not r:
+            self.relay = relay.LabRelay(store, self.clock, safe)
+            return
+        if r.get("driver", "gpiod") == "sysfs":
+            self.lines = _SysfsLines(r.get("sysfs_root", "/sys/class/gpio"))
+        else:
+            self.lines = _GpiodLines(r.get("chip", "/dev/gpiochip0"), gpiod)
+        self.relay = LineRelay(self.lines, r["pin"], r.get("active_low", False), safe)  # first
+        if r.get("button") is not None:
+            self.btn_line = r["button"]
+            self.btn_low = r.get("button_active_low", True)
+            self.lines.input(self.btn_line)
+            self.btn_last = False
+            self.btn_since = 0.0
+            self.btn_down = None
+        if r.get("led") is not None:
+            self.led_line = r["led"]
+            self.led_low = r.get("led_active_low", False)
+            self.lines.output(self.led_line, 1 if self.led_low else 0)
+            self.led_lit = False
+
+    def button(self):
+        if self.btn_line is None:
+            return None
+        now = time.monotonic()
+        pressed = self.lines.get(self.btn_line) == (0 if self.btn_low else 1)
+        if pressed == self.btn_last or now - self.btn_since < DEBOUNCE_S:
+            return None
+        self.btn_last = pressed
+        self.btn_since = now
+        if pressed:
+            self.btn_down = now
+            return None
+        held = now - (self.btn_down or now)
+        return "long" if held >= LONG_PRESS_S else "short"
+
+    def show(self, on, online, override):
+        if self.led_line is None:
+            return
+        t = time.monotonic()
+        if override:
+            lit = int(t * 8) % 2 == 0
+        elif not online:
+            lit = int(t * 2) % 2 == 0
+        else:
+            lit = bool(on)
+        if lit != self.led_lit:
+            self.led_lit = lit
+            self.lines.set(self.led_line, 1 if lit != self.led_low else 0)
+
+    def watchdog(self, ms):
+        path = os.environ.get("NOTIFY_SOCKET")
+        if not path:
+            return None
+        dog = _SdWatchdog(path)   # READY=1 (Type=notify) even without WatchdogSec=
+        return dog if os.environ.get("WATCHDOG_USEC") else None

@@ -1,0 +1,62 @@
+# Test and benchmark hooks, loaded only when the config asks for them (never on a device):
+#   debug_pause_at  "phase" (stop dead there, so a test can SIGKILL exactly there) or
+#                   "phase:ms" (stall there once, e.g. while a test stops the broker)
+#   debug_memtrace  path: live heap (gc.mem_alloc after gc.collect) at every loop turn and
+#                   phase, written as JSON when the loop ends (bench/firmware_mem.py)
+# Phases: boot, drawn (report built, not persisted), reported (persisted, nothing published),
+# acked (one message acknowledged and persisted), sent (all acknowledged), adjusted, frame
+# (the first frame change after frame 0).  MicroPython subset only.
+
+import gc
+import json
+
+from hemsfw.clock import sleep_ms
+
+
+class Debug:
+    def __init__(self, cfg, log):
+        self.log = log
+        p = cfg.get("debug_pause_at")
+        self.pause_at, self.pause_ms = p, None
+        if p and ":" in p:
+            self.pause_at, ms = p.split(":")
+            self.pause_ms = int(ms)
+        self.trace = None
+        if cfg.get("debug_memtrace"):
+            self.trace = {"path": cfg["debug_memtrace"], "peak": 0, "peak_at": None,
+                          "baseline": None, "turns": 0, "samples": {}}
+
+    def mem(self, tag, online=False):
+        m = self.trace
+        if m is None:
+            return
+        gc.collect()
+        live = gc.mem_alloc()
+        if tag == "idle" and m["baseline"] is None and online:
+            m["baseline"] = live
+        if live > m["peak"]:
+            m["peak"], m["peak_at"] = live, tag
+        if tag != "idle":
+            m["samples"][tag] = live
+
+    def dump(self, turns):
+        m = self.trace
+        if m is None:
+            return
+        m["turns"] = turns
+        m["free_at_exit"] = gc.mem_free()
+        with open(m["path"], "w") as f:
+            json.dump(m, f)
+
+    def phase(self, name):
+        self.mem(name)
+        if name != self.pause_at:
+            return
+        if self.pause_ms is not None:
+            self.log("STALLED at", name, self.pause_ms, "ms")
+            self.pause_at = None
+            sleep_ms(self.pause_ms)
+            return
+        self.log("PAUSED at", name)
+        while True:
+            sleep_ms(1000)

@@ -1,0 +1,126 @@
+# Home Assistant over the resident's own MQTT broker (config "local"): discovery, relay switch,
+# plan sensor, and the local command topics.  Never on the utility's broker: the plan sensor shows
+# the home's plan in the clear, which is exactly what the masking keeps from everyone else.
+#
+# Topics (base = local.base, default "hems/<home_id>"; prefix = local.discovery_prefix):
+#   <base>/availability      online / offline (retained; the last will)
+#   <base>/relay             ON / OFF, the relay's state (retained)
+#   <base>/relay/set         command: ON / OFF (override until the end of the frame), append
+#                            " day" to hold it until the end of the day; AUTO = back to the plan
+#   <base>/plan              the current frame's adjusted plan in Wh (retained)
+#   <base>/plan/attributes   {"day", "frame", "planned_wh": [...], "adjusted_wh": [...]} (retained)
+#   <base>/plan/set          command: {"plan_wh": [...], "day": "YYYY-MM-DD" (optional)}
+#   <prefix>/switch/hems_<id>/relay/config, <prefix>/sensor/hems_<id>/plan/config   (retained)
+#   <prefix>/status          Home Assistant's birth message: "online" -> announce again
+# Command topics are never retained (we publish none; HA publishes them without retain).
+# MicroPython subset only.
+
+import json
+
+from hemsfw.link import Link
+
+
+class HA:
+    def __init__(self, runner, client, lcfg):
+        self.r = runner
+        base = lcfg["base"]
+        self.pre = lcfg["discovery_prefix"]
+        self.node = "hems_" + runner.id
+        self.t_avail = base + "/availability"
+        self.t_relay = base + "/relay"
+        self.t_relay_set = base + "/relay/set"
+        self.t_plan = base + "/plan"
+        self.t_attr = base + "/plan/attributes"
+        self.t_plan_set = base + "/plan/set"
+        self.t_birth = self.pre + "/status"
+        subs = [(self.t_relay_set, 0), (self.t_plan_set, 0), (self.t_birth, 0)]
+        self.link = Link("local", client, self.t_avail, subs, runner._on_msg, runner.urandom,
+                         runner.ticks, runner.log, lcfg["keepalive"], 1000 * lcfg["timeout_s"],
+                         on_up=self._up, clean=True)
+        self.announced = 0
+
+    def _pub(self, topic, obj, retain=True):
+        if not isinstance(obj, (bytes, str)):
+            obj = json.dumps(obj)
+        if isinstance(obj, str):
+            obj = obj.encode()
+        return self.link.publish(topic, obj, retain, 0)
+
+    def _device(self):
+        return {"identifiers": [self.node], "name": "HEMS " + self.r.id,
+                "manufacturer": "hems", "model": self.r.cfg.get("board", "unix")}
+
+    def announce(self):
+        """Retained discovery configs for the relay switch and the plan sensor."""
+        dev = self._device()
+        self._pub(self.pre + "/switch/" + self.node + "/relay/config", {
+            "name": "Special circuit relay", "unique_id": self.node + "_relay",
+            "command_topic": self.t_relay_set, "state_topic": self.t_relay,
+            "payload_on": "ON", "payload_off": "OFF", "availability_topic": self.t_avail,
+            "icon": "mdi:transmission-tower", "device": dev})
+        self._pub(self.pre + "/sensor/" + self.node + "/plan/config", {
+            "name": "Special circuit plan", "unique_id": self.node + "_plan",
+            "state_topic": self.t_plan, "unit_of_measurement": "Wh",
+            "json_attributes_topic": self.t_attr, "availability_topic": self.t_avail,
+            "icon": "mdi:chart-bar", "device": dev})
+        self.announced += 1
+
+    def _up(self, link):
+        self.announce()
+        self.relay_changed()
+        self.plan_changed()
+
+    # ------------------------------------------------------------ state
+
+    def _slot(self):
+        h = self.r.home
+        return h.slot_at(self.r.clock.now()) or h.new
+
+    def relay_changed(self):
+        if not self.link.online:
+            return
+        on, frame = self.r.state
+        self._pub(self.t_relay, "ON" if on else "OFF")
+        st = self._slot()
+        if st and frame is not None:
+            p = st.get("adjusted") or st["plan"]
+            self._pub(self.t_plan, str(p[frame] * st["quantum_wh"]))
+
+    def plan_changed(self):
+        if not self.link.online:
+            return
+        st = self._slot()
+        if not st:
+            return
+        q = st["quantum_wh"]
+        adj = st.get("adjusted") or st["plan"]
+        self._pub(self.t_attr, {"day": st["day"], "frame": self.r.state[1],
+                                "planned_wh": [v * q for v in st["plan"]],
+                                "adjusted_wh": [v * q for v in adj]})
+
+    # ------------------------------------------------------------ commands
+
+    def handle(self, topic, msg):
+        """A message from the local broker; False if the topic is not ours."""
+        if topic == self.t_birth:
+            if bytes(msg) == b"online":
+                self.r.log("home assistant online: announcing again")
+                self._up(self.link)
+            return True
+        if topic == self.t_relay_set:
+            words = bytes(msg).decode().strip().upper().split()
+            if not words or words[0] not in ("ON", "OFF", "AUTO", "TOGGLE"):
+                self.r.log("local relay command ignored:", msg)
+                return True
+            until = "day" if len(words) > 1 and words[1] == "DAY" else "frame"
+            self.r.override(words[0].lower(), until)
+            return True
+        if topic == self.t_plan_set:
+            try:
+                obj = json.loads(msg)
+            except ValueError:
+                obj = None
+            why = self.r.resident.on_plan_command(obj)
+            self.r.log("local plan", "stored" if why is None else "ignored: " + why)
+            return True
+        return False

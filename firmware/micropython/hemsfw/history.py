@@ -1,0 +1,70 @@
+# A compact per-weekday history of the special circuit's day plans, and the next-day prediction.
+#
+# One entry per weekday (Monday = 0 .. Sunday = 6), each the exponentially weighted moving
+# average (EWMA) of the plans of that weekday, in Wh per frame, kept as integers scaled by SCALE
+# (fixed point: no floats, which are single precision on boards):
+#
+#     h_0 = x_0                      (the first plan recorded for that weekday)
+#     h_n = h_(n-1) + alpha * (x_n - h_(n-1))      alpha = alpha_pct / 100, default 25 %
+#
+# so the weight of a plan n weeks old is alpha * (1 - alpha)^n (25 %: 25, 19, 14, 11, ... %): a
+# resident's new habit dominates after about three weeks and an odd day fades.  The prediction
+# for a day is h of its weekday, rounded to whole Wh.  The file holds 7 x frames integers (about
+# 3 KB for 96 frames) and is read only when a round is planned, never kept in RAM.
+#
+#   history.json = {"0": {"n": 3, "last": "2026-11-23", "h": [...]}, ..., "6": {...}}
+#
+# A day is recorded at most once ("last" guards against a restart recording it again).
+# MicroPython subset only.
+
+FILE = "history.json"
+SCALE = 16
+N_MAX = 10000
+
+_T = (0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2, 4)
+
+
+def weekday(day):
+    """ISO date 'YYYY-MM-DD' -> 0 (Monday) .. 6 (Sunday), like datetime.date.weekday()."""
+    y, m, d = int(day[0:4]), int(day[5:7]), int(day[8:10])
+    if m < 3:
+        y -= 1
+    sunday0 = (y + y // 4 - y // 100 + y // 400 + _T[m - 1] + d) % 7   # Sakamoto
+    return (sunday0 + 6) % 7
+
+
+def update(h, x, alpha_pct):
+    """One EWMA step in place: h (scaled ints) towards x (Wh ints); returns h."""
+    for i in range(len(h)):
+        d = x[i] * SCALE - h[i]
+        h[i] += (d * alpha_pct + 50) // 100
+    return h
+
+
+def record(store, day, wh, alpha_pct=25):
+    """Add day's plan (Wh per frame) to its weekday's average; False if already recorded."""
+    hs = store.read(FILE) or {}
+    w = str(weekday(day))
+    e = hs.get(w)
+    if e and e.get("last", "") >= day:
+        return False
+    if not e or len(e.get("h", ())) != len(wh):
+        e = {"n": 0, "h": [v * SCALE for v in wh]}   # first sample (or the frame count changed)
+    else:
+        update(e["h"], wh, alpha_pct)
+    e["n"] = min(e["n"] + 1, N_MAX)
+    e["last"] = day
+    hs[w] = e
+    store.write(FILE, hs)
+    return True
+
+
+def predict(store, day, frames, min_days=1):
+    """The predicted plan for `day` (Wh per frame, `frames` values), or None without enough
+    history for its weekday (fewer than min_days recorded) or at another frame resolution."""
+    hs = store.read(FILE) or {}
+    e = hs.get(str(weekday(day)))
+    if not e or e.get("n", 0) < min_days or len(e["h"]) != frames:
+        return None
+    half = SCALE // 2
+    return [(v + half) // SCALE if v > 0 else 0 for v in e["h"]]

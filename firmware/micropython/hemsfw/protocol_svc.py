@@ -1,0 +1,194 @@
+# Wire protocol hems/v1, the services' half: what only the coordinator and the mask brokers (and
+# the tests) need.  Reached through hemsfw.protocol (its module __getattr__), so callers write
+# `protocol.make_group_request(...)` as before; the home firmware never loads this module.
+# MicroPython subset only (the vectors test it under both interpreters).
+
+import binascii
+import hashlib
+
+from hemsfw.protocol import (
+    MAX_FRAMES,
+    MAX_MAG,
+    PREFIX,
+    REPORT_ID_HEX,
+    VERSION,
+    _day,
+    _id,
+    _int,
+    _version,
+    int_list,
+    valid_id,
+)
+
+
+def t_capacity():
+    return PREFIX + "/capacity"
+
+
+def t_groupreq(broker):
+    return PREFIX + "/groupreq/" + broker
+
+
+def t_groupsum(broker):
+    return PREFIX + "/groupsum/" + broker
+
+
+def _report_id(obj):
+    r = obj.get("report_id")
+    if not isinstance(r, str) or len(r) != REPORT_ID_HEX:
+        raise ValueError("bad_report_id")
+    for c in r:
+        if not ("0" <= c <= "9" or "a" <= c <= "f"):
+            raise ValueError("bad_report_id")
+    return r
+
+
+def unb64(s, nbytes):
+    """Base64 of exactly `nbytes` bytes: 'bad_length' for a wrong size, 'bad_vector' for
+    anything that is not canonical base64 of that size."""
+    if not isinstance(s, str):
+        raise ValueError("bad_vector")
+    if len(s) != 4 * ((nbytes + 2) // 3):
+        raise ValueError("bad_length")
+    try:
+        raw = binascii.a2b_base64(s)
+    except Exception:
+        raise ValueError("bad_vector")
+    if len(raw) != nbytes:
+        raise ValueError("bad_vector")
+    return raw
+
+
+def report_checksum(report_ids):
+    """XOR of SHA-256(report id bytes) over a member set (DAP's batch checksum): order-free."""
+    acc = bytearray(32)
+    for rid in report_ids:
+        d = hashlib.sha256(binascii.unhexlify(rid)).digest()
+        for i in range(32):
+            acc[i] ^= d[i]
+    return binascii.hexlify(acc).decode()
+
+
+def make_round(day, rnd, frames, frame_s, quantum_wh, start, deadline, brokers):
+    return {"v": VERSION, "day": day, "round": rnd, "frames": frames, "frame_s": frame_s,
+            "quantum_wh": quantum_wh, "start": start, "deadline": deadline, "brokers": brokers}
+
+
+def parse_plan_report(obj, frames):
+    """Returns (home, day, round, report_id, mag, masked bytes of 4*frames)."""
+    _version(obj)
+    return (_id(obj, "home"), _day(obj), _int(obj, "round", 1, 1 << 30), _report_id(obj),
+            _int(obj, "mag", 1, MAX_MAG), unb64(obj.get("masked"), 4 * frames))
+
+def parse_mask_report(obj):
+    """Returns (home, day, round, report_id, sealed blob)."""
+    _version(obj)
+    s = obj.get("sealed")
+    if not isinstance(s, str) or len(s) > 200:
+        raise ValueError("bad_sealed")
+    try:
+        blob = binascii.a2b_base64(s)
+    except Exception:
+        raise ValueError("bad_sealed")
+    return (_id(obj, "home"), _day(obj), _int(obj, "round", 1, 1 << 30), _report_id(obj), blob)
+
+def make_adjustment(day, rnd, group, moves, curtail, expires):
+    return {"v": VERSION, "day": day, "round": rnd, "group": group,
+            "moves": [[f, t] for f, t in moves], "curtail": list(curtail), "expires": expires}
+
+
+def make_reply(day, rnd, report_id, ok, reason):
+    return {"v": VERSION, "day": day, "round": rnd, "report_id": report_id,
+            "status": "accepted" if ok else "rejected", "reason": reason}
+
+def make_group_request(req, day, rnd, groups):
+    """groups: list of (group id, [member home ids], checksum hex)."""
+    return {"v": VERSION, "req": req, "day": day, "round": rnd,
+            "groups": [{"id": g, "members": m, "checksum": c} for g, m, c in groups]}
+
+
+def parse_group_request(obj, max_members):
+    """Returns (req, day, round, [(group id, members, checksum)])."""
+    _version(obj)
+    req = _id(obj, "req")
+    day = _day(obj)
+    rnd = _int(obj, "round", 1, 1 << 30)
+    gs = obj.get("groups")
+    if not isinstance(gs, list) or not gs:
+        raise ValueError("bad_groups")
+    out = []
+    total = 0
+    ids = set()
+    for g in gs:
+        if not isinstance(g, dict):
+            raise ValueError("bad_groups")
+        gid = _id(g, "id")
+        if gid in ids:
+            raise ValueError("duplicate_group")
+        ids.add(gid)
+        mem = g.get("members")
+        if not isinstance(mem, list):
+            raise ValueError("bad_members")
+        total += len(mem)
+        if total > max_members:
+            raise ValueError("too_many_members")
+        for h in mem:
+            if not valid_id(h):
+                raise ValueError("bad_members")
+        c = g.get("checksum")
+        if not isinstance(c, str) or len(c) != 64:
+            raise ValueError("bad_checksum")
+        out.append((gid, mem, c))
+    return req, day, rnd, out
+
+
+def make_group_sums(req, broker, day, rnd, results):
+    """results: list of dicts {"id", "status": "released", "sum": b64} or
+    {"id", "status": "refused", "reason", "missing": [...]}."""
+    return {"v": VERSION, "req": req, "broker": broker, "day": day, "round": rnd,
+            "results": results}
+
+
+def parse_group_sums(obj, frames):
+    """Returns (req, broker, day, round, {gid: bytes sum or (reason, missing)})."""
+    _version(obj)
+    req = _id(obj, "req")
+    broker = _id(obj, "broker")
+    day = _day(obj)
+    rnd = _int(obj, "round", 1, 1 << 30)
+    rs = obj.get("results")
+    if not isinstance(rs, list):
+        raise ValueError("bad_results")
+    out = {}
+    for r in rs:
+        if not isinstance(r, dict):
+            raise ValueError("bad_results")
+        gid = _id(r, "id")
+        st = r.get("status")
+        if st == "released":
+            out[gid] = unb64(r.get("sum"), 4 * frames)
+        elif st == "refused":
+            reason = r.get("reason")
+            missing = r.get("missing", [])
+            if not isinstance(reason, str) or not isinstance(missing, list):
+                raise ValueError("bad_results")
+            out[gid] = (reason, missing)
+        else:
+            raise ValueError("bad_results")
+    return req, broker, day, rnd, out
+
+def make_capacity(frames, capacity_wh, target_wh=None):
+    obj = {"v": VERSION, "frames": frames, "capacity_wh": capacity_wh}
+    if target_wh is not None:
+        obj["target_wh"] = target_wh
+    return obj
+
+
+def parse_capacity(obj):
+    _version(obj)
+    n = _int(obj, "frames", 1, MAX_FRAMES)
+    cap = int_list(obj.get("capacity_wh"), n, 0, 1 << 50, "bad_capacity")
+    tgt = obj.get("target_wh")
+    if tgt is not None:
+        int_list(tgt, n, 0, 1 << 50, "bad_target")
+    return n, cap, tgt

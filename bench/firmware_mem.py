@@ -24,7 +24,7 @@ plan + sealed seed), adjusted, and the day is played out on an accelerated clock
                          and the default 20)
 
 Figures are for the 64-bit unix port: object headers and pointers are twice a 32-bit board's,
-so an ESP32 / RP2040 needs less.  docs/benchmarks.md (Firmware memory and CPU) has the measured table.
+so an ESP32 / RP2040 needs less.  The measured table: docs/benchmarks.md (Firmware memory).
 """
 
 from __future__ import annotations

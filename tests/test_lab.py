@@ -20,10 +20,12 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_hems_lab_json_default_scenario() -> None:
+def test_hems_lab_json_default_scenario(tmp_path: Path) -> None:
     """`hems lab --json`, the main job, as a user runs it (20 homes, seed 1)."""
+    report = tmp_path / "report.html"
     r = subprocess.run(
-        [str(Path(sys.prefix) / "bin" / "hems"), "lab", "--homes", "20", "--seed", "1", "--json"],
+        [str(Path(sys.prefix) / "bin" / "hems"), "lab", "--homes", "20", "--seed", "1", "--json",
+         "--report", str(report)],
         capture_output=True, text=True, timeout=240, cwd=REPO, env=dict(os.environ),
     )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -44,6 +46,20 @@ def test_hems_lab_json_default_scenario() -> None:
     assert all(g["size"] >= 3 for g in s["groups"])
     # The relays' energy equals the plan's energy: shifting moves load, it does not drop it.
     assert sum(s["relay_load_after_wh"]) == sum(s["true_load_wh"])
+    # The report: written where asked, its path in the JSON, drawn from this run's data.
+    assert s["report"] == str(report.resolve())
+    page = report.read_text()
+    for sid in ("summary", "capacity", "heatmap", "moves", "relays", "groups", "timings"):
+        assert f'id="{sid}"' in page, sid
+    assert "all checks passed" in page and page.count("<svg") >= 4
+    # What the report draws is in the JSON: group totals add up to the coordinator's view,
+    # and the relay timelines are the homes' own records.
+    totals = np.sum([g["total_wh"] for g in s["groups"]], axis=0)
+    assert totals.tolist() == s["coordinator_load_before_wh"]
+    assert 0 < len(s["relay_timelines"]) <= 12
+    for t in s["relay_timelines"]:
+        assert len(t["relay_on"]) == 96
+        assert t["relay_on"] == [int(a > 0) for a in t["adjusted_wh"]]
 
 
 def _vectors(obj: Any, out: list[bytes]) -> None:

@@ -10,6 +10,8 @@ invariants:
 * relay_load_after_wh == coordinator_load_after_wh   (the relays did what was decided)
 
 Everything it started is stopped, whatever happens.  Exit status 0 only if every part worked.
+The long steps show progress bars on a terminal (progress.py); the summary (summary.py) is
+printed, or printed as JSON, and drawn as a self-contained HTML report (report.py).
 """
 
 from __future__ import annotations
@@ -30,16 +32,20 @@ from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from numpy.typing import NDArray
 from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.common.broker import COORDINATOR_USER, GRID_USER, LAB_USER, Mosquitto
 from backend.common.tls import make_pki
 from backend.coordinator.adjust import Policy, Problem, solve
 from backend.lab import procs, scenario
+from backend.lab.progress import Progress, Step, live
+from backend.lab.summary import overload, print_table, relay_per_frame, summarise
 from hemsfw import protocol
 
 log = logging.getLogger("hems.lab")
+
+__all__ = ["LabOptions", "add_args", "main", "overload", "relay_per_frame", "run_lab",
+           "summarise"]
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,19 @@ def publish_as(conn: Conn, user: str, password: str, topic: str, payload: bytes)
         c.loop_stop()
 
 
+def _stats(work: Path, brokers: list[str]) -> list[dict[str, Any]]:
+    """The mask brokers' stats files, those readable now (they are rewritten atomically)."""
+    out = []
+    for b in brokers:
+        try:
+            obj = json.loads((work / f"stats-{b}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
 def _connected(stats: Path) -> bool:
     try:
         return bool(json.loads(stats.read_text())["mqtt"]["connected"])
@@ -182,57 +201,35 @@ def _connected(stats: Path) -> bool:
         return False
 
 
-def wait_for(cond: Any, timeout: float, what: str) -> None:
+def wait_for(cond: Any, timeout: float, what: str, step: Step | None = None,
+             count: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
+        if step is not None and count is not None:
+            step.update(count())
         if time.monotonic() > deadline:
             raise TimeoutError(what)
         time.sleep(0.05)
 
 
-# ------------------------------------------------------------------------- reading the homes
-
-
-def relay_per_frame(log_path: Path, frames: int) -> list[bool]:
-    """Relay state in each frame from the lab relay driver's switch log (state changes only,
-    each with the frame it happened in; before the first frame the boot safe state)."""
-    state = False
-    changes: dict[int, bool] = {}
-    if log_path.exists():
-        for line in log_path.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("frame") is None:
-                if not changes:
-                    state = bool(rec["on"])
-                continue
-            changes[int(rec["frame"])] = bool(rec["on"])
-    out = []
-    for k in range(frames):
-        if k in changes:
-            state = changes[k]
-        out.append(state)
-    return out
-
-
-def overload(load: NDArray[np.int64], cap: NDArray[np.int64]) -> int:
-    return int(np.maximum(load - cap, 0).sum())
-
-
 # ------------------------------------------------------------------------- the run
 
 
-def run_lab(o: LabOptions) -> tuple[dict[str, Any], list[str]]:
+def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, Any], list[str]]:
     """Run one lab round; returns (the JSON summary, the list of failures)."""
+    pg = progress or Progress()
     failures: list[str] = []
     work = o.out_dir or Path(tempfile.mkdtemp(prefix="hems-lab-"))
     if work.exists() and o.out_dir is not None:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    log.info("lab directory %s", work)
+    log.info("lab directory %s%s", work, "" if o.out_dir or o.keep or o.record
+             else " (temporary; --out DIR keeps it)")
     t0 = time.monotonic()
+    timings: dict[str, float] = {}
 
     homes = scenario.make_homes(o.homes, o.seed, o.frames)
-    cap_wh, _cap_frac = choose_capacity(homes, o.frames)
+    cap_wh, cap_frac = choose_capacity(homes, o.frames)
     capacity = np.full(o.frames, cap_wh, dtype=np.int64)
     brokers = [f"mb{i + 1}" for i in range(o.mask_brokers)]
 
@@ -255,62 +252,76 @@ def run_lab(o: LabOptions) -> tuple[dict[str, Any], list[str]]:
     start = int(dt.datetime.combine(day_dt, dt.time(), dt.UTC).timestamp())
     summary: dict[str, Any] = {}
     try:
-        broker.start()
-        # With --tls every client (services, homes, the lab's own) uses the TLS listener.
-        port = broker.tls_port if pki is not None and broker.tls_port else broker.port
-        tls_args = ["--host", "localhost", "--cafile", str(pki.cafile)] if pki else []
-        log.info("mosquitto on 127.0.0.1:%d%s", port, " (TLS)" if pki else "")
-        conn = Conn(port, pki.cafile if pki else None)
-        observer = Observer(conn, pw[LAB_USER])
-        if o.record:
-            for ident in [COORDINATOR_USER, *brokers]:
-                recorders.append(Recorder(conn, ident, pw[ident], work / f"recorded-{ident}.jsonl"))
-        publish_as(conn, GRID_USER, pw[GRID_USER], protocol.t_capacity(),
-                   protocol.encode(protocol.make_capacity(o.frames, capacity.tolist())))
+        with pg.step("mosquitto, mask brokers", total=1 + len(brokers)) as st:
+            broker.start()
+            # With --tls every client (services, homes, the lab's own) uses the TLS listener.
+            port = broker.tls_port if pki is not None and broker.tls_port else broker.port
+            tls_args = ["--host", "localhost", "--cafile", str(pki.cafile)] if pki else []
+            log.info("mosquitto on 127.0.0.1:%d%s", port, " (TLS)" if pki else "")
+            st.update(1)
+            conn = Conn(port, pki.cafile if pki else None)
+            observer = Observer(conn, pw[LAB_USER])
+            if o.record:
+                for ident in [COORDINATOR_USER, *brokers]:
+                    recorders.append(Recorder(conn, ident, pw[ident],
+                                              work / f"recorded-{ident}.jsonl"))
+            publish_as(conn, GRID_USER, pw[GRID_USER], protocol.t_capacity(),
+                       protocol.encode(protocol.make_capacity(o.frames, capacity.tolist())))
 
-        py = sys.executable
-        for b in brokers:
-            ps.start(
-                b,
-                [py, "-m", "backend.mask_broker", "--broker-id", b,
-                 "--registry", str(work / f"registry-{b}.json"), "--k", str(o.k),
-                 "--stats-file", str(work / f"stats-{b}.json"),
-                 "--state-dir", str(work / f"state-{b}"),
-                 "--port", str(port), "--user", b, *tls_args],
-                env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": pw[b]},
-            )
+            py = sys.executable
+            for b in brokers:
+                ps.start(
+                    b,
+                    [py, "-m", "backend.mask_broker", "--broker-id", b,
+                     "--registry", str(work / f"registry-{b}.json"), "--k", str(o.k),
+                     "--stats-file", str(work / f"stats-{b}.json"), "--stats-interval", "0.2",
+                     "--state-dir", str(work / f"state-{b}"),
+                     "--port", str(port), "--user", b, *tls_args],
+                    env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": pw[b]},
+                )
 
-        # Masks must find their mask broker subscribed: wait until each reports a connection.
-        wait_for(lambda: all(_connected(work / f"stats-{b}.json") for b in brokers), 20,
-                 "mask broker(s) did not connect")
+            # Masks must find their mask broker subscribed: wait until each reports a connection.
+            def n_connected() -> int:
+                return 1 + sum(_connected(work / f"stats-{b}.json") for b in brokers)
 
+            wait_for(lambda: n_connected() == 1 + len(brokers), 20,
+                     "mask broker(s) did not connect", st, n_connected)
+            st.update(1 + len(brokers))
+        timings["services"] = time.monotonic() - t0
+
+        t_fleet = time.monotonic()
         home_procs = []
-        for h in homes:
-            sdir = work / "homes" / h.home_id
-            sdir.mkdir(parents=True)
-            cfg = {
-                "home_id": h.home_id,
-                "mqtt": {"host": "localhost" if pki else "127.0.0.1", "port": port,
-                         "user": h.home_id, "password": pw[h.home_id], "keepalive": 30,
-                         "cafile_der": str(pki.cafile.with_suffix(".der")) if pki else None},
-                "magnification": h.magnification, "plan_wh": h.plan_wh,
-                "keys": keys[h.home_id], "state_dir": str(sdir), "board": "unix",
-                "clock": "lab", "safe_state": False, "exit_after_day": True, "loop_ms": 10,
-            }
-            (sdir / "config.json").write_text(json.dumps(cfg))
-            exe = py if o.python_homes else procs.micropython_exe()
-            home_procs.append(ps.start(
-                h.home_id, [exe, str(procs.FIRMWARE / "run_home.py"), str(sdir / "config.json")],
-                env=procs.micropython_env()))
+        with pg.step("homes online", total=len(homes)) as st:
+            for h in homes:
+                sdir = work / "homes" / h.home_id
+                sdir.mkdir(parents=True)
+                cfg = {
+                    "home_id": h.home_id,
+                    "mqtt": {"host": "localhost" if pki else "127.0.0.1", "port": port,
+                             "user": h.home_id, "password": pw[h.home_id], "keepalive": 30,
+                             "cafile_der": str(pki.cafile.with_suffix(".der")) if pki else None},
+                    "magnification": h.magnification, "plan_wh": h.plan_wh,
+                    "keys": keys[h.home_id], "state_dir": str(sdir), "board": "unix",
+                    "clock": "lab", "safe_state": False, "exit_after_day": True, "loop_ms": 10,
+                }
+                (sdir / "config.json").write_text(json.dumps(cfg))
+                exe = py if o.python_homes else procs.micropython_exe()
+                home_procs.append(ps.start(
+                    h.home_id,
+                    [exe, str(procs.FIRMWARE / "run_home.py"), str(sdir / "config.json")],
+                    env=procs.micropython_env()))
 
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(observer.online) < len(homes):
-            dead = [p.name for p in home_procs if p.popen.poll() is not None]
-            if dead:
-                raise RuntimeError(f"home(s) exited at start: {dead}: {home_procs[0].tail()}")
-            time.sleep(0.05)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(observer.online) < len(homes):
+                dead = [p.name for p in home_procs if p.popen.poll() is not None]
+                if dead:
+                    raise RuntimeError(f"home(s) exited at start: {dead}: {home_procs[0].tail()}")
+                st.update(len(observer.online))
+                time.sleep(0.05)
+            st.update(len(observer.online))
         log.info("%d/%d homes online after %.1fs", len(observer.online), len(homes),
                  time.monotonic() - t0)
+        timings["fleet"] = time.monotonic() - t_fleet
 
         t_round = time.monotonic()
         coord = ps.start(
@@ -323,30 +334,36 @@ def run_lab(o: LabOptions) -> tuple[dict[str, Any], list[str]]:
              "--port", str(port), "--user", COORDINATOR_USER, *tls_args],
             env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": pw[COORDINATOR_USER]},
         )
-        if procs.wait_all([coord], o.collect_s + 60):
-            raise RuntimeError("coordinator did not finish the round")
+        follow_round(coord, work, brokers, len(homes), o.collect_s + 60, pg)
         if coord.popen.returncode != 0:
             raise RuntimeError(f"coordinator failed:\n{coord.tail()}")
         result = json.loads((work / "result.json").read_text())
         round_s = time.monotonic() - t_round
+        timings["round"] = round_s
         log.info("round complete in %.1fs; playing the day out", round_s)
 
         # Give every home time to receive its adjustment, then start the accelerated day.
+        t_day = time.monotonic()
         time.sleep(0.5)
         speed = o.frame_s / o.frame_real_s
+        anchor = time.time() + 1.0
         observer.publish(protocol.t_clock(),
-                         {"v": 1, "anchor": time.time() + 1.0, "virtual": start,
-                          "speed": speed}, retain=True)
-        left = procs.wait_all(home_procs, 1.0 + o.frames * o.frame_real_s + 30)
+                         {"v": 1, "anchor": anchor, "virtual": start, "speed": speed},
+                         retain=True)
+        left = play_day(home_procs, anchor, o, pg)
         if left:
             failures.append(f"homes still running after the day: {[p.name for p in left]}")
         for p in home_procs:
             if p.popen.returncode not in (0, None):
                 failures.append(f"home {p.name} exited {p.popen.returncode}: {p.tail(500)}")
+        timings["day"] = time.monotonic() - t_day
 
-        summary = summarise(o, work, homes, result, capacity, brokers, failures)
-        summary["timings_s"] = {"round": round(round_s, 2),
-                                "total": round(time.monotonic() - t0, 2)}
+        params = {"frame_s": o.frame_s, "frame_real_s": o.frame_real_s, "seed": o.seed,
+                  "k": o.k, "day": day, "capacity_fraction": cap_frac, "solver": o.solver}
+        summary = summarise(work, homes, result, capacity, {"frames": o.frames, **params},
+                            brokers, failures)
+        timings["total"] = time.monotonic() - t0
+        summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     except Exception as e:
         log.exception("lab failed")
         failures.append(f"{type(e).__name__}: {e}")
@@ -364,95 +381,48 @@ def run_lab(o: LabOptions) -> tuple[dict[str, Any], list[str]]:
     return summary, failures
 
 
-def summarise(
-    o: LabOptions,
-    work: Path,
-    homes: list[scenario.HomeSpec],
-    result: dict[str, Any],
-    capacity: NDArray[np.int64],
-    brokers: list[str],
-    failures: list[str],
-) -> dict[str, Any]:
-    frames = o.frames
-    true_load = np.zeros(frames, dtype=np.int64)
-    relay_load = np.zeros(frames, dtype=np.int64)
-    mismatched = 0
-    for h in homes:
-        sdir = work / "homes" / h.home_id
-        st = json.loads((sdir / "round.json").read_text())
-        q = int(st["quantum_wh"])
-        plan = np.array(st["plan"], dtype=np.int64) * q
-        adj = np.array(st["adjusted"] if st.get("adjusted") is not None else st["plan"],
-                       dtype=np.int64) * q
-        on = np.array(relay_per_frame(sdir / "relay.log", frames), dtype=bool)
-        true_load += plan
-        relay_load += np.where(on, adj, 0)
-        mismatched += int(np.count_nonzero(on != (adj > 0)))
-    before = np.array(result["coordinator_load_before_wh"], dtype=np.int64)
-    after = np.array(result["coordinator_load_after_wh"], dtype=np.int64)
-    if not np.array_equal(true_load, before):
-        failures.append("true_load_wh != coordinator_load_before_wh")
-    if not np.array_equal(relay_load, after):
-        failures.append("relay_load_after_wh != coordinator_load_after_wh")
-    if mismatched:
-        failures.append(f"{mismatched} home-frames where the relay disagreed with the plan")
-    stats = {}
-    for b in brokers:
-        p = work / f"stats-{b}.json"
-        if p.exists():
-            stats[b] = json.loads(p.read_text())
-    return {
-        "homes": len(homes),
-        "frames": frames,
-        "frame_s": o.frame_s,
-        "seed": o.seed,
-        "mask_brokers": len(brokers),
-        "k": o.k,
-        "capacity_wh": capacity.tolist(),
-        "true_load_wh": true_load.tolist(),
-        "coordinator_load_before_wh": before.tolist(),
-        "coordinator_load_after_wh": after.tolist(),
-        "relay_load_after_wh": relay_load.tolist(),
-        "overload_before_wh": overload(true_load, capacity),
-        "overload_after_wh": overload(relay_load, capacity),
-        "curtailed_wh": result.get("curtailed_wh", 0),
-        "regroup_rounds": result.get("regroup_rounds", 0),
-        "solver": result.get("solver", o.solver),
-        "groups": [{"id": g["id"], "size": g["size"], "magnification": g["magnification"]}
-                   for g in result["groups"]],
-        "moves": result["moves"],
-        "released_groups": result.get("released_groups", []),
-        "refused_groups": result.get("refused_groups", []),
-        "excluded_homes": result.get("excluded", []),
-        "relay_mismatches": mismatched,
-        "coordinator_rejections": result.get("rejections", {}),
-        "mask_broker_stats": stats,
-    }
+def follow_round(coord: procs.Proc, work: Path, brokers: list[str], n_homes: int,
+                 timeout: float, pg: Progress) -> None:
+    """Wait for the coordinator's round, showing the reports the mask brokers hold and then
+    their group sums (released / refused) as the coordinator groups and regroups."""
+    deadline = time.monotonic() + timeout
+    with pg.step("collecting reports", total=n_homes) as st:
+        while coord.popen.poll() is None and time.monotonic() < deadline:
+            ss = _stats(work, brokers)
+            if ss:
+                st.update(min(int(s.get("masks", {}).get("this_round", 0)) for s in ss))
+                if any(s.get("groups", {}).get("requests", 0) for s in ss):
+                    break
+            time.sleep(0.1)
+    with pg.step("group sums, regrouping") as st:
+        while True:
+            g = [s.get("groups", {}) for s in _stats(work, brokers)]
+            n = sum(x.get("requests", 0) for x in g)
+            st.update(0, note=f"{n} request{'' if n == 1 else 's'}, "
+                      f"{sum(x.get('released', 0) for x in g)} released, "
+                      f"{sum(x.get('refused', 0) for x in g)} refused")
+            if coord.popen.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    if coord.popen.poll() is None:
+        raise RuntimeError("coordinator did not finish the round")
 
 
-def print_table(s: dict[str, Any], out: Any) -> None:
-    w = out.write
-    w("\nhems lab: one privacy-preserving round\n")
-    w(f"  homes {s['homes']}  frames {s['frames']} x {s['frame_s']} s  "
-      f"mask brokers {s['mask_brokers']}  k {s['k']}  seed {s['seed']}\n")
-    w(f"  groups  {len(s['groups'])}: "
-      + ", ".join(f"{g['id']}({g['size']} homes, m={g['magnification']})" for g in s["groups"])
-      + "\n")
-    w(f"  moves   {len(s['moves'])}  regroup rounds {s['regroup_rounds']}  "
-      f"solver {s['solver']}\n")
-    cap = max(s["capacity_wh"])
-    w(f"  capacity {cap} Wh/frame; peak before {max(s['true_load_wh'])} Wh, "
-      f"after {max(s['relay_load_after_wh'])} Wh\n")
-    w(f"  overload before {s['overload_before_wh']} Wh, after {s['overload_after_wh']} Wh, "
-      f"curtailed {s['curtailed_wh']} Wh\n")
-    ok1 = s["true_load_wh"] == s["coordinator_load_before_wh"]
-    ok2 = s["relay_load_after_wh"] == s["coordinator_load_after_wh"]
-    w(f"  exact masking (true load == coordinator's view)   {'yes' if ok1 else 'NO'}\n")
-    w(f"  relays did what was decided                       {'yes' if ok2 else 'NO'}\n")
-    if s.get("timings_s"):
-        w(f"  round {s['timings_s']['round']} s, whole lab {s['timings_s']['total']} s\n")
-    for f in s.get("failures", []):
-        w(f"  FAILED: {f}\n")
+def play_day(home_procs: list[procs.Proc], anchor: float, o: LabOptions,
+             pg: Progress) -> list[procs.Proc]:
+    """Wait while the homes play the day out on the accelerated clock; returns those still
+    running at the (generous) deadline."""
+    deadline = time.monotonic() + 1.0 + o.frames * o.frame_real_s + 30
+    with pg.step("playing out the day", total=o.frames) as st:
+        while time.monotonic() < deadline:
+            done = sum(p.popen.poll() is not None for p in home_procs)
+            frame = int(min(max((time.time() - anchor) / o.frame_real_s, 0), o.frames))
+            st.update(frame, note=f"{done}/{len(home_procs)} homes finished the day")
+            if done == len(home_procs):
+                st.update(o.frames)
+                return []
+            time.sleep(0.1)
+    return [p for p in home_procs if p.popen.poll() is None]
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -464,8 +434,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frame-real-s", type=float, default=d.frame_real_s,
                    help="real seconds per frame on the accelerated clock (default 0.2)")
     p.add_argument("--k", type=int, default=d.k, help="minimum group size (default 3)")
-    p.add_argument("--mask-brokers", type=int, default=d.mask_brokers)
-    p.add_argument("--solver", choices=["heuristic", "exact"], default=d.solver)
+    p.add_argument("--mask-brokers", type=int, default=d.mask_brokers,
+                   help="number of mask brokers (default 1)")
+    p.add_argument("--solver", choices=["heuristic", "exact"], default=d.solver,
+                   help="adjustment engine (default heuristic)")
     p.add_argument("--collect-s", type=float, default=d.collect_s,
                    help="collection window before the deadline, s (ends early when all "
                    "homes reported)")
@@ -475,7 +447,23 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="run the firmware under CPython (paho) instead of micropython")
     p.add_argument("--tls", action="store_true",
                    help="generate a CA and server certificate; every client uses TLS")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout (the table goes to stderr)")
+    p.add_argument("--report", type=Path, default=None, metavar="PATH",
+                   help="write the HTML report here (default: OUT/report.html with --out, "
+                   "else lab-out/report.html)")
+    p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they are shown only on a terminal, never "
+                   "with --json)")
+
+
+def report_path(a: argparse.Namespace) -> Path | None:
+    if a.no_report:
+        return None
+    if a.report is not None:
+        return Path(a.report)
+    return Path(a.out or "lab-out") / "report.html"
 
 
 def main(a: argparse.Namespace) -> int:
@@ -485,12 +473,28 @@ def main(a: argparse.Namespace) -> int:
                    frame_real_s=a.frame_real_s, k=a.k, mask_brokers=a.mask_brokers,
                    solver=a.solver, collect_s=a.collect_s, out_dir=a.out,
                    python_homes=a.python_homes, tls=a.tls)
-    summary, failures = run_lab(o)
+    rpath = report_path(a)
+    show = not a.json and not a.no_progress and sys.stderr.isatty()
+    with live(show) as pg:
+        summary, failures = run_lab(o, pg)
+        summary["report"] = None
+        if rpath is not None and "homes" in summary:
+            with pg.step("writing the report"):
+                try:
+                    from backend.lab import report
+
+                    report.write(summary, rpath)
+                    summary["report"] = str(rpath.resolve())
+                except Exception as e:  # the run's results still print
+                    log.exception("report failed")
+                    failures.append(f"report: {type(e).__name__}: {e}")
     if a.json:
         json.dump(summary, sys.stdout)
         sys.stdout.write("\n")
     if "homes" in summary:
         print_table(summary, sys.stderr if a.json else sys.stdout)
+        if summary["report"]:
+            print(f"  report  {summary['report']}", file=sys.stderr if a.json else sys.stdout)
     else:
         for f in failures:
             print(f"hems lab FAILED: {f}", file=sys.stderr)

@@ -1,4 +1,8 @@
-"""python -m backend.mask_broker --broker-id mb1 --registry REG.json --k 3 [...]"""
+"""python -m backend.mask_broker --broker-id mb1 --registry REG.json --k 3 [...]
+
+(also `hems mask-broker ...`).  Exit status 0 after a clean stop (SIGTERM / SIGINT), 2 on bad
+arguments or a bad registry.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pathlib import Path
 from backend.common.mqtt import add_mqtt_args, settings_from_args
 
 from .core import MaskBroker
-from .service import Service, configure_logging
+from .service import MetricsUnavailable, Service, configure_logging
 from .store import StateDir
 
 log = logging.getLogger("hems.mask_broker")
@@ -36,9 +40,16 @@ def load_registry(path: Path) -> dict[str, bytes]:
     return keys
 
 
-def parser() -> argparse.ArgumentParser:
+def _port(s: str) -> int:
+    v = int(s)
+    if not 0 < v < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {s}")
+    return v
+
+
+def parser(prog: str = "python -m backend.mask_broker") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m backend.mask_broker",
+        prog=prog,
         description="Mask broker: stores sealed mask seeds, answers group mask sums "
         "under the release rule (docs/privacy.md).")
     p.add_argument("--broker-id", required=True, help="this broker's id (also its MQTT "
@@ -53,13 +64,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-file", type=Path, help="JSON stats, rewritten atomically")
     p.add_argument("--stats-interval", type=float, default=1.0,
                    help="seconds between stats writes while masks arrive (default 1)")
+    p.add_argument("--metrics-port", type=_port, default=None,
+                   help="serve Prometheus metrics (hems_mask_broker_*) on "
+                   "http://HOST:PORT/metrics (default: off)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address for --metrics-port (default 127.0.0.1, loopback only)")
     p.add_argument("--log-level", default="info")
     add_mqtt_args(p, default_user="")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m backend.mask_broker") -> int:
+    a = parser(prog).parse_args(argv)
     configure_logging(a.log_level)
     try:
         core = MaskBroker(a.broker_id, load_registry(a.registry), a.k)
@@ -81,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
                  core.round, core.masks.count, len(core.partition.atom_sizes()))
     else:
         log.warning("no --state-dir: a restart forgets today's answered groups")
-    asyncio.run(Service(core, settings, state, a.stats_file, a.stats_interval).run())
+    service = Service(core, settings, state, a.stats_file, a.stats_interval,
+                      metrics_port=a.metrics_port, metrics_host=a.metrics_host)
+    try:
+        asyncio.run(service.run())
+    except MetricsUnavailable as e:  # the metrics port is taken, or not ours to bind
+        log.error("cannot serve metrics: %s", e)
+        return 1
     return 0
 
 

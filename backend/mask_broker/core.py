@@ -15,10 +15,18 @@ Per message family (docs/protocol.md, docs/privacy.md):
   registered (``unregistered``), current round (``unknown_round``), MAC (``bad_mac``), seed
   length (``bad_seed``), report id not seen this round (``replay``), home not already in this
   round (``duplicate_home``).  Accepted: the expanded seed is stored as a uint32 row.  The home
-  gets a reply either way (when the topic names a valid home id).
+  gets a reply either way (when the topic names a valid home id).  A redelivered mask (the same
+  report again, e.g. after a restart) is a ``replay``: it changes nothing.  There is no deadline
+  here: the coordinator alone decides which reports count (it closes collection), and a mask that
+  came too late is simply never asked for.
 * group request: each group, in request order, is refused with a reason or answered with the
   uint32 sum of its members' rows.  The release rule sees every group answered earlier the same
-  day, including the earlier groups of this very request.
+  day, including the earlier groups of this very request.  Asking the same group again (a
+  coordinator re-asking after a restart or a lost answer) gets the same sum.
+
+Stragglers and dropouts are reported in the stats (``round_homes``): homes with a mask this round
+that are in no released group (their plan never reached the coordinator, came late, or the home was
+excluded) and homes a request named that have no mask here (``missing``).
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ MEMBERS_PER_HOME = 8
 PENDING_MAX = 200_000
 #: Group outcomes kept in the stats (the most recent ones).
 RECENT_GROUPS = 1000
+#: Home ids listed per kind in the stats' ``round_homes``.
+LISTED_HOMES = 1000
 
 _DIGEST = np.dtype("<u8")  # SHA-256 of a report id as 4 words, for a vectorised XOR checksum
 
@@ -90,6 +100,8 @@ class RoundMasks:
         self.digests = np.zeros((0, 4), dtype=_DIGEST)
         self.count = 0
         self.report_ids: set[str] = set()
+        self.released = np.zeros(n_homes, dtype=bool)  # home index -> in a released group
+        self.missing: set[int] = set()  # home indices a request named without a mask here
 
     def add(self, home: int, report_id: str, seed: bytes) -> None:
         if self.count == len(self.rows):  # grow by doubling, up to one row per home
@@ -335,6 +347,7 @@ class MaskBroker:
         rows = self.masks.row_of[idx]
         absent = np.flatnonzero(rows < 0)
         if len(absent):
+            self.masks.missing.update(int(i) for i in idx[absent])
             return _refused(gid, "missing_members", [members[j] for j in absent])
         if self.masks.checksum(rows) != checksum:
             return _refused(gid, "checksum_mismatch")
@@ -342,6 +355,7 @@ class MaskBroker:
         if reason is not None:
             return _refused(gid, reason)
         total = self.masks.total(rows)
+        self.masks.released[idx] = True
         return {"id": gid, "status": "released", "sum": protocol.b64(total.tobytes())}
 
     # ------------------------------------------------------------ restart
@@ -356,7 +370,11 @@ class MaskBroker:
             elif cur is None or day != cur.day:
                 raise ValueError("record for another day")
             elif kind == "release":
-                self.partition.commit([str(h) for h in data["members"]])
+                members = [str(h) for h in data["members"]]
+                self.partition.commit(members)
+                if rnd == cur.round:
+                    idx = [self.index[h] for h in members if h in self.index]
+                    self.masks.released[idx] = True
             elif kind == "mask":
                 i = self.index.get(data["home"])
                 rid = str(data["report_id"])
@@ -390,5 +408,19 @@ class MaskBroker:
                        "refused_by_reason": dict(sorted(s.refused.items()))},
             "atoms": {"count": len(atoms),
                       "min_size": int(atoms.min()) if len(atoms) else None},
+            "round_homes": self._round_homes(),
             "recent_groups": list(s.recent),
+        }
+
+    def _round_homes(self) -> dict[str, Any]:
+        """Stragglers and dropouts of the current round, as this broker sees them."""
+        m = self.masks
+        have = m.row_of >= 0
+        unreleased = np.flatnonzero(have & ~m.released)
+        missing = sorted(i for i in m.missing if m.row_of[i] < 0)
+        return {
+            "with_mask": int(have.sum()),
+            "released": int((have & m.released).sum()),
+            "unreleased": [self.homes[i] for i in unreleased[:LISTED_HOMES]],
+            "missing": [self.homes[i] for i in missing[:LISTED_HOMES]],
         }

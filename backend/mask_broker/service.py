@@ -5,6 +5,11 @@ while the service was briefly away are delivered when it is back.  Each message 
 `MaskBroker.handle`; its records are persisted (state dir) before its publishes are sent.
 Connection loss is the one failure this layer recovers from: reconnect with jittered backoff.
 SIGTERM / SIGINT end it cleanly, stats flushed.
+
+With a metrics port, Prometheus metrics (``hems_mask_broker_*``, `Service.samples`) are served
+on ``http://HOST:PORT/metrics`` (backend/common/metrics.py): masks accepted, messages rejected
+by kind and reason, rounds, group requests, groups released and refused by reason, the
+partition's atoms, time spent answering, and the round latency.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from backend.common import metrics
+from backend.common.metrics import Sample
 from backend.common.mqtt import MqttSettings
 from hemsfw import protocol
 
@@ -55,6 +62,10 @@ class Backoff:
         self.attempts = 0
 
 
+class MetricsUnavailable(Exception):
+    """The metrics port could not be bound (the message says where and why)."""
+
+
 def _code(g: int | ReasonCode) -> int:
     return g if isinstance(g, int) else int(g.value)
 
@@ -62,7 +73,8 @@ def _code(g: int | ReasonCode) -> int:
 class Service:
     def __init__(self, core: MaskBroker, settings: MqttSettings,
                  state: StateDir | None = None, stats_file: Path | None = None,
-                 stats_interval: float = 1.0) -> None:
+                 stats_interval: float = 1.0, metrics_port: int | None = None,
+                 metrics_host: str = "127.0.0.1") -> None:
         self.core = core
         self.settings = dataclasses.replace(settings, client_id=core.id)
         self.state = state
@@ -75,6 +87,13 @@ class Service:
         self._written = -1  # core.version last written to the stats file
         self._inflight = asyncio.Semaphore(MAX_INFLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Metrics kept here (the core's counters are read as they are, at scrape time).
+        self.metrics_port, self.metrics_host = metrics_port, metrics_host
+        self.rounds = 0  # new rounds seen since start (a restored round is not counted)
+        self._round = _round_key(core)
+        self._round_t0: float | None = None
+        self.round_latency_s: float | None = None
+        self.groupreq_s = 0.0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -84,7 +103,15 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        server: asyncio.Server | None = None
         try:
+            if self.metrics_port is not None:
+                try:
+                    server = await metrics.serve(self.metrics_port, self.samples,
+                                                 self.metrics_host)
+                except OSError as e:
+                    raise MetricsUnavailable(
+                        f"{self.metrics_host}:{self.metrics_port}: {e}") from e
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._mqtt(), name="mqtt"),
                          tg.create_task(self._stats(), name="stats")]
@@ -93,6 +120,8 @@ class Service:
                 for t in tasks:
                     t.cancel()
         finally:
+            if server is not None:
+                server.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             self.connected = False
@@ -104,7 +133,11 @@ class Service:
         s = self.settings
         while True:
             try:
-                async with s.client(clean_session=False) as client:
+                client = s.client(clean_session=False)
+                # PUBACK only after a message was handled and its records written: a crash in
+                # between gets it redelivered, not lost (docs/reliability.md).
+                client._client.manual_ack_set(True)
+                async with client:
                     for topic, qos in self.core.subscriptions():
                         granted = await client.subscribe(topic, qos=qos)
                         if any(_code(g) >= 0x80 for g in granted):
@@ -143,7 +176,10 @@ class Service:
         payload = bytes(p) if isinstance(p, bytes | bytearray) else b""
         answered = False
         groupsum = protocol.t_groupsum(self.core.id)
-        for out in self.core.handle(message.topic.value, payload):
+        t0 = time.perf_counter()
+        outs = self.core.handle(message.topic.value, payload)
+        self._observe(message.topic.value, time.perf_counter() - t0)
+        for out in outs:
             if isinstance(out, Record):
                 if self.state is not None:
                     self.state.write(out)  # before anything that depends on it is published
@@ -153,6 +189,7 @@ class Service:
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
                 answered |= out.topic == groupsum
+        client._client.ack(message.mid, message.qos)
         if answered:
             self.write_stats(force=True)
 
@@ -167,6 +204,64 @@ class Service:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._inflight.release()
+
+    # ------------------------------------------------------------ metrics
+
+    def _observe(self, topic: str, seconds: float) -> None:
+        key = _round_key(self.core)
+        if key is not None and key != self._round:
+            self._round, self._round_t0, self.round_latency_s = key, time.monotonic(), None
+            self.rounds += 1
+        if topic == protocol.t_groupreq(self.core.id):
+            self.groupreq_s += seconds
+            if self._round_t0 is not None:
+                self.round_latency_s = time.monotonic() - self._round_t0
+
+    def samples(self) -> list[Sample]:
+        """The Prometheus samples, read from the live counters at each scrape."""
+        c, st, p = self.core, self.core.stats, "hems_mask_broker_"
+        atoms = c.partition.atom_sizes()
+        out = [
+            Sample(p + "info", "gauge", "This mask broker (labels: its id and k).", 1,
+                   {"broker": c.id, "k": str(c.k)}),
+            Sample(p + "connected", "gauge", "1 while connected to the MQTT broker.",
+                   int(self.connected)),
+            Sample(p + "connects_total", "counter", "MQTT connections made.", self.connects),
+            Sample(p + "homes_registered", "gauge", "Homes in the registry.", len(c.homes)),
+            Sample(p + "rounds_total", "counter", "New rounds announced since start.",
+                   self.rounds),
+            Sample(p + "masks_accepted_total", "counter", "Mask reports accepted.",
+                   st.masks_accepted),
+            Sample(p + "masks_this_round", "gauge", "Masks held for the current round.",
+                   c.masks.count),
+        ]
+        for key, n in c.rejections.as_dict().items():
+            kind, _, reason = key.partition(":")
+            out.append(Sample(p + "rejected_total", "counter",
+                              "Messages rejected, by kind and reason (docs/protocol.md).", n,
+                              {"kind": kind, "reason": reason}))
+        out += [
+            Sample(p + "group_requests_total", "counter", "Group-sum requests answered.",
+                   st.requests),
+            Sample(p + "groups_released_total", "counter", "Group sums released.",
+                   st.released),
+        ]
+        for reason, n in sorted(st.refused.items()):
+            out.append(Sample(p + "groups_refused_total", "counter",
+                              "Group sums refused, by reason (docs/privacy.md).", n,
+                              {"reason": reason}))
+        out += [
+            Sample(p + "atoms", "gauge", "Cells of today's release partition.", len(atoms)),
+            Sample(p + "atom_min_size", "gauge", "Homes in the smallest cell (0: none yet).",
+                   int(atoms.min()) if len(atoms) else 0),
+            Sample(p + "group_request_seconds_total", "counter",
+                   "Time spent computing group-sum answers.", round(self.groupreq_s, 6)),
+        ]
+        if self.round_latency_s is not None:
+            out.append(Sample(p + "round_latency_seconds", "gauge",
+                              "From this round's announcement to its latest group-sum answer.",
+                              round(self.round_latency_s, 6)))
+        return out
 
     # ------------------------------------------------------------ stats
 
@@ -187,6 +282,11 @@ class Service:
             write_atomic(self.stats_file, json.dumps(self.stats_dict(), indent=1), 0o644)
         except OSError as e:
             log.error("cannot write %s: %s", self.stats_file, e)
+
+
+def _round_key(core: MaskBroker) -> tuple[str, int] | None:
+    r = core.round
+    return None if r is None else (r.day, r.round)
 
 
 def configure_logging(level: str) -> None:

@@ -10,6 +10,14 @@ Layout (the directory is 0700, every file 0600):
   masks-<day>-<round>.jsonl       the current round's accepted seeds (secret); deleted as soon as
                                   the round changes
 A torn last line (a crash mid-write) is skipped on load.
+
+Durability (docs/reliability.md): every record is flushed to the kernel before the service goes
+on, so a kill -9 loses nothing; the service acknowledges the MQTT message (PUBACK) only after
+that, so a message whose record was not written is delivered again.  Releases (and the round
+file, and a new file's directory entry) are also fsync'ed, so not even a power cut can make the
+broker forget an answered group; an accepted mask is not fsync'ed (one fsync per mask would cap the
+ingest rate), so after a power cut a home may turn into a ``missing_members`` dropout, never
+into a privacy leak.
 """
 
 from __future__ import annotations
@@ -31,13 +39,27 @@ def _open_append(path: Path) -> IO[str]:
     return os.fdopen(fd, "a", encoding="utf-8")
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o600, durable: bool = False) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file.  durable:
+    fsync the file before and the directory after the rename (survives a power cut)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 class StateDir:
@@ -80,7 +102,7 @@ class StateDir:
         d = rec.data
         if rec.kind == "round":
             self.close()
-            write_atomic(self._round_file(), json.dumps(d))
+            write_atomic(self._round_file(), json.dumps(d), durable=True)
             keep = self._masks_file(d["day"], d["round"])
             for old in self.path.glob("masks-*.jsonl"):
                 if old != keep:
@@ -92,7 +114,11 @@ class StateDir:
             self._masks.flush()
         elif rec.kind == "release":
             if self._releases is None:
-                self._releases = _open_append(self._releases_file(d["day"]))
+                path = self._releases_file(d["day"])
+                new = not path.exists()
+                self._releases = _open_append(path)
+                if new:
+                    _fsync_dir(self.path)
             self._releases.write(json.dumps(d) + "\n")
             self._releases.flush()
             os.fsync(self._releases.fileno())

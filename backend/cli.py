@@ -22,7 +22,6 @@ Exit status: 0 ok, 1 the run failed, 2 usage or configuration error, 130 interru
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import json
 import os
@@ -41,17 +40,13 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _capacity_values(a: argparse.Namespace) -> list[int]:
+    from backend.common.capacity import builtin_profile, read_profile
+
     if a.flat is not None:
-        return [a.flat] * a.frames
-    path = Path(a.file)
-    if path.suffix == ".json":
-        obj = json.loads(path.read_text())
-        vals = obj["capacity_wh"] if isinstance(obj, dict) else obj
-    else:
-        with path.open() as f:
-            vals = [int(float(row[-1])) for row in csv.reader(f) if row and row[-1].strip()
-                    and row[-1].strip().lstrip("-").replace(".", "", 1).isdigit()]
-    return [int(v) for v in vals]
+        return builtin_profile("flat", a.flat, a.frames)
+    if a.builtin is not None:
+        return builtin_profile(a.builtin, a.level, a.frames)
+    return read_profile(Path(a.file))
 
 
 def cmd_capacity(a: argparse.Namespace) -> int:
@@ -62,7 +57,12 @@ def cmd_capacity(a: argparse.Namespace) -> int:
 
     try:
         vals = _capacity_values(a)
-        obj = protocol.make_capacity(len(vals), vals)
+        target = None
+        if a.target_file:
+            from backend.common.capacity import read_profile
+
+            target = read_profile(Path(a.target_file), "target_wh")
+        obj = protocol.make_capacity(len(vals), vals, target)
         protocol.parse_capacity(obj)  # validate before publishing
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"hems capacity: bad capacity profile: {e}", file=sys.stderr)
@@ -237,7 +237,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     src = pc.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="CSV (last column = Wh per frame) or JSON file")
     src.add_argument("--flat", type=int, help="the same capacity (Wh) in every frame")
-    pc.add_argument("--frames", type=int, default=96, help="frames for --flat (default 96)")
+    src.add_argument("--builtin", choices=["flat", "evening", "solar"],
+                     help="a built-in shape scaled to --level (backend/common/capacity.py)")
+    pc.add_argument("--level", type=int, default=10000,
+                    help="Wh per frame for --builtin (default 10000)")
+    pc.add_argument("--frames", type=int, default=96,
+                    help="frames for --flat/--builtin (default 96)")
+    pc.add_argument("--target-file", default=None,
+                    help="optional target profile (JSON/CSV, Wh per frame): the coordinator "
+                    "adds a deviation penalty")
     add_mqtt_args(pc, default_user="grid")
 
     pg = add("config", "print, as JSON, the arguments the config file and the environment "

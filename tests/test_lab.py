@@ -76,11 +76,20 @@ def _vectors(obj: Any, out: list[bytes]) -> None:
 
 
 def test_no_service_ever_holds_a_home_plan_in_the_clear(tmp_path: Path) -> None:
-    """Record everything the coordinator's and the mask broker's identities can receive during a
-    real lab round and show that no single home's plan is in it: the coordinator sees masked
-    plans (uniform mod 2^32) and sums of groups of >= k homes; the mask broker sees sealed seeds."""
-    summary, failures = run_lab(LabOptions(homes=9, seed=7, out_dir=tmp_path / "lab", record=True))
+    """Record everything the coordinator's and the mask brokers' identities can receive during a
+    real lab round (TLS, two mask brokers: the documented production setup) and show that no
+    single home's plan is in it: the coordinator sees masked plans (uniform mod 2^32) and sums of
+    groups of >= k homes; each mask broker sees sealed seeds."""
+    summary, failures = run_lab(LabOptions(homes=9, seed=7, out_dir=tmp_path / "lab", record=True,
+                                           tls=True, mask_brokers=2))
     assert not failures, failures
+    assert summary["true_load_wh"] == summary["coordinator_load_before_wh"]
+    assert summary["relay_load_after_wh"] == summary["coordinator_load_after_wh"]
+    released = {(g["id"], g["broker"]) for g in summary["released_groups"]}
+    assert {b for _, b in released} == {"mb1", "mb2"}
+    for g in summary["groups"]:  # every final group was released by both mask brokers
+        assert (g["id"], "mb1") in released and (g["id"], "mb2") in released
+    assert all("reason" in r for r in summary["refused_groups"])
     work = Path(summary["lab_dir"])
     plans: dict[str, bytes] = {}
     for home_dir in (work / "homes").iterdir():
@@ -89,7 +98,7 @@ def test_no_service_ever_holds_a_home_plan_in_the_clear(tmp_path: Path) -> None:
         assert "seeds" not in st and "mask" not in st  # only a digest of the mask is kept
     assert len(plans) == 9
 
-    for ident in ("coordinator", "mb1"):
+    for ident in ("coordinator", "mb1", "mb2"):
         msgs = [json.loads(line) for line in (work / f"recorded-{ident}.jsonl").read_text()
                 .splitlines()]
         assert msgs, ident

@@ -11,7 +11,7 @@ A group's sum mod 2^32 is the sum of its rows (numpy uint32 arithmetic wraps exa
 protocol's).  ``RowStore.arrange(order)`` gathers the rows once into ``order`` (one ``np.take``:
 ~10 ms for 100k x 96 here); then a group that is an interval of ``order`` is a plain slice sum,
 ``block[a:b].sum(axis=0)`` at memory speed (~5 ms for all 100k rows, whatever the grouping, plus
-~2 us per group).  Measured alternatives (docs/benchmarks.md (Ingest, fleet and row store)): prefix sums
+~2 us per group).  Measured alternatives (docs/benchmarks.md, "Ingest"): prefix sums
 (``np.cumsum(axis=0)``, 170 ms) and ``np.add.reduceat`` (~57 ms) are 10-30x slower.
 
 * The coordinator's groups *are* intervals of one order: ``grouping.initial_grouping`` forms

@@ -41,6 +41,13 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return conv
 
 
+def _port(s: str) -> int:
+    v = int(s)
+    if not 0 < v < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {s}")
+    return v
+
+
 def _k(s: str) -> int:
     # The mask broker refuses k < 2 (a group of one is that home's plan); agree with it here.
     v = int(s)
@@ -87,7 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--answer-timeout-s", type=_positive(float), default=10.0,
                    help="how long to wait for each mask broker's answer")
     c.add_argument("--missing-grace-s", type=float, default=1.0,
-                   help="pause before asking a broker again about members it had no mask for")
+                   help="how long to keep asking a broker again (once a second) about members "
+                   "it had no mask for")
+    c.add_argument("--reask-s", type=_positive(float), default=5.0,
+                   help="publish a group request again when unanswered for this long")
+    d = p.add_argument_group("durability and operations (docs/reliability.md)")
+    d.add_argument("--state-dir", type=Path, default=None,
+                   help="journal the round here; restarted with the same arguments, the "
+                   "coordinator resumes the round where it stood (without it a crash loses it)")
+    d.add_argument("--reconnect-s", type=_positive(float), default=60.0,
+                   help="give up when the MQTT broker cannot be reached for this long")
+    d.add_argument("--metrics-port", type=_port, default=None,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (default off)")
+    d.add_argument("--debug-pause-at", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, required=True, help="where to write the round's JSON")
     p.add_argument("--log-level", default=os.environ.get("HEMS_LOG_LEVEL", "INFO"))
     add_mqtt_args(p, "coordinator")
@@ -118,11 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         solver=args.solver, window=args.window, time_limit_s=args.time_limit,
         target_weight=args.target_weight, capacity_file=args.capacity_file,
         capacity_wait_s=args.capacity_wait_s, answer_timeout_s=args.answer_timeout_s,
-        missing_grace_s=args.missing_grace_s,
+        missing_grace_s=args.missing_grace_s, reask_s=args.reask_s, state_dir=args.state_dir,
+        reconnect_s=args.reconnect_s, metrics_port=args.metrics_port,
+        pause_at=args.debug_pause_at,
     )
     settings = settings_from_args(args)
     if settings.password is None:
         log.warning("no password in $%s", args.password_env)
+    if args.state_dir is None:
+        log.warning("no --state-dir: a crash of this process loses the round")
 
     async def go() -> tuple[Coordinator, str | None]:
         coord = Coordinator(cfg, settings)

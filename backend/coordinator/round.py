@@ -162,6 +162,16 @@ class RoundState:
         self.reports[home] = PlanReport(home, p_rid, int(mag), u32(bytes(masked)))
         return Verdict(True, "", home, p_rid, retained)
 
+    def restore(self, home: str, report_id: str, mag: int, masked: bytes) -> None:
+        """Re-admit a report accepted before a restart (store.py), without the time checks.
+        ValueError when it does not fit this round or collides with one already held."""
+        if (not protocol.valid_id(home) or len(masked) != 4 * self.cfg.frames
+                or _readable_report_id({"report_id": report_id}) is None
+                or report_id in self.seen or home in self.reports):
+            raise ValueError("report record does not fit the round")
+        self.seen.add(report_id)
+        self.reports[home] = PlanReport(home, report_id, int(mag), u32(bytes(masked)))
+
     def masked_matrix(self) -> tuple[list[str], npt.NDArray[np.uint32]]:
         """Homes (acceptance order) and their masked vectors as one (N, F) uint32 matrix."""
         homes = list(self.reports)

@@ -1,11 +1,12 @@
-"""The coordinator's MQTT adapter (aiomqtt): runs one round end to end.
+"""The coordinator's MQTT adapter (aiomqtt): runs one round end to end, and survives crashes.
 
 Every decision is taken by the pure modules: round.py (which plan reports count), grouping.py
 (which homes form a group), sums.py (what to ask the mask brokers and what their answers mean) and
 adjust/ (the moves).  This module moves bytes, keeps time and writes down what happened:
 
-1. connect (persistent session, client id ``coordinator``), subscribe at QoS 1 to
-   ``hems/v1/plan/+``, ``hems/v1/groupsum/+`` and ``hems/v1/capacity``;
+1. connect (link.py: persistent session, client id ``coordinator``, QoS 1, reconnect with
+   backoff, PUBACK only after a message was handled and made durable) to ``hems/v1/plan/+``,
+   ``hems/v1/groupsum/+`` and ``hems/v1/capacity``;
 2. announce the round, retained, on ``hems/v1/round``; collect plan reports until the deadline or
    until ``expected_homes`` homes were accepted; every report gets a reply;
 3. take the capacity profile (file, or the retained ``hems/v1/capacity``);
@@ -15,9 +16,24 @@ adjust/ (the moves).  This module moves bytes, keeps time and writes down what h
 6. send every member of every group the same adjustment (QoS 1, not retained) and wait until the
    broker has acknowledged each one.
 
-One reader task dispatches every incoming message for the whole run (late reports are still
+One reader (the link) dispatches every incoming message for the whole run (late reports are still
 answered while the round is being solved); the round itself is the main task.  Failure has one
 signal: ``CoordinatorError`` with a message for the operator.
+
+Crashes and outages (docs/reliability.md)
+-----------------------------------------
+With ``state_dir`` every input of the round goes to a journal (store.py) before anything that
+depends on it leaves the process: the announcement (with its deadline) before it is published, a
+report before its reply and its PUBACK, each group request before it is published, each answer
+and each solver result before the next request or the adjustments.  A coordinator restarted with
+the same arguments replays the journal through the same code: it re-announces the *same* deadline,
+keeps the accepted reports (a redelivered copy is turned away: ``replay``, or ``late`` once
+collection has closed, and changes nothing), re-asks the very groups it asked
+before under the same request ids (answers already journaled are not asked again), reuses the
+solver's results, and re-publishes the adjustments (a home ignores an identical one).  A request
+not answered within ``reask_s`` is published again (mosquitto may have lost it in a restart); after
+every reconnect the announcement, the open requests and the adjustments already decided are
+re-published.  All of that is idempotent at the receiver.
 
 Accepted homes that cannot be counted (exclusions, sums.py) get a second reply, ``rejected`` with
 the exclusion reason (``mask_missing``, ``atom_guard``, ``group_too_small``, ``refused``,
@@ -28,7 +44,8 @@ The round's record (``Coordinator.result``, written by ``--result``)
 ``status`` "completed" | "failed", ``error`` (the reason, or null); ``day``, ``round``,
 ``start``, ``deadline`` (null if the round was never announced), ``k``, ``brokers``, ``window``;
 ``homes`` (reports accepted), ``adjusted_homes`` (adjustments acknowledged by the broker),
-``excluded`` ([{home, reason, group, broker, detail}]); ``frames``, ``frame_s``, ``quantum_wh``;
+``excluded`` ([{home, reason, group, broker, detail}]), ``late_homes`` (homes whose only plan
+report came after collection closed); ``frames``, ``frame_s``, ``quantum_wh``;
 ``capacity_wh``, ``target_wh`` (Wh per frame, or null); ``coordinator_load_before_wh`` and
 ``coordinator_load_after_wh`` (per frame, from the group totals: before, and after moves and
 curtailment); ``overload_before_wh``, ``overload_after_wh`` (after moves, before curtailment),
@@ -37,19 +54,23 @@ final grouping: [{id, size, magnification, members, total_wh}]), ``moves`` ([gro
 to]), ``curtail`` ([group id, frame]); ``regroup_rounds`` (refinements asked for), ``solver``,
 ``solve_status``, ``mip_gap``, ``best_bound`` (from the engine); ``released_groups``
 ([{id, broker, size}]), ``refused_groups`` ([{id, broker, reason, missing?}]), ``rejections``
-(counts by "kind:reason"), ``timings`` (collect_s, sums_s, solve_s, publish_s).  Values not
-reached by a failed round are null (or empty lists).
+(counts by "kind:reason"), ``timings`` (collect_s, sums_s, solve_s, publish_s: this process);
+``state_dir`` (or null), ``resumed`` (this process continued a journaled round), ``restarts``
+(earlier processes of this round), ``mqtt_connects``.  Values not reached by a failed round are
+null (or empty lists).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import math
+import os
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -58,11 +79,22 @@ import aiomqtt
 import numpy as np
 import numpy.typing as npt
 
+from backend.common.metrics import serve
 from backend.common.mqtt import MqttSettings
 from backend.common.rejects import Rejections
+from backend.coordinator import metrics
 from backend.coordinator.adjust import Policy, Problem, Result, solve
 from backend.coordinator.grouping import Group, initial_grouping, refine
+from backend.coordinator.link import Conn, Link, LinkError
 from backend.coordinator.round import Capacity, RoundConfig, RoundState, parse_capacity
+from backend.coordinator.store import (
+    Journal,
+    answers_from_json,
+    answers_to_json,
+    fingerprint,
+    result_from_json,
+    result_to_json,
+)
 from backend.coordinator.sums import Answer, Exclusion, SumLedger, parse_answer, settle
 from hemsfw import protocol
 
@@ -74,6 +106,7 @@ TOPICS = (protocol.t_plan("+"), protocol.t_groupsum("+"), protocol.t_capacity())
 MAX_REGROUP = 32  # refinement rounds (each at least doubles a group count; 2^32 >> any N)
 PUBLISH_TIMEOUT_S = 60.0
 INFLIGHT = 200  # concurrent QoS 1 publishes
+GRACE_STEP_S = 1.0  # one missing-members retry per second of --missing-grace-s
 
 
 class CoordinatorError(Exception):
@@ -101,6 +134,19 @@ class ServiceConfig:
     answer_timeout_s: float = 10.0
     missing_grace_s: float = 1.0
     client_id: str = "coordinator"
+    state_dir: Path | None = None
+    reask_s: float = 5.0
+    reconnect_s: float = 60.0
+    metrics_port: int | None = None
+    #: fault-injection tests: "adjust:N" stops (forever) after N adjustments were acknowledged
+    pause_at: str | None = None
+
+
+@dataclass(frozen=True)
+class _Ask:
+    broker: str
+    req: str
+    entries: list[list[Any]]  # [[group id, members, checksum]]
 
 
 def _bytes(payload: object) -> bytes:
@@ -109,12 +155,6 @@ def _bytes(payload: object) -> bytes:
     if isinstance(payload, str):
         return payload.encode()
     return b"" if payload is None else str(payload).encode()
-
-
-def _failed(granted: object) -> bool:
-    """A SUBACK return code (int in MQTT 3.1.1, ReasonCode in 5) that refuses the subscription."""
-    v = getattr(granted, "value", granted)
-    return isinstance(v, int) and v >= 0x80
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -142,6 +182,7 @@ class Coordinator:
         self.state: RoundState | None = None
         self.ledger: SumLedger | None = None
         self.excluded: dict[str, Exclusion] = {}
+        self.late_homes: set[str] = set()
         self.capacity: Capacity | None = None
         self.groups: list[Group] = []
         self.solution: Result | None = None
@@ -149,60 +190,88 @@ class Coordinator:
         self.adjusted_homes = 0
         self.timings: dict[str, float] = {"collect_s": 0.0, "sums_s": 0.0, "solve_s": 0.0,
                                           "publish_s": 0.0}
-        self._client: aiomqtt.Client | None = None
+        self.link: Link | None = None
+        self.journal = (Journal(cfg.state_dir, cfg.day, cfg.round)
+                        if cfg.state_dir is not None else None)
+        #: what the journal says happened before this process (store.py)
+        self.restarts = 0
+        self.announced_at: float | None = None  # wall clock of the first announcement
+        self.finished_at: float | None = None
+        self.completed = False
+        self._journaled_round = False
+        self._capacity_taken = False
+        self._asks: dict[int, _Ask] = {}
+        self._answers: dict[tuple[str, str], dict[str, Answer]] = {}
+        self._solves: dict[int, dict[str, Any]] = {}
+        self._nsolve = 0
         self._enough = asyncio.Event()
         self._capacity_seen = asyncio.Event()
         self._pending: dict[tuple[str, str], asyncio.Future[dict[str, Answer]]] = {}
+        self._open: dict[tuple[str, str], tuple[str, bytes]] = {}  # requests awaiting answers
         self._background: set[asyncio.Task[None]] = set()
         self._sem = asyncio.Semaphore(INFLIGHT)
         self._nreq = 0
         self._replied: set[str] = set()
         self._refused_logged = 0
+        self._announced = False
+        self._adjustments: list[tuple[str, bytes]] | None = None
+        self._unacked: list[tuple[Conn, aiomqtt.Message, list[tuple[str, bytes]]]] = []
+        self._wake = asyncio.Event()
+        self._adjust_acks = 0
 
     # ------------------------------------------------------------ entry point
 
     async def run(self) -> None:
         """Run the round; raises CoordinatorError when it cannot complete."""
         cfg = self.cfg
-        if cfg.capacity_file is not None:
+        self._restore()
+        if self.capacity is None and cfg.capacity_file is not None:
             self.capacity = self._read_capacity_file(cfg.capacity_file)
-        deadline = math.ceil(self.clock() + cfg.collect_s)
-        self.round_cfg = replace(self.round_cfg, deadline=deadline)
+        if not self._journaled_round:
+            deadline = math.ceil(self.clock() + cfg.collect_s)
+            self.round_cfg = replace(self.round_cfg, deadline=deadline)
         try:
             self.round_cfg.validate()
         except ValueError as e:
             raise CoordinatorError(f"invalid round parameters: {e}") from None
-        self.state = RoundState(self.round_cfg)
-        s = self.settings
+        if self.state is None:
+            self.state = RoundState(self.round_cfg)
+        n = cfg.expected_homes
+        if n is not None and self.state.accepted >= n:
+            self._enough.set()
+        server = None
+        if cfg.metrics_port is not None:
+            try:
+                server = await serve(cfg.metrics_port, lambda: metrics.samples(self))
+            except OSError as e:
+                raise CoordinatorError(f"metrics port {cfg.metrics_port}: {e}") from None
+        self.link = Link(self.settings, TOPICS, self._on_message, self._on_up,
+                         give_up_s=cfg.reconnect_s, inflight=INFLIGHT)
         try:
-            async with s.client(clean_session=False, max_inflight_messages=INFLIGHT) as client:
-                client.pending_calls_threshold = 100_000
-                self._client = client
-                granted = await client.subscribe([(t, 1) for t in TOPICS])
-                if any(_failed(q) for q in granted):
-                    raise CoordinatorError(
-                        f"broker refused a subscription to {TOPICS} as user {s.username!r} "
-                        f"(granted {list(granted)}): check the ACL"
-                    )
-                async with asyncio.TaskGroup() as tg:
-                    reader = tg.create_task(self._read(client), name="reader")
-                    main = tg.create_task(self._round(), name="round")
-                    main.add_done_callback(lambda _: reader.cancel())
+            async with asyncio.TaskGroup() as tg:
+                reader = tg.create_task(self.link.run(), name="link")
+                committer = tg.create_task(self._committer(), name="committer")
+                main = tg.create_task(self._round(), name="round")
+
+                def stop(_: object) -> None:
+                    reader.cancel()
+                    committer.cancel()
+
+                main.add_done_callback(stop)
         except BaseExceptionGroup as eg:
             exc = _leaf(eg)
             if isinstance(exc, CoordinatorError):
                 raise exc from None
-            if isinstance(exc, aiomqtt.MqttError):
-                raise CoordinatorError(f"MQTT connection lost: {exc}") from exc
+            if isinstance(exc, LinkError):
+                raise CoordinatorError(str(exc)) from exc
             raise
-        except aiomqtt.MqttError as e:
-            raise CoordinatorError(
-                f"MQTT: cannot use broker {s.host}:{s.port} as {s.username!r}: {e}"
-            ) from e
         finally:
-            self._client = None
             for t in list(self._background):
                 t.cancel()
+            if server is not None:
+                server.close()
+            if self.journal is not None:
+                self.journal.close()
 
     def _read_capacity_file(self, path: Path) -> Capacity:
         try:
@@ -217,21 +286,128 @@ class Coordinator:
                 f"{self.cfg.frames} frames)"
             ) from None
 
+    # ------------------------------------------------------------ the journal
+
+    def _round_record(self) -> dict[str, Any]:
+        rc, cfg = self.round_cfg, self.cfg
+        return {"day": rc.day, "round": rc.round, "frames": rc.frames, "frame_s": rc.frame_s,
+                "quantum_wh": rc.quantum_wh, "start": rc.start, "deadline": rc.deadline,
+                "brokers": list(rc.brokers), "k": cfg.k, "solver": cfg.solver,
+                "window": cfg.window}
+
+    def _restore(self) -> None:
+        """Load the journal (if any) and stand where the previous process stood."""
+        j = self.journal
+        if j is None:
+            return
+        try:
+            records = j.load()
+        except OSError as e:
+            raise CoordinatorError(f"state dir {self.cfg.state_dir}: {e}") from None
+        for rec in records:
+            try:
+                self._replay(rec)
+            except (KeyError, TypeError, ValueError) as e:
+                raise CoordinatorError(
+                    f"journal {j.path}: cannot use a {rec.get('kind')!r} record ({e!r}); move the "
+                    "file away to start the round afresh") from None
+        if records:
+            st = self.state
+            log.info("resuming round %s/%d from %s: %d reports%s, %d requests, %d answers, "
+                     "%d solves%s (start %d)", self.cfg.day, self.cfg.round, j.path,
+                     st.accepted if st else 0, " (closed)" if st and st.closed else "",
+                     len(self._asks), len(self._answers), len(self._solves),
+                     ", adjustments sent" if self.completed else "", self.restarts + 1)
+
+    def _replay(self, rec: dict[str, Any]) -> None:
+        kind = rec["kind"]
+        if kind == "round":
+            diff = {k: (rec.get(k), v) for k, v in self._round_record().items()
+                    if k != "deadline" and rec.get(k) != v}
+            if diff:
+                raise CoordinatorError(
+                    f"the state dir holds this round with other parameters {diff} "
+                    "(journal, arguments): run with the same arguments or another --state-dir")
+            self.round_cfg = replace(self.round_cfg, deadline=int(rec["deadline"]))
+            self.state = RoundState(self.round_cfg)
+            self.announced_at = float(rec.get("at", 0.0)) or None
+            self._journaled_round = True
+            return
+        st = self.state
+        if st is None:
+            raise ValueError("record before the round record")
+        if kind == "start":
+            self.restarts += 1
+        elif kind == "report":
+            st.restore(str(rec["home"]), str(rec["report_id"]), int(rec["mag"]),
+                       base64.b64decode(rec["masked"]))
+        elif kind == "closed":
+            st.close()
+        elif kind == "capacity":
+            tgt = rec.get("target_wh")
+            self.capacity = Capacity(np.array(rec["capacity_wh"], dtype=np.int64),
+                                     None if tgt is None else np.array(tgt, dtype=np.int64))
+            self._capacity_taken = True
+        elif kind == "ask":
+            self._asks[int(rec["seq"])] = _Ask(str(rec["broker"]), str(rec["req"]),
+                                               list(rec["groups"]))
+        elif kind == "answer":
+            results = {} if rec.get("timeout") else answers_from_json(rec["results"])
+            self._answers[(str(rec["broker"]), str(rec["req"]))] = results
+        elif kind == "solve":
+            self._solves[int(rec["i"])] = rec
+        elif kind == "done":
+            self.completed = True
+            self.finished_at = float(rec.get("at", 0.0)) or None
+        else:
+            raise ValueError(f"unknown record kind {kind!r}")
+
+    def _append(self, kind: str, **data: Any) -> None:
+        if self.journal is not None:
+            self.journal.append(kind, **data)
+
+    async def _commit(self) -> None:
+        if self.journal is not None:
+            await self.journal.commit()
+
     # ------------------------------------------------------------ incoming messages
 
-    async def _read(self, client: aiomqtt.Client) -> None:
-        async for msg in client.messages:
-            topic = msg.topic.value
-            payload = _bytes(msg.payload)
-            try:
-                self._dispatch(topic, payload, bool(msg.retain))
-            except Exception:  # no payload may stop the service
-                log.exception("internal error handling a message on %r", topic)
-                self.rejections.reject("message", "internal_error", topic)
+    def _on_message(self, conn: Conn, msg: aiomqtt.Message) -> None:
+        """The link's reader: handle now, acknowledge (and answer) once durable."""
+        topic = msg.topic.value
+        out: list[tuple[str, bytes]] = []
+        try:
+            self.dispatch(topic, _bytes(msg.payload), bool(msg.retain), out)
+        except Exception:  # no payload may stop the service
+            log.exception("internal error handling a message on %r", topic)
+            self.rejections.reject("message", "internal_error", topic)
+        self._unacked.append((conn, msg, out))
+        self._wake.set()
 
-    def _dispatch(self, topic: str, payload: bytes, retained: bool) -> None:
+    async def _committer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        """Group commit: one fsync for every message handled since the last one, then their
+        PUBACKs and replies."""
+        batch, self._unacked = self._unacked, []
+        if not batch:
+            return
+        await self._commit()
+        for conn, msg, out in batch:
+            conn.ack(msg)
+            for topic, payload in out:
+                self._publish_soon(topic, payload)
+
+    def dispatch(self, topic: str, payload: bytes, retained: bool,
+                 out: list[tuple[str, bytes]]) -> None:
+        """One incoming message; replies to send (once it is durable) are appended to ``out``.
+        Never raises on any input (the fuzz tests hold it to that)."""
         if topic.startswith(protocol.PREFIX + "/plan/"):
-            self._on_plan(topic, payload, retained)
+            self._on_plan(topic, payload, retained, out)
         elif topic.startswith(protocol.PREFIX + "/groupsum/"):
             self._on_groupsum(topic, payload)
         elif topic == protocol.t_capacity():
@@ -239,19 +415,26 @@ class Coordinator:
         else:
             self.rejections.reject("message", "unexpected_topic", topic)
 
-    def _on_plan(self, topic: str, payload: bytes, retained: bool) -> None:
-        assert self.state is not None
-        v = self.state.offer(topic, payload, self.clock(), retained)
+    def _on_plan(self, topic: str, payload: bytes, retained: bool,
+                 out: list[tuple[str, bytes]]) -> None:
+        state = self.state
+        assert state is not None
+        v = state.offer(topic, payload, self.clock(), retained)
         if v.accepted:
-            log.info("plan from %s accepted (%d)", v.home, self.state.accepted)
+            rep = state.reports[v.home or ""]
+            self._append("report", home=rep.home, report_id=rep.report_id, mag=rep.mag,
+                         masked=base64.b64encode(rep.masked.tobytes()).decode())
+            log.info("plan from %s accepted (%d)", v.home, state.accepted)
             n = self.cfg.expected_homes
-            if n is not None and self.state.accepted >= n:
+            if n is not None and state.accepted >= n:
                 self._enough.set()
         else:
             self.rejections.reject("plan", v.reason, topic, "(retained)" if retained else "")
+            if v.reason == "late" and v.home is not None and v.home not in state.reports:
+                self.late_homes.add(v.home)
         reply = v.reply(self.round_cfg)
         if reply is not None:
-            self._publish_soon(*reply)
+            out.append(reply)
 
     def _on_groupsum(self, topic: str, payload: bytes) -> None:
         try:
@@ -259,15 +442,23 @@ class Coordinator:
         except ValueError as e:
             self.rejections.reject("groupsum", str(e), topic)
             return
-        fut = self._pending.get((broker, req))
-        if fut is None or fut.done():
+        key = (broker, req)
+        if key in self._answers:
+            self.rejections.reject("groupsum", "duplicate_answer", topic, req)
+            return
+        fut = self._pending.get(key)
+        if fut is None and not any((a.broker, a.req) == key for a in self._asks.values()):
             self.rejections.reject("groupsum", "unknown_req", topic, req)
             return
-        fut.set_result(results)
+        self._answers[key] = results
+        self._append("answer", broker=broker, req=req, results=answers_to_json(results))
+        if fut is not None and not fut.done():
+            fut.set_result(results)
 
     def _on_capacity(self, topic: str, payload: bytes) -> None:
-        if self.cfg.capacity_file is not None:
-            log.info("capacity on %s ignored: --capacity-file given", topic)
+        if self.cfg.capacity_file is not None or self._capacity_taken:
+            log.info("capacity on %s ignored: %s", topic, "--capacity-file given"
+                     if self.cfg.capacity_file is not None else "this round's is already taken")
             return
         try:
             cap = parse_capacity(payload, self.cfg.frames)
@@ -280,15 +471,29 @@ class Coordinator:
 
     # ------------------------------------------------------------ publishing
 
-    async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        assert self._client is not None
-        async with self._sem:
-            await self._client.publish(topic, payload, qos=1, retain=retain,
-                                       timeout=PUBLISH_TIMEOUT_S)
+    def _on_up(self, conn: Conn) -> None:
+        """After every (re)connect: re-publish what a restarted broker may have lost."""
+        if conn.number == 1:
+            return  # the round itself publishes everything on the first connection
+        again: list[tuple[str, bytes, bool]] = []
+        if self._announced:
+            again.append((protocol.t_round(),
+                          protocol.encode(self.round_cfg.announcement()), True))
+        again += [(t, p, False) for t, p in self._open.values()]
+        again += [(t, p, False) for t, p in self._adjustments or []]
+        if again:
+            log.info("reconnected: re-publishing %d message(s)", len(again))
+        for topic, payload, retain in again:
+            self._publish_soon(topic, payload, retain)
 
-    def _publish_soon(self, topic: str, payload: bytes) -> None:
-        """Fire-and-track (replies): the reader must not wait for acknowledgements."""
-        task = asyncio.get_running_loop().create_task(self._publish(topic, payload))
+    async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        assert self.link is not None
+        async with self._sem:
+            await self.link.publish(topic, payload, retain, timeout=PUBLISH_TIMEOUT_S)
+
+    def _publish_soon(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Fire-and-track (replies, re-publishes): the reader must not wait for PUBACKs."""
+        task = asyncio.get_running_loop().create_task(self._publish(topic, payload, retain))
         self._background.add(task)
         task.add_done_callback(self._background_done)
 
@@ -298,6 +503,7 @@ class Coordinator:
             log.warning("reply not delivered: %s", task.exception())
 
     async def _drain(self, timeout: float) -> None:
+        await self._flush_acks()
         if self._background:
             await asyncio.wait(set(self._background), timeout=timeout)
 
@@ -308,18 +514,33 @@ class Coordinator:
         state = self.state
         assert state is not None
         t0 = time.monotonic()
+        if not self._journaled_round:
+            self.announced_at = self.clock()
+            self._append("round", **self._round_record(), at=self.announced_at)
+            self._journaled_round = True
+        self._append("start", pid=os.getpid(), at=self.clock())
+        await self._commit()  # the round (and this start) are durable before the announcement
         await self._publish(protocol.t_round(), protocol.encode(rc.announcement()), retain=True)
+        self._announced = True
         log.info("round %s/%d announced: %d frames of %ds, quantum %d Wh, deadline %d, brokers %s",
                  rc.day, rc.round, rc.frames, rc.frame_s, rc.quantum_wh, rc.deadline,
                  ",".join(rc.brokers))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._enough.wait(), max(0.0, rc.deadline - self.clock()))
-        state.close()
+        if not state.closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._enough.wait(), max(0.0, rc.deadline - self.clock()))
+            state.close()
+            self._append("closed", accepted=state.accepted, at=self.clock())
+            await self._commit()
         self.timings["collect_s"] = time.monotonic() - t0
         log.info("collection closed: %d homes accepted, %d rejections", state.accepted,
                  self.rejections.total())
 
         capacity = await self._await_capacity()
+        if not self._capacity_taken:
+            self._capacity_taken = True
+            self._append("capacity", capacity_wh=capacity.capacity_wh.tolist(),
+                         target_wh=None if capacity.target_wh is None
+                         else capacity.target_wh.tolist())
 
         homes, masked = state.masked_matrix()
         mags = {h: state.reports[h].mag for h in homes}
@@ -333,8 +554,9 @@ class Coordinator:
             raise CoordinatorError(
                 f"only {len(homes)} home(s) accepted: fewer than k={cfg.k}, no group can be formed"
             )
+        retries = max(1, math.ceil(cfg.missing_grace_s / GRACE_STEP_S))
         ledger = SumLedger(rc.brokers, cfg.k, homes, masked,
-                           {h: state.reports[h].report_id for h in homes})
+                           {h: state.reports[h].report_id for h in homes}, retries)
         self.ledger = ledger
         groups = await self._settle(ledger, groups)
         self.excluded.update(ledger.excluded)
@@ -349,13 +571,7 @@ class Coordinator:
                         target_weight=cfg.target_weight if capacity.target_wh is not None else 0.0)
         while True:
             problem = self._problem(ledger, groups, capacity, policy)
-            t = time.monotonic()
-            try:
-                result = await asyncio.to_thread(solve, problem, cfg.solver)
-            except Exception as e:
-                log.exception("adjustment engine failed")
-                raise CoordinatorError(f"adjustment engine ({cfg.solver}) failed: {e!r}") from e
-            self.timings["solve_s"] += time.monotonic() - t
+            result = await self._solve(problem)
             self.groups, self.solution = groups, result
             log.info("solve %d (%s, %d groups): overload %d -> %d Wh after moves, %d Wh curtailed",
                      self.regroup_rounds, result.solver, len(groups), result.overload_before_wh,
@@ -375,9 +591,35 @@ class Coordinator:
             self._check_splits(ledger, groups)
 
         t = time.monotonic()
+        await self._commit()  # every input of the decision is durable before it goes out
         await self._send_adjustments(groups, result)
         self.timings["publish_s"] = time.monotonic() - t
+        if not self.completed:
+            self.completed = True
+            self.finished_at = self.clock()
+            self._append("done", at=self.finished_at, adjusted=self.adjusted_homes)
         await self._drain(PUBLISH_TIMEOUT_S)
+
+    async def _solve(self, problem: Problem) -> Result:
+        """The engine's result for the i-th solve of the round (journaled: a restart reuses it,
+        so a time-limited exact solve cannot come out differently the second time)."""
+        i = self._nsolve
+        self._nsolve += 1
+        fp = fingerprint(problem, self.cfg.solver)
+        logged = self._solves.get(i)
+        if logged is not None:
+            if logged.get("fp") != fp:
+                raise CoordinatorError(f"journal diverged at solve {i}: the problem differs")
+            return result_from_json(logged["result"])
+        t = time.monotonic()
+        try:
+            result = await asyncio.to_thread(solve, problem, self.cfg.solver)
+        except Exception as e:
+            log.exception("adjustment engine failed")
+            raise CoordinatorError(f"adjustment engine ({self.cfg.solver}) failed: {e!r}") from e
+        self.timings["solve_s"] += time.monotonic() - t
+        self._append("solve", i=i, fp=fp, result=result_to_json(result))
+        return result
 
     @staticmethod
     def _check_splits(ledger: SumLedger, groups: Sequence[Group]) -> None:
@@ -425,7 +667,8 @@ class Coordinator:
             return await self._ask(broker, gs, ledger)
 
         async def grace() -> None:
-            await asyncio.sleep(self.cfg.missing_grace_s)
+            if self._nreq + 1 not in self._asks:  # replaying journaled answers: no need
+                await asyncio.sleep(min(GRACE_STEP_S, self.cfg.missing_grace_s))
 
         try:
             return await settle(ledger, groups, ask, grace)
@@ -439,22 +682,51 @@ class Coordinator:
     async def _ask(self, broker: str, groups: list[Group], ledger: SumLedger
                    ) -> dict[str, Answer]:
         self._nreq += 1
-        req = f"q{self._nreq}-{secrets.token_hex(6)}"
+        seq = self._nreq
+        entries = [list(ledger.request_entry(g)) for g in groups]
+        logged = self._asks.get(seq)
+        if logged is not None:
+            if logged.broker != broker or logged.entries != entries:
+                raise CoordinatorError(
+                    f"journal diverged at group request {seq} ({logged.req}): it asked "
+                    f"{logged.broker} for {[e[0] for e in logged.entries]}, this run would ask "
+                    f"{broker} for {[e[0] for e in entries]}")
+            req = logged.req
+        else:
+            req = f"q{seq}-{secrets.token_hex(6)}"
+            self._asks[seq] = _Ask(broker, req, entries)
+            self._append("ask", seq=seq, broker=broker, req=req, groups=entries)
+            await self._commit()
+        key = (broker, req)
+        if key in self._answers:
+            return self._answers[key]
         fut: asyncio.Future[dict[str, Answer]] = asyncio.get_running_loop().create_future()
-        self._pending[(broker, req)] = fut
+        self._pending[key] = fut
         rc = self.round_cfg
-        msg = protocol.make_group_request(req, rc.day, rc.round,
-                                          [ledger.request_entry(g) for g in groups])
+        topic = protocol.t_groupreq(broker)
+        payload = protocol.encode(protocol.make_group_request(
+            req, rc.day, rc.round, [(e[0], e[1], e[2]) for e in entries]))
+        self._open[key] = (topic, payload)
+        deadline = time.monotonic() + self.cfg.answer_timeout_s
         try:
-            await self._publish(protocol.t_groupreq(broker), protocol.encode(msg))
-            log.info("asked %s for %d group sum(s) (req %s)", broker, len(groups), req)
-            return await asyncio.wait_for(fut, self.cfg.answer_timeout_s)
-        except TimeoutError:
+            while True:
+                await self._publish(topic, payload)
+                log.info("asked %s for %d group sum(s) (req %s)", broker, len(groups), req)
+                left = deadline - time.monotonic()
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), min(left, self.cfg.reask_s))
+                except TimeoutError:
+                    if deadline - time.monotonic() <= 0:
+                        break
+                    log.warning("no answer from %s to req %s yet: asking again", broker, req)
             log.error("mask broker %s did not answer req %s within %ss", broker, req,
                       self.cfg.answer_timeout_s)
+            self._answers[key] = {}
+            self._append("answer", broker=broker, req=req, timeout=True)
             return {}
         finally:
-            self._pending.pop((broker, req), None)
+            self._pending.pop(key, None)
+            self._open.pop(key, None)
 
     def _reply_excluded(self) -> None:
         assert self.state is not None
@@ -479,18 +751,31 @@ class Coordinator:
             moves[g].append((f, t))
         for g, f in result.curtail:
             curtail[g].append(f)
-        jobs: list[Coroutine[Any, Any, None]] = []
+        out: list[tuple[str, bytes]] = []
         for i, grp in enumerate(groups):
             adj = protocol.make_adjustment(rc.day, rc.round, grp.id, sorted(moves[i]),
                                            sorted(curtail[i]), rc.expires)
             payload = protocol.encode(adj)
-            jobs += [self._publish(protocol.t_adjust(h), payload) for h in grp.members]
+            out += [(protocol.t_adjust(h), payload) for h in grp.members]
+        self._adjustments = out
         try:
-            await asyncio.wait_for(asyncio.gather(*jobs), PUBLISH_TIMEOUT_S)
-        except (TimeoutError, aiomqtt.MqttError) as e:
-            raise CoordinatorError(f"adjustments not acknowledged by the broker: {e!r}") from e
-        self.adjusted_homes = len(jobs)
-        log.info("adjustments sent to %d homes in %d groups", len(jobs), len(groups))
+            await asyncio.gather(*(self._adjust(t, p) for t, p in out))
+        except TimeoutError as e:
+            raise CoordinatorError(f"adjustments not acknowledged by the broker: {e}") from e
+        self.adjusted_homes = len(out)
+        log.info("adjustments sent to %d homes in %d groups", len(out), len(groups))
+
+    async def _adjust(self, topic: str, payload: bytes) -> None:
+        pause = self.cfg.pause_at
+        if pause is not None and pause.startswith("adjust:"):
+            # fault injection (tests): only the first N adjustments go out, then nothing moves
+            limit = int(pause.split(":", 1)[1])
+            self._adjust_acks += 1
+            if self._adjust_acks > limit:
+                if self._adjust_acks == limit + 1:
+                    log.warning("pausing (--debug-pause-at %s)", pause)
+                await asyncio.Event().wait()
+        await self._publish(topic, payload)
 
     # ------------------------------------------------------------ the record
 
@@ -520,6 +805,7 @@ class Coordinator:
             "homes": self.state.accepted if self.state is not None else 0,
             "adjusted_homes": self.adjusted_homes,
             "excluded": [e.as_json() for e in self.excluded.values()],
+            "late_homes": sorted(self.late_homes),
             "frames": rc.frames,
             "frame_s": rc.frame_s,
             "quantum_wh": q,
@@ -545,5 +831,8 @@ class Coordinator:
             "refused_groups": ledger.refused if ledger else [],
             "rejections": self.rejections.as_dict(),
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
+            "state_dir": None if self.cfg.state_dir is None else str(self.cfg.state_dir),
+            "resumed": self.restarts > 0,
+            "restarts": self.restarts,
+            "mqtt_connects": self.link.connects if self.link is not None else 0,
         }
-

@@ -18,8 +18,9 @@ quanta (docs/protocol.md, "Quantum").
 What a refusal changes (reason codes are the broker's; exclusion reasons are ours):
 
 * ``missing_members`` naming members of the group: a broker has no mask for them (yet).  The group
-  is asked again once from that broker, after a short grace (the sealed seed may still be in
-  flight).  If the homes are still missing they leave the round (exclusion ``mask_missing``: a home
+  is asked again from that broker after a short grace (the sealed seed may still be in flight, or
+  the broker may be catching up after a restart), up to ``missing_retries`` times (default once).
+  If the homes are still missing they leave the round (exclusion ``mask_missing``: a home
   whose mask did not reach every broker cannot be counted) and the rest is re-asked from every
   broker as a new group (id ``<id>m``) when it still has >= k homes and the request passes the
   release rule at every broker (``release.Partition.check``, the broker's own code).  If a
@@ -124,8 +125,10 @@ class SumLedger:
         homes: Sequence[str],
         masked: npt.NDArray[np.uint32],
         report_ids: Mapping[str, str],
+        missing_retries: int = 1,
     ) -> None:
         self.brokers = tuple(brokers)
+        self.missing_retries = missing_retries
         self.k = k
         self.frames = int(masked.shape[1])
         self._row = {h: i for i, h in enumerate(homes)}
@@ -136,7 +139,7 @@ class SumLedger:
         self._digest = np.frombuffer(digests, dtype="<u8").reshape(len(homes), 4)
         self.sums: dict[str, dict[str, npt.NDArray[np.uint32]]] = {}
         self._refusals: dict[str, dict[str, Refusal]] = {}
-        self._retried: set[str] = set()
+        self._retried: dict[str, int] = {}
         #: per broker, the partition its releases generated: the broker's own release rule
         #: (backend/mask_broker/release.py), run here as a dry run before every ask
         self.partitions: dict[str, Partition] = {b: Partition(self.k) for b in self.brokers}
@@ -217,8 +220,8 @@ class SumLedger:
                 r.reason == MISSING and r.missing and set(r.missing) <= members
                 for r in refs.values()
             )
-            if missing_only and g.id not in self._retried:
-                self._retried.add(g.id)
+            if missing_only and self._retried.get(g.id, 0) < self.missing_retries:
+                self._retried[g.id] = self._retried.get(g.id, 0) + 1
                 self.grace_due = True
                 out.append(g)
                 continue
@@ -350,13 +353,16 @@ async def settle(
     groups: list[Group],
     ask: Ask,
     grace: Callable[[], Awaitable[None]],
-    max_passes: int = MAX_PASSES,
+    max_passes: int | None = None,
 ) -> list[Group]:
     """Ask until every group of ``groups`` (or what replaces it) has every broker's sum.
 
     ``ask(broker, groups)`` sends one request and returns the answers (an empty mapping after a
     timeout); the brokers are asked concurrently.  ``grace()`` waits before a missing-members
-    retry.  Returns the complete groups (see SumLedger.finish)."""
+    retry.  Returns the complete groups (see SumLedger.finish).  ``max_passes`` defaults to
+    MAX_PASSES plus the ledger's missing-members retries."""
+    if max_passes is None:
+        max_passes = MAX_PASSES + max(0, ledger.missing_retries - 1)
     for _ in range(max_passes):
         asks = ledger.requests(groups)
         if not asks:

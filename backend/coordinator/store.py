@@ -1,0 +1,201 @@
+"""``--state-dir``: the coordinator's round journal, an append-only log that survives kill -9.
+
+The round is a deterministic function of a few inputs: the accepted plan reports, the moment
+collection closed, the capacity profile taken, every mask broker's answer (or its silence) and
+every solver result.  The journal records exactly those, in the order they happened, and nothing
+derived; a restarted coordinator replays them through the very same code (round.py, grouping.py,
+sums.py, the adjustment engine) and so stands where the killed one stood, then goes on.  Records
+(one JSON object per line, ``"kind"`` says which):
+
+  round    the announcement (day, round, frames, frame_s, quantum_wh, start, deadline, brokers)
+           and the parameters that shape the result (k, solver, window): written once, before
+           the announcement is published; a restart reuses its deadline
+  start    one per process start (pid, time): how often the round was resumed
+  report   an accepted plan report (home, report_id, mag, masked as base64)
+  closed   collection closed (accepted count): later reports are ``late``, also after a restart
+  capacity the capacity profile the round uses (so a new retained profile cannot change it)
+  ask      a group request (seq, broker, req, groups as [id, members, checksum]), before it is
+           published; a restart re-asks the same request id with the same groups
+  answer   a mask broker's answer to a request (or ``timeout``): the ledger's input
+  solve    a solver result (index, fingerprint of the problem, the result)
+  done     the adjustments were all acknowledged by the MQTT broker
+
+Durability: ``append`` writes and flushes the line to the kernel at once (a kill -9 cannot lose
+it); ``commit`` fsyncs, coalescing every line appended since the last fsync into one call (group
+commit), and the service acknowledges a message to the MQTT broker, or answers it, only after the
+commit that covers it.  A line torn by a crash can only be the last one: ``load`` drops it and
+truncates the file back to the last newline before appending again.
+
+Why an append-only log rather than SQLite (WAL): the state *is* a sequence of events, replayed
+through pure code; a log stores it as such (no schema, no second representation of derived state to
+keep consistent with the code), costs one sequential write per event and one fsync per batch, and
+is the same mechanism the mask broker's state dir uses.  SQLite would pay off for random-access
+queries or in-place updates across many rounds; one round's journal needs neither.
+
+Layout (directory 0700, files 0600): ``round-<day>-<round>.jsonl``.  The masked plans in it are
+uniformly random to anyone without the masks; the file is still the operator's only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from backend.coordinator.adjust import Problem, Result
+from backend.coordinator.sums import Answer, Refusal
+
+__all__ = ["Journal", "answers_from_json", "answers_to_json", "fingerprint", "result_from_json",
+           "result_to_json"]
+
+log = logging.getLogger("hems.coordinator.store")
+
+
+class Journal:
+    """One round's append-only journal in a state directory (see the module docstring)."""
+
+    def __init__(self, state_dir: Path, day: str, rnd: int) -> None:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = state_dir / f"round-{day}-{rnd}.jsonl"
+        self._f: IO[bytes] | None = None
+        self._appended = 0  # lines appended by this process
+        self._synced = 0  # of which covered by an fsync
+        self._lock = asyncio.Lock()
+
+    def load(self) -> list[dict[str, Any]]:
+        """The records written so far (a torn last line is dropped and truncated away)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            log.warning("%s: dropping a torn last line (%d bytes)", self.path, len(data) - end)
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+                os.fsync(f.fileno())
+        out: list[dict[str, Any]] = []
+        for n, line in enumerate(data[:end].splitlines(), 1):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                log.error("%s:%d: skipping a corrupt line", self.path, n)
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("kind"), str):
+                out.append(obj)
+        return out
+
+    def append(self, kind: str, **data: Any) -> None:
+        """Write one record; flushed to the kernel before returning (kill -9 safe)."""
+        if self._f is None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._f = os.fdopen(fd, "ab")
+        line = json.dumps({**data, "kind": kind}, separators=(",", ":")).encode() + b"\n"
+        self._f.write(line)
+        self._f.flush()
+        self._appended += 1
+
+    @property
+    def dirty(self) -> bool:
+        return self._synced < self._appended
+
+    async def commit(self) -> None:
+        """fsync everything appended so far (one fsync covers every caller waiting on it)."""
+        target = self._appended
+        async with self._lock:
+            if self._synced >= target or self._f is None:
+                return
+            upto = self._appended
+            await asyncio.to_thread(os.fsync, self._f.fileno())
+            self._synced = max(self._synced, upto)
+
+    def sync(self) -> None:
+        """Blocking fsync (start-up and shutdown)."""
+        if self._f is not None and self.dirty:
+            os.fsync(self._f.fileno())
+            self._synced = self._appended
+
+    def close(self) -> None:
+        if self._f is not None:
+            self.sync()
+            self._f.close()
+            self._f = None
+
+
+# ------------------------------------------------------------------ record encodings
+# (answers and solver results in "answer" and "solve" records; a problem's fingerprint)
+
+
+def answers_to_json(results: Mapping[str, Answer]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for gid, a in results.items():
+        if isinstance(a, bytes):
+            out[gid] = {"sum": base64.b64encode(a).decode()}
+        elif isinstance(a, Refusal):
+            out[gid] = {"reason": a.reason, "missing": list(a.missing)}
+        else:
+            out[gid] = None
+    return out
+
+
+def answers_from_json(obj: Mapping[str, Any]) -> dict[str, Answer]:
+    out: dict[str, Answer] = {}
+    for gid, a in obj.items():
+        if a is None:
+            out[gid] = None
+        elif "sum" in a:
+            out[gid] = base64.b64decode(a["sum"])
+        else:
+            out[gid] = Refusal(str(a["reason"]), tuple(str(m) for m in a["missing"]))
+    return out
+
+
+def result_to_json(r: Result) -> dict[str, Any]:
+    return {
+        "moves": [[int(g), int(f), int(t)] for g, f, t in r.moves],
+        "curtail": [[int(g), int(f)] for g, f in r.curtail],
+        "group_after": np.asarray(r.group_after, dtype=np.int64).tolist(),
+        "load_before": np.asarray(r.load_before, dtype=np.int64).tolist(),
+        "load_after": np.asarray(r.load_after, dtype=np.int64).tolist(),
+        "overload_before_wh": int(r.overload_before_wh),
+        "overload_after_wh": int(r.overload_after_wh),
+        "residual_overload_wh": int(r.residual_overload_wh),
+        "moved_wh": int(r.moved_wh), "curtailed_wh": int(r.curtailed_wh),
+        "solver": r.solver, "runtime_s": float(r.runtime_s), "status": r.status,
+        "mip_gap": r.mip_gap, "best_bound": r.best_bound,
+    }
+
+
+def result_from_json(d: Mapping[str, Any]) -> Result:
+    return Result(
+        moves=[(int(g), int(f), int(t)) for g, f, t in d["moves"]],
+        curtail=[(int(g), int(f)) for g, f in d["curtail"]],
+        group_after=np.array(d["group_after"], dtype=np.int64),
+        load_before=np.array(d["load_before"], dtype=np.int64),
+        load_after=np.array(d["load_after"], dtype=np.int64),
+        overload_before_wh=int(d["overload_before_wh"]),
+        overload_after_wh=int(d["overload_after_wh"]),
+        residual_overload_wh=int(d["residual_overload_wh"]),
+        moved_wh=int(d["moved_wh"]), curtailed_wh=int(d["curtailed_wh"]),
+        solver=str(d["solver"]), runtime_s=float(d["runtime_s"]), status=str(d["status"]),
+        mip_gap=d["mip_gap"], best_bound=d["best_bound"],
+    )
+
+
+def fingerprint(p: Problem, solver: str) -> str:
+    h = hashlib.sha256(solver.encode())
+    for a in (p.totals, p.capacity, p.magnification):
+        h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+    pol = p.policy
+    h.update(repr((pol.window, pol.time_limit_s, pol.target_weight, pol.allow_curtail)).encode())
+    if pol.target is not None:
+        h.update(np.asarray(pol.target, dtype=np.float64).tobytes())
+    return h.hexdigest()[:32]

@@ -331,6 +331,7 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
              "--start", str(start), "--collect-s", str(o.collect_s),
              "--expected-homes", str(len(homes)), "--brokers", ",".join(brokers),
              "--k", str(o.k), "--solver", o.solver, "--result", str(work / "result.json"),
+             "--state-dir", str(work / "state-coordinator"),
              "--port", str(port), "--user", COORDINATOR_USER, *tls_args],
             env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": pw[COORDINATOR_USER]},
         )

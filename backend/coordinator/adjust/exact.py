@@ -87,6 +87,21 @@ def new_highs() -> highspy.Highs:
     return h
 
 
+def to_csc(
+    rows: list[np.ndarray], cols: list[np.ndarray], vals: list[np.ndarray], n_col: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coordinate triplets (pieces to concatenate) -> HiGHS's column-wise matrix: column start
+    offsets (int32, n_col of them), row indices (int32) and values, sorted by column then row."""
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    v = np.concatenate(vals)
+    order = np.lexsort((r, c))
+    r, c, v = r[order], c[order], v[order]
+    starts = np.zeros(n_col + 1, dtype=np.int64)
+    np.cumsum(np.bincount(c, minlength=n_col), out=starts[1:])
+    return starts[:-1].astype(np.int32), r.astype(np.int32), v
+
+
 @dataclass
 class _Candidates:
     g: IntArray
@@ -177,13 +192,7 @@ class _Model:
             n_row += f_n
         self.n_row = n_row
 
-        r = np.concatenate(rows)
-        c = np.concatenate(cols)
-        v = np.concatenate(vals)
-        order = np.lexsort((r, c))
-        r, c, v = r[order], c[order], v[order]
-        starts = np.zeros(n_col + 1, dtype=np.int64)
-        np.cumsum(np.bincount(c, minlength=n_col), out=starts[1:])
+        starts, r, v = to_csc(rows, cols, vals, n_col)
 
         col_lo = np.zeros(n_col)
         col_hi = np.full(n_col, np.inf)
@@ -199,7 +208,7 @@ class _Model:
             n_col, n_row, int(v.shape[0]), 1, 1, 0.0,
             cost, col_lo, col_hi,
             np.concatenate(row_lo), np.concatenate(row_hi),
-            starts[:-1].astype(np.int32), r.astype(np.int32), v, integrality,
+            starts, r, v, integrality,
         )
         self.h = h
         # key of each candidate for warm starts

@@ -48,7 +48,7 @@ import highspy
 import numpy as np
 import numpy.typing as npt
 
-from .exact import new_highs
+from .exact import new_highs, to_csc
 from .model import FloatArray, IntArray, Move, Problem, Result, finish, window_offsets
 
 __all__ = ["lower_bounds", "solve_heuristic"]
@@ -271,20 +271,13 @@ def _guide(problem: Problem, st: _State, classes: list[int]) -> _Guide:
         row_lo.append(target - load)
         row_hi.append(target - load)
         n_row += f_n
-    r = np.concatenate(rows)
-    cidx = np.concatenate(cols)
-    v = np.concatenate(vals)
-    order = np.lexsort((r, cidx))
-    r, cidx, v = r[order], cidx[order], v[order]
-    starts = np.zeros(n_col + 1, dtype=np.int64)
-    np.cumsum(np.bincount(cidx, minlength=n_col), out=starts[1:])
+    starts, r, v = to_csc(rows, cols, vals, n_col)
     cost = np.zeros(n_col)
     cost[ny:ny + f_n] = 1.0
     h = new_highs()
     h.passModel(n_col, n_row, int(v.shape[0]), 1, 1, 0.0, cost, np.zeros(n_col),
                 np.full(n_col, np.inf), np.concatenate(row_lo), np.concatenate(row_hi),
-                starts[:-1].astype(np.int32), r.astype(np.int32), v,
-                np.zeros(n_col, dtype=np.int32))
+                starts, r, v, np.zeros(n_col, dtype=np.int32))
     h.setOptionValue("time_limit", max(1.0, problem.policy.time_limit_s))
     h.run()
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:

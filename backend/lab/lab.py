@@ -39,12 +39,12 @@ from backend.common.tls import make_pki
 from backend.coordinator.adjust import Policy, Problem, solve
 from backend.lab import procs, scenario
 from backend.lab.progress import Progress, Step, live
-from backend.lab.summary import overload, print_table, relay_per_frame, summarise
+from backend.lab.summary import print_table, relay_per_frame, summarise
 from hemsfw import protocol
 
 log = logging.getLogger("hems.lab")
 
-__all__ = ["LabOptions", "add_args", "main", "overload", "relay_per_frame", "run_lab",
+__all__ = ["LabOptions", "add_args", "main", "relay_per_frame", "run_lab",
            "summarise"]
 
 

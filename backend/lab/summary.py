@@ -14,6 +14,7 @@ from typing import Any, TextIO
 import numpy as np
 from numpy.typing import NDArray
 
+from backend.coordinator.adjust.model import overload_wh
 from backend.lab import scenario
 
 #: Homes whose plan, adjusted plan and relay are kept per frame in the summary (the report's
@@ -40,10 +41,6 @@ def relay_per_frame(log_path: Path, frames: int) -> list[bool]:
             state = changes[k]
         out.append(state)
     return out
-
-
-def overload(load: NDArray[np.int64], cap: NDArray[np.int64]) -> int:
-    return int(np.maximum(load - cap, 0).sum())
 
 
 def timeline_sample(groups: list[dict[str, Any]], moves: list[list[Any]],
@@ -118,8 +115,8 @@ def summarise(
         "coordinator_load_before_wh": before.tolist(),
         "coordinator_load_after_wh": after.tolist(),
         "relay_load_after_wh": relay_load.tolist(),
-        "overload_before_wh": overload(true_load, capacity),
-        "overload_after_wh": overload(relay_load, capacity),
+        "overload_before_wh": overload_wh(true_load, capacity),
+        "overload_after_wh": overload_wh(relay_load, capacity),
         "curtailed_wh": result.get("curtailed_wh", 0),
         "moved_wh": result.get("moved_wh"),
         "regroup_rounds": result.get("regroup_rounds", 0),

@@ -304,7 +304,10 @@ def system_day(lab: Lab, state: Path, lead_s: int, **extra: Any) -> tuple[Path, 
     from now; then SIGKILL the home.  Returns (config, start, adjusted plan)."""
     start = int(time.time()) + lead_s
     mq = {"host": "127.0.0.1", "port": lab.broker.port, "user": HOME,
-          "password": lab.passwords[HOME], "keepalive": 5, "timeout_s": 1}
+          "password": lab.passwords[HOME], "keepalive": 5, "timeout_s": 1,
+          # capped so the reconnect after the broker's return is due within the waits below
+          # (uncapped, the 5th retry may be 16 s away on a slow machine)
+          "backoff_max_s": 2}
     cfg = write_config(lab, state, clock="system", plan_wh=SYS_PLAN, mqtt=mq, safe_state=True)
     coord = Rec(lab, "coordinator", [protocol.t_plan(HOME)])
     proc = start_home("micropython", cfg, lab.tmp / "run1.log")

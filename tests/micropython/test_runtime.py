@@ -148,6 +148,21 @@ def test_link_loss_backoff_and_relay_keeps_running():
     assert _logged(h.logs, "link down")
 
 
+def test_backoff_is_capped_by_config():
+    mq = {"host": "127.0.0.1", "port": 1883, "user": "h1", "password": "pw", "backoff_max_s": 3}
+    h = _setup(mqtt=mq)
+    h.cl.fail["connect"] = 10
+    waits = []
+    for _ in range(8):
+        h.r.step()                                   # the attempt fails and schedules the next
+        waits.append(clock.ticks_diff(h.r.main.retry_at, h.tk.ms))
+        h.tk.ms = h.r.main.retry_at
+    assert not h.r.main.online and h.cl.connects == 0
+    assert h.r.main.backoff == 3000
+    assert max(waits) <= 3000 and min(waits[3:]) >= 1500   # uniform in [cap/2, cap] once capped
+    assert _setup().r.main.backoff_max == link.BACKOFF_MAX_MS
+
+
 def test_publish_failure_resends_same_report_after_reconnect():
     h = _setup()
     h.r.step()

@@ -2,7 +2,8 @@
 #
 #   {"home_id": "h1",
 #    "mqtt": {"host": "127.0.0.1", "port": 1883, "user": "h1", "password": "...",
-#             "keepalive": 30, "cafile_der": null, "timeout_s": 5},
+#             "keepalive": 30, "cafile_der": null, "timeout_s": 5,
+#             "backoff_max_s": 60},
 #    "magnification": 2, "plan_wh": [...], "keys": {"mb1": "<64 hex>"},
 #    "state_dir": "/path", "board": "unix"|"esp32"|"picow"|"rpi", "clock": "lab"|"system",
 #    "safe_state": false, "exit_after_day": false, "loop_ms": 20, "watchdog_ms": 30000,
@@ -86,6 +87,7 @@ def check(cfg):
     _need(m, "password", (str,), "mqtt.")
     m["keepalive"] = _int(m, "keepalive", 0, 65535, 30, "mqtt.")
     m["timeout_s"] = _int(m, "timeout_s", 1, 120, 5, "mqtt.")
+    m["backoff_max_s"] = _int(m, "backoff_max_s", 1, 3600, 60, "mqtt.")
     if m.get("cafile_der") is not None:
         _need(m, "cafile_der", (str,), "mqtt.")
     else:

@@ -22,7 +22,8 @@ STABLE_MS = 30000         # a link up this long resets the backoff (a kick-loop 
 
 class Link:
     def __init__(self, name, client, status_topic, subs, on_msg, urandom, ticks, log,
-                 keepalive_s=30, budget_ms=5000, on_up=None, clean=False):
+                 keepalive_s=30, budget_ms=5000, on_up=None, clean=False,
+                 backoff_max_ms=BACKOFF_MAX_MS):
         self.name = name
         self.client = client
         self.status = status_topic
@@ -40,6 +41,7 @@ class Link:
         self.last_ping = 0
         self.connects = 0
         self.backoff = BACKOFF_MIN_MS
+        self.backoff_max = max(backoff_max_ms, BACKOFF_MIN_MS)
         self.retry_at = ticks()        # connect on the first turn
         self.rx = 0
         self._budget = getattr(client, "set_budget", None)
@@ -84,7 +86,7 @@ class Link:
                  wait, "ms")
         self.online = False
         self.retry_at = ticks_add(now, wait)
-        self.backoff = min(2 * self.backoff, BACKOFF_MAX_MS)
+        self.backoff = min(2 * self.backoff, self.backoff_max)
         close = getattr(self.client, "close", None)
         if close is not None:
             try:

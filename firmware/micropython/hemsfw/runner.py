@@ -82,7 +82,8 @@ class Runner:
             subs.append((clock.topic, 1))
         self.main = Link("mqtt", client, protocol.t_status(self.id), subs, self._on_msg,
                          self.urandom, self.ticks, self.log, mq.get("keepalive", 30),
-                         1000 * mq.get("timeout_s", 5))
+                         1000 * mq.get("timeout_s", 5),
+                         backoff_max_ms=1000 * mq.get("backoff_max_s", 60))
         self.ha = None
         self.links = [self.main]
         if local is not None:

@@ -233,6 +233,9 @@ def test_home_never_stores_the_mask_in_clear():
     st = store.read(home.NEW)
     assert "mask" not in st and "seeds" not in st
     _ack_all(h)
+    rid = h.new["report_id"]
+    for svc in ("coordinator", "mb1", "mb2"):
+        h.on_reply(svc, {"report_id": rid})
     st = store.read(home.NEW)
     assert st["outbox"] == [] and st["sent"] is True   # the sealed seeds are gone too
 

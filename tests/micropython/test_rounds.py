@@ -128,8 +128,46 @@ def test_acks_persist_one_by_one_and_restart_resends_only_the_rest():
     assert protocol.decode(again[0][2]) == protocol.decode(out[1][1])   # the same bytes' object
     h2.ack(1)
     s = st.read(home.NEW)
-    assert s["sent"] is True and s["outbox"] == [] and s["acked"] == [1, 1]
+    assert s["sent"] is True and s["acked"] == [1, 1]
     assert _home(st).pending() == []
+
+
+def test_reports_are_kept_until_each_service_replies():
+    """A PUBACK only says the broker holds a message (it may lose it in a restart): the outbox
+    is kept, for re-sending, until the service replies for this report id."""
+    st = MemStore()
+    h = _home(st)
+    out = h.on_round(_ann(), wall=S1 - 3600)
+    rid = h.new["report_id"]
+    h.ack(0)
+    h.ack(1)
+    assert h.pending() == []
+    again = h.pending(resend=True)
+    assert [(t, p) for _i, t, p in again] == out              # the very same bytes
+    assert not h.on_reply("coordinator", {"report_id": "00" * 16})   # another report's
+    assert not h.on_reply("mb2", {"report_id": rid})                 # not a service of ours
+    assert h.on_reply("coordinator", {"status": "accepted", "report_id": rid})
+    h2 = _home(st)                                          # persisted: survives a reboot
+    assert [t for _i, t, _p in h2.pending(resend=True)] == [out[1][0]]
+    assert h2.on_reply("mb1", {"status": "rejected", "reason": "replay", "report_id": rid})
+    s = st.read(home.NEW)
+    assert s["acked"] == [2, 2] and s["outbox"] == [] and s["sent"] is True
+    assert h2.pending(resend=True) == [] and not h2.on_reply("mb1", {"report_id": rid})
+
+
+def test_reply_before_the_puback_counts_and_deadline_drops_the_outbox():
+    st = MemStore()
+    h = _home(st)
+    h.on_round(_ann(deadline=S1 - 60), wall=S1 - 3600)
+    rid = h.new["report_id"]
+    assert h.on_reply("mb1", {"report_id": rid})          # the reply overtook the PUBACK
+    h.ack(1)
+    assert st.read(home.NEW)["acked"] == [0, 2]
+    h.ack(0)
+    assert h.pending(wall=S1 - 61, resend=True)[0][0] == 0
+    assert h.pending(wall=S1 - 59, resend=True) == []       # past the deadline: dropped
+    s = st.read(home.NEW)
+    assert s["outbox"] == [] and s["status"] == "reported"  # it did reach the broker
 
 
 def test_adjustment_expiry_and_other_day():

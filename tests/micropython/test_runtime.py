@@ -179,6 +179,50 @@ def test_publish_failure_resends_same_report_after_reconnect():
     assert h.st.read("round.json")["sent"] is True
 
 
+def test_unreplied_report_is_resent_after_reconnect_and_silence():
+    """The broker acknowledged the report but lost it (restart without persistence): no reply
+    comes, so the same bytes go out again after the reconnect's grace, then after a silence
+    (doubling); a reply for the report id stops it."""
+    h = _setup()
+    h.r.step()
+    h.cl.inject("hems/v1/round", _round())
+    h.r.step()
+    h.r.step()
+    first = [(t, p) for t, p, _, _ in h.cl.published[1:]]
+    assert len(first) == 2 and h.st.read("round.json")["sent"] is True
+
+    def sent_after(n):
+        return [(t, p) for t, p, _, _ in h.cl.published[n:] if "/status/" not in t]
+
+    n = len(h.cl.published)
+    h.cl.fail["check_msg"] = 1
+    h.r.step()                                       # link lost
+    h.tk.ms += 1000
+    h.r.step()                                       # reconnected
+    assert h.r.main.online and sent_after(n) == []   # queued replies get their grace first
+    h.tk.ms += runner.REPLY_GRACE_MS
+    h.r.step()
+    h.r.step()
+    assert sent_after(n) == first                    # the very same bytes, one per turn
+    h.r.step()
+    assert sent_after(n) == first                    # then quiet for a while
+    h.tk.ms += runner.REPLY_WAIT_MS
+    h.r.step()
+    h.r.step()
+    assert sent_after(n) == first + first            # silence: once more
+    rid = h.st.read("round.json")["report_id"]
+    for svc in ("coordinator", "mb1"):
+        h.cl.inject("hems/v1/reply/" + svc + "/h1", json.dumps(
+            {"v": 1, "status": "rejected", "reason": "replay", "report_id": rid}).encode())
+        h.r.step()
+    st = h.st.read("round.json")
+    assert st["acked"] == [2, 2] and st["outbox"] == []
+    n = len(h.cl.published)
+    h.tk.ms += runner.REPLY_WAIT_MAX_MS
+    h.r.step()
+    assert sent_after(n) == []
+
+
 def test_keepalive_pings():
     h = _setup()
     h.r.step()

@@ -12,11 +12,16 @@
 # Power-cut safety: a round's report (masked plan + sealed seeds, one report id) is persisted
 # *before* anything is published, each message is marked acknowledged (persisted) as soon as its
 # PUBACK arrives, and a restart re-sends only the unacknowledged ones, the very same bytes: never a
-# second draw, never a second report id.  Every write is atomic (store.py).  A round announced
+# second draw, never a second report id.  A PUBACK means only that the broker holds the message; a
+# broker that restarts without having saved it loses it (docs/reliability.md).  So each message
+# stays in the outbox, `acked` 1, until its service replies for that report id (`acked` 2); the
+# runner re-sends such messages (same bytes: the services answer `replay`) after a reconnect and
+# after a silence, until the reply or the deadline.  Every write is atomic (store.py).  A round announced
 # after its deadline (by the wall clock) is not reported (the coordinator would refuse it as
 # "late"): the home just follows its own plan that day.  MicroPython subset only.
 
 import binascii
+import json
 import sys
 
 from hemsfw import plan, protocol
@@ -39,6 +44,12 @@ def unload(*names):
         sys.modules.pop("hemsfw." + n, None)
         if n in hemsfw.__dict__:
             delattr(hemsfw, n)
+
+
+def _service_of(topic):
+    # hems/v1/plan/<home> goes to the coordinator, hems/v1/mask/<broker>/<home> to that broker
+    tail = protocol.topic_tail(topic, "mask")
+    return "coordinator" if tail is None else tail[0]
 
 
 def day_end(st):
@@ -120,7 +131,7 @@ class Home:
             if now is None or now < day_end(st):
                 self.store.rename(NEW, PREV)
                 self.prev = st
-                if st.get("outbox"):
+                if not st.get("sent", True):
                     self.log("dropped the unsent report of", st["day"], "(past its deadline)")
             elif self.prev is not None:
                 self.store.remove(PREV)
@@ -141,13 +152,15 @@ class Home:
         rid = _hex(self.urandom(16))
         seeds = [self.urandom(protocol.SEED_LEN) for _ in brokers]
         masked = masking.add_plan(masking.mask_from_seeds(seeds, frames), new["plan"])
-        out = [[protocol.t_plan(self.id), protocol.make_plan_report(
-            self.id, day, rnd, rid, self.mag, masked)]]
+        # Stored as the encoded JSON text: a re-send after a reboot is byte for byte what was
+        # sent first (a dict read back from the file would encode with another key order).
+        out = [[protocol.t_plan(self.id), json.dumps(protocol.make_plan_report(
+            self.id, day, rnd, rid, self.mag, masked))]]
         for b, s in zip(brokers, seeds):
             ad = protocol.mask_ad(b, self.id, day, rnd, rid)
             blob = seal.seal(self.keys[b], ad, s, self.urandom(seal.NONCE_LEN))
             out.append([protocol.t_mask(b, self.id),
-                        protocol.make_mask_report(self.id, day, rnd, rid, blob)])
+                        json.dumps(protocol.make_mask_report(self.id, day, rnd, rid, blob))])
         # Only the sealed seeds are kept (in the outbox, until acknowledged); the mask itself
         # never reaches the storage.
         unload("masking", "seal")
@@ -156,35 +169,60 @@ class Home:
         new["acked"] = [0] * len(out)
         new["sent"] = False
 
-    def pending(self, wall=None):
-        """[(index, topic, payload bytes)] of the newest round's unacknowledged messages; none
-        once the deadline has passed (the round is then marked late)."""
+    def pending(self, wall=None, resend=False):
+        """[(index, topic, payload bytes)] of the newest round's messages the broker has not
+        acknowledged yet; with resend, also those it acknowledged but whose service has not
+        replied.  None once the deadline has passed (the round is marked late if the report
+        never reached the broker)."""
         st = self.new
-        if not st or st.get("sent", True):
+        if not st or not st.get("outbox"):
             return []
         if wall is not None and wall > st["deadline"]:
-            self.log("deadline passed before the report was acknowledged: not sending it")
-            st["status"] = "late"
-            st["sent"] = True
+            if not st["sent"]:
+                self.log("deadline passed before the report was acknowledged: not sending it")
+                st["status"] = "late"
+                st["sent"] = True
             st["outbox"] = []
             self.store.write(NEW, st)
             return []
+        want = 2 if resend else 1
         out = []
         for i in range(len(st["outbox"])):
-            if not st["acked"][i]:
+            if st["acked"][i] < want:
                 t, m = st["outbox"][i]
-                out.append((i, t, protocol.encode(m)))
+                out.append((i, t, m.encode()))
         return out
 
     def ack(self, i):
         """Message i of the newest round's outbox was acknowledged (PUBACK): persist that."""
         st = self.new
-        if not st or st.get("sent", True) or st["acked"][i]:
+        if not st or not st.get("outbox") or st["acked"][i]:
             return
         st["acked"][i] = 1
+        self._settle(st)
+
+    def on_reply(self, service, obj):
+        """A service's reply on hems/v1/reply/<service>/<home>: the messages of this report
+        addressed to that service need no re-sending any more, whatever the status (accepted;
+        `replay`: it already holds them; any other reason: re-sending cannot change it).
+        Returns True when it confirmed something."""
+        st = self.new
+        if not st or not st.get("outbox") or obj.get("report_id") != st["report_id"]:
+            return False
+        hit = False
+        for i in range(len(st["outbox"])):
+            if st["acked"][i] < 2 and _service_of(st["outbox"][i][0]) == service:
+                st["acked"][i] = 2
+                hit = True
+        if hit:
+            self._settle(st)
+        return hit
+
+    def _settle(self, st):
         if 0 not in st["acked"]:
-            st["sent"] = True
-            st["outbox"] = []     # every message is with the broker: drop the payloads
+            st["sent"] = True          # every message is with the broker
+        if min(st["acked"]) == 2:
+            st["outbox"] = []          # every service has it: drop the payloads (sealed seeds)
         self.store.write(NEW, st)
 
     def on_adjustment(self, obj, now=None):

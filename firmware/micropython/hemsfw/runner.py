@@ -27,7 +27,7 @@
 import os
 
 from hemsfw import protocol
-from hemsfw.clock import sleep_ms, ticks_diff, ticks_ms
+from hemsfw.clock import sleep_ms, ticks_add, ticks_diff, ticks_ms
 from hemsfw.home import Home
 from hemsfw.link import Link
 from hemsfw.resident import Resident
@@ -35,6 +35,12 @@ from hemsfw.resident import Resident
 INBOX_MAX = 16            # messages held between two loop turns (a home gets only a handful)
 MAX_ERRORS = 20           # consecutive failed turns before the watchdog is starved
 HEAP_FLOOR = 4096         # bytes free below which the loop counts as unhealthy (boards)
+# Re-sending a report the broker acknowledged but whose service has not replied (home.py): after
+# a (re)connect, once the replies queued in the persistent session had time to arrive; and after
+# a silence, doubling so that a fleet facing a service that is down does not flood the broker.
+REPLY_GRACE_MS = 1000
+REPLY_WAIT_MS = 30000
+REPLY_WAIT_MAX_MS = 900000
 
 
 def _mem_free():
@@ -83,7 +89,10 @@ class Runner:
         self.main = Link("mqtt", client, protocol.t_status(self.id), subs, self._on_msg,
                          self.urandom, self.ticks, self.log, mq.get("keepalive", 30),
                          1000 * mq.get("timeout_s", 5),
-                         backoff_max_ms=1000 * mq.get("backoff_max_s", 60))
+                         backoff_max_ms=1000 * mq.get("backoff_max_s", 60), on_up=self._link_up)
+        self.resend_at = None           # ticks when unconfirmed report messages are re-sent
+        self.reply_wait = REPLY_WAIT_MS
+        self.resent = []                # indices re-sent in the current cycle
         self.ha = None
         self.links = [self.main]
         if local is not None:
@@ -147,6 +156,8 @@ class Runner:
                 tail = protocol.topic_tail(topic, "reply")
                 if tail is not None:
                     self.log("reply from", tail[0] + ":", obj.get("status"), obj.get("reason"))
+                    if self.home.on_reply(tail[0], obj):
+                        self._phase("replied")
                 else:
                     self.log("unexpected topic", topic)
         except ValueError as e:   # malformed message: protocol reason code
@@ -159,21 +170,50 @@ class Runner:
             topic, msg = self.inbox.pop(0)
             self._handle(topic, msg)
 
+    def _link_up(self, _link):
+        self.resend_at = ticks_add(self.ticks(), REPLY_GRACE_MS)
+        self.reply_wait = REPLY_WAIT_MS
+        self.resent = []
+
     def _flush(self):
-        """Publish the next unacknowledged report message (QoS 1, never retained); persist its
-        acknowledgement.  One per turn, so the relay is driven between two PUBACK waits."""
+        """Publish the next report message the broker has not acknowledged (QoS 1, never
+        retained) and persist its acknowledgement; or, when a re-send is due, the next one whose
+        service has not replied.  One per turn, so the relay is driven between two PUBACK waits."""
         if not self.main.online:
             return
-        out = self.home.pending(self._wall())
+        wall = self._wall()
+        out = self.home.pending(wall)
         if not out:
+            self._resend(wall)
             return
         i, t, payload = out[0]
         if self.main.publish(t, payload, False, 1):
             self.home.ack(i)
             self._phase("acked")
+            if self.resend_at is None:
+                self.resend_at = ticks_add(self.ticks(), self.reply_wait)
             if self.home.new.get("sent"):
                 self.log("report acknowledged by the broker")
                 self._phase("sent")
+
+    def _resend(self, wall):
+        if self.resend_at is None or ticks_diff(self.ticks(), self.resend_at) < 0:
+            return
+        out = self.home.pending(wall, True)
+        if not out:                     # every service replied (or the deadline passed)
+            self._link_up(None)
+            self.resend_at = None
+            return
+        for i, t, payload in out:
+            if i not in self.resent:
+                self.resent.append(i)
+                self.log("no reply yet: re-sending the report's message to", t)
+                self.main.publish(t, payload, False, 1)
+                return
+        # a cycle done: wait longer before the next one
+        self.resent = []
+        self.resend_at = ticks_add(self.ticks(), self.reply_wait)
+        self.reply_wait = min(2 * self.reply_wait, REPLY_WAIT_MAX_MS)
 
     # ------------------------------------------------------------------ relay and override
 

@@ -16,9 +16,9 @@
 # broker that restarts without having saved it loses it (docs/reliability.md).  So each message
 # stays in the outbox, `acked` 1, until its service replies for that report id (`acked` 2); the
 # runner re-sends such messages (same bytes: the services answer `replay`) after a reconnect and
-# after a silence, until the reply or the deadline.  Every write is atomic (store.py).  A round announced
-# after its deadline (by the wall clock) is not reported (the coordinator would refuse it as
-# "late"): the home just follows its own plan that day.  MicroPython subset only.
+# after a silence, until the reply or the deadline.  Every write is atomic (store.py).  A round
+# announced after its deadline (by the wall clock) is not reported (the coordinator would refuse
+# it as "late"): the home just follows its own plan that day.  MicroPython subset only.
 
 import binascii
 import json

@@ -34,6 +34,7 @@ import re
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -144,6 +145,9 @@ class Cluster:
                      "--state-dir", str(self.work / "coordinator-state"),
                      "--capacity-wait-s", "30", "--answer-timeout-s", "90", "--reask-s", "3",
                      "--missing-grace-s", "20", "--reconnect-s", "90",
+                     # serve on after the round, re-sending adjustments to homes that come
+                     # back; the harness ends it with SIGTERM once every home has its own
+                     "--linger-s", "120",
                      "--port", str(port), "--user", COORDINATOR_USER, *self.coordinator_extra],
                     {**env, "HEMS_MQTT_PASSWORD": self.pw[COORDINATOR_USER]})
         if name in self.brokers:
@@ -587,7 +591,9 @@ def run_round(work: Path, seed: int, o: Options, script: Sequence[Step] = (),
             with c.lock:
                 p = c.running["coordinator"]
                 rc = p.popen.poll()
-                if rc == 0 and not player.is_alive() and not starter.is_alive():
+                # done: exited 0, or lingering with the round's record written
+                done = rc == 0 or (rc is None and c.result_path.exists())
+                if done and not player.is_alive() and not starter.is_alive():
                     break
                 if rc == 1:
                     supervisor_restarts += 1
@@ -611,6 +617,17 @@ def run_round(work: Path, seed: int, o: Options, script: Sequence[Step] = (),
             wait_for(adjusted, 60, "homes adjusted", step=0.1)
         except TimeoutError:
             failures.append("not every counted home stored its adjustment within 60 s")
+        with c.lock:
+            p = c.running["coordinator"]
+            if p.popen.poll() is None:
+                p.popen.send_signal(signal.SIGTERM)   # end the linger: a completed round
+            try:
+                rc = p.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                rc = None
+            if rc != 0:
+                failures.append(f"coordinator did not end cleanly after the linger: {rc}")
+        result = json.loads(c.result_path.read_text())
         stop.set()
         player.join(30)
         if hthread is not None:

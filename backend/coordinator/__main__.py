@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "coordinator resumes the round where it stood (without it a crash loses it)")
     d.add_argument("--reconnect-s", type=_positive(float), default=60.0,
                    help="give up when the MQTT broker cannot be reached for this long")
+    d.add_argument("--linger-s", type=float, default=0.0,
+                   help="after the round, serve this long more: a home that comes back online "
+                        "gets its adjustment again (a broker crash may have lost the queued "
+                        "copy); SIGTERM ends the wait with a completed round (default 0)")
     d.add_argument("--metrics-port", type=_port, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (default off)")
     d.add_argument("--debug-pause-at", default=None, help=argparse.SUPPRESS)
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         target_weight=args.target_weight, capacity_file=args.capacity_file,
         capacity_wait_s=args.capacity_wait_s, answer_timeout_s=args.answer_timeout_s,
         missing_grace_s=args.missing_grace_s, reask_s=args.reask_s, state_dir=args.state_dir,
-        reconnect_s=args.reconnect_s, metrics_port=args.metrics_port,
+        reconnect_s=args.reconnect_s, metrics_port=args.metrics_port, linger_s=args.linger_s,
         pause_at=args.debug_pause_at,
     )
     settings = settings_from_args(args)
@@ -149,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def go() -> tuple[Coordinator, str | None]:
         coord = Coordinator(cfg, settings)
+        coord.on_complete = lambda: write_json_atomic(args.result, coord.result("completed"))
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         assert task is not None
@@ -159,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         except CoordinatorError as e:
             return coord, str(e)
         except asyncio.CancelledError:
+            if coord.completed:  # stopped while lingering: the round itself is done
+                return coord, None
             return coord, "terminated by a signal before the round completed"
         except Exception as e:  # a bug: still leave a record and a clear exit status
             log.exception("internal error")

@@ -14,7 +14,10 @@ adjust/ (the moves).  This module moves bytes, keeps time and writes down what h
 5. solve; while overload remains after the moves and a group can be split, split, ask for the new
    groups' sums and solve again;
 6. send every member of every group the same adjustment (QoS 1, not retained) and wait until the
-   broker has acknowledged each one.
+   broker has acknowledged each one;
+7. with ``linger_s``, serve on that long: a home that comes back (a live ``online`` on
+   ``hems/v1/status/<home>``, published by the firmware once it has subscribed) gets its
+   adjustment again, since a broker that crashed before saving lost the copy queued for it.
 
 One reader (the link) dispatches every incoming message for the whole run (late reports are still
 answered while the round is being solved); the round itself is the main task.  Failure has one
@@ -102,7 +105,8 @@ __all__ = ["Coordinator", "CoordinatorError", "ServiceConfig"]
 
 log = logging.getLogger("hems.coordinator")
 
-TOPICS = (protocol.t_plan("+"), protocol.t_groupsum("+"), protocol.t_capacity())
+TOPICS = (protocol.t_plan("+"), protocol.t_groupsum("+"), protocol.t_capacity(),
+          protocol.t_status("+"))
 MAX_REGROUP = 32  # refinement rounds (each at least doubles a group count; 2^32 >> any N)
 PUBLISH_TIMEOUT_S = 60.0
 INFLIGHT = 200  # concurrent QoS 1 publishes
@@ -138,6 +142,8 @@ class ServiceConfig:
     reask_s: float = 5.0
     reconnect_s: float = 60.0
     metrics_port: int | None = None
+    #: after the round, keep serving this long, re-sending adjustments to homes that reconnect
+    linger_s: float = 0.0
     #: fault-injection tests: "adjust:N" stops (forever) after N adjustments were acknowledged
     pause_at: str | None = None
 
@@ -215,6 +221,10 @@ class Coordinator:
         self._refused_logged = 0
         self._announced = False
         self._adjustments: list[tuple[str, bytes]] | None = None
+        self._adjustment_of: dict[str, bytes] = {}  # home -> its adjustment's payload
+        #: called once the adjustments are acknowledged (before lingering): __main__ writes
+        #: the round's record then, so it is there while the process serves on
+        self.on_complete: Callable[[], None] | None = None
         self._unacked: list[tuple[Conn, aiomqtt.Message, list[tuple[str, bytes]]]] = []
         self._wake = asyncio.Event()
         self._adjust_acks = 0
@@ -412,6 +422,8 @@ class Coordinator:
             self._on_groupsum(topic, payload)
         elif topic == protocol.t_capacity():
             self._on_capacity(topic, payload)
+        elif topic.startswith(protocol.PREFIX + "/status/"):
+            self._on_status(topic, payload, retained)
         else:
             self.rejections.reject("message", "unexpected_topic", topic)
 
@@ -468,6 +480,22 @@ class Coordinator:
         self.capacity = cap
         self._capacity_seen.set()
         log.info("capacity profile received (%d frames)", self.cfg.frames)
+
+    def _on_status(self, topic: str, payload: bytes, retained: bool) -> None:
+        """A home's availability.  A live ``online`` (not the retained copy a subscription
+        brings) once the adjustments are out means the home reconnected, maybe to a broker that
+        lost what was queued for it: send its adjustment again (identical: applied once)."""
+        home = topic[len(protocol.PREFIX + "/status/"):]
+        if not protocol.valid_id(home):
+            self.rejections.reject("status", "bad_home", topic)
+            return
+        if payload not in (b"online", b"offline"):
+            self.rejections.reject("status", "bad_status", topic)
+            return
+        adj = self._adjustment_of.get(home)
+        if payload == b"online" and not retained and adj is not None:
+            log.info("%s is back online: re-sending its adjustment", home)
+            self._publish_soon(protocol.t_adjust(home), adj)
 
     # ------------------------------------------------------------ publishing
 
@@ -599,6 +627,13 @@ class Coordinator:
             self.finished_at = self.clock()
             self._append("done", at=self.finished_at, adjusted=self.adjusted_homes)
         await self._drain(PUBLISH_TIMEOUT_S)
+        if self.on_complete is not None:
+            self.on_complete()
+        if cfg.linger_s > 0:
+            log.info("round complete; serving %.0f s more for homes that reconnect",
+                     cfg.linger_s)
+            await asyncio.sleep(cfg.linger_s)
+            await self._drain(PUBLISH_TIMEOUT_S)
 
     async def _solve(self, problem: Problem) -> Result:
         """The engine's result for the i-th solve of the round (journaled: a restart reuses it,
@@ -758,6 +793,8 @@ class Coordinator:
             payload = protocol.encode(adj)
             out += [(protocol.t_adjust(h), payload) for h in grp.members]
         self._adjustments = out
+        self._adjustment_of = {protocol.topic_tail(t, "adjust")[0]: p
+                               for t, p in out}
         try:
             await asyncio.gather(*(self._adjust(t, p) for t, p in out))
         except TimeoutError as e:

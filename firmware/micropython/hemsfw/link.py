@@ -9,7 +9,7 @@
 #
 # Never blocking: a reconnect is only *scheduled* (retry_at); each turn does at most one bounded
 # connect attempt or one poll, both under the budget `timeout_s`.  Availability: the will is
-# `offline` (retained, QoS 1) and `online` (retained) is published right after CONNACK.
+# `offline` (retained, QoS 1) and `online` (retained) is published once subscribed.
 # MicroPython subset only.
 
 from hemsfw.clock import ticks_add, ticks_diff
@@ -61,9 +61,11 @@ class Link:
             c.set_callback(self._got)
             c.set_last_will(self.status, b"offline", True, 1)
             c.connect(self.clean)      # persistent session unless clean: QoS 1 queued offline
-            c.publish(self.status, b"online", True, 1)
             for t, q in self.subs:
                 c.subscribe(t, q)      # (re)subscribing also redelivers the retained messages
+            # `online` last: it tells the services this home can receive now (the coordinator
+            # re-sends its adjustment on it, in case a restarted broker lost the queued one)
+            c.publish(self.status, b"online", True, 1)
         except Exception as e:
             self.lost(e)
             return False

@@ -39,7 +39,7 @@ HEAP_FLOOR = 4096         # bytes free below which the loop counts as unhealthy 
 # a (re)connect, once the replies queued in the persistent session had time to arrive; and after
 # a silence, doubling so that a fleet facing a service that is down does not flood the broker.
 REPLY_GRACE_MS = 1000
-REPLY_WAIT_MS = 30000
+REPLY_WAIT_MS = 5000
 REPLY_WAIT_MAX_MS = 900000
 
 

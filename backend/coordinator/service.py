@@ -155,6 +155,11 @@ class _Ask:
     entries: list[list[Any]]  # [[group id, members, checksum]]
 
 
+def _capacity_json(cap: Capacity) -> dict[str, Any]:
+    return {"capacity_wh": cap.capacity_wh.tolist(),
+            "target_wh": None if cap.target_wh is None else cap.target_wh.tolist()}
+
+
 def _bytes(payload: object) -> bytes:
     if isinstance(payload, bytes | bytearray):
         return bytes(payload)
@@ -353,11 +358,12 @@ class Coordinator:
                        base64.b64decode(rec["masked"]))
         elif kind == "closed":
             st.close()
-        elif kind == "capacity":
+        elif kind in ("capacity", "capacity_seen"):
             tgt = rec.get("target_wh")
             self.capacity = Capacity(np.array(rec["capacity_wh"], dtype=np.int64),
                                      None if tgt is None else np.array(tgt, dtype=np.int64))
-            self._capacity_taken = True
+            self._capacity_taken = kind == "capacity"
+            self._capacity_seen.set()
         elif kind == "ask":
             self._asks[int(rec["seq"])] = _Ask(str(rec["broker"]), str(rec["req"]),
                                                list(rec["groups"]))
@@ -477,6 +483,10 @@ class Coordinator:
         except ValueError as e:
             self.rejections.reject("capacity", str(e), topic)
             return
+        if self.capacity is None or _capacity_json(self.capacity) != _capacity_json(cap):
+            # journaled on receipt: a mosquitto crash may lose the retained profile, and a
+            # coordinator restarted after that must still have the one it saw
+            self._append("capacity_seen", **_capacity_json(cap))
         self.capacity = cap
         self._capacity_seen.set()
         log.info("capacity profile received (%d frames)", self.cfg.frames)
@@ -566,9 +576,7 @@ class Coordinator:
         capacity = await self._await_capacity()
         if not self._capacity_taken:
             self._capacity_taken = True
-            self._append("capacity", capacity_wh=capacity.capacity_wh.tolist(),
-                         target_wh=None if capacity.target_wh is None
-                         else capacity.target_wh.tolist())
+            self._append("capacity", **_capacity_json(capacity))
 
         homes, masked = state.masked_matrix()
         mags = {h: state.reports[h].mag for h in homes}

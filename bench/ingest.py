@@ -21,6 +21,8 @@ the CPU it spent in between:
                        it, which gmqtt does only for a coroutine handler: a Task per message)
   lean-q1              a ~60-line raw-socket MQTT 3.1.1 subscriber (batched PUBACKs): the
                        floor for Python, to see whether a lean path of our own is needed
+  leanlib-q1           the library made from it (backend/common/ingest_mqtt.LeanIngest,
+                       MQTT 5, asyncio, PUBACKs after the batch handler): the services' path
   *-store              + the validation + numpy store step (backend/common/ingest.PlanSink:
                        the coordinator's checks, json) or, for masks, the real mask broker
                        core (MaskBroker.handle: MAC, seed expansion, row, reply encoding)
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import importlib.util
@@ -685,7 +688,53 @@ def role_lean(a: argparse.Namespace) -> None:
     _finish(a, tally)
 
 
-ROLES = {"paho": role_paho, "aiomqtt": role_aiomqtt, "gmqtt": role_gmqtt, "lean": role_lean}
+async def _leanlib(a: argparse.Namespace) -> None:
+    from backend.common.ingest_mqtt import LeanIngest, Message
+
+    tally = Tally()
+    handler = make_handler(a, tally)
+    done = asyncio.Event()
+
+    def on_batch(batch: list[Message]) -> None:
+        for t, p in batch:
+            tally.hit()
+            if handler is not None:
+                rt = handler(t, p)
+                if a.reply and rt is not None:
+                    ing.publish(rt, REPLY)
+        if tally.n >= a.n:
+            tally.done()
+            done.set()
+
+    user, pw = _user(a)
+    ing = LeanIngest("127.0.0.1", a.port, f"bench-{os.getpid()}", user, pw,
+                     [(_topic(a), a.qos)], on_batch, clean_start=True, session_expiry=0)
+    task = asyncio.create_task(ing.run())
+    await ing.wait_connected(30)
+    _ready(a)
+    end = time.monotonic() + RUN_TIMEOUT_S
+    while not done.is_set() and time.monotonic() < end:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 0.2)
+        if tally.n and time.time() - tally.t_last > IDLE_S:
+            break
+    if tally.cpu_last == 0.0:
+        tally.done()
+    with contextlib.suppress(TimeoutError):
+        await ing.flush(30)
+    ing.stop()
+    await task
+    _finish(a, tally)
+
+
+def role_leanlib(a: argparse.Namespace) -> None:
+    """backend/common/ingest_mqtt.LeanIngest (MQTT 5, PUBACKs after each batch's handler):
+    the library the services use, against the prototype above."""
+    asyncio.run(_leanlib(a))
+
+
+ROLES = {"paho": role_paho, "aiomqtt": role_aiomqtt, "gmqtt": role_gmqtt, "lean": role_lean,
+         "leanlib": role_leanlib}
 
 
 # ------------------------------------------------------------------ publishing adjustments
@@ -820,6 +869,12 @@ def candidates(quick: bool) -> list[Candidate]:
         Candidate("gmqtt-q1-store-orjson", "gmqtt", store=True, orjson=True),
         Candidate("gmqtt-q1-store-ackafter", "gmqtt", store=True, ack_after=True),
         Candidate("lean-q1-store-orjson", "lean", store=True, orjson=True),
+        Candidate("leanlib-q1", "leanlib"),
+        Candidate("leanlib-q1-store-orjson", "leanlib", store=True, orjson=True),
+        Candidate("leanlib-q1-store-orjson-reply", "leanlib", store=True, orjson=True,
+                  reply=True),
+        Candidate("share2-leanlib-q1-store-orjson", "leanlib", store=True, orjson=True,
+                  workers=2),
         Candidate("share2-paho-q1-store", "paho", store=True, workers=2),
         Candidate("share2-aiomqtt-q1-store", "aiomqtt", store=True, workers=2),
         Candidate("share2-gmqtt-q1-store-orjson", "gmqtt", store=True, orjson=True, workers=2),

@@ -145,6 +145,27 @@ def test_replay_duplicate_late_closed() -> None:
     assert homes == ["h1", "h3"] and mat.shape == (2, F) and mat.dtype == np.uint32
 
 
+def test_rows_grow_past_the_initial_capacity_and_arrange_groups_as_slices() -> None:
+    state = RoundState(CFG, capacity=2)
+    rng = np.random.default_rng(3)
+    words = {}
+    for i in range(60):
+        h = f"h{i}"
+        words[h] = rng.integers(0, 2**32, F, dtype=np.uint64).tolist()
+        v = offer(state, report(h, 100 + i, mag=int(rng.choice([1, 2, 4])),
+                                masked=masked_b64(words[h])), home=h)
+        assert v.accepted
+    assert state.accepted == 60 and len(state.reports) == 60
+    arr = state.arranged()
+    for g in initial_grouping(state.magnifications(), 5, prefix="g"):
+        span = arr.span(g.members)
+        assert span is not None  # a contiguous slice of the arrangement
+        want = np.sum([words[h] for h in g.members], axis=0) % 2**32
+        assert arr.group_sum(g.members).tolist() == want.tolist()
+    with pytest.raises(ValueError):
+        state.restore("h1", rid(999), 1, bytes(4 * F))  # a home already held
+
+
 def test_replay_set_is_shared_across_rounds() -> None:
     seen: set[str] = set()
     assert offer(RoundState(CFG, seen), report("h1", 1)).accepted

@@ -341,7 +341,7 @@ async def scenario(tmp: Path) -> None:
         ("r1g1", "mb1"), ("r1g2m", "mb1"), ("r1g1a", "mb1"), ("r1g1b", "mb1")}
     assert [(g["id"], g["reason"]) for g in res["refused_groups"]] == [
         ("r1g2", "missing_members"), ("r1g2", "missing_members")]
-    assert set(res["timings"]) == {"collect_s", "sums_s", "solve_s", "publish_s"}
+    assert set(res["timings"]) == {"collect_s", "group_s", "sums_s", "solve_s", "publish_s"}
 
 
 def test_round_end_to_end(tmp_path: Path) -> None:

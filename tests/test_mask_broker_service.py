@@ -315,10 +315,10 @@ class LoggingState(StateDir):
         super().__init__(path)
         self.log, self.fail = log, fail
 
-    def write(self, rec: Record) -> None:
+    def write(self, rec: Record, flush: bool = True) -> None:
         if self.fail and rec.kind == "release":
             raise OSError("disk full")
-        super().write(rec)
+        super().write(rec, flush)
         self.log.append(f"record {rec.kind}")
 
 

@@ -74,6 +74,13 @@ class RowStore:
         self.rows: U32Array = np.zeros((capacity, frames), dtype=U32)
         self.keys: list[str] = []
         self.row_of: dict[str, int] = {}
+        self._flat = self._bytes_of(self.rows)
+
+    @staticmethod
+    def _bytes_of(rows: U32Array) -> memoryview:
+        """The rows as one flat byte view: a report's bytes go in with one slice copy (the
+        rows are little-endian uint32, as the protocol's vectors are)."""
+        return rows.reshape(-1).view(np.uint8).data
 
     @property
     def count(self) -> int:
@@ -100,9 +107,10 @@ class RowStore:
                 raise ValueError("bad_length")
             self.rows[r] = vec
         else:
-            if len(vec) != 4 * self.frames:
+            n = 4 * self.frames
+            if len(vec) != n:
                 raise ValueError("bad_length")
-            self.rows[r] = np.frombuffer(vec, dtype=U32)
+            self._flat[r * n:(r + 1) * n] = vec
         self.keys.append(key)
         self.row_of[key] = r
         return r
@@ -117,6 +125,7 @@ class RowStore:
             rows = np.zeros((capacity, self.frames), dtype=U32)
             rows[: self.count] = self.view()
             self.rows = rows
+            self._flat = self._bytes_of(rows)
 
     def lookup(self, keys: Iterable[str], n: int = -1) -> I64Array:
         """Rows of ``keys`` (-1 for a key not stored); ``n`` = len(keys) when known."""
@@ -250,7 +259,10 @@ class PlanSink:
     ``loads`` is the JSON decoder (``json.loads``; ``orjson.loads`` is a drop-in)."""
 
     def __init__(self, day: str, rnd: int, frames: int, capacity: int,
-                 loads: Loads = _loads_json) -> None:
+                 loads: Loads = _loads_json, seen: set[str] | None = None,
+                 grow: bool = False) -> None:
+        """``seen``: report ids accepted before (shared across rounds by a long-running
+        service); ``grow``: double the store when it is full instead of refusing (``full``)."""
         self.day, self.round, self.frames = day, rnd, frames
         self.store = RowStore(capacity, frames)
         self.mags = np.zeros(capacity, dtype=np.int8)
@@ -258,8 +270,9 @@ class PlanSink:
         #: split order (grouping.split_key) as two integer columns, sortable without strings
         self.tags = np.zeros(capacity, dtype=np.uint64)
         self.report_ids: list[str] = []
-        self.seen: set[str] = set()
+        self.seen: set[str] = seen if seen is not None else set()
         self.loads = loads
+        self.grow = grow
         self._head = protocol.PREFIX + "/plan/"
 
     def offer(self, topic: str, payload: bytes) -> tuple[str | None, str]:
@@ -284,19 +297,36 @@ class PlanSink:
             return home, "home_mismatch"
         if day != self.day or rnd != self.round:
             return home, "unknown_round"
+        return home, self.admit(home, rid, mag, masked)
+
+    def admit(self, home: str, rid: str, mag: int,
+              masked: bytes | bytearray | memoryview | U32Array) -> str:
+        """Store a parsed report of this round: "" or the reason (``replay``,
+        ``duplicate_home``, ``full``, ``bad_length``).  Nothing is stored on refusal."""
         if rid in self.seen:
-            return home, "replay"
-        if home in self.store:
-            return home, "duplicate_home"
+            return "replay"
+        store = self.store
+        if home in store.row_of:
+            return "duplicate_home"
+        if self.grow and len(store.keys) == len(store.rows):
+            self._grow(max(16, 2 * len(store.rows)))
         try:
             r = self.store.add(home, masked)
         except ValueError as e:
-            return home, str(e)
+            return str(e)
         self.seen.add(rid)
         self.report_ids.append(rid)
         self.mags[r] = mag
         self.tags[r] = int.from_bytes(hashlib.sha256(home.encode()).digest()[:8], "big")
-        return home, ""
+        return ""
+
+    def _grow(self, capacity: int) -> None:
+        self.store.grow(capacity)
+        n = self.store.count
+        mags = np.zeros(capacity, dtype=np.int8)
+        tags = np.zeros(capacity, dtype=np.uint64)
+        mags[:n], tags[:n] = self.mags[:n], self.tags[:n]
+        self.mags, self.tags = mags, tags
 
     def split_order(self) -> I64Array:
         """Rows in the coordinator's split order (magnification, SHA-256 of the id): arrange

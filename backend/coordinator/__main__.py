@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "copy); SIGTERM ends the wait with a completed round (default 0)")
     d.add_argument("--metrics-port", type=_port, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (default off)")
+    d.add_argument("--workers", type=_positive(int), default=1,
+                   help="plan ingest processes sharing the plan topic over an MQTT 5 shared "
+                   "subscription ($share/coordinator/...; default 1: no sharing)")
     d.add_argument("--debug-pause-at", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, required=True, help="where to write the round's JSON")
     p.add_argument("--log-level", default=os.environ.get("HEMS_LOG_LEVEL", "INFO"))
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         capacity_wait_s=args.capacity_wait_s, answer_timeout_s=args.answer_timeout_s,
         missing_grace_s=args.missing_grace_s, reask_s=args.reask_s, state_dir=args.state_dir,
         reconnect_s=args.reconnect_s, metrics_port=args.metrics_port, linger_s=args.linger_s,
-        pause_at=args.debug_pause_at,
+        pause_at=args.debug_pause_at, workers=args.workers,
     )
     settings = settings_from_args(args)
     if settings.password is None:

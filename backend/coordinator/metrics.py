@@ -21,7 +21,7 @@ def samples(c: Coordinator) -> list[Sample]:
     st, ledger, link = c.state, c.ledger, c.link
     out = [
         Sample(P + "reports_accepted_total", "counter", "Plan reports accepted this round.",
-               st.accepted if st is not None else 0),
+               c.reports_held()),
         Sample(P + "collection_open", "gauge", "1 while plan reports are being collected.",
                int(st is not None and not st.closed)),
     ]
@@ -63,6 +63,10 @@ def samples(c: Coordinator) -> list[Sample]:
                int(link is not None and link.connected)),
         Sample(P + "connects_total", "counter", "MQTT connections made.",
                link.connects if link is not None else 0),
+        Sample(P + "ingest_connected", "gauge",
+               "1 while the plan ingest connection (and every --workers process) is subscribed.",
+               int(c.ingest is not None and c.ingest.connected
+                   and all(w.up.is_set() for w in c._workers))),
     ]
     if c.announced_at is not None and c.finished_at is not None:
         out.append(Sample(P + "round_latency_seconds", "gauge",

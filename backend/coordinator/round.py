@@ -22,20 +22,29 @@ Rules, in the order they are checked (reason codes as in docs/protocol.md):
 
 A rejected message that the broker delivered as *retained* (a stale report left on the topic) is
 counted but not answered: the home is not talking to us right now.
+
+Storage (docs/scaling.md): the accepted vectors go straight into one ``PlanSink`` (a
+preallocated uint32 ``RowStore``, one row per home, grown by doubling), never into per-report
+arrays; ``arranged()`` gathers them once into the coordinator's split order, so every group of
+every refinement is a contiguous slice.  Payloads are decoded with orjson when installed.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from backend.common.vectors import u32
+from backend.common import fastjson
+from backend.common.ingest import Arranged, PlanSink
 from hemsfw import protocol
 
-__all__ = ["Capacity", "PlanReport", "RoundConfig", "RoundState", "Verdict", "parse_capacity"]
+__all__ = ["Capacity", "PlanReport", "Reports", "RoundConfig", "RoundState", "Verdict",
+           "parse_capacity"]
 
 
 @dataclass(frozen=True)
@@ -90,16 +99,17 @@ class Verdict:
         if self.home is None or (self.retained and not self.accepted):
             return None
         msg = protocol.make_reply(cfg.day, cfg.round, self.report_id, self.accepted, self.reason)
-        return protocol.t_reply("coordinator", self.home), protocol.encode(msg)
+        return protocol.t_reply("coordinator", self.home), fastjson.dumps(msg)
+
+
+_REPORT_ID = re.compile(f"[0-9a-f]{{{protocol.REPORT_ID_HEX}}}")
 
 
 def _readable_report_id(obj: object) -> str | None:
     if not isinstance(obj, dict):
         return None
     r = obj.get("report_id")
-    if isinstance(r, str) and len(r) == protocol.REPORT_ID_HEX and all(
-        c in "0123456789abcdef" for c in r
-    ):
+    if isinstance(r, str) and _REPORT_ID.fullmatch(r):
         return r
     return None
 
@@ -109,14 +119,40 @@ def _is_other_round(obj: dict[str, Any], cfg: RoundConfig) -> bool:
     return obj.get("day") != cfg.day or not isinstance(rnd, int) or rnd != cfg.round
 
 
+class Reports(Mapping[str, PlanReport]):
+    """The accepted reports by home, a read-only view of the rows (nothing copied)."""
+
+    def __init__(self, sink: PlanSink) -> None:
+        self._sink = sink
+
+    def __getitem__(self, home: str) -> PlanReport:
+        sink = self._sink
+        r = sink.store.row_of[home]
+        return PlanReport(home, sink.report_ids[r], int(sink.mags[r]), sink.store.rows[r])
+
+    def __contains__(self, home: object) -> bool:
+        return home in self._sink.store
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sink.store.keys)
+
+    def __len__(self) -> int:
+        return self._sink.store.count
+
+
 class RoundState:
     """Accepted plan reports of one round (see the module docstring for the rules)."""
 
-    def __init__(self, cfg: RoundConfig, seen_report_ids: set[str] | None = None) -> None:
+    def __init__(self, cfg: RoundConfig, seen_report_ids: set[str] | None = None,
+                 capacity: int = 1024) -> None:
+        """``capacity``: homes to make room for up front (the store doubles past it)."""
         self.cfg = cfg
-        #: report ids accepted so far (shared across rounds by a long-running service)
-        self.seen: set[str] = seen_report_ids if seen_report_ids is not None else set()
-        self.reports: dict[str, PlanReport] = {}
+        #: the rows, report ids and magnifications; ``sink.seen`` holds the report ids accepted
+        #: so far (shared across rounds by a long-running service)
+        self.sink = PlanSink(cfg.day, cfg.round, cfg.frames, capacity, fastjson.loads,
+                             seen_report_ids, grow=True)
+        self.seen = self.sink.seen
+        self.reports = Reports(self.sink)
         self.closed = False
 
     def close(self) -> None:
@@ -125,7 +161,7 @@ class RoundState:
 
     @property
     def accepted(self) -> int:
-        return len(self.reports)
+        return self.sink.store.count
 
     def offer(self, topic: str, payload: bytes, now: float, retained: bool = False) -> Verdict:
         tail = protocol.topic_tail(topic, "plan")
@@ -137,29 +173,25 @@ class RoundState:
             return Verdict(False, reason, home, rid, retained)
 
         try:
-            obj = protocol.decode(payload)
+            obj = fastjson.decode(payload)
         except ValueError as e:
             return no(str(e), None)
-        rid = _readable_report_id(obj)
         try:
             p_home, day, rnd, p_rid, mag, masked = protocol.parse_plan_report(obj, self.cfg.frames)
         except ValueError as e:
             reason = str(e)
             if reason in ("bad_length", "bad_vector") and _is_other_round(obj, self.cfg):
                 reason = "unknown_round"
-            return no(reason, rid)
+            return no(reason, _readable_report_id(obj))
         if p_home != home:
-            return no("home_mismatch", rid)
+            return no("home_mismatch", p_rid)
         if day != self.cfg.day or rnd != self.cfg.round:
-            return no("unknown_round", rid)
+            return no("unknown_round", p_rid)
         if self.closed or now > self.cfg.deadline:
-            return no("late", rid)
-        if p_rid in self.seen:
-            return no("replay", rid)
-        if home in self.reports:
-            return no("duplicate_home", rid)
-        self.seen.add(p_rid)
-        self.reports[home] = PlanReport(home, p_rid, int(mag), u32(bytes(masked)))
+            return no("late", p_rid)
+        reason = self.sink.admit(home, p_rid, int(mag), masked)
+        if reason:
+            return no(reason, p_rid)
         return Verdict(True, "", home, p_rid, retained)
 
     def restore(self, home: str, report_id: str, mag: int, masked: bytes) -> None:
@@ -167,18 +199,24 @@ class RoundState:
         ValueError when it does not fit this round or collides with one already held."""
         if (not protocol.valid_id(home) or len(masked) != 4 * self.cfg.frames
                 or _readable_report_id({"report_id": report_id}) is None
-                or report_id in self.seen or home in self.reports):
+                or not 0 <= mag <= protocol.MAX_MAG
+                or self.sink.admit(home, report_id, mag, masked)):
             raise ValueError("report record does not fit the round")
-        self.seen.add(report_id)
-        self.reports[home] = PlanReport(home, report_id, int(mag), u32(bytes(masked)))
 
     def masked_matrix(self) -> tuple[list[str], npt.NDArray[np.uint32]]:
-        """Homes (acceptance order) and their masked vectors as one (N, F) uint32 matrix."""
-        homes = list(self.reports)
-        mat = np.zeros((len(homes), self.cfg.frames), dtype=np.uint32)
-        for i, h in enumerate(homes):
-            mat[i] = self.reports[h].masked
-        return homes, mat
+        """Homes (acceptance order) and their masked vectors as one (N, F) uint32 matrix (a
+        view of the rows)."""
+        return list(self.sink.store.keys), self.sink.store.view()
+
+    def arranged(self) -> Arranged:
+        """The accepted rows gathered once into the coordinator's split order (grouping.py):
+        every group ``initial_grouping`` forms, and every split ``refine`` makes, is a slice."""
+        return self.sink.store.arrange_rows(self.sink.split_order())
+
+    def magnifications(self) -> dict[str, int]:
+        """Home -> magnification, for grouping.initial_grouping."""
+        s = self.sink
+        return dict(zip(s.store.keys, s.mags[: s.store.count].tolist(), strict=True))
 
 
 @dataclass(frozen=True, eq=False)

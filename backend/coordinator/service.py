@@ -4,9 +4,12 @@ Every decision is taken by the pure modules: round.py (which plan reports count)
 (which homes form a group), sums.py (what to ask the mask brokers and what their answers mean) and
 adjust/ (the moves).  This module moves bytes, keeps time and writes down what happened:
 
-1. connect (link.py: persistent session, client id ``coordinator``, QoS 1, reconnect with
-   backoff, PUBACK only after a message was handled and made durable) to ``hems/v1/plan/+``,
-   ``hems/v1/groupsum/+`` and ``hems/v1/capacity``;
+1. connect twice, both persistent sessions with PUBACK only after a message was handled and
+   made durable: the bulk topic ``hems/v1/plan/+`` on a lean client (client id
+   ``<client id>-ingest``, backend/common/ingest_mqtt.py: each read's reports are validated
+   into the row store and journaled as one batch with one fsync, then their replies are queued
+   and their PUBACKs written), and ``hems/v1/groupsum/+`` and ``hems/v1/capacity`` on aiomqtt
+   (link.py, client id ``coordinator``, QoS 1, reconnect with backoff);
 2. announce the round, retained, on ``hems/v1/round``; collect plan reports until the deadline or
    until ``expected_homes`` homes were accepted; every report gets a reply;
 3. take the capacity profile (file, or the retained ``hems/v1/capacity``);
@@ -14,13 +17,15 @@ adjust/ (the moves).  This module moves bytes, keeps time and writes down what h
 5. solve; while overload remains after the moves and a group can be split, split, ask for the new
    groups' sums and solve again;
 6. send every member of every group the same adjustment (QoS 1, not retained) and wait until the
-   broker has acknowledged each one;
+   broker has acknowledged each one.  Replies and adjustments are pre-encoded QoS 1 publishes
+   written in batches on the lean connection (docs/scaling.md), not one task per message;
 7. with ``linger_s``, serve on that long: a home that comes back (a live ``online`` on
    ``hems/v1/status/<home>``, published by the firmware once it has subscribed) gets its
    adjustment again, since a broker that crashed before saving lost the copy queued for it.
 
-One reader (the link) dispatches every incoming message for the whole run (late reports are still
-answered while the round is being solved); the round itself is the main task.  Failure has one
+Two readers (the lean connection for plan reports, the link for the rest) dispatch every incoming
+message for the whole run, on one event loop (late reports are still answered while the round is
+being solved); the round itself is the main task.  Failure has one
 signal: ``CoordinatorError`` with a message for the operator.
 
 Crashes and outages (docs/reliability.md)
@@ -57,16 +62,18 @@ final grouping: [{id, size, magnification, members, total_wh}]), ``moves`` ([gro
 to]), ``curtail`` ([group id, frame]); ``regroup_rounds`` (refinements asked for), ``solver``,
 ``solve_status``, ``mip_gap``, ``best_bound`` (from the engine); ``released_groups``
 ([{id, broker, size}]), ``refused_groups`` ([{id, broker, reason, missing?}]), ``rejections``
-(counts by "kind:reason"), ``timings`` (collect_s, sums_s, solve_s, publish_s: this process);
-``state_dir`` (or null), ``resumed`` (this process continued a journaled round), ``restarts``
-(earlier processes of this round), ``mqtt_connects``.  Values not reached by a failed round are
-null (or empty lists).
+(counts by "kind:reason"), ``timings`` (collect_s, group_s, sums_s, solve_s, publish_s: this
+process); ``state_dir`` (or null), ``resumed`` (this process continued a journaled round),
+``restarts`` (earlier processes of this round), ``mqtt_connects``, ``ingest`` (the lean
+connection's counters: received, batches, published, ...).  Values not reached by a failed
+round are null (or empty lists).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import logging
 import math
@@ -82,10 +89,11 @@ import aiomqtt
 import numpy as np
 import numpy.typing as npt
 
+from backend.common.ingest_mqtt import IngestError, LeanIngest, Message
 from backend.common.metrics import serve
 from backend.common.mqtt import MqttSettings
 from backend.common.rejects import Rejections
-from backend.coordinator import metrics
+from backend.coordinator import metrics, workers
 from backend.coordinator.adjust import Policy, Problem, Result, solve
 from backend.coordinator.grouping import Group, initial_grouping, refine
 from backend.coordinator.link import Conn, Link, LinkError
@@ -105,8 +113,9 @@ __all__ = ["Coordinator", "CoordinatorError", "ServiceConfig"]
 
 log = logging.getLogger("hems.coordinator")
 
-TOPICS = (protocol.t_plan("+"), protocol.t_groupsum("+"), protocol.t_capacity(),
-          protocol.t_status("+"))
+#: on aiomqtt (link.py); the plan reports come on the lean ingest connection (BULK_TOPIC)
+TOPICS = (protocol.t_groupsum("+"), protocol.t_capacity(), protocol.t_status("+"))
+BULK_TOPIC = protocol.t_plan("+")
 MAX_REGROUP = 32  # refinement rounds (each at least doubles a group count; 2^32 >> any N)
 PUBLISH_TIMEOUT_S = 60.0
 INFLIGHT = 200  # concurrent QoS 1 publishes
@@ -146,6 +155,10 @@ class ServiceConfig:
     linger_s: float = 0.0
     #: fault-injection tests: "adjust:N" stops (forever) after N adjustments were acknowledged
     pause_at: str | None = None
+    #: plan ingest processes sharing ``$share/coordinator/hems/v1/plan/+`` (workers.py)
+    workers: int = 1
+    #: this process's index among them (0: the main process; set by workers.py)
+    worker: int = 0
 
 
 @dataclass(frozen=True)
@@ -199,10 +212,12 @@ class Coordinator:
         self.solution: Result | None = None
         self.regroup_rounds = 0
         self.adjusted_homes = 0
-        self.timings: dict[str, float] = {"collect_s": 0.0, "sums_s": 0.0, "solve_s": 0.0,
-                                          "publish_s": 0.0}
+        self.timings: dict[str, float] = {"collect_s": 0.0, "group_s": 0.0, "sums_s": 0.0,
+                                          "solve_s": 0.0, "publish_s": 0.0}
         self.link: Link | None = None
-        self.journal = (Journal(cfg.state_dir, cfg.day, cfg.round)
+        self.ingest: LeanIngest | None = None
+        self.journal = (Journal(cfg.state_dir, cfg.day, cfg.round,
+                                f"w{cfg.worker}" if cfg.worker else "")
                         if cfg.state_dir is not None else None)
         #: what the journal says happened before this process (store.py)
         self.restarts = 0
@@ -232,7 +247,11 @@ class Coordinator:
         self.on_complete: Callable[[], None] | None = None
         self._unacked: list[tuple[Conn, aiomqtt.Message, list[tuple[str, bytes]]]] = []
         self._wake = asyncio.Event()
-        self._adjust_acks = 0
+        self._batch = False  # inside _on_batch: journal lines are flushed once per batch
+        self._failed = asyncio.Event()  # set from a callback that cannot raise to the round
+        self._failure: CoordinatorError | None = None
+        self._workers: list[workers.Worker] = []
+        self._merged = False  # the workers' rows were added to this process's
 
     # ------------------------------------------------------------ entry point
 
@@ -250,10 +269,8 @@ class Coordinator:
         except ValueError as e:
             raise CoordinatorError(f"invalid round parameters: {e}") from None
         if self.state is None:
-            self.state = RoundState(self.round_cfg)
-        n = cfg.expected_homes
-        if n is not None and self.state.accepted >= n:
-            self._enough.set()
+            self.state = RoundState(self.round_cfg, capacity=self._expected_rows())
+        self._check_enough()
         server = None
         if cfg.metrics_port is not None:
             try:
@@ -262,31 +279,83 @@ class Coordinator:
                 raise CoordinatorError(f"metrics port {cfg.metrics_port}: {e}") from None
         self.link = Link(self.settings, TOPICS, self._on_message, self._on_up,
                          give_up_s=cfg.reconnect_s, inflight=INFLIGHT)
+        s = self.settings
+        bulk_topic = BULK_TOPIC
+        if cfg.workers > 1:
+            bulk_topic = workers.shared_topic(BULK_TOPIC)
+            self._workers = workers.start_workers(cfg, self.settings, self.round_cfg.deadline)
+            loop = asyncio.get_running_loop()
+            for w in self._workers:
+                loop.add_reader(w.conn.fileno(), workers.on_message, self, w)
+        self.ingest = ingest = LeanIngest(
+            s.host, s.port, f"{cfg.client_id}-ingest", s.username, s.password,
+            [(bulk_topic, 1)], self._on_batch, tls=s.tls_context(),
+            max_packet=protocol.MAX_PAYLOAD + 1024, reconnect_max_s=5.0, log=log)
         try:
             async with asyncio.TaskGroup() as tg:
                 reader = tg.create_task(self.link.run(), name="link")
+                bulk = tg.create_task(ingest.run(), name="ingest")
                 committer = tg.create_task(self._committer(), name="committer")
+                watchdog = tg.create_task(self._watchdog(), name="watchdog")
                 main = tg.create_task(self._round(), name="round")
 
                 def stop(_: object) -> None:
                     reader.cancel()
                     committer.cancel()
+                    watchdog.cancel()
+                    # DISCONNECT after the last PUBACKs are written (run() returns within
+                    # ~2 s); cancelling at once could lose them (redelivered, deduped: waste)
+                    ingest.stop()
+                    asyncio.get_running_loop().call_later(5.0, bulk.cancel)
 
                 main.add_done_callback(stop)
         except BaseExceptionGroup as eg:
             exc = _leaf(eg)
             if isinstance(exc, CoordinatorError):
                 raise exc from None
-            if isinstance(exc, LinkError):
+            if isinstance(exc, LinkError | IngestError):
                 raise CoordinatorError(str(exc)) from exc
             raise
         finally:
             for t in list(self._background):
                 t.cancel()
+            if self._workers:
+                loop = asyncio.get_running_loop()
+                for w in self._workers:
+                    if not w.gone:
+                        loop.remove_reader(w.conn.fileno())
+                await asyncio.to_thread(workers.stop_workers, self._workers)
             if server is not None:
                 server.close()
             if self.journal is not None:
                 self.journal.close()
+
+    def _fail(self, message: str) -> None:
+        """Stop the round with ``message`` (from a callback that cannot raise to it)."""
+        if self._failure is None:
+            self._failure = CoordinatorError(message)
+        self._failed.set()
+
+    def reports_held(self) -> int:
+        """Reports accepted so far, by this process and (until merged) by its workers."""
+        n = self.state.accepted if self.state is not None else 0
+        if not self._merged:
+            n += sum(w.accepted for w in self._workers)
+        return n
+
+    def _check_enough(self) -> None:
+        n = self.cfg.expected_homes
+        if n is not None and self.reports_held() >= n:
+            self._enough.set()
+
+    async def _watchdog(self) -> None:
+        await self._failed.wait()
+        assert self._failure is not None
+        raise self._failure
+
+    def _expected_rows(self) -> int:
+        """Rows to allocate up front for the plan vectors (the store doubles past it)."""
+        return max(16, self.cfg.expected_homes or 1024)
 
     def _read_capacity_file(self, path: Path) -> Capacity:
         try:
@@ -344,7 +413,7 @@ class Coordinator:
                     f"the state dir holds this round with other parameters {diff} "
                     "(journal, arguments): run with the same arguments or another --state-dir")
             self.round_cfg = replace(self.round_cfg, deadline=int(rec["deadline"]))
-            self.state = RoundState(self.round_cfg)
+            self.state = RoundState(self.round_cfg, capacity=self._expected_rows())
             self.announced_at = float(rec.get("at", 0.0)) or None
             self._journaled_round = True
             return
@@ -378,15 +447,42 @@ class Coordinator:
         else:
             raise ValueError(f"unknown record kind {kind!r}")
 
-    def _append(self, kind: str, **data: Any) -> None:
+    def _append(self, kind: str, flush: bool = True, **data: Any) -> None:
         if self.journal is not None:
-            self.journal.append(kind, **data)
+            self.journal.append(kind, flush, **data)
 
     async def _commit(self) -> None:
         if self.journal is not None:
             await self.journal.commit()
 
     # ------------------------------------------------------------ incoming messages
+
+    def _on_batch(self, batch: list[Message]) -> None:
+        """The lean connection's plan reports of one read: validated into the rows and
+        journaled (one write, one fsync for the batch), then the replies are queued; the
+        broker gets the batch's PUBACKs when this returns.  The lean client does not pass the
+        retain flag on: a stale retained report gets a reply (homes never retain plans)."""
+        out: list[tuple[str, bytes]] = []
+        self._batch = True
+        try:
+            for topic, payload in batch:
+                try:
+                    self.dispatch(topic, payload, False, out)
+                except Exception:  # no payload may stop the service
+                    log.exception("internal error handling a message on %r", topic)
+                    self.rejections.reject("message", "internal_error", topic)
+        finally:
+            self._batch = False
+        if self.journal is not None:
+            try:
+                self.journal.sync()  # blocking, once per batch: durable before replies, PUBACKs
+            except OSError as e:  # fail closed: no reply and no PUBACK for what is not durable
+                assert self.ingest is not None
+                self.ingest.drop_connection()
+                self._fail(f"cannot write the journal: {e}")
+                return
+        for topic, payload in out:
+            self._bulk(topic, payload)
 
     def _on_message(self, conn: Conn, msg: aiomqtt.Message) -> None:
         """The link's reader: handle now, acknowledge (and answer) once durable."""
@@ -439,13 +535,15 @@ class Coordinator:
         assert state is not None
         v = state.offer(topic, payload, self.clock(), retained)
         if v.accepted:
-            rep = state.reports[v.home or ""]
-            self._append("report", home=rep.home, report_id=rep.report_id, mag=rep.mag,
-                         masked=base64.b64encode(rep.masked.tobytes()).decode())
-            log.info("plan from %s accepted (%d)", v.home, state.accepted)
+            sink, accepted = state.sink, state.accepted
+            r = accepted - 1  # the row just stored
+            self._append("report", not self._batch, home=v.home, report_id=v.report_id,
+                         mag=int(sink.mags[r]),
+                         masked=binascii.b2a_base64(sink.store.rows[r], newline=False).decode())
+            log.debug("plan from %s accepted (%d)", v.home, accepted)
             n = self.cfg.expected_homes
-            if n is not None and state.accepted >= n:
-                self._enough.set()
+            if n is not None and (accepted >= n or self._workers):
+                self._check_enough()
         else:
             self.rejections.reject("plan", v.reason, topic, "(retained)" if retained else "")
             if v.reason == "late" and v.home is not None and v.home not in state.reports:
@@ -505,7 +603,7 @@ class Coordinator:
         adj = self._adjustment_of.get(home)
         if payload == b"online" and not retained and adj is not None:
             log.info("%s is back online: re-sending its adjustment", home)
-            self._publish_soon(protocol.t_adjust(home), adj)
+            self._bulk(protocol.t_adjust(home), adj)
 
     # ------------------------------------------------------------ publishing
 
@@ -518,11 +616,13 @@ class Coordinator:
             again.append((protocol.t_round(),
                           protocol.encode(self.round_cfg.announcement()), True))
         again += [(t, p, False) for t, p in self._open.values()]
-        again += [(t, p, False) for t, p in self._adjustments or []]
-        if again:
-            log.info("reconnected: re-publishing %d message(s)", len(again))
+        if again or self._adjustments:
+            log.info("reconnected: re-publishing %d message(s)",
+                     len(again) + len(self._adjustments or []))
         for topic, payload, retain in again:
             self._publish_soon(topic, payload, retain)
+        for topic, payload in self._adjustments or []:
+            self._bulk(topic, payload)
 
     async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         assert self.link is not None
@@ -535,6 +635,12 @@ class Coordinator:
         self._background.add(task)
         task.add_done_callback(self._background_done)
 
+    def _bulk(self, topic: str, payload: bytes) -> None:
+        """A reply or an adjustment: a pre-encoded QoS 1 publish, queued on the lean connection
+        and written in batches (re-sent after a reconnect until acknowledged)."""
+        assert self.ingest is not None
+        self.ingest.publish(topic, payload)
+
     def _background_done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -542,6 +648,9 @@ class Coordinator:
 
     async def _drain(self, timeout: float) -> None:
         await self._flush_acks()
+        if self.ingest is not None:
+            with contextlib.suppress(TimeoutError):
+                await self.ingest.flush(timeout)
         if self._background:
             await asyncio.wait(set(self._background), timeout=timeout)
 
@@ -558,6 +667,12 @@ class Coordinator:
             self._journaled_round = True
         self._append("start", pid=os.getpid(), at=self.clock())
         await self._commit()  # the round (and this start) are durable before the announcement
+        if self._workers:
+            try:
+                await workers.wait_up(self._workers)
+            except TimeoutError:
+                raise CoordinatorError(
+                    f"ingest worker(s) not subscribed within {workers.UP_TIMEOUT_S}s") from None
         await self._publish(protocol.t_round(), protocol.encode(rc.announcement()), retain=True)
         self._announced = True
         log.info("round %s/%d announced: %d frames of %ds, quantum %d Wh, deadline %d, brokers %s",
@@ -567,8 +682,13 @@ class Coordinator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._enough.wait(), max(0.0, rc.deadline - self.clock()))
             state.close()
-            self._append("closed", accepted=state.accepted, at=self.clock())
+            self._append("closed", accepted=self.reports_held(), at=self.clock())
             await self._commit()
+        if self._workers and not self._merged:
+            added, dropped = await workers.merge(self, self._workers)
+            self._merged = True
+            log.info("%d report(s) from %d ingest worker(s) added, %d duplicate(s) dropped",
+                     added, len(self._workers), dropped)
         self.timings["collect_s"] = time.monotonic() - t0
         log.info("collection closed: %d homes accepted, %d rejections", state.accepted,
                  self.rejections.total())
@@ -578,9 +698,10 @@ class Coordinator:
             self._capacity_taken = True
             self._append("capacity", **_capacity_json(capacity))
 
-        homes, masked = state.masked_matrix()
-        mags = {h: state.reports[h].mag for h in homes}
-        groups = initial_grouping(mags, cfg.k, prefix=f"r{rc.round}g")
+        t = time.monotonic()
+        arranged = state.arranged()  # split order: every group below is a contiguous slice
+        homes = arranged.keys
+        groups = initial_grouping(state.magnifications(), cfg.k, prefix=f"r{rc.round}g")
         if not groups:
             for h in homes:
                 self.excluded[h] = Exclusion(h, "too_few_homes", "", None,
@@ -591,9 +712,11 @@ class Coordinator:
                 f"only {len(homes)} home(s) accepted: fewer than k={cfg.k}, no group can be formed"
             )
         retries = max(1, math.ceil(cfg.missing_grace_s / GRACE_STEP_S))
-        ledger = SumLedger(rc.brokers, cfg.k, homes, masked,
-                           {h: state.reports[h].report_id for h in homes}, retries)
+        sink = state.sink
+        ledger = SumLedger(rc.brokers, cfg.k, homes, arranged.block,
+                           dict(zip(sink.store.keys, sink.report_ids, strict=True)), retries)
         self.ledger = ledger
+        self.timings["group_s"] = time.monotonic() - t
         groups = await self._settle(ledger, groups)
         self.excluded.update(ledger.excluded)
         self._reply_excluded()
@@ -782,7 +905,7 @@ class Coordinator:
                       ex.broker, f", {ex.detail}" if ex.detail else "")
             msg = protocol.make_reply(rc.day, rc.round, self.state.reports[h].report_id, False,
                                       ex.reason)
-            self._publish_soon(protocol.t_reply("coordinator", h), protocol.encode(msg))
+            self._bulk(protocol.t_reply("coordinator", h), protocol.encode(msg))
 
     # ------------------------------------------------------------ adjustments
 
@@ -803,24 +926,24 @@ class Coordinator:
         self._adjustments = out
         self._adjustment_of = {protocol.topic_tail(t, "adjust")[0]: p
                                for t, p in out}
-        try:
-            await asyncio.gather(*(self._adjust(t, p) for t, p in out))
-        except TimeoutError as e:
-            raise CoordinatorError(f"adjustments not acknowledged by the broker: {e}") from e
-        self.adjusted_homes = len(out)
-        log.info("adjustments sent to %d homes in %d groups", len(out), len(groups))
-
-    async def _adjust(self, topic: str, payload: bytes) -> None:
         pause = self.cfg.pause_at
+        limit = len(out)
         if pause is not None and pause.startswith("adjust:"):
             # fault injection (tests): only the first N adjustments go out, then nothing moves
-            limit = int(pause.split(":", 1)[1])
-            self._adjust_acks += 1
-            if self._adjust_acks > limit:
-                if self._adjust_acks == limit + 1:
-                    log.warning("pausing (--debug-pause-at %s)", pause)
-                await asyncio.Event().wait()
-        await self._publish(topic, payload)
+            limit = min(limit, int(pause.split(":", 1)[1]))
+        for topic, payload in out[:limit]:
+            self._bulk(topic, payload)
+        assert self.ingest is not None
+        try:
+            await self.ingest.flush(PUBLISH_TIMEOUT_S)
+        except TimeoutError as e:
+            raise CoordinatorError(
+                f"adjustments not acknowledged by the broker within {PUBLISH_TIMEOUT_S}s") from e
+        if limit < len(out):
+            log.warning("pausing (--debug-pause-at %s)", pause)
+            await asyncio.Event().wait()
+        self.adjusted_homes = len(out)
+        log.info("adjustments sent to %d homes in %d groups", len(out), len(groups))
 
     # ------------------------------------------------------------ the record
 
@@ -880,4 +1003,5 @@ class Coordinator:
             "resumed": self.restarts > 0,
             "restarts": self.restarts,
             "mqtt_connects": self.link.connects if self.link is not None else 0,
+            "ingest": dict(self.ingest.stats) if self.ingest is not None else None,
         }

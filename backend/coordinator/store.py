@@ -32,8 +32,10 @@ keep consistent with the code), costs one sequential write per event and one fsy
 is the same mechanism the mask broker's state dir uses.  SQLite would pay off for random-access
 queries or in-place updates across many rounds; one round's journal needs neither.
 
-Layout (directory 0700, files 0600): ``round-<day>-<round>.jsonl``.  The masked plans in it are
-uniformly random to anyone without the masks; the file is still the operator's only.
+Layout (directory 0700, files 0600): ``round-<day>-<round>.jsonl``, and with ``--workers N`` one
+``round-<day>-<round>.w<i>.jsonl`` per ingest worker (its round, reports and close: the main
+process merges the workers' reports at every close, also after a restart).  The masked plans in
+them are uniformly random to anyone without the masks; the files are still the operator's only.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -50,6 +51,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from backend.common import fastjson
 from backend.coordinator.adjust import Problem, Result
 from backend.coordinator.sums import Answer, Refusal
 
@@ -62,9 +64,12 @@ log = logging.getLogger("hems.coordinator.store")
 class Journal:
     """One round's append-only journal in a state directory (see the module docstring)."""
 
-    def __init__(self, state_dir: Path, day: str, rnd: int) -> None:
+    def __init__(self, state_dir: Path, day: str, rnd: int, part: str = "") -> None:
+        """``part``: an ingest worker's own journal (``--workers``), ``round-<day>-<round>.<part>
+        .jsonl``: the reports it accepted, and when it closed."""
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path = state_dir / f"round-{day}-{rnd}.jsonl"
+        name = f"round-{day}-{rnd}" + (f".{part}" if part else "")
+        self.path = state_dir / f"{name}.jsonl"
         self._f: IO[bytes] | None = None
         self._appended = 0  # lines appended by this process
         self._synced = 0  # of which covered by an fsync
@@ -85,7 +90,7 @@ class Journal:
         out: list[dict[str, Any]] = []
         for n, line in enumerate(data[:end].splitlines(), 1):
             try:
-                obj = json.loads(line)
+                obj = fastjson.loads(line)
             except ValueError:
                 log.error("%s:%d: skipping a corrupt line", self.path, n)
                 continue
@@ -93,15 +98,22 @@ class Journal:
                 out.append(obj)
         return out
 
-    def append(self, kind: str, **data: Any) -> None:
-        """Write one record; flushed to the kernel before returning (kill -9 safe)."""
+    def append(self, kind: str, flush: bool = True, **data: Any) -> None:
+        """Write one record; flushed to the kernel before returning (kill -9 safe).
+        ``flush=False`` (a batch of records): ``flush()`` or ``commit()`` writes them; nothing
+        that depends on them may leave the process before."""
         if self._f is None:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._f = os.fdopen(fd, "ab")
-        line = json.dumps({**data, "kind": kind}, separators=(",", ":")).encode() + b"\n"
-        self._f.write(line)
-        self._f.flush()
+            self._f = os.fdopen(fd, "ab", buffering=1 << 20)
+        self._f.write(fastjson.dumps({**data, "kind": kind}) + b"\n")
+        if flush:
+            self._f.flush()
         self._appended += 1
+
+    def flush(self) -> None:
+        """Hand the records appended with ``flush=False`` to the kernel (one write)."""
+        if self._f is not None:
+            self._f.flush()
 
     @property
     def dirty(self) -> bool:
@@ -114,12 +126,14 @@ class Journal:
             if self._synced >= target or self._f is None:
                 return
             upto = self._appended
+            self._f.flush()
             await asyncio.to_thread(os.fsync, self._f.fileno())
             self._synced = max(self._synced, upto)
 
     def sync(self) -> None:
         """Blocking fsync (start-up and shutdown)."""
         if self._f is not None and self.dirty:
+            self._f.flush()
             os.fsync(self._f.fileno())
             self._synced = self._appended
 

@@ -13,7 +13,9 @@ sends the requests and feeds the answers back.  The loop is::
 
 A group's total (in quanta, per frame) is the sum of its members' masked vectors minus every
 broker's mask sum, in uint32 (mod 2^32) arithmetic: exact while the true total stays below 2^32
-quanta (docs/protocol.md, "Quantum").
+quanta (docs/protocol.md, "Quantum").  The masked rows are held as one ``Arranged`` block; the
+service arranges them in the split order, so the sum over a group is one contiguous slice sum
+(``Arranged.group_sum``; any other order still works, by a gather).
 
 What a refusal changes (reason codes are the broker's; exclusion reasons are ours):
 
@@ -49,6 +51,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from backend.common.ingest import Arranged
 from backend.common.vectors import unwrap
 from backend.coordinator.grouping import Group, child_id, make_group
 from backend.coordinator.round import RoundConfig
@@ -131,11 +134,12 @@ class SumLedger:
         self.missing_retries = missing_retries
         self.k = k
         self.frames = int(masked.shape[1])
-        self._row = {h: i for i, h in enumerate(homes)}
-        self._masked = masked
+        self._arranged = Arranged(list(homes), masked)
+        self._row = self._arranged.pos
         # SHA-256 of each report id as 4 LE uint64 words: a group's checksum is their XOR
         # (protocol.report_checksum, vectorised).
-        digests = b"".join(hashlib.sha256(bytes.fromhex(report_ids[h])).digest() for h in homes)
+        sha, unhex = hashlib.sha256, bytes.fromhex
+        digests = b"".join([sha(unhex(report_ids[h])).digest() for h in homes])
         self._digest = np.frombuffer(digests, dtype="<u8").reshape(len(homes), 4)
         self.sums: dict[str, dict[str, npt.NDArray[np.uint32]]] = {}
         self._refusals: dict[str, dict[str, Refusal]] = {}
@@ -339,7 +343,7 @@ class SumLedger:
 
     def total_quanta(self, g: Group) -> npt.NDArray[np.int64]:
         """The group's true total per frame, in quanta (requires ``complete(g)``)."""
-        acc = self._masked[self._rows(g)].sum(axis=0, dtype=np.uint32)
+        acc = self._arranged.group_sum(g.members)
         for b in self.brokers:
             acc = acc - self.sums[g.id][b]
         return unwrap(acc)

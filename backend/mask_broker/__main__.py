@@ -17,7 +17,7 @@ from pathlib import Path
 from backend.common.mqtt import add_mqtt_args, settings_from_args
 
 from .core import MaskBroker
-from .service import MetricsUnavailable, Service, configure_logging
+from .service import Fatal, MetricsUnavailable, Service, configure_logging
 from .store import StateDir
 
 log = logging.getLogger("hems.mask_broker")
@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m backend.mask_brok
         asyncio.run(service.run())
     except MetricsUnavailable as e:  # the metrics port is taken, or not ours to bind
         log.error("cannot serve metrics: %s", e)
+        return 1
+    except Fatal:  # a refusal retrying cannot fix, or a state dir that cannot be written: logged
         return 1
     return 0
 

@@ -41,10 +41,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from backend.common import fastjson
 from backend.common.rejects import Rejections
 from backend.common.vectors import U32
-from hemsfw import masking, protocol, seal
+from hemsfw import protocol
 
+from . import unseal
 from .release import Partition
 
 log = logging.getLogger("hems.mask_broker")
@@ -111,7 +113,7 @@ class RoundMasks:
             rows[: self.count], digests[: self.count] = self.rows, self.digests
             self.rows, self.digests = rows, digests
         r = self.count
-        self.rows[r] = np.frombuffer(masking.expand_seed(seed, self.frames), dtype=U32)
+        self.rows[r] = np.frombuffer(unseal.expand_seed(seed, self.frames), dtype=U32)
         digest = hashlib.sha256(bytes.fromhex(report_id)).digest()
         self.digests[r] = np.frombuffer(digest, dtype=_DIGEST)
         self.row_of[home] = r
@@ -181,7 +183,8 @@ class MaskBroker:
         self.log = logger
         self.homes = sorted(keys)
         self.index = {h: i for i, h in enumerate(self.homes)}
-        self.keys = [keys[h] for h in self.homes]
+        #: per home (k_enc, k_mac), derived once here instead of twice per mask
+        self.keys = [unseal.derive(keys[h]) for h in self.homes]
         self.rejections = Rejections(logger)
         self.stats = Stats()
         self.round: Round | None = None
@@ -264,7 +267,7 @@ class MaskBroker:
         rid: str | None = None
         out: list[Output] = []
         try:
-            home, day, rnd, rid, blob = protocol.parse_mask_report(protocol.decode(payload))
+            home, day, rnd, rid, blob = protocol.parse_mask_report(fastjson.decode(payload))
             record = self._accept(tail[1], home, day, rnd, rid, blob)
             out.append(record)
             self.stats.masks_accepted += 1
@@ -273,7 +276,7 @@ class MaskBroker:
             ok, reason = False, str(e)
             self.rejections.reject("mask", reason, topic)
         reply = protocol.make_reply(day, rnd, rid, ok, reason)
-        out.append(Publish(protocol.t_reply(self.id, tail[1]), protocol.encode(reply)))
+        out.append(Publish(protocol.t_reply(self.id, tail[1]), fastjson.dumps(reply)))
         return out
 
     def _accept(self, topic_home: str, home: str, day: str, rnd: int, rid: str,
@@ -287,8 +290,8 @@ class MaskBroker:
         cur = self.round
         if cur is None or (day, rnd) != (cur.day, cur.round):
             raise ValueError("unknown_round")
-        seed = seal.open_sealed(self.keys[i], protocol.mask_ad(self.id, home, day, rnd, rid),
-                                blob)
+        seed = unseal.open_sealed(self.keys[i],
+                                  protocol.mask_ad(self.id, home, day, rnd, rid), blob)
         if len(seed) != protocol.SEED_LEN:
             raise ValueError("bad_seed")
         if rid in self.masks.report_ids:

@@ -1,10 +1,18 @@
-"""The mask broker's MQTT adapter: aiomqtt in, MaskBroker (core.py) in the middle, files out.
+"""The mask broker's MQTT adapter: MQTT in, MaskBroker (core.py) in the middle, files out.
 
-One persistent session (clean_session=False, client id = broker id), so QoS 1 masks published
-while the service was briefly away are delivered when it is back.  Each message goes through
-`MaskBroker.handle`; its records are persisted (state dir) before its publishes are sent.
-Connection loss is the one failure this layer recovers from: reconnect with jittered backoff.
-SIGTERM / SIGINT end it cleanly, stats flushed.
+Two persistent sessions (clean start off), so QoS 1 messages published while the service was
+briefly away are delivered when it is back:
+
+* the bulk topic, ``hems/v1/mask/<id>/+`` (one sealed seed per home and round), on a lean
+  client (backend/common/ingest_mqtt.py, client id ``<id>-ingest``): every PUBLISH of one read
+  goes through `MaskBroker.handle` in one synchronous batch, the batch's mask records are
+  written with one write, and only then are the replies queued (pre-encoded QoS 1, written in
+  batches on the same connection) and the batch's PUBACKs written (docs/scaling.md);
+* everything else (the round announcement, group requests, and the group sums out) on aiomqtt
+  (client id = broker id), one message at a time: records persisted before its publishes.
+
+Connection loss is the one failure this layer recovers from: both reconnect with jittered
+backoff.  SIGTERM / SIGINT end it cleanly, stats flushed.
 
 With a metrics port, Prometheus metrics (``hems_mask_broker_*``, `Service.samples`) are served
 on ``http://HOST:PORT/metrics`` (backend/common/metrics.py): masks accepted, messages rejected
@@ -15,6 +23,7 @@ partition's atoms, time spent answering, and the round latency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -30,6 +39,7 @@ import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from backend.common import metrics
+from backend.common.ingest_mqtt import IngestError, LeanIngest, Message
 from backend.common.metrics import Sample
 from backend.common.mqtt import MqttSettings
 from hemsfw import protocol
@@ -60,6 +70,11 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempts = 0
+
+
+class Fatal(Exception):
+    """The service stopped on its own: a refusal retrying cannot fix, or a state dir that
+    cannot be written (the message says which)."""
 
 
 class MetricsUnavailable(Exception):
@@ -94,12 +109,20 @@ class Service:
         self._round_t0: float | None = None
         self.round_latency_s: float | None = None
         self.groupreq_s = 0.0
+        self.fatal: str | None = None  # why the service stopped on its own
+        self._stop = asyncio.Event()
+        self.bulk_topic = protocol.t_mask(core.id, "+")
+        s = self.settings
+        self.ingest = LeanIngest(
+            s.host, s.port, f"{core.id}-ingest", s.username, s.password,
+            [(self.bulk_topic, 1)], self._on_batch, tls=s.tls_context(),
+            max_packet=protocol.MAX_PAYLOAD + 1024, log=log)
 
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
         """Serve until SIGTERM / SIGINT."""
-        stop = asyncio.Event()
+        stop = self._stop
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -115,8 +138,13 @@ class Service:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._mqtt(), name="mqtt"),
                          tg.create_task(self._stats(), name="stats")]
+                ingest = tg.create_task(self._ingest(), name="ingest")
+                ingest.add_done_callback(lambda _: stop.set())  # it ends only on a fatal refusal
                 await stop.wait()
                 log.info("stopping")
+                with contextlib.suppress(TimeoutError):
+                    await self.ingest.flush(DRAIN_S)  # replies already made go out
+                self.ingest.stop()
                 for t in tasks:
                     t.cancel()
         finally:
@@ -128,6 +156,15 @@ class Service:
             self.write_stats(force=True)
             if self.state is not None:
                 self.state.close()
+        if self.fatal is not None:
+            raise Fatal(self.fatal)
+
+    async def _ingest(self) -> None:
+        try:
+            await self.ingest.run()
+        except IngestError as e:  # e.g. not authorised: retrying cannot help
+            self.fatal = f"mask ingest connection refused: {e}"
+            log.error("%s", self.fatal)
 
     async def _mqtt(self) -> None:
         s = self.settings
@@ -139,6 +176,8 @@ class Service:
                 client._client.manual_ack_set(True)
                 async with client:
                     for topic, qos in self.core.subscriptions():
+                        if topic == self.bulk_topic:
+                            continue  # on the lean ingest connection
                         granted = await client.subscribe(topic, qos=qos)
                         if any(_code(g) >= 0x80 for g in granted):
                             log.error("the broker refused the subscription to %s (ACL?)", topic)
@@ -193,6 +232,32 @@ class Service:
         if answered:
             self.write_stats(force=True)
 
+    def _on_batch(self, batch: list[Message]) -> None:
+        """The lean connection's PUBLISHes of one read (masks): handled in order, the records
+        written with one write, then the replies queued; the PUBACKs follow on return."""
+        replies: list[Publish] = []
+        t0 = time.perf_counter()
+        handle, state = self.core.handle, self.state
+        try:
+            for topic, payload in batch:
+                for out in handle(topic, payload):
+                    if isinstance(out, Record):
+                        if state is not None:
+                            state.write(out, flush=False)
+                    else:
+                        replies.append(out)
+            if state is not None:
+                state.flush()  # before the replies and the PUBACKs (kill -9 safe, not fsync'ed)
+        except OSError as e:  # fail closed: no reply and no PUBACK for what was not written
+            self.ingest.drop_connection()
+            self.fatal = f"cannot write the state dir: {e}"
+            log.error("%s", self.fatal)
+            self._stop.set()
+            return
+        self._observe(self.bulk_topic, time.perf_counter() - t0)
+        for p in replies:
+            self.ingest.publish(p.topic, p.payload, p.qos)
+
     async def _publish(self, client: aiomqtt.Client, p: Publish) -> None:
         try:
             await client.publish(p.topic, p.payload, qos=p.qos)
@@ -227,6 +292,9 @@ class Service:
             Sample(p + "connected", "gauge", "1 while connected to the MQTT broker.",
                    int(self.connected)),
             Sample(p + "connects_total", "counter", "MQTT connections made.", self.connects),
+            Sample(p + "ingest_connected", "gauge",
+                   "1 while the mask ingest connection is up and subscribed.",
+                   int(self.ingest.connected)),
             Sample(p + "homes_registered", "gauge", "Homes in the registry.", len(c.homes)),
             Sample(p + "rounds_total", "counter", "New rounds announced since start.",
                    self.rounds),
@@ -268,7 +336,8 @@ class Service:
     def stats_dict(self) -> dict[str, Any]:
         d = self.core.stats_dict()
         d["mqtt"] = {"connected": self.connected, "connects": self.connects,
-                     "last_error": self.last_error}
+                     "last_error": self.last_error, "ingest_connected": self.ingest.connected,
+                     "ingest": dict(self.ingest.stats)}
         d["state_dir"] = None if self.state is None else str(self.state.path)
         d["pid"] = os.getpid()
         d["written_at"] = time.time()

@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from backend.common import fastjson
+
 from .core import Record
 
 log = logging.getLogger("hems.mask_broker.store")
@@ -37,6 +39,11 @@ log = logging.getLogger("hems.mask_broker.store")
 def _open_append(path: Path) -> IO[str]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def _open_append_bytes(path: Path) -> IO[bytes]:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    return os.fdopen(fd, "ab", buffering=1 << 20)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -66,7 +73,7 @@ class StateDir:
     def __init__(self, path: Path) -> None:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = path
-        self._masks: IO[str] | None = None
+        self._masks: IO[bytes] | None = None
         self._releases: IO[str] | None = None
 
     def _round_file(self) -> Path:
@@ -98,7 +105,10 @@ class StateDir:
 
     # ------------------------------------------------------------ save
 
-    def write(self, rec: Record) -> None:
+    def write(self, rec: Record, flush: bool = True) -> None:
+        """Persist one record.  ``flush=False`` (mask records of one ingest batch): ``flush()``
+        hands them to the kernel in one write; nothing that depends on them (the replies, the
+        PUBACKs) may go out before."""
         d = rec.data
         if rec.kind == "round":
             self.close()
@@ -109,9 +119,10 @@ class StateDir:
                     old.unlink()
         elif rec.kind == "mask":
             if self._masks is None:
-                self._masks = _open_append(self._masks_file(d["day"], d["round"]))
-            self._masks.write(json.dumps(d) + "\n")
-            self._masks.flush()
+                self._masks = _open_append_bytes(self._masks_file(d["day"], d["round"]))
+            self._masks.write(fastjson.dumps(d) + b"\n")
+            if flush:
+                self._masks.flush()
         elif rec.kind == "release":
             if self._releases is None:
                 path = self._releases_file(d["day"])
@@ -124,6 +135,10 @@ class StateDir:
             os.fsync(self._releases.fileno())
         else:
             raise ValueError(f"unknown record kind {rec.kind!r}")
+
+    def flush(self) -> None:
+        if self._masks is not None:
+            self._masks.flush()
 
     def close(self) -> None:
         for f in (self._masks, self._releases):

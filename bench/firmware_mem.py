@@ -8,15 +8,20 @@ the mask broker and the lab clock with paho: a 96-frame round is announced, repo
 plan + sealed seed), adjusted, and the day is played out on an accelerated clock.  Measures:
 
 * heap_64k_ok            the whole round completes under `micropython -X heapsize=64K`
-                         (bundle and sources)
+                         (bundle and sources; the firmware as deployed, no memtrace)
 * peak_heap_bytes        peak heap in use during the round: the largest live heap
                          (gc.mem_alloc() right after gc.collect()) sampled at every loop turn
-                         and at every phase of the round (report drawn, persisted, each PUBACK,
-                         adjustment applied), firmware code included (bundle)
+                         and at every phase of the round (seeds sealed, report drawn,
+                         persisted, each PUBACK, adjustment applied), firmware code included
+                         (bundle; a run without heap limit, the memtrace's own hemsfw/debug.py
+                         counted too); source_peak_heap_bytes the same for the .py sources
 * round_heap_bytes       peak_heap_bytes minus the idle heap after boot (baseline_heap_bytes):
                          what the round itself holds at its peak
 * min_heapsize_bytes     the smallest -X heapsize (1 KB steps) in which the round still
-                         completes: the peak *including* transient garbage and fragmentation
+                         completes (no memtrace): the peak *including* transient garbage and
+                         fragmentation; *_week_history: the same for a home that has recorded
+                         a week of plans (every round reads and rewrites history.json, then
+                         holding all seven weekdays), with heap_64k_ok_week_history
 * cpu_ms_per_round       CPU time of one round's work (plan, masks, seal, persist, three
                          acknowledgements, adjustment) in-process on the unix port, mean of
                          --runs rounds; alloc_bytes_per_round: bytes allocated by it (gc off)
@@ -130,13 +135,24 @@ class Bench:
         with open(log, "wb") as f:
             return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
 
-    def round(self, src: Path, heap: int | None, day_real_s: float = 2.0) -> dict[str, Any]:
-        """One full round in a fresh firmware process; ok=False if it failed (e.g. memory)."""
+    def round(self, src: Path, heap: int | None, day_real_s: float = 2.0,
+              memtrace: bool = True, week: bool = False) -> dict[str, Any]:
+        """One full round in a fresh firmware process; ok=False if it failed (e.g. memory).
+        memtrace: sample the live heap (loads hemsfw/debug.py, which a device never does: the
+        runs that only ask whether a heap size suffices go without it).  week: the home has
+        already recorded a week of plans (hemsfw/history.py: history.json holds all seven
+        weekdays, which every round reads to record its plan)."""
         self.n += 1
         state = self.work / f"state{self.n}"
+        if week:
+            state.mkdir()
+            h = [16 * v for v in plan_wh(self.frames)]        # history.SCALE
+            (state / "history.json").write_text(json.dumps(
+                {str(w): {"n": 1, "h": h, "last": f"2026-11-{16 + w:02d}"} for w in range(7)}))
         trace = self.work / f"mem{self.n}.json"
         log = self.work / f"home{self.n}.log"
-        cfg = self.config(state, debug_memtrace=str(trace))
+        extra = {"debug_memtrace": str(trace)} if memtrace else {}
+        cfg = self.config(state, **extra)
         coord = Peer(self.broker.port, "coordinator", self.pw["coordinator"],
                      [protocol.t_plan(HOME), protocol.t_status(HOME)])
         mb1 = Peer(self.broker.port, "mb1", self.pw["mb1"], [protocol.t_mask("mb1", HOME)])
@@ -262,12 +278,12 @@ def inproc(src: Path, frames: int, runs: int, work: Path) -> dict[str, Any]:
     return json.loads(p.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def min_heapsize(b: Bench, src: Path, lo: int, hi: int) -> int:
+def min_heapsize(b: Bench, src: Path, lo: int, hi: int, week: bool = False) -> int:
     """Smallest heap (1 KB steps) in [lo, hi] in which a round completes (hi assumed ok)."""
     lo_k, hi_k = lo // 1024, hi // 1024
     while hi_k - lo_k > 1:
         mid = (lo_k + hi_k) // 2
-        if b.round(src, mid * 1024)["ok"]:
+        if b.round(src, mid * 1024, memtrace=False, week=week)["ok"]:
             hi_k = mid
         else:
             lo_k = mid
@@ -281,14 +297,18 @@ def measure(frames: int, runs: int) -> dict[str, Any]:
         manifest = build(bundle)
         b = Bench(work, frames)
         try:
-            r_bundle = b.round(bundle, 64 * 1024)
-            r_src = b.round(FW, 64 * 1024)
+            r_bundle = b.round(bundle, 64 * 1024, memtrace=False)
+            r_src = b.round(FW, 64 * 1024, memtrace=False)
             big = b.round(bundle, None)
             if not big["ok"]:
                 raise RuntimeError("the round failed:\n" + big["log"])
-            tr = (r_bundle if r_bundle["ok"] else big)["trace"]
+            tr = big["trace"]
+            src_big = b.round(FW, None)
             minheap = min_heapsize(b, bundle, 16 * 1024, 64 * 1024 if r_bundle["ok"] else
                                    256 * 1024)
+            r_week = b.round(bundle, 64 * 1024, memtrace=False, week=True)
+            minheap_week = min_heapsize(b, bundle, 16 * 1024, 64 * 1024 if r_week["ok"] else
+                                        256 * 1024, week=True)
             ip = inproc(bundle, frames, runs, work)
             idle10 = b.idle_cpu(bundle, 10)
             idle20 = b.idle_cpu(bundle, 20)
@@ -305,7 +325,9 @@ def measure(frames: int, runs: int) -> dict[str, Any]:
         "round_heap_bytes": tr["peak"] - tr["baseline"],
         "phase_heap_bytes": tr["samples"],
         "min_heapsize_bytes": minheap,
-        "source_peak_heap_bytes": (r_src if r_src["ok"] else {}).get("trace", {}).get("peak"),
+        "heap_64k_ok_week_history": r_week["ok"],
+        "min_heapsize_week_history_bytes": minheap_week,
+        "source_peak_heap_bytes": src_big.get("trace", {}).get("peak"),
         "cpu_ms_per_round": round(ip["us_per_round"] / 1000, 2),
         "alloc_bytes_per_round": ip["alloc_bytes_per_round"],
         "process_cpu_s_per_day": round(big.get("cpu_s", 0.0), 3),
@@ -323,9 +345,12 @@ def table(r: dict[str, Any]) -> str:
         ("  idle heap after boot (code + state)", f"{r['baseline_heap_bytes'] / 1024:.1f} KB"),
         ("  the round's own peak above idle", f"{r['round_heap_bytes'] / 1024:.1f} KB"),
         ("smallest -X heapsize that completes a round", f"{r['min_heapsize_bytes'] // 1024} KB"),
+        ("  the same after a week of recorded plans (history.json)",
+         f"{r['min_heapsize_week_history_bytes'] // 1024} KB (64K: "
+         f"{'yes' if r['heap_64k_ok_week_history'] else 'NO'})"),
         ("peak heap, .py sources (compiled at import)",
          f"{r['source_peak_heap_bytes'] / 1024:.1f} KB" if r["source_peak_heap_bytes"]
-         else "n/a (no round within 64K)"),
+         else "n/a"),
         ("CPU per round (plan, masks, seal, persist, acks, adjust)",
          f"{r['cpu_ms_per_round']} ms"),
         ("bytes allocated per round", f"{r['alloc_bytes_per_round'] / 1024:.1f} KB"),

@@ -1,60 +1,71 @@
 # Wiring: config -> board (relay in its safe state first) -> store -> MQTT clients -> runner, then
 # the loop (plain, or under asyncio with the resident's web page).  Shared by main.py (boards)
-# and run_home.py (unix port, CPython).  MicroPython subset only.
+# and run_home.py (unix port, CPython).  One function on purpose: every function is an object
+# and its bytecode in a MicroPython heap, and this code runs once.  MicroPython subset only.
+
+import gc
 
 from hemsfw import store
-from hemsfw.boards import load as load_board
+
+# Collect after every GC_BOOT bytes allocated while the firmware loads, not only when the heap
+# is full: the loader's garbage is then freed while it is still packed together and the code
+# fills the holes near the bottom of the heap instead of being strewn over all of it, so the
+# heap keeps free blocks large enough for the daily round (a 96-frame plan list is one 0.8 KB
+# block on a 64-bit port).  On the unix port this is what lets a round complete in a 64 KB heap:
+# the smallest heap that completes it fell from 82 KB to 65 KB with this alone
+# (docs/benchmarks.md, Firmware memory).
+# The loop then keeps a laxer GC_LOOP, so that what lives long (a round's state) still lands
+# low in the heap: an idle turn allocates ~0.4 KB, a collection of the ~60 KB heap is ~15 us on
+# the unix port; measured cost ~0.3 % of a core per home at loop_ms 10 (-1: MicroPython's
+# default, collect only when the heap is full).
+GC_BOOT = 1024
+GC_LOOP = 4096
 
 
-def build(cfg, log):
-    """A ready Runner for a checked config (nothing connected yet; the relay is safe)."""
+def main(path, make_log):
+    """Load the config at `path`, build, run.  make_log(name) -> log(*args) (name: the home id).
+    Returns the exit status (2: config error)."""
+    threshold = getattr(gc, "threshold", None)   # MicroPython only
+    if threshold is not None:
+        threshold(GC_BOOT)
+    from hemsfw import config
+    from hemsfw.home import unload
+
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as e:
+        make_log("hems")(str(e))
+        return 2
+    finally:
+        config = None
+        unload("config")   # checked once: its code leaves the heap (before the rest loads)
+        gc.collect()
+    log = make_log(cfg["home_id"])
+    from hemsfw.boards import load as load_board
+
+    # A ready Runner (nothing connected yet; the relay is safe).
     st = store.Store(cfg["state_dir"])
-    board = load_board(cfg["board"])(cfg, st, log)      # creates the relay at its safe level
+    board = load_board(cfg["board"])(cfg, st, log)   # creates the relay at its safe level
+    del load_board
+    unload("boards")   # the package's loader is needed once (its board module stays)
     from hemsfw import runner
 
     client = board.make_client(cfg["mqtt"], cfg["home_id"])
     local = None
     if cfg.get("local"):
         local = board.make_client(cfg["local"], cfg["local"]["client_id"])
-    return runner.Runner(cfg, client, board.clock, board.relay, st, log, board=board,
-                         local=local)
-
-
-def run(r):
-    """Run the loop (with the watchdog from the board, and the web page if configured)."""
-    cfg = r.cfg
-    if r.board is not None:
-        r.watchdog = r.board.watchdog(cfg.get("watchdog_ms", 30000))
-    if cfg.get("http"):
-        from hemsfw import web
-
-        return web.run(r, cfg["http"])
-    return r.run()
-
-
-def _load(path, make_log):
-    from hemsfw import config
-    from hemsfw.home import unload
-
+    r = runner.Runner(cfg, client, board.clock, board.relay, st, log, board=board, local=local)
+    # The loop, with the watchdog from the board, and the web page if configured.
+    r.watchdog = board.watchdog(cfg.get("watchdog_ms", 30000))
+    gc.collect()
+    if threshold is not None:
+        threshold(GC_LOOP)
     try:
-        return config.load(path)
-    except config.ConfigError as e:
-        make_log("hems")(str(e))
-        return None
-    finally:
-        unload("config")   # checked once: its code leaves the heap
+        if cfg.get("http"):
+            from hemsfw import web
 
-
-def main(path, make_log):
-    """Load the config at `path`, build, run.  make_log(name) -> log(*args) (name: the home id).
-    Returns the exit status (2: config error)."""
-    cfg = _load(path, make_log)
-    if cfg is None:
-        return 2
-    log = make_log(cfg["home_id"])
-    r = build(cfg, log)
-    try:
-        return run(r)
+            return web.run(r, cfg["http"])
+        return r.run()
     except KeyboardInterrupt:
         log("interrupted")
         r.shutdown()

@@ -3,7 +3,8 @@
 #                   "phase:ms" (stall there once, e.g. while a test stops the broker)
 #   debug_memtrace  path: live heap (gc.mem_alloc after gc.collect) at every loop turn and
 #                   phase, written as JSON when the loop ends (bench/firmware_mem.py)
-# Phases: boot, drawn (report built, not persisted), reported (persisted, nothing published),
+# Phases: boot, sealed (the seeds sealed, seal.py still loaded: the round's code peak), drawn
+# (report built, not persisted), reported (persisted, nothing published),
 # acked (one message acknowledged and persisted), sent (all acknowledged), adjusted, frame
 # (the first frame change after frame 0).  MicroPython subset only.
 

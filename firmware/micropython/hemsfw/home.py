@@ -110,6 +110,7 @@ class Home:
         if self.planner is not None:
             self.planner.record(day, wh, source)
         values = plan.to_quanta(wh, ann["quantum_wh"])
+        del wh   # a plan-sized list: not held through the report's heap peak
         brokers = ann["brokers"]
         status = "reported"
         if wall is not None and wall > ann["deadline"]:
@@ -145,17 +146,23 @@ class Home:
         return [(t, p) for _i, t, p in self.pending(wall)]
 
     def _report(self, new, brokers):
-
-        from hemsfw import masking, seal  # needed once a day: loaded only then
+        # masking and seal are needed once a day: each is loaded only for its step and dropped
+        # right after it, so their code is never in the heap at the same time.
+        from hemsfw import masking
 
         day, rnd, frames = new["day"], new["round"], new["frames"]
         rid = _hex(self.urandom(16))
         seeds = [self.urandom(protocol.SEED_LEN) for _ in brokers]
         masked = masking.add_plan(masking.mask_from_seeds(seeds, frames), new["plan"])
+        del masking            # (the local name too: else the module stays referenced)
+        unload("masking")
         # Stored as the encoded JSON text: a re-send after a reboot is byte for byte what was
         # sent first (a dict read back from the file would encode with another key order).
         out = [[protocol.t_plan(self.id), json.dumps(protocol.make_plan_report(
             self.id, day, rnd, rid, self.mag, masked))]]
+        del masked
+        from hemsfw import seal
+
         for b, s in zip(brokers, seeds):
             ad = protocol.mask_ad(b, self.id, day, rnd, rid)
             blob = seal.seal(self.keys[b], ad, s, self.urandom(seal.NONCE_LEN))
@@ -163,7 +170,9 @@ class Home:
                         json.dumps(protocol.make_mask_report(self.id, day, rnd, rid, blob))])
         # Only the sealed seeds are kept (in the outbox, until acknowledged); the mask itself
         # never reaches the storage.
-        unload("masking", "seal")
+        self.phase("sealed")   # the round's code peak (bench/firmware_mem.py samples it)
+        del seal
+        unload("seal")
         new["report_id"] = rid
         new["outbox"] = out
         new["acked"] = [0] * len(out)

@@ -92,12 +92,6 @@ def _str(s):
     return struct.pack("!H", len(s)) + s
 
 
-def load_der(path):
-    """Read a DER CA certificate (MicroPython's load_verify_locations(cadata=) wants DER)."""
-    with open(path, "rb") as f:
-        return f.read()
-
-
 class Client(MQTTClient):
     """umqtt.simple.MQTTClient with bounded waits, reconnectable with connect(), optional TLS."""
 
@@ -169,10 +163,6 @@ class Client(MQTTClient):
         self.pid = 0
         return resp[2] & 1
 
-    def fileno_sock(self):
-        """The raw socket (for select.poll while idle), or None."""
-        return self.sock.raw if self.sock is not None else None
-
     def ping(self):
         """PINGREQ; OSError if the broker has been silent for 1.5 keepalives (dead link)."""
         if self.keepalive and ticks_diff(ticks_ms(), self.sock.last_rx) > 1500 * self.keepalive:
@@ -200,6 +190,10 @@ class Client(MQTTClient):
 
 def make_client(mcfg, client_id):
     """Client from the config's "mqtt" section (hemsfw.config)."""
-    cadata = load_der(mcfg["cafile_der"]) if mcfg.get("cafile_der") else None
+    cadata = None
+    if mcfg.get("cafile_der"):
+        # a DER CA certificate (MicroPython's load_verify_locations(cadata=) wants DER)
+        with open(mcfg["cafile_der"], "rb") as f:
+            cadata = f.read()
     return Client(client_id, mcfg["host"], mcfg["port"], mcfg["user"], mcfg["password"],
                   mcfg["keepalive"], mcfg["timeout_s"], cadata)

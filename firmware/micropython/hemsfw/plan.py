@@ -12,13 +12,13 @@ def to_quanta(plan_wh, quantum_wh):
 
     Rounds the running total rather than each frame, so the day's energy is kept to within half
     a quantum (rounding frames one by one could lose or invent half a quantum per frame)."""
-    out = []
+    out = [0] * len(plan_wh)   # sized once: growing by append needs a larger block on a board
     acc = 0
     prev = 0
-    for v in plan_wh:
-        acc += v
+    for k in range(len(plan_wh)):
+        acc += plan_wh[k]
         q = (acc + quantum_wh // 2) // quantum_wh
-        out.append(q - prev)
+        out[k] = q - prev
         prev = q
     return out
 
@@ -34,11 +34,11 @@ def resample(values, frames):
     if n == 0 or frames % n:
         raise ValueError("plan length %d does not divide %d frames" % (n, frames))
     r = frames // n
-    out = []
-    for v in values:
-        q, rem = divmod(v, r)
+    out = [0] * frames
+    for i in range(n):
+        q, rem = divmod(values[i], r)
         for j in range(r):
-            out.append(q + (1 if j < rem else 0))
+            out[i * r + j] = q + (1 if j < rem else 0)
     return out
 
 

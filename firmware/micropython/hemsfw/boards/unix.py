@@ -14,8 +14,15 @@ import sys
 from hemsfw import clock, relay
 
 
+def _nothing(*_args):
+    return None
+
+
 class HostBoard:
     name = "host"
+    # No Wi-Fi to supervise, no button, no LED, no watchdog: one shared no-op for the four
+    # (every method is a function object and its bytecode in a MicroPython heap).
+    service = button = show = watchdog = _nothing
 
     def __init__(self, cfg, store, log):
         self.cfg = cfg
@@ -32,18 +39,6 @@ class HostBoard:
 
     def net_up(self):
         return True
-
-    def service(self, runner):
-        pass
-
-    def button(self):
-        return None
-
-    def show(self, on, online, override):
-        pass
-
-    def watchdog(self, ms):
-        return None
 
 
 class Board(HostBoard):

@@ -424,6 +424,18 @@ def test_property_results_are_valid(g_n: int, f_n: int, data: st.DataObject) -> 
         assert ex.overload_after_wh <= res.overload_after_wh  # warm-started
 
 
+def test_window_longer_than_the_day() -> None:
+    """A magnification whose window reaches past a short day (m = 4, 2 frames): found by the
+    property test above (IndexError in the heuristic's offset masks)."""
+    totals = np.array([[1, 0], [0, 0], [0, 0], [1, 0]], dtype=np.int64)
+    p = Problem(totals, np.array([0, 2], dtype=np.int64), np.array([2, 1, 1, 4], dtype=np.int64),
+                Policy(window="defer", allow_curtail=False, time_limit_s=1.0))
+    for solver in ("heuristic", "exact"):
+        res = solve(p, solver=solver)  # type: ignore[arg-type]
+        check_valid(p, res)
+        assert res.overload_after_wh == 0  # both cells fit in frame 1
+
+
 def test_realistic_day_heuristic() -> None:
     import sys
     from pathlib import Path

@@ -177,7 +177,10 @@ class _State:
             n = int(self.load.shape[0])
             for offs in self.offsets:
                 m = np.zeros(2 * n + 1, dtype=bool)
-                m[np.asarray(offs, dtype=np.int64) + n] = True
+                o = np.asarray(offs, dtype=np.int64)
+                # a window may reach past a short day (m = 4 on 2 frames): those offsets lead
+                # nowhere, and a frame difference d is always within -(n-1)..n-1
+                m[o[np.abs(o) <= n] + n] = True
                 self._offmask.append(m)
         return self._offmask[c][d + int(self.load.shape[0])]
 

@@ -228,3 +228,24 @@ def test_plan_sink_split_order_is_grouping_split_key_order() -> None:
     assert again.block is buf and np.array_equal(buf, arr.block)
     with pytest.raises(ValueError):
         sink.store.arrange_rows([200])
+
+
+def test_plan_sink_split_order_after_more_reports_and_growth() -> None:
+    """The split-order tags are computed at ``split_order`` (not per report): reports stored
+    after a first call, and across the store's growth, are tagged at the next one."""
+    sink = PlanSink(DAY, 1, F, 2, grow=True)
+    mags: dict[str, int] = {}
+
+    def add(i: int) -> None:
+        h = f"h{i:03d}"
+        mags[h] = 1 + i % 3
+        assert sink.offer(protocol.t_plan(h), plan_payload(h, mag=mags[h])) == (h, "")
+
+    for i in range(5):
+        add(i)
+    first = sink.store.arrange_rows(sink.split_order()).keys
+    assert first == sorted(mags, key=lambda h: split_key(h, mags[h]))
+    for i in range(5, 40):  # the store doubles several times
+        add(i)
+    keys = sink.store.arrange_rows(sink.split_order()).keys
+    assert keys == sorted(mags, key=lambda h: split_key(h, mags[h]))

@@ -253,6 +253,29 @@ def test_released_sum_is_the_members_mask_sum() -> None:
     assert res["g1"] == (total % 2**32).astype("<u4").tobytes()
 
 
+def test_masks_after_a_request_are_expanded_at_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds are expanded in one batch at the first request that needs the rows (not on
+    ingest), and masks that arrive after it at the next request."""
+    from backend.mask_broker import core as core_mod
+
+    monkeypatch.setattr(core_mod, "EXPAND_CHUNK", 2)  # several chunks per expansion
+    w = World(n_masks=3)
+    assert w.core.masks._expanded == 0  # nothing expanded on ingest
+    first = ["h1", "h2", "h3"]
+    assert w.ask(("g1", first))["g1"] == w.total(first)
+    assert w.core.masks._expanded == 3
+    for h in ("h4", "h5", "h6"):
+        w.submit(h)
+    assert w.core.masks._expanded == 3
+    later = ["h4", "h5", "h6"]
+    assert w.ask(("g2", later))["g2"] == w.total(later)
+    rows = w.core.masks.rows
+    assert rows.shape == (6, FRAMES)
+    for h in first + later:
+        r = w.core.masks.row_of[w.core.index[h]]
+        assert rows[r].tobytes() == bytes(masking.expand_seed(w.seeds[h], FRAMES))
+
+
 def test_group_refusal_reasons_in_order() -> None:
     w = World(n_masks=4, k=3)
     res = w.ask(

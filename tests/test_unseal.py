@@ -78,3 +78,17 @@ def test_long_streams_past_the_cached_counters() -> None:
     assert unseal.open_sealed(unseal.derive(key), ad, blob) == pt
     seed = bytes(32)
     assert unseal.expand_seed(seed, 600) == bytes(masking.expand_seed(seed, 600))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seeds=st.lists(st.binary(min_size=32, max_size=32), max_size=6),
+       frames=st.sampled_from([1, 7, 8, 9, 96, 97, 600]))
+def test_expand_seeds_is_expand_seed_of_each(seeds: list[bytes], frames: int) -> None:
+    """The mask broker's batch expansion: every seed's expand_seed, concatenated."""
+    assert unseal.expand_seeds(b"".join(seeds), frames) == b"".join(
+        bytes(masking.expand_seed(s, frames)) for s in seeds)
+
+
+def test_expand_seeds_refuses_a_partial_seed() -> None:
+    with pytest.raises(ValueError):
+        unseal.expand_seeds(bytes(33), 8)

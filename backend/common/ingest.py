@@ -115,6 +115,11 @@ class RowStore:
         self.row_of[key] = r
         return r
 
+    def row_bytes(self, r: int) -> memoryview:
+        """Row ``r``'s 4*frames little-endian bytes (a view: no array object)."""
+        n = 4 * self.frames
+        return self._flat[r * n:(r + 1) * n]
+
     def view(self) -> U32Array:
         """The stored rows (a view, in arrival order)."""
         return self.rows[: self.count]
@@ -267,8 +272,11 @@ class PlanSink:
         self.store = RowStore(capacity, frames)
         self.mags = np.zeros(capacity, dtype=np.int8)
         #: first 8 bytes (big-endian) of SHA-256(home id): with ``mags`` the coordinator's
-        #: split order (grouping.split_key) as two integer columns, sortable without strings
+        #: split order (grouping.split_key) as two integer columns, sortable without strings;
+        #: computed for rows [_tagged, count) in one batch when ``split_order`` needs them
+        #: (after collection), not per report on the ingest path
         self.tags = np.zeros(capacity, dtype=np.uint64)
+        self._tagged = 0
         self.report_ids: list[str] = []
         self.seen: set[str] = seen if seen is not None else set()
         self.loads = loads
@@ -317,8 +325,16 @@ class PlanSink:
         self.seen.add(rid)
         self.report_ids.append(rid)
         self.mags[r] = mag
-        self.tags[r] = int.from_bytes(hashlib.sha256(home.encode()).digest()[:8], "big")
         return ""
+
+    def _tag(self) -> None:
+        """Fill ``tags`` for the rows stored since the last call."""
+        lo, hi = self._tagged, self.store.count
+        if lo < hi:
+            sha = hashlib.sha256
+            head = b"".join([sha(k.encode()).digest()[:8] for k in self.store.keys[lo:hi]])
+            self.tags[lo:hi] = np.frombuffer(head, dtype=">u8")
+            self._tagged = hi
 
     def _grow(self, capacity: int) -> None:
         self.store.grow(capacity)
@@ -333,6 +349,7 @@ class PlanSink:
         the store in it once and every group and every split of it is a contiguous slice.
         Ties on the 64-bit prefix (~N^2 / 2^65: 3e-10 at 100k homes) fall back to row order,
         where grouping.split_key would compare the rest of the digest."""
+        self._tag()
         n = self.store.count
         order: I64Array = np.lexsort((self.tags[:n], self.mags[:n])).astype(np.int64)
         return order

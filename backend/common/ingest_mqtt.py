@@ -591,6 +591,7 @@ class LeanIngest:
         self._rmax = max(reconnect_max_s, reconnect_min_s)
         self._log = log or _LOG
         self._v5 = protocol == 5
+        self._props = b"\x00" if self._v5 else b""  # an outgoing PUBLISH's (empty) properties
         self._max_inflight = max_inflight
         self._window = max_inflight
         self._connect_timeout = connect_timeout
@@ -670,13 +671,22 @@ class LeanIngest:
         if qos not in (0, 1):
             raise ValueError("qos must be 0 or 1")
         tb = topic.encode()
-        if not tb or "+" in topic or "#" in topic:
+        lt = len(tb)
+        if not lt or "+" in topic or "#" in topic:
             raise ValueError(f"invalid topic name {topic!r}")
-        props = b"\x00" if self._v5 else b""
+        if lt > 0xFFFF:
+            raise ValueError("MQTT string longer than 65535 bytes")
+        props = self._props
         b0 = 0x30 | (qos << 1) | (1 if retain else 0)
-        size = 2 + len(tb) + 2 * qos + len(props) + len(payload)
-        head = bytes((b0,)) + _varlen(size) + _str(tb)
-        if len(head) - 2 - len(tb) + size > self._max_packet_out():
+        size = 2 + lt + 2 * qos + len(props) + len(payload)
+        # fixed header, remaining length, topic: one bytes() for the common sizes (< 16 KB)
+        if size < 0x80:
+            head = bytes((b0, size, lt >> 8, lt & 0xFF)) + tb
+        elif size < 0x4000:
+            head = bytes((b0, size & 0x7F | 0x80, size >> 7, lt >> 8, lt & 0xFF)) + tb
+        else:
+            head = bytes((b0,)) + _varlen(size) + _str(tb)
+        if len(head) - 2 - lt + size > (self._server_max_packet or 268_435_460):
             raise ValueError("PUBLISH larger than the broker's maximum packet size")
         self._out.append((qos, head, props + payload))
         self._drained.clear()

@@ -27,6 +27,11 @@ Storage (docs/scaling.md): the accepted vectors go straight into one ``PlanSink`
 preallocated uint32 ``RowStore``, one row per home, grown by doubling), never into per-report
 arrays; ``arranged()`` gathers them once into the coordinator's split order, so every group of
 every refinement is a contiguous slice.  Payloads are decoded with orjson when installed.
+
+Speed (docs/scaling.md): a report that the full parse would accept for the topic's home and this
+round is recognised by ``backend.common.fastcheck.fast_plan_report`` (direct field checks);
+everything else takes the full path above, which gives the reason, so decisions and reasons are
+the same (tests/test_fastcheck.py compares both).
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from backend.common import fastjson
+from backend.common.fastcheck import RoundKey, fast_plan_report
 from backend.common.ingest import Arranged, PlanSink
 from hemsfw import protocol
 
@@ -72,6 +79,11 @@ class RoundConfig:
         """Raise ValueError(reason) unless the announcement passes protocol.parse_round."""
         protocol.parse_round(self.announcement())
 
+    @cached_property
+    def key(self) -> RoundKey:
+        """(day, round) for the fast accept path, and the accepted reply's template."""
+        return RoundKey(self.day, self.round, "")
+
     @property
     def expires(self) -> int:
         """End of the planned day: adjustments expire then."""
@@ -98,8 +110,16 @@ class Verdict:
         """(topic, payload) of the reply to the home, or None when nobody is to be answered."""
         if self.home is None or (self.retained and not self.accepted):
             return None
+        topic = _REPLY_TOPIC + self.home  # protocol.t_reply("coordinator", home)
+        if self.accepted and self.report_id is not None:
+            return topic, cfg.key.accepted_reply(self.report_id)  # the same bytes, pre-built
         msg = protocol.make_reply(cfg.day, cfg.round, self.report_id, self.accepted, self.reason)
-        return protocol.t_reply("coordinator", self.home), fastjson.dumps(msg)
+        return topic, fastjson.dumps(msg)
+
+
+_REPLY_TOPIC = protocol.t_reply("coordinator", "")
+#: ``protocol.valid_id`` as a pattern (a topic level matching it holds no "/")
+_ID = re.compile(f"[a-z0-9_-]{{1,{protocol.ID_MAX}}}")
 
 
 _REPORT_ID = re.compile(f"[0-9a-f]{{{protocol.REPORT_ID_HEX}}}")
@@ -117,6 +137,10 @@ def _readable_report_id(obj: object) -> str | None:
 def _is_other_round(obj: dict[str, Any], cfg: RoundConfig) -> bool:
     rnd = obj.get("round")
     return obj.get("day") != cfg.day or not isinstance(rnd, int) or rnd != cfg.round
+
+
+_PLAN_HEAD = protocol.PREFIX + "/plan/"
+_PLAN_HEAD_LEN = len(_PLAN_HEAD)
 
 
 class Reports(Mapping[str, PlanReport]):
@@ -164,6 +188,24 @@ class RoundState:
         return self.sink.store.count
 
     def offer(self, topic: str, payload: bytes, now: float, retained: bool = False) -> Verdict:
+        # The fast path (backend/common/fastcheck.py): a report the full parse below would
+        # accept for this home and round, recognised with direct checks; anything else takes
+        # the full path, which gives the reason.  Same decisions, same reasons.
+        if topic.startswith(_PLAN_HEAD):
+            home = topic[_PLAN_HEAD_LEN:]
+            if _ID.fullmatch(home) is not None:
+                cfg = self.cfg
+                fast = fast_plan_report(payload, home, cfg.key, cfg.frames)
+                if fast is not None:
+                    rid, mag, raw = fast
+                    if self.closed or now > cfg.deadline:
+                        return Verdict(False, "late", home, rid, retained)
+                    reason = self.sink.admit(home, rid, mag, raw)
+                    return Verdict(not reason, reason, home, rid, retained)
+        return self._offer(topic, payload, now, retained)
+
+    def _offer(self, topic: str, payload: bytes, now: float, retained: bool) -> Verdict:
+        """The full path: every check in order, with the parser's reason on a refusal."""
         tail = protocol.topic_tail(topic, "plan")
         if tail is None or len(tail) != 1 or not protocol.valid_id(tail[0]):
             return Verdict(False, "bad_topic", None, None, retained)

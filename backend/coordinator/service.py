@@ -538,8 +538,8 @@ class Coordinator:
             sink, accepted = state.sink, state.accepted
             r = accepted - 1  # the row just stored
             self._append("report", not self._batch, home=v.home, report_id=v.report_id,
-                         mag=int(sink.mags[r]),
-                         masked=binascii.b2a_base64(sink.store.rows[r], newline=False).decode())
+                         mag=int(sink.mags[r]), masked=binascii.b2a_base64(
+                             sink.store.row_bytes(r), newline=False).decode())
             log.debug("plan from %s accepted (%d)", v.home, accepted)
             n = self.cfg.expected_homes
             if n is not None and (accepted >= n or self._workers):

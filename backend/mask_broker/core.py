@@ -14,8 +14,9 @@ Per message family (docs/protocol.md, docs/privacy.md):
 * mask report, checked in this order: topic home == payload home (``home_mismatch``),
   registered (``unregistered``), current round (``unknown_round``), MAC (``bad_mac``), seed
   length (``bad_seed``), report id not seen this round (``replay``), home not already in this
-  round (``duplicate_home``).  Accepted: the expanded seed is stored as a uint32 row.  The home
-  gets a reply either way (when the topic names a valid home id).  A redelivered mask (the same
+  round (``duplicate_home``).  Accepted: the seed is kept, and expanded into a uint32 row in
+  a batch when a group request first needs it (``RoundMasks``).  The home gets a reply either
+  way (when the topic names a valid home id).  A redelivered mask (the same
   report again, e.g. after a restart) is a ``replay``: it changes nothing.  There is no deadline
   here: the coordinator alone decides which reports count (it closes collection), and a mask that
   came too late is simply never asked for.
@@ -42,6 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from backend.common import fastjson
+from backend.common.fastcheck import RoundKey, fast_mask_report
 from backend.common.rejects import Rejections
 from backend.common.vectors import U32
 from hemsfw import protocol
@@ -60,6 +62,8 @@ PENDING_MAX = 200_000
 RECENT_GROUPS = 1000
 #: Home ids listed per kind in the stats' ``round_homes``.
 LISTED_HOMES = 1000
+#: Seeds expanded per step of ``RoundMasks._expand``.
+EXPAND_CHUNK = 4096
 
 _DIGEST = np.dtype("<u8")  # SHA-256 of a report id as 4 words, for a vectorised XOR checksum
 
@@ -93,32 +97,70 @@ class Round:
 
 
 class RoundMasks:
-    """The accepted masks of one round: one uint32 row per home, summed with numpy."""
+    """The accepted masks of one round: one uint32 row per home, summed with numpy.
+
+    Ingest only keeps what a mask is (its validated 32-byte seed and its report id, in row
+    order); the rows (SHA-256 counter-mode expansion, ~6 us per seed) and the report-id
+    digests are computed in one batch when a group request first needs them (``rows``,
+    ``digests``), after collection, instead of on the ingest path where the mask broker shares
+    the CPU with the coordinator and mosquitto (docs/scaling.md).  Masks that arrive after a
+    request are expanded at the next one."""
 
     def __init__(self, n_homes: int, frames: int) -> None:
         self.frames = frames
         self.row_of = np.full(n_homes, -1, dtype=np.int64)  # home index -> row (-1: none)
-        self.rows = np.zeros((0, frames), dtype=U32)
-        self.digests = np.zeros((0, 4), dtype=_DIGEST)
         self.count = 0
         self.report_ids: set[str] = set()
         self.released = np.zeros(n_homes, dtype=bool)  # home index -> in a released group
         self.missing: set[int] = set()  # home indices a request named without a mask here
+        self._seeds = bytearray()  # the accepted seeds, SEED_LEN bytes each, in row order
+        self._rids: list[str] = []  # their report ids, in row order
+        self._rows = np.zeros((0, frames), dtype=U32)  # rows [0, _expanded) are expanded
+        self._digests = np.zeros((0, 4), dtype=_DIGEST)
+        self._expanded = 0
 
     def add(self, home: int, report_id: str, seed: bytes) -> None:
-        if self.count == len(self.rows):  # grow by doubling, up to one row per home
-            cap = min(max(16, 2 * self.count), len(self.row_of))
-            rows = np.zeros((cap, self.frames), dtype=U32)
-            digests = np.zeros((cap, 4), dtype=_DIGEST)
-            rows[: self.count], digests[: self.count] = self.rows, self.digests
-            self.rows, self.digests = rows, digests
-        r = self.count
-        self.rows[r] = np.frombuffer(unseal.expand_seed(seed, self.frames), dtype=U32)
-        digest = hashlib.sha256(bytes.fromhex(report_id)).digest()
-        self.digests[r] = np.frombuffer(digest, dtype=_DIGEST)
-        self.row_of[home] = r
+        """Keep an accepted seed (already checked: SEED_LEN bytes) as the next row."""
+        self._seeds += seed
+        self._rids.append(report_id)
+        self.row_of[home] = self.count
         self.report_ids.add(report_id)
         self.count += 1
+
+    @property
+    def rows(self) -> NDArray[np.uint32]:
+        """Every accepted row, expanded (``(count, frames)``; expands the pending seeds)."""
+        self._expand()
+        return self._rows[: self.count]
+
+    @property
+    def digests(self) -> NDArray[np.uint64]:
+        """SHA-256 of each row's report id as 4 words (``(count, 4)``)."""
+        self._expand()
+        return self._digests[: self.count]
+
+    def _expand(self) -> None:
+        """Expand the seeds (and digest the report ids) added since the last call, into rows
+        grown by doubling up to one per home."""
+        lo, hi = self._expanded, self.count
+        if lo == hi:
+            return
+        if hi > len(self._rows):
+            cap = min(max(hi, 2 * len(self._rows)), max(hi, len(self.row_of)))
+            rows = np.zeros((cap, self.frames), dtype=U32)
+            digests = np.zeros((cap, 4), dtype=_DIGEST)
+            rows[:lo], digests[:lo] = self._rows[:lo], self._digests[:lo]
+            self._rows, self._digests = rows, digests
+        k, f = protocol.SEED_LEN, self.frames
+        sha, unhex = hashlib.sha256, bytes.fromhex
+        for a in range(lo, hi, EXPAND_CHUNK):  # in chunks: no 100k-row temporaries
+            b = min(hi, a + EXPAND_CHUNK)
+            seeds = bytes(self._seeds[a * k: b * k])
+            self._rows[a:b] = np.frombuffer(unseal.expand_seeds(seeds, f),
+                                            dtype=U32).reshape(b - a, f)
+            digest = b"".join([sha(unhex(r)).digest() for r in self._rids[a:b]])
+            self._digests[a:b] = np.frombuffer(digest, dtype=_DIGEST).reshape(b - a, 4)
+        self._expanded = hi
 
     def checksum(self, rows: NDArray[np.int64]) -> str:
         """protocol.report_checksum of the rows' report ids (XOR of SHA-256), vectorised."""
@@ -189,6 +231,8 @@ class MaskBroker:
         self.stats = Stats()
         self.round: Round | None = None
         self.masks = RoundMasks(0, 1)
+        self.key: RoundKey | None = None  # the round's fast accept path (fastcheck.py)
+        self._reply_topic = protocol.t_reply(self.id, "")
         self.partition = Partition(k)
         self.version = 0  # bumped whenever the stats change
         self._pending: deque[tuple[str, bytes]] = deque()
@@ -232,6 +276,7 @@ class MaskBroker:
         if self.round is None or self.round.day != day:
             self.partition = Partition(self.k)
         self.round = Round(day, rnd, frames)
+        self.key = RoundKey(day, rnd, "ok")
         self.masks = RoundMasks(len(self.homes), frames)
 
     def _on_round(self, payload: bytes) -> list[Output]:
@@ -262,6 +307,28 @@ class MaskBroker:
         if len(tail) != 2 or tail[0] != self.id or not protocol.valid_id(tail[1]):
             self.rejections.reject("mask", "bad_topic", topic)
             return []
+        home = tail[1]
+        key = self.key
+        if key is not None:
+            # The fast path (backend/common/fastcheck.py): a report the full parse below
+            # would accept for this home and round; anything else takes the full path, which
+            # gives the reason.  Same decisions, same reasons.
+            fast = fast_mask_report(payload, home, key)
+            if fast is not None:
+                rid = fast[0]
+                try:
+                    record = self._accept(home, home, key.day, key.round, rid, fast[1])
+                except ValueError as e:
+                    reason = str(e)
+                    self.rejections.reject("mask", reason, topic)
+                    reply = protocol.make_reply(key.day, key.round, rid, False, reason)
+                    return [Publish(self._reply_topic + home, fastjson.dumps(reply))]
+                self.stats.masks_accepted += 1
+                return [record, Publish(self._reply_topic + home, key.accepted_reply(rid))]
+        return self._on_mask_full(topic, tail, payload)
+
+    def _on_mask_full(self, topic: str, tail: list[str], payload: bytes) -> list[Output]:
+        """The full path: every check in order, with the parser's reason on a refusal."""
         day: str | None = None
         rnd: int | None = None
         rid: str | None = None

@@ -17,7 +17,7 @@ import hmac
 
 from hemsfw import masking, seal
 
-__all__ = ["HomeKeys", "derive", "expand_seed", "open_sealed"]
+__all__ = ["HomeKeys", "derive", "expand_seed", "expand_seeds", "open_sealed"]
 
 #: (k_enc, k_mac) of one home for one broker, as hemsfw.seal._keys derives them.
 HomeKeys = tuple[bytes, bytes]
@@ -25,7 +25,10 @@ HomeKeys = tuple[bytes, bytes]
 _ENC = b"hems/v1 enc"
 _MAC = b"hems/v1 mac"
 _SHA = hashlib.sha256
-_hmac = hmac.digest  # one-shot, in C (OpenSSL): no HMAC object per call
+try:  # hmac.digest's C core (OpenSSL) without its Python wrapper: one-shot, no HMAC object
+    from _hashlib import hmac_digest as _hmac
+except ImportError:  # pragma: no cover - a Python built without OpenSSL
+    _hmac = hmac.digest  # type: ignore[assignment]
 _DOMAIN: bytes = masking._DOMAIN  # the one definition of the expansion domain
 
 
@@ -65,6 +68,34 @@ def expand_seed(seed: bytes, frames: int) -> bytes:
         h.update(c)
         out.append(h.digest())
     return b"".join(out)[:n]
+
+
+def expand_seeds(seeds: bytes, frames: int, seed_len: int = 32) -> bytes:
+    """``expand_seed`` of every ``seed_len``-byte seed of ``seeds``, concatenated (one batch:
+    the mask broker expands a round's seeds when a group request first needs them)."""
+    if len(seeds) % seed_len:
+        raise ValueError("seeds must be whole seeds")
+    n = 4 * frames
+    ctrs = _counters(n, 4)
+    sha, dom = _SHA, _DOMAIN
+    out: list[bytes] = []
+    push = out.append
+    whole = n % 32 == 0
+    for i in range(0, len(seeds), seed_len):
+        head = sha(dom + seeds[i:i + seed_len])
+        if whole:
+            for c in ctrs:
+                h = head.copy()
+                h.update(c)
+                push(h.digest())
+        else:
+            blocks = []
+            for c in ctrs:
+                h = head.copy()
+                h.update(c)
+                blocks.append(h.digest())
+            push(b"".join(blocks)[:n])
+    return b"".join(out)
 
 
 def _counters(nbytes: int, width: int) -> list[bytes]:

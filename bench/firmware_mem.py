@@ -20,8 +20,8 @@ plan + sealed seed), adjusted, and the day is played out on an accelerated clock
 * min_heapsize_bytes     the smallest -X heapsize (1 KB steps) in which the round still
                          completes (no memtrace): the peak *including* transient garbage and
                          fragmentation; *_week_history: the same for a home that has recorded
-                         a week of plans (every round reads and rewrites history.json, then
-                         holding all seven weekdays), with heap_64k_ok_week_history
+                         a week of plans (all seven per-weekday history files present; a round
+                         reads and rewrites its own weekday's), with heap_64k_ok_week_history
 * cpu_ms_per_round       CPU time of one round's work (plan, masks, seal, persist, three
                          acknowledgements, adjustment) in-process on the unix port, mean of
                          --runs rounds; alloc_bytes_per_round: bytes allocated by it (gc off)
@@ -140,15 +140,16 @@ class Bench:
         """One full round in a fresh firmware process; ok=False if it failed (e.g. memory).
         memtrace: sample the live heap (loads hemsfw/debug.py, which a device never does: the
         runs that only ask whether a heap size suffices go without it).  week: the home has
-        already recorded a week of plans (hemsfw/history.py: history.json holds all seven
-        weekdays, which every round reads to record its plan)."""
+        already recorded a week of plans (hemsfw/history.py: history0..6.json, one per weekday;
+        a round reads and rewrites its own weekday's)."""
         self.n += 1
         state = self.work / f"state{self.n}"
         if week:
             state.mkdir()
             h = [16 * v for v in plan_wh(self.frames)]        # history.SCALE
-            (state / "history.json").write_text(json.dumps(
-                {str(w): {"n": 1, "h": h, "last": f"2026-11-{16 + w:02d}"} for w in range(7)}))
+            for w in range(7):                                  # 2026-11-16 is a Monday
+                (state / f"history{w}.json").write_text(json.dumps(
+                    {"n": 1, "h": h, "last": f"2026-11-{16 + w:02d}"}))
         trace = self.work / f"mem{self.n}.json"
         log = self.work / f"home{self.n}.log"
         extra = {"debug_memtrace": str(trace)} if memtrace else {}
@@ -345,7 +346,7 @@ def table(r: dict[str, Any]) -> str:
         ("  idle heap after boot (code + state)", f"{r['baseline_heap_bytes'] / 1024:.1f} KB"),
         ("  the round's own peak above idle", f"{r['round_heap_bytes'] / 1024:.1f} KB"),
         ("smallest -X heapsize that completes a round", f"{r['min_heapsize_bytes'] // 1024} KB"),
-        ("  the same after a week of recorded plans (history.json)",
+        ("  the same after a week of recorded plans (history0..6.json)",
          f"{r['min_heapsize_week_history_bytes'] // 1024} KB (64K: "
          f"{'yes' if r['heap_64k_ok_week_history'] else 'NO'})"),
         ("peak heap, .py sources (compiled at import)",

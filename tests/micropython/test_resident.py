@@ -42,6 +42,23 @@ def test_ewma_fixed_point():
     assert history.predict(st, "2026-11-16", 3, min_days=100) is None
 
 
+def test_one_file_per_weekday_and_the_old_file_migrated():
+    st = MemStore()
+    history.record(st, "2026-11-02", [400, 0, 100], 25)      # a Monday
+    history.record(st, "2026-11-07", [1, 2, 3], 25)          # a Saturday
+    assert sorted(st.files) == ["history0.json", "history5.json"]
+    # the layout before the split: every weekday in one history.json
+    old = MemStore()
+    old.write("history.json", {"0": st.read("history0.json"), "5": st.read("history5.json")})
+    old.write("history5.json", {"n": 1, "last": "2026-11-14", "h": [0, 0, 16]})   # newer: kept
+    history.migrate(old)
+    assert sorted(old.files) == ["history0.json", "history5.json"]
+    assert history.predict(old, "2026-11-09", 3) == [400, 0, 100]
+    assert history.predict(old, "2026-11-21", 3) == [0, 0, 1]
+    history.migrate(old)                                     # nothing left to do
+    assert sorted(old.files) == ["history0.json", "history5.json"]
+
+
 def test_plan_sources_in_order():
     st = MemStore()
     r = resident.Resident(_cfg(mode="history", min_days=2), st)

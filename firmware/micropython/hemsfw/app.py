@@ -45,6 +45,13 @@ def main(path, make_log):
 
     # A ready Runner (nothing connected yet; the relay is safe).
     st = store.Store(cfg["state_dir"])
+    # An old all-weekdays history.json is split into per-weekday files here, once, while the
+    # heap is nearly empty (it holds ~6 KB of lists: too much for the round's heap).
+    from hemsfw import history
+
+    history.migrate(st)
+    del history
+    unload("history")
     board = load_board(cfg["board"])(cfg, st, log)   # creates the relay at its safe level
     del load_board
     unload("boards")   # the package's loader is needed once (its board module stays)

@@ -9,15 +9,19 @@
 #
 # so the weight of a plan n weeks old is alpha * (1 - alpha)^n (25 %: 25, 19, 14, 11, ... %): a
 # resident's new habit dominates after about three weeks and an odd day fades.  The prediction
-# for a day is h of its weekday, rounded to whole Wh.  The file holds 7 x frames integers (about
-# 3 KB for 96 frames) and is read only when a round is planned, never kept in RAM.
+# for a day is h of its weekday, rounded to whole Wh.
 #
-#   history.json = {"0": {"n": 3, "last": "2026-11-23", "h": [...]}, ..., "6": {...}}
+# One file per weekday, so that a round reads and rewrites only its own weekday (frames integers,
+# ~0.8 KB of list for 96 frames on a 64-bit port) and never the whole week (~6 KB of lists, which
+# did not fit the round's 64 KB heap); nothing of it is kept in RAM between rounds:
 #
-# A day is recorded at most once ("last" guards against a restart recording it again).
-# MicroPython subset only.
+#   history0.json (Monday) .. history6.json (Sunday) = {"n": 3, "last": "2026-11-23", "h": [...]}
+#
+# A day is recorded at most once ("last" guards against a restart recording it again).  Older
+# firmware kept all seven in one history.json: migrate() splits it, once, at boot (hemsfw/app.py,
+# while the heap is still nearly empty).  MicroPython subset only.
 
-FILE = "history.json"
+OLD_FILE = "history.json"   # all weekdays in one file (before the split)
 SCALE = 16
 N_MAX = 10000
 
@@ -41,11 +45,14 @@ def update(h, x, alpha_pct):
     return h
 
 
+def _file(w):
+    return "history%d.json" % w
+
+
 def record(store, day, wh, alpha_pct=25):
     """Add day's plan (Wh per frame) to its weekday's average; False if already recorded."""
-    hs = store.read(FILE) or {}
-    w = str(weekday(day))
-    e = hs.get(w)
+    name = _file(weekday(day))
+    e = store.read(name)
     if e and e.get("last", "") >= day:
         return False
     if not e or len(e.get("h", ())) != len(wh):
@@ -54,17 +61,27 @@ def record(store, day, wh, alpha_pct=25):
         update(e["h"], wh, alpha_pct)
     e["n"] = min(e["n"] + 1, N_MAX)
     e["last"] = day
-    hs[w] = e
-    store.write(FILE, hs)
+    store.write(name, e)
     return True
 
 
 def predict(store, day, frames, min_days=1):
     """The predicted plan for `day` (Wh per frame, `frames` values), or None without enough
     history for its weekday (fewer than min_days recorded) or at another frame resolution."""
-    hs = store.read(FILE) or {}
-    e = hs.get(str(weekday(day)))
+    e = store.read(_file(weekday(day)))
     if not e or e.get("n", 0) < min_days or len(e["h"]) != frames:
         return None
     half = SCALE // 2
     return [(v + half) // SCALE if v > 0 else 0 for v in e["h"]]
+
+
+def migrate(store):
+    """Split an old all-weekdays history.json into the per-weekday files (a weekday file that
+    exists already is newer and wins), then remove it.  Nothing to do without the old file."""
+    hs = store.read(OLD_FILE)
+    if isinstance(hs, dict):
+        for w in range(7):
+            e = hs.get(str(w))
+            if isinstance(e, dict) and store.read(_file(w)) is None:
+                store.write(_file(w), e)
+    store.remove(OLD_FILE)

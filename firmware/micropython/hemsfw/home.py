@@ -81,15 +81,19 @@ class Home:
             store.rename(PREV, NEW)
             self.new, self.prev = self.prev, None
 
-    def _slot_file(self, st):
-        return NEW if st is self.new else PREV
-
     # ------------------------------------------------------------ the round
 
-    def _plan_for(self, day, frames):
+    def _plan_for(self, day, frames, quantum_wh):
+        # (the day's plan in quanta, its source), the plan recorded in the history.  A function
+        # of its own: once it has returned, no stack slot (which the collector scans
+        # conservatively) still points at the Wh list or the history it read while the report
+        # is built, the round's heap peak.
         if self.planner is None:
-            return plan.resample(self.plan_wh, frames), "config"
-        return self.planner.plan_for(day, frames)
+            wh, source = plan.resample(self.plan_wh, frames), "config"
+        else:
+            wh, source = self.planner.plan_for(day, frames)
+            self.planner.record(day, wh, source)
+        return plan.to_quanta(wh, quantum_wh), source
 
     def on_round(self, ann, wall=None, now=None):
         """A validated round announcement -> [(topic, payload)] still to publish (maybe none;
@@ -106,11 +110,7 @@ class Home:
             if day == st["day"] and rnd == st["round"]:
                 return self._out(wall)   # a repeat (retained, reconnect): nothing new
         frames = ann["frames"]
-        wh, source = self._plan_for(day, frames)
-        if self.planner is not None:
-            self.planner.record(day, wh, source)
-        values = plan.to_quanta(wh, ann["quantum_wh"])
-        del wh   # a plan-sized list: not held through the report's heap peak
+        values, source = self._plan_for(day, frames, ann["quantum_wh"])
         brokers = ann["brokers"]
         status = "reported"
         if wall is not None and wall > ann["deadline"]:
@@ -235,33 +235,14 @@ class Home:
         self.store.write(NEW, st)
 
     def on_adjustment(self, obj, now=None):
-        """A decoded adjustment; returns a reason string if ignored, else None."""
-        slots = [s for s in (self.new, self.prev) if s]
-        if not slots:
-            return "no_plan"
-        st = None
-        for s in slots:
-            if obj.get("day") == s["day"] and obj.get("round") == s["round"]:
-                st = s
+        """A decoded adjustment; returns a reason string if ignored, else None.  Once a day:
+        hemsfw/adjust.py is in the heap only while it runs."""
+        from hemsfw import adjust
+
         try:
-            _d, _r, group, moves, curtail, expires = protocol.parse_adjustment(
-                obj, (st or slots[0])["frames"])
-        except ValueError as e:
-            return str(e)
-        if st is None:
-            return "other_round"
-        if st.get("status") != "reported":
-            return "not_reported"
-        if now is not None and now >= expires:
-            return "expired"
-        adj = {"group": group, "moves": [list(m) for m in moves], "curtail": curtail,
-               "expires": expires}
-        if st.get("adjustment") == adj:
-            return None   # a redelivery: already applied and stored
-        st["adjustment"] = adj
-        st["adjusted"] = plan.apply_adjustment(st["plan"], moves, curtail)
-        self.store.write(self._slot_file(st), st)
-        return None
+            return adjust.apply(self, obj, now)
+        finally:
+            unload("adjust")
 
     # ------------------------------------------------------------ the relay
 

@@ -8,7 +8,9 @@
 # What only the services need (group requests and sums, capacity, replies, parsing the homes'
 # reports, building rounds and adjustments) lives in protocol_svc.py and is reached through this
 # module all the same (`protocol.make_group_request`, module __getattr__ below): a home
-# controller never loads it, which keeps ~4 KB of code out of a board's RAM.
+# controller never loads it, which keeps ~4 KB of code out of a board's RAM.  The adjustment's
+# parser is reached the same way; it lives in adjust.py, which the home loads only while it
+# handles its daily adjustment.
 
 import binascii
 import json
@@ -187,42 +189,20 @@ def make_mask_report(home, day, rnd, report_id, sealed):
 SEED_LEN = 32
 
 
-# ---------------------------------------------------------------- coordinator -> home
-
-
-def parse_adjustment(obj, frames):
-    """Returns (day, round, group, moves [(from, to)], curtail [frames], expires)."""
-    _version(obj)
-    day = _day(obj)
-    rnd = _int(obj, "round", 1, 1 << 30)
-    group = _id(obj, "group")
-    mv = obj.get("moves")
-    if not isinstance(mv, list) or len(mv) > frames:
-        raise ValueError("bad_moves")
-    moves = []
-    seen = set()
-    for m in mv:
-        int_list(m, 2, 0, frames - 1, "bad_moves")
-        if m[0] == m[1] or m[0] in seen:
-            raise ValueError("bad_moves")
-        seen.add(m[0])
-        moves.append((m[0], m[1]))
-    cu = obj.get("curtail")
-    if not isinstance(cu, list) or len(cu) > frames:
-        raise ValueError("bad_curtail")
-    int_list(cu, len(cu), 0, frames - 1, "bad_curtail")
-    return day, rnd, group, moves, cu, _int(obj, "expires", 0, 1 << 40)
-
-
-# ---------------------------------------------------------------- the services' half
+# ---------------------------------------------------------------- kept elsewhere
 
 
 def __getattr__(name):
-    """Service-side names (protocol_svc.py), loaded on first use and then cached here."""
-    from hemsfw import protocol_svc
-
+    """Names kept out of this module (protocol_svc.py: the services' half; adjust.py: the
+    adjustment parser, which the home loads only while it handles one), loaded on first use and
+    then cached here.  The home firmware never comes through here: it imports adjust itself and
+    drops it after use (a name cached here would keep its module in the heap)."""
+    if name == "parse_adjustment":
+        from hemsfw import adjust as mod
+    else:
+        from hemsfw import protocol_svc as mod
     try:
-        v = getattr(protocol_svc, name)
+        v = getattr(mod, name)
     except AttributeError:
         raise AttributeError(name)
     globals()[name] = v

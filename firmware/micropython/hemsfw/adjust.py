@@ -1,0 +1,63 @@
+# The day's adjustment from the coordinator: check it (the wire format, docs/protocol.md) and
+# apply it to the stored round it is for.  Once a day, so this code is loaded only while an
+# adjustment is handled (hemsfw.home.Home.on_adjustment) and dropped right after: it is never in
+# the heap during the round's report, the firmware's heap peak.  parse_adjustment is part of
+# the wire protocol all the same: the services and the test vectors reach it as
+# protocol.parse_adjustment (hemsfw.protocol's module __getattr__).  MicroPython subset only.
+
+from hemsfw import plan
+from hemsfw.protocol import _day, _id, _int, _version, int_list
+
+
+def parse_adjustment(obj, frames):
+    """Returns (day, round, group, moves [(from, to)], curtail [frames], expires)."""
+    _version(obj)
+    day = _day(obj)
+    rnd = _int(obj, "round", 1, 1 << 30)
+    group = _id(obj, "group")
+    mv = obj.get("moves")
+    if not isinstance(mv, list) or len(mv) > frames:
+        raise ValueError("bad_moves")
+    moves = []
+    seen = set()
+    for m in mv:
+        int_list(m, 2, 0, frames - 1, "bad_moves")
+        if m[0] == m[1] or m[0] in seen:
+            raise ValueError("bad_moves")
+        seen.add(m[0])
+        moves.append((m[0], m[1]))
+    cu = obj.get("curtail")
+    if not isinstance(cu, list) or len(cu) > frames:
+        raise ValueError("bad_curtail")
+    int_list(cu, len(cu), 0, frames - 1, "bad_curtail")
+    return day, rnd, group, moves, cu, _int(obj, "expires", 0, 1 << 40)
+
+
+def apply(home, obj, now):
+    """Home.on_adjustment: a decoded adjustment for one of home's two rounds (hemsfw/home.py);
+    returns a reason string if ignored, else None (applied and persisted, or a redelivery)."""
+    slots = [s for s in (home.new, home.prev) if s]
+    if not slots:
+        return "no_plan"
+    st = None
+    for s in slots:
+        if obj.get("day") == s["day"] and obj.get("round") == s["round"]:
+            st = s
+    try:
+        _d, _r, group, moves, curtail, expires = parse_adjustment(obj, (st or slots[0])["frames"])
+    except ValueError as e:
+        return str(e)
+    if st is None:
+        return "other_round"
+    if st.get("status") != "reported":
+        return "not_reported"
+    if now is not None and now >= expires:
+        return "expired"
+    adj = {"group": group, "moves": [list(m) for m in moves], "curtail": curtail,
+           "expires": expires}
+    if st.get("adjustment") == adj:
+        return None   # a redelivery: already applied and stored
+    st["adjustment"] = adj
+    st["adjusted"] = plan.apply_adjustment(st["plan"], moves, curtail)
+    home.store.write("round.json" if st is home.new else "prev.json", st)
+    return None

@@ -143,7 +143,7 @@ def test_reports_are_kept_until_each_service_replies():
     h.ack(1)
     assert h.pending() == []
     again = h.pending(resend=True)
-    assert [(t, p) for _i, t, p in again] == out              # the very same bytes
+    assert [(t, p.encode()) for _i, t, p in again] == out     # the very same bytes
     assert not h.on_reply("coordinator", {"report_id": "00" * 16})   # another report's
     assert not h.on_reply("mb2", {"report_id": rid})                 # not a service of ours
     assert h.on_reply("coordinator", {"status": "accepted", "report_id": rid})

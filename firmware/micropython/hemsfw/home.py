@@ -143,7 +143,7 @@ class Home:
         return self._out(wall)
 
     def _out(self, wall):
-        return [(t, p) for _i, t, p in self.pending(wall)]
+        return [(t, p.encode()) for _i, t, p in self.pending(wall)]
 
     def _report(self, new, brokers):
         # masking and seal are needed once a day: each is loaded only for its step and dropped
@@ -179,10 +179,11 @@ class Home:
         new["sent"] = False
 
     def pending(self, wall=None, resend=False):
-        """[(index, topic, payload bytes)] of the newest round's messages the broker has not
+        """[(index, topic, payload text)] of the newest round's messages the broker has not
         acknowledged yet; with resend, also those it acknowledged but whose service has not
         replied.  None once the deadline has passed (the round is marked late if the report
-        never reached the broker)."""
+        never reached the broker).  The text is the stored one: the caller encodes only what it
+        publishes (the runner asks every turn; encoding all of them was ~1 KB of garbage)."""
         st = self.new
         if not st or not st.get("outbox"):
             return []
@@ -199,7 +200,7 @@ class Home:
         for i in range(len(st["outbox"])):
             if st["acked"][i] < want:
                 t, m = st["outbox"][i]
-                out.append((i, t, m.encode()))
+                out.append((i, t, m))
         return out
 
     def ack(self, i):

@@ -186,8 +186,8 @@ class Runner:
         if not out:
             self._resend(wall)
             return
-        i, t, payload = out[0]
-        if self.main.publish(t, payload, False, 1):
+        i, t, text = out[0]
+        if self.main.publish(t, text.encode(), False, 1):
             self.home.ack(i)
             self._phase("acked")
             if self.resend_at is None:
@@ -204,11 +204,11 @@ class Runner:
             self._link_up(None)
             self.resend_at = None
             return
-        for i, t, payload in out:
+        for i, t, text in out:
             if i not in self.resent:
                 self.resent.append(i)
                 self.log("no reply yet: re-sending the report's message to", t)
-                self.main.publish(t, payload, False, 1)
+                self.main.publish(t, text.encode(), False, 1)
                 return
         # a cycle done: wait longer before the next one
         self.resent = []

@@ -78,10 +78,9 @@ class RoundKey:
         return parts[0] + rid.encode() + parts[1]
 
 
-def fast_plan_report(payload: bytes, home: str, key: RoundKey,
-                     frames: int) -> tuple[str, int, bytes] | None:
-    """(report id, mag, masked bytes) of a plan report of ``home`` (a valid id: the topic's)
-    for ``key``'s round that the full path would parse and find in round; else None."""
+def _report(payload: bytes, home: str, key: RoundKey) -> tuple[dict[str, object], str] | None:
+    """The decoded report and its report id when the fields both reports share pass: version,
+    ``home``, ``key``'s day and round, a well-formed report id; else None."""
     if not key.ok or len(payload) > _MAX_PAYLOAD:
         return None
     try:
@@ -92,14 +91,25 @@ def fast_plan_report(payload: bytes, home: str, key: RoundKey,
         return None
     g = obj.get
     rid = g("report_id")
-    mag = g("mag")
-    s = g("masked")
     rnd = g("round")
     if (g("v") != protocol.VERSION or g("home") != home or g("day") != key.day
             or type(rnd) is not int or rnd != key.round
-            or type(rid) is not str or REPORT_ID.fullmatch(rid) is None
-            or type(mag) is not int or not 1 <= mag <= _MAX_MAG
-            or type(s) is not str):
+            or type(rid) is not str or REPORT_ID.fullmatch(rid) is None):
+        return None
+    return obj, rid
+
+
+def fast_plan_report(payload: bytes, home: str, key: RoundKey,
+                     frames: int) -> tuple[str, int, bytes] | None:
+    """(report id, mag, masked bytes) of a plan report of ``home`` (a valid id: the topic's)
+    for ``key``'s round that the full path would parse and find in round; else None."""
+    r = _report(payload, home, key)
+    if r is None:
+        return None
+    obj, rid = r
+    mag = obj.get("mag")
+    s = obj.get("masked")
+    if type(mag) is not int or not 1 <= mag <= _MAX_MAG or type(s) is not str:
         return None
     nbytes = 4 * frames
     if len(s) != 4 * ((nbytes + 2) // 3):
@@ -117,22 +127,12 @@ def fast_mask_report(payload: bytes, home: str, key: RoundKey) -> tuple[str, byt
     """(report id, sealed blob) of a mask report of ``home`` (a valid id: the topic's) for
     ``key``'s round that ``protocol.parse_mask_report(fastjson.decode(payload))`` would parse
     (and whose home and round the mask broker's checks would find right); else None."""
-    if not key.ok or len(payload) > _MAX_PAYLOAD:
+    r = _report(payload, home, key)
+    if r is None:
         return None
-    try:
-        obj = _loads(payload)
-    except ValueError:
-        return None
-    if type(obj) is not dict:
-        return None
-    g = obj.get
-    s = g("sealed")
-    rid = g("report_id")
-    rnd = g("round")
-    if (g("v") != protocol.VERSION or type(s) is not str or len(s) > 200
-            or g("home") != home or g("day") != key.day
-            or type(rnd) is not int or rnd != key.round
-            or type(rid) is not str or REPORT_ID.fullmatch(rid) is None):
+    obj, rid = r
+    s = obj.get("sealed")
+    if type(s) is not str or len(s) > 200:
         return None
     try:
         blob = _a2b(s)

@@ -201,8 +201,9 @@ class Runner:
             return
         out = self.home.pending(wall, True)
         if not out:                     # every service replied (or the deadline passed)
-            self._link_up(None)
-            self.resend_at = None
+            self.resend_at = None       # the next round's first PUBACK starts a fresh schedule
+            self.reply_wait = REPLY_WAIT_MS
+            self.resent = []
             return
         for i, t, text in out:
             if i not in self.resent:

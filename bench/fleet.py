@@ -57,6 +57,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from backend.common.fleet_acl import FLEET_USER  # noqa: E402
+from backend.common.ingest_mqtt import mqtt_string, varlen  # noqa: E402
 from bench.daygen import MAG_PROBS, MAGNIFICATIONS  # noqa: E402
 from bench.daygen import _homes as day_loads  # noqa: E402
 from hemsfw import home as fw_home  # noqa: E402
@@ -245,31 +246,21 @@ def load_or_build(spec: FleetSpec, cache: Path | None) -> Fleet:
 # ------------------------------------------------------------------ MQTT 3.1.1 framing (raw)
 
 
-def _varlen(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n % 128, n // 128
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _str(s: str) -> bytes:
-    b = s.encode()
-    return struct.pack("!H", len(b)) + b
+    return mqtt_string(s.encode())
 
 
 def connect_packet(client_id: str, user: str, password: str, keepalive: int = 0) -> bytes:
     """CONNECT, MQTT 3.1.1, clean session, username + password."""
     body = (_str("MQTT") + bytes((4, 0xC2)) + struct.pack("!H", keepalive)
             + _str(client_id) + _str(user) + _str(password))
-    return b"\x10" + _varlen(len(body)) + body
+    return b"\x10" + varlen(len(body)) + body
 
 
 def publish_packet(topic: str, payload: bytes, mid: int) -> bytes:
     """PUBLISH, QoS 1, not retained."""
     body = _str(topic) + struct.pack("!H", mid) + payload
-    return b"\x32" + _varlen(len(body)) + body
+    return b"\x32" + varlen(len(body)) + body
 
 
 def mid_of(i: int) -> int:

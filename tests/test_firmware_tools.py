@@ -32,7 +32,7 @@ from test_firmware_mqtt import (
 )
 
 from backend.common.broker import acl_text, free_port, render_conf, wait_port
-from firmware import host
+from firmware import host, romfs
 from hemsfw import config, plan, protocol
 
 pytestmark = pytest.mark.integration
@@ -52,19 +52,18 @@ def test_build_bundle_contents(tmp_path: Path) -> None:
     assert (tmp_path / "b" / "hemsfw" / "protocol.mpy").read_bytes()[:1] == b"M"
 
 
-def test_bundle_runs_a_round_on_the_unix_port(lab: Lab, tmp_path: Path) -> None:
-    bundle = tmp_path / "bundle"
-    host.build(bundle)
+def _round_with(lab: Lab, cmd: list[str], env: dict[str, str]) -> str:
+    """One real round and day of the firmware started by `cmd` (with `cfg` as its last
+    argument, written here); returns its log after checking the relay followed the adjustment."""
     state = lab.tmp / "state"
     cfg = write_config(lab, state)
     coord = Peer(lab, "coordinator", [protocol.t_plan(HOME), protocol.t_status(HOME)])
     mb1 = Peer(lab, "mb1", [protocol.t_mask("mb1", HOME)])
     clock = Peer(lab, "lab", [])
     log = lab.tmp / "home.log"
-    env = dict(os.environ, MICROPYPATH=f"{bundle}:{bundle / 'lib'}")
     with open(log, "wb") as f:
-        proc = subprocess.Popen([str(MICROPYTHON), str(bundle / "run_home.py"), str(cfg)],
-                                env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*cmd, str(cfg)], env=env, stdout=f, stderr=subprocess.STDOUT,
+                                cwd=host.HERE.parent)
     try:
         assert coord.get(protocol.t_status(HOME)) == b"online"
         announce(coord)
@@ -80,10 +79,41 @@ def test_bundle_runs_a_round_on_the_unix_port(lab: Lab, tmp_path: Path) -> None:
         stop(proc)
         for p in (coord, mb1, clock):
             p.close()
-    text = log.read_text()
-    assert "hemsfw/" in text or "connected" in text
-    assert not [x for x in text.splitlines() if x.endswith(".py")]
     check_relay_log(state, adjusted)
+    return log.read_text()
+
+
+def test_bundle_runs_a_round_on_the_unix_port(lab: Lab, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    host.build(bundle)
+    env = dict(os.environ, MICROPYPATH=f"{bundle}:{bundle / 'lib'}")
+    text = _round_with(lab, [str(MICROPYTHON), str(bundle / "run_home.py")], env)
+    assert "connected" in text
+    assert not [x for x in text.splitlines() if x.endswith(".py")]
+
+
+def test_romfs_image_runs_a_round_with_its_code_outside_the_heap(lab: Lab,
+                                                                  tmp_path: Path) -> None:
+    """The bundle's ROMFS image, mapped read-only outside the MicroPython heap as a board's flash
+    (firmware/romfs.py), runs a whole round in a 52 KB heap, where the same code imported from
+    files (copied into the heap) cannot even start its round: the bytecode really runs in place.
+    Nothing else is on the module path (MICROPYPATH empty)."""
+    bundle = tmp_path / "bundle"
+    m = host.build(bundle)
+    img = bundle / host.ROMFS_IMAGE
+    assert img.read_bytes()[:3] == romfs.HEADER and m["romfs"]["bytes"] == img.stat().st_size
+    env = dict(os.environ, MICROPYPATH="")
+    text = _round_with(lab, [str(MICROPYTHON.parent / "python"), "-m", "firmware.romfs", "run",
+                             "--heapsize", "52K", str(img)], env)
+    assert "connected" in text
+    # the control: the same code from files does not fit in that heap
+    lab.tmp = lab.tmp / "files"
+    lab.tmp.mkdir()
+    cfg = write_config(lab, lab.tmp / "state")
+    p = subprocess.run([str(MICROPYTHON), "-X", "heapsize=52K", str(bundle / "run_home.py"),
+                        str(cfg)], env=dict(os.environ, MICROPYPATH=f"{bundle}:{bundle / 'lib'}"),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "MemoryError" in p.stdout + p.stderr
 
 
 def test_provision_registers_a_home_that_connects(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@
              per-home line: the %u patterns cover them; the file is written if missing), and
              each mask broker's registry {"homes": {"<home id>": {"key": "<64 hex>"}}}
   flash      copy the bundle and the config to a board with mpremote and install umqtt.simple
-             with mip; --dry-run prints the exact commands
+             with mip, then reset the board; --dry-run prints the exact commands, --resume
+             skips mpremote's soft reset, --no-reset leaves out the final reset, a step still
+             running after --step-timeout seconds is killed and the flash fails
 
 docs/firmware.md is the manual (flashing MicroPython itself with esptool / picotool first).
 """
@@ -232,29 +234,52 @@ def provision(home_id: str, out: Path, mask_brokers: dict[str, Path], passwd: Pa
 # ------------------------------------------------------------------ flash
 
 
+#: Seconds one mpremote step may take before it is killed (mip over Wi-Fi, `cp -r` at 115200 baud
+#: take well under a minute). mpremote's own timeouts do not cover everything: on a /dev/pts/N port
+#: (a QEMU or unix-port "board") that never answers, mpremote 1.29 blocks for ever.
+STEP_TIMEOUT_S = 300.0
+
+
 def flash_commands(port: str, bundle: Path, config: Path, mpremote: str = "mpremote",
-                   install_umqtt: bool = True) -> list[list[str]]:
-    """The mpremote invocations that put a bundle and a config on a board, in order."""
+                   install_umqtt: bool = True, resume: bool = False,
+                   reset: bool = True) -> list[list[str]]:
+    """The mpremote invocations that put a bundle and a config on a board, in order.
+
+    resume: `mpremote connect PORT resume ...`: enter the raw REPL without a soft reset.
+    reset: end with `reset` (machine.reset(): the board boots into the new main.py)."""
     if not (bundle / "hemsfw").is_dir() or not (bundle / "main.py").exists():
         raise ToolError(f"{bundle} is not a bundle (run `hems firmware build` first)")
     if not config.exists():
         raise ToolError(f"no config at {config}")
     c = [mpremote, "connect", port]
+    if resume:
+        c.append("resume")
     cmds = []
     if install_umqtt:
         cmds.append([*c, "mip", "install", "umqtt.simple"])
     # Remove an older hemsfw first (a stale .py would shadow the new .mpy of the same name);
     # this step may fail on a fresh board, where there is nothing to remove.
     cmds.append([*c, "rm", "-r", ":hemsfw"])
-    cmds.append([*c, "cp", "-r", str(bundle / "hemsfw"), ":"])
+    # Then `:hemsfw` is absent, so `cp -r` creates it as the copy.  Not `:`: mpremote copies into
+    # the destination only if it exists, and whether the path "" does depends on the port (it
+    # does on a board's VFS; on the unix port the modules would land in the root).
+    cmds.append([*c, "cp", "-r", str(bundle / "hemsfw"), ":hemsfw"])
     cmds.append([*c, "cp", str(bundle / "main.py"), ":main.py"])
     cmds.append([*c, "cp", str(config), ":config.json"])
-    cmds.append([*c, "reset"])
+    if reset:
+        cmds.append([*c, "reset"])
     return cmds
 
 
+def _may_fail(cmd: list[str]) -> bool:
+    return cmd[-3:] == ["rm", "-r", ":hemsfw"]
+
+
 def flash(port: str, bundle: Path, config: Path, dry_run: bool = False,
-          install_umqtt: bool = True, out: Any = None) -> int:
+          install_umqtt: bool = True, out: Any = None, resume: bool = False,
+          reset: bool = True, step_timeout: float = STEP_TIMEOUT_S) -> int:
+    """Run (or with dry_run only print) flash_commands(); 0 on success, 1 when a step fails or
+    times out (the remaining steps are not run)."""
     out = out or sys.stdout
     exe = "mpremote"
     if not dry_run:
@@ -262,13 +287,21 @@ def flash(port: str, bundle: Path, config: Path, dry_run: bool = False,
         exe = str(cand) if cand.exists() else (shutil.which("mpremote") or "")
         if not exe:
             raise ToolError("mpremote not found (pip install mpremote)")
-    for cmd in flash_commands(port, bundle, config, exe, install_umqtt):
-        print(shlex.join(cmd), file=out)
-        if not dry_run:
-            p = subprocess.run(cmd, timeout=300)
-            if p.returncode != 0 and cmd[-2:] != ["-r", ":hemsfw"]:
-                print(f"hems firmware flash: step failed (exit {p.returncode})", file=sys.stderr)
-                return 1
+    for cmd in flash_commands(port, bundle, config, exe, install_umqtt, resume, reset):
+        # flushed: the line comes before mpremote's own output when both go to one pipe
+        print(shlex.join(cmd), file=out, flush=True)
+        if dry_run:
+            continue
+        try:
+            p = subprocess.run(cmd, timeout=step_timeout)
+        except subprocess.TimeoutExpired:   # run() has killed and reaped mpremote
+            print(f"hems firmware flash: step timed out after {step_timeout:g} s (is the board "
+                  f"on {port} answering?): {shlex.join(cmd)}", file=sys.stderr)
+            return 1
+        if p.returncode != 0 and not _may_fail(cmd):
+            print(f"hems firmware flash: step failed (exit {p.returncode}): {shlex.join(cmd)}",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
@@ -310,6 +343,16 @@ def build_parser(prog: str = "hems firmware") -> argparse.ArgumentParser:
     f.add_argument("--config", required=True, help="the home's config.json")
     f.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     f.add_argument("--no-mip", action="store_true", help="skip `mip install umqtt.simple`")
+    f.add_argument("--resume", action="store_true",
+                   help="`mpremote connect PORT resume ...`: no soft reset before each step "
+                        "(the running program is only interrupted; also for boards or ports "
+                        "where a soft reset misbehaves, e.g. the MicroPython unix port)")
+    f.add_argument("--no-reset", action="store_true",
+                   help="leave out the final `reset` (machine.reset()); reset the board "
+                        "yourself to start the new firmware")
+    f.add_argument("--step-timeout", type=float, default=STEP_TIMEOUT_S, metavar="SECONDS",
+                   help="kill an mpremote step that takes longer and fail "
+                        "(default %(default)g)")
     return p
 
 
@@ -329,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                        "config.json"),
                               "mask_brokers": sorted(cfg["keys"])}))
             return 0
-        return flash(a.port, Path(a.bundle), Path(a.config), a.dry_run, not a.no_mip)
+        if a.step_timeout <= 0:
+            raise ToolError("--step-timeout must be positive")
+        return flash(a.port, Path(a.bundle), Path(a.config), a.dry_run, not a.no_mip,
+                     resume=a.resume, reset=not a.no_reset, step_timeout=a.step_timeout)
     except ToolError as e:
         print(f"hems firmware {a.cmd}: {e}", file=sys.stderr)
         return 2

@@ -1,17 +1,24 @@
 """Host tools for the firmware (firmware/host.py, `hems firmware ...`): the mpy-cross bundle runs
 a real round under the MicroPython unix port; provisioning registers a home that then really
-connects; flash --dry-run prints the exact mpremote commands."""
+connects; flash --dry-run prints the exact mpremote commands; flash really flashes a "board" (the
+unix port's REPL on a pseudo-terminal, tests/pty_board.py), whose firmware then runs a round, and
+fails in bounded time when nothing answers."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import time
+import tty
 from pathlib import Path
 
 import pytest
+from pty_board import PtyBoard, run_bounded
 from test_firmware_mqtt import (
     DAY_REAL_S,
     HOME,
@@ -52,18 +59,24 @@ def test_build_bundle_contents(tmp_path: Path) -> None:
     assert (tmp_path / "b" / "hemsfw" / "protocol.mpy").read_bytes()[:1] == b"M"
 
 
-def _round_with(lab: Lab, cmd: list[str], env: dict[str, str]) -> str:
-    """One real round and day of the firmware started by `cmd` (with `cfg` as its last
-    argument, written here); returns its log after checking the relay followed the adjustment."""
-    state = lab.tmp / "state"
-    cfg = write_config(lab, state)
+PYTHON = MICROPYTHON.parent / "python"
+MPREMOTE = MICROPYTHON.parent / "mpremote"
+
+
+def run_round(lab: Lab, script: Path, cfg: Path, micropypath: str,
+              cwd: Path | None = None, cmd: list[str] | None = None) -> str:
+    """A real round (coordinator, mb1 and the lab clock played here) by the unix port running
+    `script` (a run_home.py) with MICROPYPATH=micropypath: plan, mask, adjustment, relay day.
+    cmd: start the firmware with `cmd + [cfg]` instead.  Returns the firmware's log."""
+    state = Path(json.loads(cfg.read_text())["state_dir"])
     coord = Peer(lab, "coordinator", [protocol.t_plan(HOME), protocol.t_status(HOME)])
     mb1 = Peer(lab, "mb1", [protocol.t_mask("mb1", HOME)])
     clock = Peer(lab, "lab", [])
     log = lab.tmp / "home.log"
+    env = dict(os.environ, MICROPYPATH=micropypath)
     with open(log, "wb") as f:
-        proc = subprocess.Popen([*cmd, str(cfg)], env=env, stdout=f, stderr=subprocess.STDOUT,
-                                cwd=host.HERE.parent)
+        proc = subprocess.Popen([*(cmd or [str(MICROPYTHON), str(script)]), str(cfg)], env=env,
+                                cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
     try:
         assert coord.get(protocol.t_status(HOME)) == b"online"
         announce(coord)
@@ -83,15 +96,6 @@ def _round_with(lab: Lab, cmd: list[str], env: dict[str, str]) -> str:
     return log.read_text()
 
 
-def test_bundle_runs_a_round_on_the_unix_port(lab: Lab, tmp_path: Path) -> None:
-    bundle = tmp_path / "bundle"
-    host.build(bundle)
-    env = dict(os.environ, MICROPYPATH=f"{bundle}:{bundle / 'lib'}")
-    text = _round_with(lab, [str(MICROPYTHON), str(bundle / "run_home.py")], env)
-    assert "connected" in text
-    assert not [x for x in text.splitlines() if x.endswith(".py")]
-
-
 def test_romfs_image_runs_a_round_with_its_code_outside_the_heap(lab: Lab,
                                                                   tmp_path: Path) -> None:
     """The bundle's ROMFS image, mapped read-only outside the MicroPython heap as a board's flash
@@ -102,9 +106,10 @@ def test_romfs_image_runs_a_round_with_its_code_outside_the_heap(lab: Lab,
     m = host.build(bundle)
     img = bundle / host.ROMFS_IMAGE
     assert img.read_bytes()[:3] == romfs.HEADER and m["romfs"]["bytes"] == img.stat().st_size
-    env = dict(os.environ, MICROPYPATH="")
-    text = _round_with(lab, [str(MICROPYTHON.parent / "python"), "-m", "firmware.romfs", "run",
-                             "--heapsize", "52K", str(img)], env)
+    cfg = write_config(lab, lab.tmp / "state")
+    text = run_round(lab, img, cfg, "", cwd=host.HERE.parent,
+                     cmd=[str(PYTHON), "-m", "firmware.romfs", "run", "--heapsize", "52K",
+                          str(img)])
     assert "connected" in text
     # the control: the same code from files does not fit in that heap
     lab.tmp = lab.tmp / "files"
@@ -114,6 +119,13 @@ def test_romfs_image_runs_a_round_with_its_code_outside_the_heap(lab: Lab,
                         str(cfg)], env=dict(os.environ, MICROPYPATH=f"{bundle}:{bundle / 'lib'}"),
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "MemoryError" in p.stdout + p.stderr
+
+
+def test_bundle_runs_a_round_on_the_unix_port(lab: Lab, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    host.build(bundle)
+    cfg = write_config(lab, lab.tmp / "state")
+    run_round(lab, bundle / "run_home.py", cfg, f"{bundle}:{bundle / 'lib'}")
 
 
 def test_provision_registers_a_home_that_connects(tmp_path: Path) -> None:
@@ -191,7 +203,7 @@ def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
     assert lines[0] == "mpremote connect /dev/ttyUSB0 mip install umqtt.simple"
     assert lines[1:] == [
         "mpremote connect /dev/ttyUSB0 rm -r :hemsfw",     # the old one (may be absent)
-        f"mpremote connect /dev/ttyUSB0 cp -r {bundle / 'hemsfw'} :",
+        f"mpremote connect /dev/ttyUSB0 cp -r {bundle / 'hemsfw'} :hemsfw",
         f"mpremote connect /dev/ttyUSB0 cp {bundle / 'main.py'} :main.py",
         f"mpremote connect /dev/ttyUSB0 cp {cfg} :config.json",
         "mpremote connect /dev/ttyUSB0 reset",
@@ -207,5 +219,148 @@ def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
                        cwd=host.HERE.parent)
     assert p.returncode == 0 and "mip install" not in p.stdout
     assert p.stdout.splitlines()[-1] == "mpremote connect /dev/ttyACM0 reset"
+    # --resume: `resume` right after `connect PORT` (no soft reset); --no-reset: no final reset
+    out = io.StringIO()
+    assert host.flash("/dev/ttyUSB0", bundle, cfg, dry_run=True, install_umqtt=False,
+                      resume=True, reset=False, out=out) == 0
+    assert out.getvalue().splitlines() == [
+        "mpremote connect /dev/ttyUSB0 resume rm -r :hemsfw",
+        f"mpremote connect /dev/ttyUSB0 resume cp -r {bundle / 'hemsfw'} :hemsfw",
+        f"mpremote connect /dev/ttyUSB0 resume cp {bundle / 'main.py'} :main.py",
+        f"mpremote connect /dev/ttyUSB0 resume cp {cfg} :config.json",
+    ]
+    rc, stdout, _, _ = flash_cli("--port", "/dev/ttyACM0", "--bundle", str(bundle), "--config",
+                                 str(cfg), "--dry-run", "--resume")
+    assert rc == 0 and stdout.splitlines()[0] == ("mpremote connect /dev/ttyACM0 resume mip "
+                                                  "install umqtt.simple")
+    assert stdout.splitlines()[-1] == "mpremote connect /dev/ttyACM0 resume reset"
+    rc, stdout, _, _ = flash_cli("--port", "/dev/ttyACM0", "--bundle", str(bundle), "--config",
+                                 str(cfg), "--dry-run", "--no-reset")
+    assert rc == 0 and stdout.splitlines()[-1].endswith(" :config.json")
+    assert " resume " not in stdout
+    assert host.main(["flash", "--port", "x", "--bundle", str(bundle), "--config", str(cfg),
+                      "--dry-run", "--step-timeout", "0"]) == 2
+
+
+def flash_cli(*args: str, timeout: float = 120.0) -> tuple[int, str, str, float]:
+    """`python -m firmware.host flash ARGS` (what `hems firmware flash` runs), in its own session
+    and killed with its mpremote if it outlives `timeout`: (exit status, stdout, stderr, s)."""
+    return run_bounded([str(PYTHON), "-m", "firmware.host", "flash", *args], timeout,
+                       cwd=host.HERE.parent)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_flash_to_a_serial_board_then_run_a_round(lab: Lab, tmp_path: Path) -> None:
+    """`hems firmware flash` for real, to the unix port's REPL on a serial line (a pty): mpremote
+    copies into the REPL's cwd, the board's filesystem.  The files there are checked, not what the
+    tool prints: the bundle's code byte for byte, the config, a stale older firmware gone, /lib
+    left alone; then twice (the second flash replaces the first), and the flashed files run a
+    round.  --resume (a soft reset would end the unix REPL) and --no-reset (the unix port has no
+    machine.reset(); mpremote's `reset` does not wait for the result, so it would pass anyway);
+    --no-mip (no internet: umqtt.simple is on the board already, as a `mip install` left it)."""
+    bundle = tmp_path / "bundle"
+    host.build(bundle)
+    umqtt = {f"lib/{k}": v for k, v in tree(bundle / "lib").items()}
+    assert "lib/umqtt/simple.mpy" in umqtt, "no umqtt.simple in the bundle (./run setup)"
+    code = {f"hemsfw/{k}": v for k, v in tree(bundle / "hemsfw").items()}
+    assert code and all(k.endswith(".mpy") for k in code)
+    code["main.py"] = (bundle / "main.py").read_bytes()
+
+    board = tmp_path / "board"
+    # An older firmware: a source module that would shadow home.mpy (a .py wins over an .mpy), a
+    # module since retired, old main.py and config.json; and /lib from an earlier mip install.
+    old = {"hemsfw/home.py": b"raise ImportError('stale hemsfw/home.py')\n",
+           "hemsfw/boards/retired.mpy": b"M\x06\x00\x1f", "main.py": b"print('old')\n",
+           "config.json": b"{}\n", **umqtt}
+    for rel, data in old.items():
+        (board / rel).parent.mkdir(parents=True, exist_ok=True)
+        (board / rel).write_bytes(data)
+
+    cfg = write_config(lab, lab.tmp / "state")
+    first = tmp_path / "first.json"             # flashed first, then replaced by cfg
+    first.write_text(json.dumps(dict(json.loads(cfg.read_text()), loop_ms=20)))
+    exe = str(MPREMOTE)
+    with PtyBoard(MICROPYTHON, board) as b:
+        for i, conf in enumerate((first, cfg)):
+            args = ["--port", b.port, "--bundle", str(bundle), "--config", str(conf),
+                    "--no-mip", "--resume", "--no-reset"]
+            rc, out, err, secs = flash_cli(*args)
+            print(f"flash {i + 1}: {secs:.1f} s")
+            assert rc == 0, (out, err, b.output()[-2000:])
+            ran = [x for x in out.splitlines() if x.startswith(exe + " ")]
+            assert ran == [shlex.join(c) for c in host.flash_commands(
+                b.port, bundle, conf, exe, install_umqtt=False, resume=True, reset=False)]
+            # --dry-run prints these very commands (with the bare name)
+            rc, dry, _, _ = flash_cli(*args, "--dry-run")
+            assert rc == 0 and dry.splitlines() == [x.replace(exe, "mpremote", 1) for x in ran]
+            assert tree(board) == {**code, "config.json": conf.read_bytes(), **umqtt}
+        # the board was not reset and sees the same files
+        rc, out, err, _ = run_bounded(
+            [exe, "connect", b.port, "resume", "exec",
+             "import os; print(sorted(os.listdir('hemsfw')))"], 60)
+        assert rc == 0, (out, err)
+        assert out.strip() == repr(sorted(p.name for p in (bundle / "hemsfw").iterdir()))
+        assert b.proc is not None and b.proc.poll() is None
+
+    # The flashed firmware runs a round: the bundle's run_home.py (the unix port's entry point;
+    # nothing beside it) imports hemsfw and umqtt from the board only, with the flashed config.
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    shutil.copy(bundle / "run_home.py", runner / "run_home.py")
+    run_round(lab, runner / "run_home.py", board / "config.json", f"{board}:{board / 'lib'}",
+              cwd=board)
+
+
+def test_flash_fails_in_bounded_time_when_no_board_answers(tmp_path: Path) -> None:
+    bundle = tmp_path / "b"
+    host.build(bundle)
+    cfg = tmp_path / "config.json"
+    cfg.write_text("{}")
+    common = ["--bundle", str(bundle), "--config", str(cfg), "--no-mip"]
+    # No such port: each step fails at once; `rm -r :hemsfw` may (a fresh board has none), the
+    # copy may not, and nothing runs after it.
+    rc, out, err, _ = flash_cli("--port", str(tmp_path / "ttyNONE"), *common)
+    assert rc == 1, (out, err)
+    assert "step failed (exit 1)" in err and " cp -r " in err.splitlines()[-1], err
+    assert ":main.py" not in out
+    # A line where nothing answers (a pty nobody reads): mpremote 1.29 waits for ever on a
+    # /dev/pts/N port (it reads without a timeout there); --step-timeout kills it and fails.
+    master, slave = os.openpty()
+    try:
+        tty.setraw(slave)
+        rc, out, err, secs = flash_cli("--port", os.ttyname(slave), *common,
+                                       "--step-timeout", "3", timeout=90)
+        print(f"silent line: failed in {secs:.1f} s")
+        assert rc == 1, (out, err)
+        assert "step timed out after 3 s" in err and " rm -r :hemsfw" in err, err
+        assert secs < 60
+        assert " cp " not in out                # stopped at the first step
+        # mpremote really talked to the line (Ctrl-C, Ctrl-A: enter the raw REPL), and nothing
+        # holds it any more: with our slave closed too, the master reads EOF (EIO).
+        os.close(slave)
+        slave = -1
+        os.set_blocking(master, False)
+        seen = b""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the line is still held open"
+                time.sleep(0.05)
+                continue
+            except OSError as e:
+                assert e.errno == errno.EIO
+                break
+            seen += data
+        assert b"\x03" in seen and b"\x01" in seen, seen
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
 
 

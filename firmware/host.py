@@ -2,13 +2,15 @@
 
   build      compile the device code with mpy-cross into a bundle directory:
              hemsfw/**/*.mpy, main.py, run_home.py and lib/umqtt/*.mpy (for the unix port:
-             MICROPYPATH=BUNDLE:BUNDLE/lib), manifest.json
+             MICROPYPATH=BUNDLE:BUNDLE/lib), manifest.json, and romfs.img, the same code as a
+             ROMFS image (firmware/romfs.py)
   provision  create a home's identity (MQTT password, one key per mask broker, config.json) and
              register it: mosquitto password file (mosquitto_passwd), ACL (homes need no
              per-home line: the %u patterns cover them; the file is written if missing), and
              each mask broker's registry {"homes": {"<home id>": {"key": "<64 hex>"}}}
   flash      copy the bundle and the config to a board with mpremote and install umqtt.simple
-             with mip, then reset the board; --dry-run prints the exact commands, --resume
+             with mip, then reset the board (--romfs: deploy romfs.img to the board's ROMFS
+             partition instead); --dry-run prints the exact commands, --resume
              skips mpremote's soft reset, --no-reset leaves out the final reset, a step still
              running after --step-timeout seconds is killed and the flash fails
 
@@ -242,28 +244,42 @@ STEP_TIMEOUT_S = 300.0
 
 def flash_commands(port: str, bundle: Path, config: Path, mpremote: str = "mpremote",
                    install_umqtt: bool = True, resume: bool = False,
-                   reset: bool = True) -> list[list[str]]:
+                   reset: bool = True, romfs: bool = False) -> list[list[str]]:
     """The mpremote invocations that put a bundle and a config on a board, in order.
 
     resume: `mpremote connect PORT resume ...`: enter the raw REPL without a soft reset.
-    reset: end with `reset` (machine.reset(): the board boots into the new main.py)."""
+    reset: end with `reset` (machine.reset(): the board boots into the new main.py).
+    romfs: deploy the bundle's ROMFS image (hemsfw and umqtt.simple) to the board's ROMFS
+    partition instead of copying hemsfw to its filesystem: the code then runs from flash and
+    leaves the heap to the data (firmware/romfs.py; MicroPython >= 1.25 built with ROMFS)."""
     if not (bundle / "hemsfw").is_dir() or not (bundle / "main.py").exists():
         raise ToolError(f"{bundle} is not a bundle (run `hems firmware build` first)")
+    if romfs and not (bundle / ROMFS_IMAGE).is_file():
+        raise ToolError(f"no {ROMFS_IMAGE} in {bundle} (run `hems firmware build` again)")
     if not config.exists():
         raise ToolError(f"no config at {config}")
     c = [mpremote, "connect", port]
     if resume:
         c.append("resume")
     cmds = []
-    if install_umqtt:
+    if romfs:
+        # umqtt.simple is in the image (/rom/lib): no mip.  mpremote refuses a board without a
+        # ROMFS partition ("ROMFS is not enabled on this device") or an image too big for it.
+        cmds.append([*c, "romfs", "deploy", str(bundle / ROMFS_IMAGE)])
+    elif install_umqtt:
         cmds.append([*c, "mip", "install", "umqtt.simple"])
-    # Remove an older hemsfw first (a stale .py would shadow the new .mpy of the same name);
+    # Remove an older hemsfw first (a stale .py would shadow the new .mpy of the same name; with
+    # romfs, any copy on the filesystem would shadow /rom, which comes later on sys.path);
     # this step may fail on a fresh board, where there is nothing to remove.
     cmds.append([*c, "rm", "-r", ":hemsfw"])
-    # Then `:hemsfw` is absent, so `cp -r` creates it as the copy.  Not `:`: mpremote copies into
-    # the destination only if it exists, and whether the path "" does depends on the port (it
-    # does on a board's VFS; on the unix port the modules would land in the root).
-    cmds.append([*c, "cp", "-r", str(bundle / "hemsfw"), ":hemsfw"])
+    if romfs:
+        # and umqtt.simple as an earlier `mip install` left it (it would load into the heap)
+        cmds.append([*c, "rm", "-r", ":lib/umqtt"])
+    else:
+        # Then `:hemsfw` is absent, so `cp -r` creates it as the copy.  Not `:`: mpremote copies
+        # into the destination only if it exists, and whether the path "" does depends on the
+        # port (it does on a board's VFS; on the unix port the modules would land in the root).
+        cmds.append([*c, "cp", "-r", str(bundle / "hemsfw"), ":hemsfw"])
     cmds.append([*c, "cp", str(bundle / "main.py"), ":main.py"])
     cmds.append([*c, "cp", str(config), ":config.json"])
     if reset:
@@ -272,12 +288,12 @@ def flash_commands(port: str, bundle: Path, config: Path, mpremote: str = "mprem
 
 
 def _may_fail(cmd: list[str]) -> bool:
-    return cmd[-3:] == ["rm", "-r", ":hemsfw"]
+    return cmd[-3:] in (["rm", "-r", ":hemsfw"], ["rm", "-r", ":lib/umqtt"])
 
 
 def flash(port: str, bundle: Path, config: Path, dry_run: bool = False,
           install_umqtt: bool = True, out: Any = None, resume: bool = False,
-          reset: bool = True, step_timeout: float = STEP_TIMEOUT_S) -> int:
+          reset: bool = True, step_timeout: float = STEP_TIMEOUT_S, romfs: bool = False) -> int:
     """Run (or with dry_run only print) flash_commands(); 0 on success, 1 when a step fails or
     times out (the remaining steps are not run)."""
     out = out or sys.stdout
@@ -287,7 +303,7 @@ def flash(port: str, bundle: Path, config: Path, dry_run: bool = False,
         exe = str(cand) if cand.exists() else (shutil.which("mpremote") or "")
         if not exe:
             raise ToolError("mpremote not found (pip install mpremote)")
-    for cmd in flash_commands(port, bundle, config, exe, install_umqtt, resume, reset):
+    for cmd in flash_commands(port, bundle, config, exe, install_umqtt, resume, reset, romfs):
         # flushed: the line comes before mpremote's own output when both go to one pipe
         print(shlex.join(cmd), file=out, flush=True)
         if dry_run:
@@ -350,6 +366,11 @@ def build_parser(prog: str = "hems firmware") -> argparse.ArgumentParser:
     f.add_argument("--no-reset", action="store_true",
                    help="leave out the final `reset` (machine.reset()); reset the board "
                         "yourself to start the new firmware")
+    f.add_argument("--romfs", action="store_true",
+                   help="deploy the bundle's romfs.img (hemsfw + umqtt.simple) to the board's "
+                        "ROMFS partition instead of copying hemsfw: the code runs from flash, "
+                        "not from the heap (MicroPython >= 1.25 with ROMFS; `mpremote romfs "
+                        "query` tells)")
     f.add_argument("--step-timeout", type=float, default=STEP_TIMEOUT_S, metavar="SECONDS",
                    help="kill an mpremote step that takes longer and fail "
                         "(default %(default)g)")
@@ -375,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.step_timeout <= 0:
             raise ToolError("--step-timeout must be positive")
         return flash(a.port, Path(a.bundle), Path(a.config), a.dry_run, not a.no_mip,
-                     resume=a.resume, reset=not a.no_reset, step_timeout=a.step_timeout)
+                     resume=a.resume, reset=not a.no_reset, step_timeout=a.step_timeout,
+                     romfs=a.romfs)
     except ToolError as e:
         print(f"hems firmware {a.cmd}: {e}", file=sys.stderr)
         return 2

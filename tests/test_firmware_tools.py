@@ -240,6 +240,21 @@ def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
     assert " resume " not in stdout
     assert host.main(["flash", "--port", "x", "--bundle", str(bundle), "--config", str(cfg),
                       "--dry-run", "--step-timeout", "0"]) == 2
+    # --romfs: the image to the ROMFS partition (umqtt.simple inside: no mip), and no copy of
+    # hemsfw or umqtt left on the filesystem to shadow /rom
+    rc, stdout, _, _ = flash_cli("--port", "/dev/ttyACM0", "--bundle", str(bundle), "--config",
+                                 str(cfg), "--dry-run", "--romfs")
+    assert rc == 0 and stdout.splitlines() == [
+        f"mpremote connect /dev/ttyACM0 romfs deploy {bundle / 'romfs.img'}",
+        "mpremote connect /dev/ttyACM0 rm -r :hemsfw",
+        "mpremote connect /dev/ttyACM0 rm -r :lib/umqtt",
+        f"mpremote connect /dev/ttyACM0 cp {bundle / 'main.py'} :main.py",
+        f"mpremote connect /dev/ttyACM0 cp {cfg} :config.json",
+        "mpremote connect /dev/ttyACM0 reset",
+    ]
+    (bundle / "romfs.img").unlink()
+    with pytest.raises(host.ToolError, match=r"romfs\.img"):
+        host.flash("/dev/ttyUSB0", bundle, cfg, dry_run=True, romfs=True)
 
 
 def flash_cli(*args: str, timeout: float = 120.0) -> tuple[int, str, str, float]:
@@ -364,3 +379,26 @@ def test_flash_fails_in_bounded_time_when_no_board_answers(tmp_path: Path) -> No
             os.close(slave)
 
 
+
+
+def test_flash_romfs_to_a_board_without_romfs_fails_and_changes_nothing(tmp_path: Path) -> None:
+    """The unix port has no ROMFS partition (no vfs.rom_ioctl), like a stock ESP32 image: the
+    deploy step fails, the flash stops there with exit 1, and the board's files are untouched."""
+    bundle = tmp_path / "bundle"
+    host.build(bundle)
+    cfg = tmp_path / "config.json"
+    cfg.write_text("{}")
+    board = tmp_path / "board"
+    (board / "hemsfw").mkdir(parents=True)
+    (board / "hemsfw" / "home.mpy").write_bytes(b"M\x06\x00\x1f")
+    (board / "main.py").write_text("print('old')\n")
+    before = tree(board)
+    with PtyBoard(MICROPYTHON, board) as b:
+        rc, out, err, _ = flash_cli("--port", b.port, "--bundle", str(bundle), "--config",
+                                    str(cfg), "--romfs", "--resume", "--no-reset")
+        assert rc == 1, (out, err)
+        assert "step failed" in err and "romfs deploy" in err
+        assert "ROMFS is not enabled" in out + err
+        assert [x for x in out.splitlines() if " connect " in x] == [
+            f"{MPREMOTE} connect {b.port} resume romfs deploy {bundle / 'romfs.img'}"]
+    assert tree(board) == before

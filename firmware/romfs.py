@@ -21,6 +21,10 @@ strings stay there; only the small per-function and per-module objects reach the
 
     python -m firmware.romfs run build/firmware/romfs.img CONFIG.json [--heapsize 48K]
 
+With --micropython PATH (another binary, e.g. a 32-bit build of the unix port) the image cannot
+be placed outside that process's heap: it is read into the heap first, as one block at the
+bottom, and its size printed, so that heap figures can count it out (bench/firmware_mem.py).
+
 The emulation is for measuring (bench/firmware_mem.py) and testing the ROMFS deployment; the lab
 runs the plain bundle.
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import mmap
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,6 +82,29 @@ sys.exit(run_home.main(["run_home.py", {config!r}]))
 """
 
 
+# The same for a separate `micropython` binary (e.g. a 32-bit build, bench/firmware_mem.py
+# --micropython), which cannot be handed memory outside its heap: the image is read into the
+# heap first, as one block at its bottom, and its size printed, so that the caller can count it
+# out of the heap figures (the rest of the heap then behaves as a heap that much smaller).
+_PRELUDE_IN_HEAP = """\
+import sys, gc, vfs
+gc.collect()
+a = gc.mem_alloc()
+img = bytearray({size})
+with open({path!r}, "rb") as f:
+    f.readinto(img)
+gc.collect()
+print("romfs image in the heap:", gc.mem_alloc() - a, "bytes", file=sys.stderr)
+vfs.mount(vfs.VfsRom(img), "/rom")
+del img, f, a
+sys.path[:] = ["/rom", "/rom/lib", ".frozen"]
+import run_home
+sys.exit(run_home.main(["run_home.py", {config!r}]))
+"""
+#: The line the in-heap prelude prints: "romfs image in the heap: N bytes".
+IN_HEAP_LINE = "romfs image in the heap:"
+
+
 def _readonly_copy(data: bytes) -> tuple[mmap.mmap, int]:
     """A private anonymous mapping holding `data`, made read-only; (mapping, its address)."""
     m = mmap.mmap(-1, len(data), prot=mmap.PROT_READ | mmap.PROT_WRITE)
@@ -87,6 +115,18 @@ def _readonly_copy(data: bytes) -> tuple[mmap.mmap, int]:
     if libc.mprotect(addr, len(data), mmap.PROT_READ) != 0:
         raise OSError(ctypes.get_errno(), "mprotect failed")
     return m, addr
+
+
+def run_in_heap(micropython: str, image_path: str, config: str,
+                heapsize: str | None = None) -> int:
+    """Run the image's firmware on another `micropython` binary, the image in its heap."""
+    with open(image_path, "rb") as f:
+        size = len(f.read())
+    argv = [micropython]
+    if heapsize:
+        argv += ["-X", "heapsize=" + heapsize]
+    argv += ["-c", _PRELUDE_IN_HEAP.format(size=size, path=image_path, config=config)]
+    return subprocess.run(argv, check=False).returncode
 
 
 def run(img: bytes, config: str, heapsize: str | None = None) -> int:
@@ -118,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("image")
     r.add_argument("config")
     r.add_argument("--heapsize", help="MicroPython heap, e.g. 48K (default: the port's)")
+    r.add_argument("--micropython", help="another micropython binary (e.g. a 32-bit build): "
+                   "the image is then read into its heap (it prints how much that took)")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     if a.cmd == "image":
         data = image(Path(a.bundle))
@@ -125,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{a.out}: {len(data)} bytes")
         return 0
     try:
-        return run(Path(a.image).read_bytes(), a.config, a.heapsize)
+        img = Path(a.image).read_bytes()
+        if a.micropython:
+            if not img.startswith(HEADER):
+                raise ValueError("not a ROMFS image")
+            return run_in_heap(a.micropython, str(Path(a.image).resolve()), a.config,
+                               a.heapsize)
+        return run(img, a.config, a.heapsize)
     except (OSError, ValueError) as e:
         print(f"firmware.romfs run: {e}", file=sys.stderr)
         return 2

@@ -55,7 +55,7 @@ def test_svg_shows_planned_and_adjusted():
     s = web.state(r)
     assert s["planned_wh"] == [0, 300, 0, 500] and s["adjusted_wh"] == [0, 0, 300, 500]
     assert s["relay"] == "off" and s["frame"] == 1
-    chunks = web.page(r)
+    chunks = list(web.page(r))   # a generator: one small string at a time
     html = "".join(chunks)
     assert "<svg" in html and "</svg>" in html and "Relay: <b id=\"relay\">OFF" in html
     assert _rects(chunks, "p") == {0: 0, 1: 300, 2: 0, 3: 500}
@@ -63,6 +63,27 @@ def test_svg_shows_planned_and_adjusted():
     assert '<rect class="now" x="180.0"' in html
     assert 'name="token"' not in html
     assert 'name="token" value="s3"' in "".join(web.page(r, "s3"))
+
+
+def test_page_is_drawn_a_small_piece_at_a_time():
+    """The 96-frame chart is ~200 strings, ~30 KB if they all lived at once (they did, as a
+    list): drawn as a generator, the live heap grows by one chunk at a time (MicroPython)."""
+    import gc
+
+    if not hasattr(gc, "mem_alloc"):
+        return   # CPython: no heap to look at
+    planned = [100 * (k % 7) for k in range(96)]
+    adjusted = [100 * (k % 5) for k in range(96)]
+    gc.collect()
+    base = gc.mem_alloc()
+    peak = n = size = 0
+    for c in web.svg(planned, adjusted, 5):
+        n += 1
+        size += len(c)
+        gc.collect()
+        peak = max(peak, gc.mem_alloc() - base)
+    assert n == 2 * 96 + 5 and size > 20000
+    assert peak < 2048, peak
 
 
 def test_page_without_plan():

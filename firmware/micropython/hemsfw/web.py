@@ -8,8 +8,10 @@
 #
 # The control loop runs as one asyncio task (Runner.turn, then asyncio.sleep for the rest of the
 # turn); each request is served between two turns.  Requests are bounded (5 s to arrive, 1 KB of
-# headers, 256 bytes of body) and answered in small chunks, so a page never needs more than a few
-# hundred bytes of buffer.  LAN only: there is no TLS on the page.  MicroPython subset only.
+# headers, 256 bytes of body) and answered in small chunks drawn one at a time from generators,
+# so a page never needs more than a few hundred bytes of buffer: as a list of its ~200 strings
+# the 96-frame page held ~30 KB of heap at once (bench/firmware_mem.py, whole firmware).
+# LAN only: there is no TLS on the page.  MicroPython subset only.
 
 import json
 
@@ -46,31 +48,30 @@ def state(r):
 
 
 def svg(planned, adjusted, frame):
-    """The bar chart, as a list of small strings: per frame a grey outline bar (planned) and a
-    filled bar (adjusted, class "a", with data-k / data-wh), the current frame marked."""
+    """The bar chart, as small strings yielded one at a time: per frame a grey outline bar
+    (planned) and a filled bar (adjusted, class "a", with data-k / data-wh), the current frame
+    marked."""
     n = len(planned)
     top = max(max(planned), max(adjusted), 1)
     bw = W / n
-    out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+    yield ('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
            'viewBox="0 0 %d %d" role="img" aria-label="planned vs adjusted load">'
-           % (W, H + 20, W, H + 20)]
+           % (W, H + 20, W, H + 20))
     if frame is not None:
-        out.append('<rect class="now" x="%.1f" y="0" width="%.1f" height="%d" fill="#ffe9a8"/>'
-                   % (frame * bw, bw, H))
+        yield ('<rect class="now" x="%.1f" y="0" width="%.1f" height="%d" fill="#ffe9a8"/>'
+               % (frame * bw, bw, H))
     for k in range(n):
         x = k * bw
         hp = H * planned[k] / top
         ha = H * adjusted[k] / top
-        out.append('<rect class="p" data-k="%d" data-wh="%d" x="%.1f" y="%.1f" width="%.1f" '
-                   'height="%.1f" fill="none" stroke="#999"/>'
-                   % (k, planned[k], x, H - hp, bw, hp))
-        out.append('<rect class="a" data-k="%d" data-wh="%d" x="%.1f" y="%.1f" width="%.1f" '
-                   'height="%.1f" fill="#2a7"/>' % (k, adjusted[k], x + bw / 4, H - ha, bw / 2, ha))
-    out.append('<text x="0" y="%d" font-size="12">frame 0</text>' % (H + 15))
-    out.append('<text x="%d" y="%d" font-size="12" text-anchor="end">frame %d</text>'
-               % (W, H + 15, n - 1))
-    out.append("</svg>")
-    return out
+        yield ('<rect class="p" data-k="%d" data-wh="%d" x="%.1f" y="%.1f" width="%.1f" '
+               'height="%.1f" fill="none" stroke="#999"/>' % (k, planned[k], x, H - hp, bw, hp))
+        yield ('<rect class="a" data-k="%d" data-wh="%d" x="%.1f" y="%.1f" width="%.1f" '
+               'height="%.1f" fill="#2a7"/>' % (k, adjusted[k], x + bw / 4, H - ha, bw / 2, ha))
+    yield '<text x="0" y="%d" font-size="12">frame 0</text>' % (H + 15)
+    yield ('<text x="%d" y="%d" font-size="12" text-anchor="end">frame %d</text>'
+           % (W, H + 15, n - 1))
+    yield "</svg>"
 
 
 def _button(token, state, until, label):
@@ -81,30 +82,29 @@ def _button(token, state, until, label):
 
 
 def page(r, token=None):
-    """The page as a list of small strings."""
+    """The page as small strings yielded one at a time (the state is taken once, first)."""
     s = state(r)
-    out = ['<!doctype html><html><head><meta charset="utf-8"><title>HEMS ', r.id,
-           '</title><meta name="viewport" content="width=device-width"></head><body '
-           'style="font-family:sans-serif">', "<h1>Special circuit of ", r.id, "</h1>",
-           '<p>Relay: <b id="relay">', s["relay"].upper(), "</b>"]
+    yield ('<!doctype html><html><head><meta charset="utf-8"><title>HEMS %s</title><meta '
+           'name="viewport" content="width=device-width"></head><body style="font-family:'
+           'sans-serif"><h1>Special circuit of %s</h1><p>Relay: <b id="relay">%s</b>'
+           % (r.id, r.id, s["relay"].upper()))
     if s["override"]:
-        out.append(" (your override, until %s)" % s["override"]["until"])
-    out.append(" &middot; broker link: %s</p>" % ("up" if s["online"] else "down"))
+        yield " (your override, until %s)" % s["override"]["until"]
+    yield " &middot; broker link: %s</p>" % ("up" if s["online"] else "down")
     if s["day"]:
-        out.append("<p>Day %s, round %d, frame %s. Grey outline: your plan; green: the plan after "
-                   "the grid's adjustment (Wh per frame).</p>" % (s["day"], s["round"], s["frame"]))
-        out += svg(s["planned_wh"], s["adjusted_wh"], s["frame"])
+        yield ("<p>Day %s, round %d, frame %s. Grey outline: your plan; green: the plan after "
+               "the grid's adjustment (Wh per frame).</p>" % (s["day"], s["round"], s["frame"]))
+        yield from svg(s["planned_wh"], s["adjusted_wh"], s["frame"])
     else:
-        out.append("<p>No plan yet.</p>")
-    out.append("<h2>Override</h2><p>Your right: keep the relay on or off whatever the plan says."
-               "</p><p>")
+        yield "<p>No plan yet.</p>"
+    yield ("<h2>Override</h2><p>Your right: keep the relay on or off whatever the plan says."
+           "</p><p>")
     for st, until, label in (("on", "frame", "On until the next frame"),
                              ("off", "frame", "Off until the next frame"),
                              ("on", "day", "On for the day"), ("off", "day", "Off for the day"),
                              ("auto", "frame", "Back to the plan")):
-        out.append(_button(token, st, until, label))
-    out.append("</p></body></html>")
-    return out
+        yield _button(token, st, until, label)
+    yield "</p></body></html>"
 
 
 def _form(body):

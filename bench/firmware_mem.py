@@ -26,14 +26,18 @@ plan + sealed seed), adjusted, and the day is played out on an accelerated clock
                          partition (`hems firmware flash --romfs`): the bundle's romfs.img in
                          read-only memory outside the MicroPython heap, as memory-mapped flash
                          is, imported in place (firmware/romfs.py)
+* whole_firmware         the same with the whole firmware: the resident's page (fetched once the
+                         round is adjusted, its SVG checked) and Home Assistant on a second,
+                         local mosquitto; code from files and from ROMFS
 * cpu_ms_per_round       CPU time of one round's work (plan, masks, seal, persist, three
                          acknowledgements, adjustment) in-process on the unix port, mean of
                          --runs rounds; alloc_bytes_per_round: bytes allocated by it (gc off)
 * idle_cpu_pct           CPU of an idle connected firmware process (loop_ms 10 as in the lab,
                          and the default 20)
 
-Figures are for the 64-bit unix port: object headers and pointers are twice a 32-bit board's,
-so an ESP32 / RP2040 needs less.  The measured table: docs/benchmarks.md (Firmware memory).
+Figures are for the venv's 64-bit unix port unless --micropython names another binary (e.g. a
+32-bit build of the unix port, which lays objects out as an ESP32 / RP2040 does: half the
+pointer and header sizes).  The measured table: docs/benchmarks.md (Firmware memory).
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from backend.common.broker import Mosquitto
+from backend.common.broker import Mosquitto, free_port, wait_port
 from firmware.host import ROMFS_IMAGE, build
 from firmware.romfs import IN_HEAP_LINE
 from hemsfw import protocol
@@ -119,9 +124,29 @@ class Bench:
         self.key = secrets.token_hex(32)
         self.broker = Mosquitto(work / "broker", self.pw, ["mb1"]).start()
         self.n = 0
+        self.local: subprocess.Popen[bytes] | None = None
+        self.local_port = 0
 
     def close(self) -> None:
         self.broker.stop()
+        if self.local is not None:
+            self.local.terminate()
+            self.local.wait(10)
+
+    def full_config(self) -> dict[str, Any]:
+        """The whole firmware: the resident's page and Home Assistant on the resident's own
+        broker (a second, anonymous mosquitto on loopback, started on first use)."""
+        if self.local is None:
+            self.local_port = free_port()
+            d = self.work / "local"
+            d.mkdir()
+            (d / "m.conf").write_text(f"listener {self.local_port} 127.0.0.1\n"
+                                      "allow_anonymous true\npersistence false\n")
+            self.local = subprocess.Popen(["mosquitto", "-c", str(d / "m.conf")],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(self.local_port)
+        return {"http": {"port": free_port(), "bind": "127.0.0.1"},
+                "local": {"host": "127.0.0.1", "port": self.local_port}}
 
     def config(self, state: Path, **extra: Any) -> Path:
         cfg = {"home_id": HOME, "board": "unix", "clock": "lab", "state_dir": str(state),
@@ -157,12 +182,14 @@ class Bench:
             return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
 
     def round(self, src: Path, heap: int | None, day_real_s: float = 2.0,
-              memtrace: bool = True, week: bool = False, romfs: bool = False) -> dict[str, Any]:
+              memtrace: bool = True, week: bool = False, romfs: bool = False,
+              full: bool = False) -> dict[str, Any]:
         """One full round in a fresh firmware process; ok=False if it failed (e.g. memory).
         memtrace: sample the live heap (loads hemsfw/debug.py, which a device never does: the
         runs that only ask whether a heap size suffices go without it).  week: the home has
         already recorded a week of plans (hemsfw/history.py: history0..6.json, one per weekday;
-        a round reads and rewrites its own weekday's)."""
+        a round reads and rewrites its own weekday's).  full: the whole firmware (page and Home
+        Assistant configured, the page fetched once the round is adjusted)."""
         self.n += 1
         state = self.work / f"state{self.n}"
         if week:
@@ -173,7 +200,9 @@ class Bench:
                     {"n": 1, "h": h, "last": f"2026-11-{16 + w:02d}"}))
         trace = self.work / f"mem{self.n}.json"
         log = self.work / f"home{self.n}.log"
-        extra = {"debug_memtrace": str(trace)} if memtrace else {}
+        extra: dict[str, Any] = {"debug_memtrace": str(trace)} if memtrace else {}
+        if full:
+            extra.update(self.full_config())
         cfg = self.config(state, **extra)
         coord = Peer(self.broker.port, "coordinator", self.pw["coordinator"],
                      [protocol.t_plan(HOME), protocol.t_status(HOME)])
@@ -204,13 +233,21 @@ class Bench:
                 except (OSError, ValueError):
                     pass
                 time.sleep(0.02)
+            page_ok = True
+            if full:     # the resident looks at the page: its SVG drawn from the adjusted plan
+                url = f"http://127.0.0.1:{extra['http']['port']}/"
+                try:
+                    with urllib.request.urlopen(url, timeout=10) as r:
+                        page_ok = r.status == 200 and b"<svg" in r.read()
+                except OSError:
+                    page_ok = False
             speed = 86400 / day_real_s
             clock.publish(protocol.t_clock(), json.dumps(
                 {"v": 1, "anchor": time.time(), "virtual": START - 60, "speed": speed}).encode(),
                 retain=True)
             _, status, rusage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
-            ok = proc.returncode == 0
+            ok = proc.returncode == 0 and page_ok
         except (queue.Empty, TimeoutError):
             ok = False
         finally:
@@ -310,12 +347,12 @@ def inproc(mp: Path, src: Path, frames: int, runs: int, work: Path) -> dict[str,
 
 
 def min_heapsize(b: Bench, src: Path, lo: int, hi: int, week: bool = False,
-                 romfs: bool = False) -> int:
+                 romfs: bool = False, full: bool = False) -> int:
     """Smallest heap (1 KB steps) in [lo, hi] in which a round completes (hi assumed ok)."""
     lo_k, hi_k = lo // 1024, hi // 1024
     while hi_k - lo_k > 1:
         mid = (lo_k + hi_k) // 2
-        if b.round(src, mid * 1024, memtrace=False, week=week, romfs=romfs)["ok"]:
+        if b.round(src, mid * 1024, memtrace=False, week=week, romfs=romfs, full=full)["ok"]:
             hi_k = mid
         else:
             lo_k = mid
@@ -356,6 +393,19 @@ def measure(frames: int, runs: int, mp: Path = MICROPYTHON) -> dict[str, Any]:
             b.rom_extra = rom.get("image_heap", 0)
             rom_min = min_heapsize(b, bundle, 16 * 1024, 64 * 1024, romfs=True)
             rom_min_week = min_heapsize(b, bundle, 16 * 1024, 64 * 1024, week=True, romfs=True)
+            # the whole firmware: the resident's page (fetched once) and Home Assistant
+            whole = {}
+            for key, rf in (("files", False), ("romfs", True)):
+                w = b.round(bundle, None, romfs=rf, full=True)
+                if not w["ok"]:
+                    raise RuntimeError("the whole-firmware round failed:\n" + w["log"])
+                whole[key] = {"peak_heap_bytes": w["trace"]["peak"],
+                              "peak_at": w["trace"]["peak_at"],
+                              "baseline_heap_bytes": w["trace"]["baseline"],
+                              "min_heapsize_bytes": min_heapsize(b, bundle, 16 * 1024,
+                                                                 160 * 1024, romfs=rf,
+                                                                 full=True)}
+                whole[key]["heap_64k_ok"] = whole[key]["min_heapsize_bytes"] <= 64 * 1024
             ip = inproc(mp, bundle, frames, runs, work)
             idle10 = b.idle_cpu(bundle, 10)
             idle20 = b.idle_cpu(bundle, 20)
@@ -385,6 +435,7 @@ def measure(frames: int, runs: int, mp: Path = MICROPYTHON) -> dict[str, Any]:
                   "emulation": ("image read into the heap first, its block counted out "
                                 f"({b.rom_extra} bytes)" if b.external else
                                 "image mapped read-only outside the heap")},
+        "whole_firmware": whole,
         "cpu_ms_per_round": round(ip["us_per_round"] / 1000, 2),
         "alloc_bytes_per_round": ip["alloc_bytes_per_round"],
         "process_cpu_s_per_day": round(big.get("cpu_s", 0.0), 3),
@@ -416,6 +467,13 @@ def table(r: dict[str, Any]) -> str:
         ("  smallest -X heapsize that completes a round (week of history)",
          f"{r['romfs']['min_heapsize_bytes'] // 1024} KB "
          f"({r['romfs']['min_heapsize_week_history_bytes'] // 1024} KB)"),
+        ("whole firmware (page fetched, Home Assistant), code from files / ROMFS:", ""),
+        ("  peak heap in use during a round",
+         f"{r['whole_firmware']['files']['peak_heap_bytes'] / 1024:.1f} KB / "
+         f"{r['whole_firmware']['romfs']['peak_heap_bytes'] / 1024:.1f} KB"),
+        ("  smallest -X heapsize that completes a round",
+         f"{r['whole_firmware']['files']['min_heapsize_bytes'] // 1024} KB / "
+         f"{r['whole_firmware']['romfs']['min_heapsize_bytes'] // 1024} KB"),
         ("CPU per round (plan, masks, seal, persist, acks, adjust)",
          f"{r['cpu_ms_per_round']} ms"),
         ("bytes allocated per round", f"{r['alloc_bytes_per_round'] / 1024:.1f} KB"),

@@ -383,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "build":
             m = build(Path(a.out), a.march, a.opt, not a.no_source_lines)
             print(json.dumps({"out": a.out, "files": len(m["files"]),
-                              "total_bytes": m["total_bytes"], "mpy_cross": m["mpy_cross"]}))
+                              "total_bytes": m["total_bytes"], "mpy_cross": m["mpy_cross"],
+                              "romfs": str(Path(a.out) / ROMFS_IMAGE),
+                              "romfs_bytes": m["romfs"]["bytes"]}))
             return 0
         if a.cmd == "provision":
             cfg = provision(a.home_id, Path(a.out), dict(a.mask_broker), Path(a.passwd),

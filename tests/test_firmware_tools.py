@@ -6,6 +6,7 @@ fails in bounded time when nothing answers."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -57,6 +58,13 @@ def test_build_bundle_contents(tmp_path: Path) -> None:
     assert not list((tmp_path / "b").rglob("hemsfw/**/*.py"))
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["files"] == m["files"]
     assert (tmp_path / "b" / "hemsfw" / "protocol.mpy").read_bytes()[:1] == b"M"
+    # the CLI says where the ROMFS image is, and it is there
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert host.main(["build", "--out", str(tmp_path / "c")]) == 0
+    said = json.loads(out.getvalue())
+    img = Path(said["romfs"])
+    assert img.read_bytes()[:3] == romfs.HEADER and img.stat().st_size == said["romfs_bytes"]
 
 
 PYTHON = MICROPYTHON.parent / "python"

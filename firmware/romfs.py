@@ -120,8 +120,7 @@ def _readonly_copy(data: bytes) -> tuple[mmap.mmap, int]:
 def run_in_heap(micropython: str, image_path: str, config: str,
                 heapsize: str | None = None) -> int:
     """Run the image's firmware on another `micropython` binary, the image in its heap."""
-    with open(image_path, "rb") as f:
-        size = len(f.read())
+    size = Path(image_path).stat().st_size
     argv = [micropython]
     if heapsize:
         argv += ["-X", "heapsize=" + heapsize]

@@ -59,6 +59,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.common.broker import Mosquitto, free_port, wait_port
+from backend.common.tls import make_pki
 from firmware.host import ROMFS_IMAGE, build
 from firmware.romfs import IN_HEAP_LINE
 from hemsfw import protocol
@@ -112,7 +113,8 @@ def plan_wh(frames: int) -> list[int]:
 
 
 class Bench:
-    def __init__(self, work: Path, frames: int, micropython: Path = MICROPYTHON) -> None:
+    def __init__(self, work: Path, frames: int, micropython: Path = MICROPYTHON,
+                 tls: bool = False) -> None:
         self.work = work
         self.frames = frames
         self.mp = micropython
@@ -122,7 +124,11 @@ class Bench:
         self.rom_extra = 0
         self.pw = {u: secrets.token_hex(8) for u in (HOME, "coordinator", "mb1", "lab")}
         self.key = secrets.token_hex(32)
-        self.broker = Mosquitto(work / "broker", self.pw, ["mb1"]).start()
+        # tls: the home talks to mosquitto's TLS listener (the services' peers stay on the
+        # plain one), verifying a private CA as a deployed home does (backend/common/tls.py)
+        self.tls = tls
+        self.broker = Mosquitto(work / "broker", self.pw, ["mb1"],
+                                tls=make_pki(work / "pki") if tls else None).start()
         self.n = 0
         self.local: subprocess.Popen[bytes] | None = None
         self.local_port = 0
@@ -155,6 +161,11 @@ class Bench:
                "magnification": 2, "plan_wh": plan_wh(self.frames),
                "keys": {"mb1": self.key}, "safe_state": False, "exit_after_day": True,
                "loop_ms": 10}
+        if self.tls:
+            mq = cfg["mqtt"]
+            assert isinstance(mq, dict)
+            mq["port"] = self.broker.tls_port
+            mq["cafile_der"] = str(self.work / "pki" / "ca.der")
         cfg.update(extra)
         path = state.parent / (state.name + ".json")
         path.write_text(json.dumps(cfg))
@@ -368,12 +379,12 @@ def interpreter(mp: Path) -> str:
     return f"micropython {ver} unix port ({'64' if wide == 'True' else '32'}-bit), .mpy bundle"
 
 
-def measure(frames: int, runs: int, mp: Path = MICROPYTHON) -> dict[str, Any]:
+def measure(frames: int, runs: int, mp: Path = MICROPYTHON, tls: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hems-fwmem-") as tmp:
         work = Path(tmp)
         bundle = work / "bundle"
         manifest = build(bundle)
-        b = Bench(work, frames, mp)
+        b = Bench(work, frames, mp, tls)
         try:
             r_bundle = b.round(bundle, 64 * 1024, memtrace=False)
             r_src = b.round(FW, 64 * 1024, memtrace=False)
@@ -414,6 +425,7 @@ def measure(frames: int, runs: int, mp: Path = MICROPYTHON) -> dict[str, Any]:
     return {
         "frames": frames,
         "interpreter": interpreter(mp),
+        "tls": tls,
         "bundle_bytes": manifest["total_bytes"],
         "heap_64k_ok": {"bundle": r_bundle["ok"], "source": r_src["ok"]},
         "peak_heap_bytes": tr["peak"],
@@ -483,7 +495,8 @@ def table(r: dict[str, Any]) -> str:
         (".mpy bundle size", f"{r['bundle_bytes'] / 1024:.1f} KB"),
     ]
     w = max(len(a) for a, _ in rows)
-    head = f"firmware memory and CPU, {r['frames']} frames, {r['interpreter']}"
+    head = (f"firmware memory and CPU, {r['frames']} frames, {r['interpreter']}"
+            + (", TLS to the broker" if r["tls"] else ""))
     return "\n".join([head, "-" * len(head)] + [f"{a:<{w}}  {b}" for a, b in rows])
 
 
@@ -495,8 +508,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micropython", type=Path, default=MICROPYTHON,
                    help="the micropython binary (default: the venv's 64-bit unix port; e.g. a "
                         "32-bit build of the unix port, docs/benchmarks.md)")
+    p.add_argument("--tls", action="store_true",
+                   help="the home's broker link over TLS (a private CA), as deployed")
     a = p.parse_args(argv)
-    r = measure(a.frames, a.runs, a.micropython)
+    r = measure(a.frames, a.runs, a.micropython, a.tls)
     if a.json:
         print(json.dumps(r))
         print(table(r), file=sys.stderr)

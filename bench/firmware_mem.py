@@ -1,6 +1,6 @@
 """Memory and CPU of the home firmware on the MicroPython unix port, one real round.
 
-    python bench/firmware_mem.py [--json] [--frames 96] [--runs 5]
+    python bench/firmware_mem.py [--json] [--frames 96] [--runs 5] [--micropython PATH] [--tls]
 
 Runs the real firmware (the `hems firmware build` bundle of .mpy files, and the .py sources)
 under the `micropython` binary against a real mosquitto on loopback, playing the coordinator,

@@ -23,7 +23,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from backend.common.broker import Mosquitto, TLSFiles
+from backend.common.broker import Mosquitto
+from backend.common.tls import make_pki
 from hemsfw import masking, plan, protocol, seal
 
 pytestmark = pytest.mark.integration
@@ -64,28 +65,10 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         broker.stop()
 
 
-def make_tls(d: Path) -> TLSFiles:
-    """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
-    d.mkdir(parents=True, exist_ok=True)
-
-    def ossl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    ossl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-         "-subj", "/CN=hems test CA")
-    ossl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    ossl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-         "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
-    ossl("x509", "-in", "ca.crt", "-outform", "DER", "-out", "ca.der")
-    return TLSFiles(d / "ca.crt", d / "server.crt", d / "server.key")
-
-
 @pytest.fixture
 def tls_lab(tmp_path: Path) -> Iterator[Lab]:
     pw = {u: secrets.token_hex(8) for u in (HOME, "coordinator", "mb1", "lab")}
-    tls = make_tls(tmp_path / "pki")
+    tls = make_pki(tmp_path / "pki", days=2)
     broker = Mosquitto(tmp_path / "broker", pw, ["mb1"], tls=tls).start()
     try:
         yield Lab(broker, pw, secrets.token_hex(32), tmp_path)
@@ -343,7 +326,7 @@ def test_home_over_tls(tls_lab: Lab, impl: str) -> None:
 def test_home_rejects_unknown_broker_certificate(tls_lab: Lab, impl: str) -> None:
     """Certificate verification is real: with another CA the home never connects (and retries)."""
     lab = tls_lab
-    other = make_tls(lab.tmp / "other-pki")
+    other = make_pki(lab.tmp / "other-pki", days=2)
     mq = {"host": "127.0.0.1", "port": lab.broker.tls_port, "user": HOME,
           "password": lab.passwords[HOME], "cafile_der": str(other.cafile.with_suffix(".der")),
           "timeout_s": 2}

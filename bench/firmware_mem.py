@@ -58,7 +58,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from backend.common.broker import Mosquitto, free_port, wait_port
+from backend.common.broker import Mosquitto, free_port, start_resident_broker
 from backend.common.tls import make_pki
 from firmware.host import ROMFS_IMAGE, build
 from firmware.romfs import IN_HEAP_LINE
@@ -143,14 +143,7 @@ class Bench:
         """The whole firmware: the resident's page and Home Assistant on the resident's own
         broker (a second, anonymous mosquitto on loopback, started on first use)."""
         if self.local is None:
-            self.local_port = free_port()
-            d = self.work / "local"
-            d.mkdir()
-            (d / "m.conf").write_text(f"listener {self.local_port} 127.0.0.1\n"
-                                      "allow_anonymous true\npersistence false\n")
-            self.local = subprocess.Popen(["mosquitto", "-c", str(d / "m.conf")],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_port(self.local_port)
+            self.local, self.local_port = start_resident_broker(self.work / "local")
         return {"http": {"port": free_port(), "bind": "127.0.0.1"},
                 "local": {"host": "127.0.0.1", "port": self.local_port}}
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -39,7 +38,7 @@ from test_firmware_mqtt import (
     write_config,
 )
 
-from backend.common.broker import free_port, wait_port
+from backend.common.broker import free_port, start_resident_broker
 from hemsfw import plan, protocol
 
 pytestmark = pytest.mark.integration
@@ -141,15 +140,8 @@ def test_resident_page_shows_the_adjusted_plan_and_overrides(lab: Lab) -> None:
 @pytest.fixture
 def local_broker(tmp_path: Path) -> Iterator[int]:
     """The resident's own mosquitto (anonymous on loopback), where Home Assistant lives."""
-    port = free_port()
-    d = tmp_path / "local"
-    d.mkdir()
-    (d / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                              "persistence false\n")
-    with open(d / "log", "wb") as f:
-        p = subprocess.Popen(["mosquitto", "-c", str(d / "m.conf")], stdout=f, stderr=f)
+    p, port = start_resident_broker(tmp_path / "local")
     try:
-        wait_port(port)
         yield port
     finally:
         p.terminate()

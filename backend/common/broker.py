@@ -139,6 +139,25 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def start_resident_broker(d: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A resident's own mosquitto, where Home Assistant lives (firmware config `local`):
+    anonymous, loopback only, no persistence; config in `d`.  Returns (process, port) once it
+    listens; the caller terminates it."""
+    port = free_port()
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                              "persistence false\n")
+    with open(d / "log", "wb") as f:
+        proc = subprocess.Popen(["mosquitto", "-c", str(d / "m.conf")], stdout=f, stderr=f)
+    try:
+        wait_port(port)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    return proc, port
+
+
 @dataclass
 class Mosquitto:
     """A mosquitto process with generated config in `data_dir` (started by start())."""

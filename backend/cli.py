@@ -32,6 +32,7 @@ from typing import Any
 
 from backend.common import config
 from backend.common.mqtt import add_mqtt_args, settings_from_args
+from backend.common.usage import Parser
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -196,7 +197,7 @@ def _run_delegated(cmd: str, argv: list[str], file: dict[str, dict[str, Any]],
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from backend.lab import lab
 
-    p = argparse.ArgumentParser(prog="hems", description=__doc__,
+    p = Parser(prog="hems", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE", help="TOML settings (default $HEMS_CONFIG)")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)

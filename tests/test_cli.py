@@ -43,13 +43,16 @@ def test_every_command_has_help(cmd: str, capsys: pytest.CaptureFixture[str]) ->
     assert "usage:" in out
 
 
-def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main([]) == 2
-    assert cli.main(["no-such-command"]) == 2
-    assert cli.main(["lab", "--homes", "many"]) == 2
-    assert cli.main(["capacity"]) == 2  # --file or --flat is required
-    assert cli.main(["mask-broker"]) == 2  # --broker-id and --registry are required
-    assert "usage:" in capsys.readouterr().err
+@pytest.mark.parametrize("argv", [
+    [], ["no-such-command"], ["lab", "--homes", "many"],
+    ["capacity"],  # --file or --flat is required
+    ["mask-broker"],  # --broker-id and --registry are required
+])
+def test_usage_errors_exit_2_with_one_line(argv: list[str],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0], err
 
 
 def test_results_on_stdout_logs_on_stderr(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.common.children import die_with_parent
 from hemsfw import protocol
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,7 +149,8 @@ def start_resident_broker(d: Path) -> tuple[subprocess.Popen[bytes], int]:
     (d / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
                               "persistence false\n")
     with open(d / "log", "wb") as f:
-        proc = subprocess.Popen(["mosquitto", "-c", str(d / "m.conf")], stdout=f, stderr=f)
+        proc = subprocess.Popen(["mosquitto", "-c", str(d / "m.conf")], stdout=f, stderr=f,
+                                preexec_fn=die_with_parent)
     try:
         wait_port(port)
     except BaseException:
@@ -196,7 +198,8 @@ class Mosquitto:
         if not conf.exists():
             conf = self.write()
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log)
+            self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log,
+                                         preexec_fn=die_with_parent)
         try:
             wait_port(self.port)
             if self.tls_port:

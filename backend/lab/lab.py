@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import secrets
 import shutil
 import sys
@@ -35,14 +36,19 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.common.broker import COORDINATOR_USER, GRID_USER, LAB_USER, Mosquitto
+from backend.common.children import Stopped, stop_on_signals
 from backend.common.tls import make_pki
+from backend.common.usage import UsageError, bounded_float, bounded_int
 from backend.coordinator.adjust import Policy, Problem, solve
-from backend.lab import procs, scenario
+from backend.lab import budget, procs, scenario
+from backend.lab.outdir import OutDir, check_out, check_report
 from backend.lab.progress import Progress, Step, live
 from backend.lab.summary import print_table, relay_per_frame, summarise
 from hemsfw import protocol
 
 log = logging.getLogger("hems.lab")
+
+EXIT_USAGE = 2
 
 __all__ = ["LabOptions", "add_args", "main", "relay_per_frame", "run_lab",
            "summarise"]
@@ -219,10 +225,11 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
     """Run one lab round; returns (the JSON summary, the list of failures)."""
     pg = progress or Progress()
     failures: list[str] = []
-    work = o.out_dir or Path(tempfile.mkdtemp(prefix="hems-lab-"))
-    if work.exists() and o.out_dir is not None:
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    # Never delete what the lab did not create (outdir.py): --out is checked and cleaned of an
+    # earlier run's own entries only; without it the lab works in a fresh temporary folder.
+    out = (OutDir.open(o.out_dir) if o.out_dir is not None
+           else OutDir(Path(tempfile.mkdtemp(prefix="hems-lab-")), []))
+    work = out.root
     log.info("lab directory %s%s", work, "" if o.out_dir or o.keep or o.record
              else " (temporary; --out DIR keeps it)")
     t0 = time.monotonic()
@@ -240,11 +247,11 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
         pw[h.home_id] = secrets.token_hex(16)
     for b in brokers:
         reg = {"homes": {h: {"key": keys[h][b]} for h in keys}}
-        (work / f"registry-{b}.json").write_text(json.dumps(reg))
+        out.path(f"registry-{b}.json").write_text(json.dumps(reg))
 
-    pki = make_pki(work / "pki") if o.tls else None
-    broker = Mosquitto(work / "mosquitto", pw, brokers, tls=pki)
-    ps = procs.Procs(work / "logs")
+    pki = make_pki(out.path("pki")) if o.tls else None
+    broker = Mosquitto(out.path("mosquitto"), pw, brokers, tls=pki)
+    ps = procs.Procs(out.path("logs"))
     observer: Observer | None = None
     recorders: list[Recorder] = []
     day_dt = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
@@ -264,7 +271,7 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
             if o.record:
                 for ident in [COORDINATOR_USER, *brokers]:
                     recorders.append(Recorder(conn, ident, pw[ident],
-                                              work / f"recorded-{ident}.jsonl"))
+                                              out.path(f"recorded-{ident}.jsonl")))
             publish_as(conn, GRID_USER, pw[GRID_USER], protocol.t_capacity(),
                        protocol.encode(protocol.make_capacity(o.frames, capacity.tolist())))
 
@@ -274,8 +281,8 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
                     b,
                     [py, "-m", "backend.mask_broker", "--broker-id", b,
                      "--registry", str(work / f"registry-{b}.json"), "--k", str(o.k),
-                     "--stats-file", str(work / f"stats-{b}.json"), "--stats-interval", "0.2",
-                     "--state-dir", str(work / f"state-{b}"),
+                     "--stats-file", str(out.path(f"stats-{b}.json")),
+                     "--stats-interval", "0.2", "--state-dir", str(out.path(f"state-{b}")),
                      "--port", str(port), "--user", b, *tls_args],
                     env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": pw[b]},
                 )
@@ -293,7 +300,7 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
         home_procs = []
         with pg.step("homes online", total=len(homes)) as st:
             for h in homes:
-                sdir = work / "homes" / h.home_id
+                sdir = out.path("homes") / h.home_id
                 sdir.mkdir(parents=True)
                 cfg = {
                     "home_id": h.home_id,
@@ -310,6 +317,8 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
                     h.home_id,
                     [exe, str(procs.FIRMWARE / "run_home.py"), str(sdir / "config.json")],
                     env=procs.micropython_env()))
+                if len(home_procs) == 1:
+                    check_fleet_memory(home_procs[0], observer, len(homes))
 
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and len(observer.online) < len(homes):
@@ -330,8 +339,8 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
              "--frames", str(o.frames), "--frame-s", str(o.frame_s), "--quantum-wh", "1",
              "--start", str(start), "--collect-s", str(o.collect_s),
              "--expected-homes", str(len(homes)), "--brokers", ",".join(brokers),
-             "--k", str(o.k), "--solver", o.solver, "--result", str(work / "result.json"),
-             "--state-dir", str(work / "state-coordinator"),
+             "--k", str(o.k), "--solver", o.solver, "--result", str(out.path("result.json")),
+             "--state-dir", str(out.path("state-coordinator")),
              "--port", str(port), "--user", COORDINATOR_USER, *tls_args],
             env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": pw[COORDINATOR_USER]},
         )
@@ -382,6 +391,20 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
     return summary, failures
 
 
+def check_fleet_memory(first: procs.Proc, observer: Observer, homes: int) -> None:
+    """Once the first home is up, read its real memory and check the fleet again (budget.py)."""
+    wait_for(lambda: bool(observer.online) or first.popen.poll() is not None, 30,
+             "the first home did not come online")
+    if first.popen.poll() is not None:
+        raise RuntimeError(f"home {first.name} exited at start: {first.tail()}")
+    pss = budget.pss_bytes(first.popen.pid)
+    if pss is None:
+        return
+    problem = budget.fleet_problem(homes, pss)
+    if problem is not None:
+        raise RuntimeError(f"measured {pss / budget.MIB:.1f} MiB for the first home: {problem}")
+
+
 def follow_round(coord: procs.Proc, work: Path, brokers: list[str], n_homes: int,
                  timeout: float, pg: Progress) -> None:
     """Wait for the coordinator's round, showing the reports the mask brokers hold and then
@@ -426,24 +449,36 @@ def play_day(home_procs: list[procs.Proc], anchor: float, o: LabOptions,
     return [p for p in home_procs if p.popen.poll() is None]
 
 
+#: mask brokers the lab can run (ids mb1..mb9)
+MAX_MASK_BROKERS = 9
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     d = LabOptions()
-    p.add_argument("--homes", type=int, default=d.homes, help="number of homes (default 20)")
-    p.add_argument("--seed", type=int, default=d.seed, help="scenario seed (default 1)")
-    p.add_argument("--frames", type=int, default=d.frames, help="frames per day (default 96)")
-    p.add_argument("--frame-s", type=int, default=d.frame_s, help="frame length, s (900)")
-    p.add_argument("--frame-real-s", type=float, default=d.frame_real_s,
+    p.add_argument("--homes", type=bounded_int(2), default=d.homes,
+                   help="number of homes, at least --k (default 20)")
+    p.add_argument("--seed", type=bounded_int(0), default=d.seed, help="scenario seed (default 1)")
+    p.add_argument("--frames", type=bounded_int(1, protocol.MAX_FRAMES), default=d.frames,
+                   help=f"frames per day, 1-{protocol.MAX_FRAMES} (default 96)")
+    p.add_argument("--frame-s", type=bounded_int(1), default=d.frame_s,
+                   help="frame length, s (900)")
+    p.add_argument("--frame-real-s", type=bounded_float(0.0, 60.0, lo_open=True),
+                   default=d.frame_real_s,
                    help="real seconds per frame on the accelerated clock (default 0.2)")
-    p.add_argument("--k", type=int, default=d.k, help="minimum group size (default 3)")
-    p.add_argument("--mask-brokers", type=int, default=d.mask_brokers,
-                   help="number of mask brokers (default 1)")
+    p.add_argument("--k", type=bounded_int(2), default=d.k,
+                   help="minimum group size, at least 2 (default 3)")
+    p.add_argument("--mask-brokers", type=bounded_int(1, MAX_MASK_BROKERS),
+                   default=d.mask_brokers,
+                   help=f"number of mask brokers, 1-{MAX_MASK_BROKERS} (default 1)")
     p.add_argument("--solver", choices=["heuristic", "exact"], default=d.solver,
                    help="adjustment engine (default heuristic)")
-    p.add_argument("--collect-s", type=float, default=d.collect_s,
+    p.add_argument("--collect-s", type=bounded_float(0.0, lo_open=True), default=d.collect_s,
                    help="collection window before the deadline, s (ends early when all "
                    "homes reported)")
     p.add_argument("--out", type=Path, default=None,
-                   help="keep everything (configs, logs, state) in this directory")
+                   help="keep everything (configs, logs, state) in this folder: a new or "
+                   "empty one, or an earlier lab output (only what the lab created there is "
+                   "replaced)")
     p.add_argument("--python-homes", action="store_true",
                    help="run the firmware under CPython (paho) instead of micropython")
     p.add_argument("--tls", action="store_true",
@@ -452,11 +487,31 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="print one JSON object on stdout (the table goes to stderr)")
     p.add_argument("--report", type=Path, default=None, metavar="PATH",
                    help="write the HTML report here (default: OUT/report.html with --out, "
-                   "else lab-out/report.html)")
+                   "else lab-out/report.html); an existing file is replaced only if it is "
+                   "an earlier lab report")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (they are shown only on a terminal, never "
                    "with --json)")
+
+
+def check_args(a: argparse.Namespace) -> None:
+    """Checks that need more than one option or the machine; UsageError (one line) if the run
+    cannot go ahead.  Makes paths absolute: the services run in another working directory."""
+    if a.homes < a.k:
+        raise UsageError(f"--homes {a.homes}: fewer homes than --k {a.k} cannot form a group")
+    if a.out is not None:
+        a.out = Path(os.path.abspath(a.out))
+        check_out(a.out)
+    if a.report is not None:
+        a.report = Path(os.path.abspath(a.report))
+    rpath = report_path(a)
+    if rpath is not None:
+        check_report(rpath)
+    kind = budget.home_kind(a.python_homes)
+    problem = budget.fleet_problem(a.homes, budget.HOME_PSS[kind])
+    if problem is not None:
+        raise UsageError(problem)
 
 
 def report_path(a: argparse.Namespace) -> Path | None:
@@ -464,12 +519,27 @@ def report_path(a: argparse.Namespace) -> Path | None:
         return None
     if a.report is not None:
         return Path(a.report)
-    return Path(a.out or "lab-out") / "report.html"
+    return Path(os.path.abspath(a.out or "lab-out")) / "report.html"
 
 
 def main(a: argparse.Namespace) -> int:
+    try:
+        check_args(a)
+    except UsageError as e:
+        print(f"hems lab: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        with stop_on_signals():
+            return _run(a)
+    except Stopped as e:
+        print(f"hems lab: stopped by {e}; every process it started was stopped",
+              file=sys.stderr)
+        return e.exit_status
+
+
+def _run(a: argparse.Namespace) -> int:
     o = LabOptions(homes=a.homes, seed=a.seed, frames=a.frames, frame_s=a.frame_s,
                    frame_real_s=a.frame_real_s, k=a.k, mask_brokers=a.mask_brokers,
                    solver=a.solver, collect_s=a.collect_s, out_dir=a.out,

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.common.children import die_with_parent
+
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware" / "micropython"
 VENV = Path(sys.prefix)
@@ -60,9 +62,11 @@ class Procs:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
         with open(log, "wb") as f:
+            # Its own session: a Ctrl-C on the terminal reaches the lab only, which stops the
+            # children in order.  die_with_parent: a lab killed outright takes them with it.
             p = subprocess.Popen(
                 argv, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
         proc = Proc(name, p, log)
         self.procs.append(proc)

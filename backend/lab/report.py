@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.lab import plots
+from backend.lab.outdir import REPORT_TAG
 
 
 def _e(v: object) -> str:
@@ -202,6 +203,7 @@ def render(s: dict[str, Any]) -> str:
     ]
     title = f"hems lab report: {s['homes']} homes, seed {s['seed']}"
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"{REPORT_TAG}"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{_e(title)}</title><style>{CSS}</style></head>"
             f"<body><main>{''.join(parts)}</main>"

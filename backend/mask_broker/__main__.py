@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from backend.common.mqtt import add_mqtt_args, settings_from_args
+from backend.common.usage import Parser, port
 
 from .core import MaskBroker
 from .service import Fatal, MetricsUnavailable, Service, configure_logging
@@ -40,15 +41,8 @@ def load_registry(path: Path) -> dict[str, bytes]:
     return keys
 
 
-def _port(s: str) -> int:
-    v = int(s)
-    if not 0 < v < 65536:
-        raise argparse.ArgumentTypeError(f"not a TCP port: {s}")
-    return v
-
-
 def parser(prog: str = "python -m backend.mask_broker") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=prog,
         description="Mask broker: stores sealed mask seeds, answers group mask sums "
         "under the release rule (docs/privacy.md).")
@@ -64,7 +58,7 @@ def parser(prog: str = "python -m backend.mask_broker") -> argparse.ArgumentPars
     p.add_argument("--stats-file", type=Path, help="JSON stats, rewritten atomically")
     p.add_argument("--stats-interval", type=float, default=1.0,
                    help="seconds between stats writes while masks arrive (default 1)")
-    p.add_argument("--metrics-port", type=_port, default=None,
+    p.add_argument("--metrics-port", type=port, default=None,
                    help="serve Prometheus metrics (hems_mask_broker_*) on "
                    "http://HOST:PORT/metrics (default: off)")
     p.add_argument("--metrics-host", default="127.0.0.1",

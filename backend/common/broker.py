@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.common.children import die_with_parent
+from backend.common.children import tied
 from hemsfw import protocol
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,7 +150,7 @@ def start_resident_broker(d: Path) -> tuple[subprocess.Popen[bytes], int]:
                               "persistence false\n")
     with open(d / "log", "wb") as f:
         proc = subprocess.Popen(["mosquitto", "-c", str(d / "m.conf")], stdout=f, stderr=f,
-                                preexec_fn=die_with_parent)
+                                preexec_fn=tied())
     try:
         wait_port(port)
     except BaseException:
@@ -199,7 +199,7 @@ class Mosquitto:
             conf = self.write()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log,
-                                         preexec_fn=die_with_parent)
+                                         preexec_fn=tied())
         try:
             wait_port(self.port)
             if self.tls_port:

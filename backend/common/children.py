@@ -1,9 +1,10 @@
 """Child processes that never outlive the process that started them, and signals that stop it.
 
-* ``die_with_parent``: a ``preexec_fn`` for ``subprocess.Popen`` that asks Linux to send the child
+* ``tied()``: the ``preexec_fn`` for ``subprocess.Popen`` that asks Linux to send the child
   SIGTERM when its parent dies, however it dies (SIGKILL included: no handler runs then, so the
-  kernel must do it; prctl(2), PR_SET_PDEATHSIG).  The signal is tied to the *thread* that forked
-  the child, so start children from the main thread (the lab does).
+  kernel must do it; prctl(2), PR_SET_PDEATHSIG).  The kernel ties that signal to the *thread*
+  that forked the child, so a child started from any other thread (a test's or a benchmark's
+  helper thread, which may end long before the process) is not tied: ``tied()`` is None there.
 * ``stop_on_signals``: SIGTERM and SIGHUP (what ``timeout``, systemd, CI and a closed terminal
   send) raise ``Stopped`` in the main thread, the way SIGINT raises KeyboardInterrupt, so every
   ``finally`` that stops children runs.  Further signals during that clean-up are ignored.
@@ -15,11 +16,12 @@ import ctypes
 import ctypes.util
 import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["Stopped", "die_with_parent", "stop_on_signals"]
+__all__ = ["Stopped", "stop_on_signals", "tied"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -36,10 +38,18 @@ def _libc() -> ctypes.CDLL | None:
 _LIBC = _libc()
 
 
-def die_with_parent() -> None:
-    """``preexec_fn``: SIGTERM this child when the parent thread exits (Linux; no-op elsewhere)."""
+def _die_with_parent() -> None:
+    # runs in the child between fork and exec: one plain libc call, nothing else
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def tied() -> Callable[[], None] | None:
+    """``preexec_fn`` that makes the child die with this process, when called from the main
+    thread (see the module docstring); None elsewhere."""
+    if _LIBC is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return _die_with_parent
 
 
 class Stopped(BaseException):

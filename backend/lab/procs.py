@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.common.children import die_with_parent
+from backend.common.children import tied
 
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware" / "micropython"
@@ -63,10 +63,10 @@ class Procs:
         log = self.log_dir / f"{name}.log"
         with open(log, "wb") as f:
             # Its own session: a Ctrl-C on the terminal reaches the lab only, which stops the
-            # children in order.  die_with_parent: a lab killed outright takes them with it.
+            # children in order.  tied(): a lab killed outright takes them with it.
             p = subprocess.Popen(
                 argv, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                start_new_session=True, preexec_fn=die_with_parent,
+                start_new_session=True, preexec_fn=tied(),
             )
         proc = Proc(name, p, log)
         self.procs.append(proc)

@@ -56,8 +56,8 @@ import numpy.typing as npt  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
+from backend.common.bulk_mqtt import mqtt_string, varlen  # noqa: E402
 from backend.common.fleet_acl import FLEET_USER  # noqa: E402
-from backend.common.ingest_mqtt import mqtt_string, varlen  # noqa: E402
 from bench.daygen import MAG_PROBS, MAGNIFICATIONS  # noqa: E402
 from bench.daygen import _homes as day_loads  # noqa: E402
 from hemsfw import home as fw_home  # noqa: E402

@@ -21,7 +21,7 @@ the CPU it spent in between:
                        it, which gmqtt does only for a coroutine handler: a Task per message)
   lean-q1              a ~60-line raw-socket MQTT 3.1.1 subscriber (batched PUBACKs): the
                        floor for Python, to see whether a lean path of our own is needed
-  leanlib-q1           the library made from it (backend/common/ingest_mqtt.LeanIngest,
+  leanlib-q1           the library made from it (backend/common/bulk_mqtt.BulkClient,
                        MQTT 5, asyncio, PUBACKs after the batch handler): the services' path
   *-store              + the validation + numpy store step (backend/common/ingest.PlanSink:
                        the coordinator's checks, json) or, for masks, the real mask broker
@@ -70,9 +70,9 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from backend.common.bulk_mqtt import mqtt_string, varlen  # noqa: E402
 from backend.common.fleet_acl import FLEET_USER, FleetMosquitto  # noqa: E402
-from backend.common.ingest import PlanSink  # noqa: E402
-from backend.common.ingest_mqtt import mqtt_string, varlen  # noqa: E402
+from backend.common.rows import PlanSink  # noqa: E402
 from bench import fleet as fl  # noqa: E402
 from hemsfw import masking, protocol, seal  # noqa: E402
 
@@ -225,7 +225,7 @@ def cpu_bench(fleet: fl.Fleet, repeats: int) -> dict[str, dict[str, float]]:
     if orjson is not None:
         out["plan PlanSink (orjson)"] = _time_per_msg(sink(orjson.loads), n, repeats)
     try:
-        from backend.coordinator.round import RoundConfig, RoundState
+        from backend.coordinator.intake import RoundConfig, RoundState
 
         rc = RoundConfig(spec.day, spec.round, frames, spec.frame_s, spec.quantum_wh,
                          spec.start, 2**40, spec.brokers)
@@ -316,7 +316,7 @@ def cpu_bench(fleet: fl.Fleet, repeats: int) -> dict[str, dict[str, float]]:
 def rowstore_bench(homes: int, frames: int, repeats: int) -> dict[str, Any]:
     """RowStore at ``homes`` x ``frames``: append, arrange (one gather), group sums as slice
     sums for G groups, and 2 workers' partial sums added (timings in ms, median of repeats)."""
-    from backend.common.ingest import RowStore, add_partials
+    from backend.common.rows import RowStore, add_partials
 
     rng = np.random.default_rng(1)
     data = rng.integers(0, 2**32, size=(homes, frames), dtype=np.uint32)
@@ -690,7 +690,7 @@ def role_lean(a: argparse.Namespace) -> None:
 
 
 async def _leanlib(a: argparse.Namespace) -> None:
-    from backend.common.ingest_mqtt import LeanIngest, Message
+    from backend.common.bulk_mqtt import BulkClient, Message
 
     tally = Tally()
     handler = make_handler(a, tally)
@@ -708,7 +708,7 @@ async def _leanlib(a: argparse.Namespace) -> None:
             done.set()
 
     user, pw = _user(a)
-    ing = LeanIngest("127.0.0.1", a.port, f"bench-{os.getpid()}", user, pw,
+    ing = BulkClient("127.0.0.1", a.port, f"bench-{os.getpid()}", user, pw,
                      [(_topic(a), a.qos)], on_batch, clean_start=True, session_expiry=0)
     task = asyncio.create_task(ing.run())
     await ing.wait_connected(30)
@@ -729,7 +729,7 @@ async def _leanlib(a: argparse.Namespace) -> None:
 
 
 def role_leanlib(a: argparse.Namespace) -> None:
-    """backend/common/ingest_mqtt.LeanIngest (MQTT 5, PUBACKs after each batch's handler):
+    """backend/common/bulk_mqtt.BulkClient (MQTT 5, PUBACKs after each batch's handler):
     the library the services use, against the prototype above."""
     asyncio.run(_leanlib(a))
 

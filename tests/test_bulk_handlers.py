@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from backend.common.mqtt import MqttSettings
-from backend.coordinator.round import RoundState
+from backend.coordinator.intake import RoundState
 from backend.coordinator.service import Coordinator, ServiceConfig
 from backend.mask_broker.core import MaskBroker, Record
 from backend.mask_broker.service import Service
-from backend.mask_broker.store import StateDir
+from backend.mask_broker.state_dir import StateDir
 from hemsfw import protocol, seal
 
 DAY = "2026-11-27"

@@ -1,4 +1,4 @@
-"""backend/common/ingest_mqtt.LeanIngest: our own MQTT ingest client, tested like a library.
+"""backend/common/bulk_mqtt.BulkClient: our own MQTT ingest client, tested like a library.
 
 Against a real mosquitto (the project's broker config, a free loopback port, passwd + ACL):
 delivery in order at QoS 0 and 1 over MQTT 5 and 3.1.1, every QoS 1 message acknowledged (a
@@ -11,7 +11,7 @@ PUBACK counting and flush(), re-sends after a broker restart, $share splitting, 
 
 Against a scripted fake broker (asyncio server on loopback): malformed frames of every kind
 are counted, logged and followed by a reconnect, never an exception out of run(); a silent
-server is detected by the keepalive; SUBACK refusals raise IngestError, a "server busy"
+server is detected by the keepalive; SUBACK refusals raise BulkMqttError, a "server busy"
 CONNACK is retried; unacknowledged publishes are re-sent with DUP and their packet ids after a
 reconnect; the publish window follows the broker's Receive Maximum; refused PUBACKs count.
 
@@ -36,8 +36,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from backend.common.bulk_mqtt import BulkClient, BulkMqttError, Message, _Conn
 from backend.common.fleet_acl import FLEET_USER, FleetMosquitto
-from backend.common.ingest_mqtt import IngestError, LeanIngest, Message, _Conn
 from backend.common.tls import make_pki
 from bench import fleet as fl
 
@@ -88,7 +88,7 @@ class Sink:
 
 
 @contextlib.asynccontextmanager
-async def running(ing: LeanIngest, connected: bool = True) -> AsyncIterator[asyncio.Task[None]]:
+async def running(ing: BulkClient, connected: bool = True) -> AsyncIterator[asyncio.Task[None]]:
     """run() as a task; stop() and a clean return (no exception) on the way out."""
     task = asyncio.create_task(ing.run())
     try:
@@ -100,12 +100,12 @@ async def running(ing: LeanIngest, connected: bool = True) -> AsyncIterator[asyn
         await asyncio.wait_for(task, T)
 
 
-def lean(port: int, sink: Callable[[list[Message]], None], cid: str, **kw: Any) -> LeanIngest:
+def lean(port: int, sink: Callable[[list[Message]], None], cid: str, **kw: Any) -> BulkClient:
     kw.setdefault("reconnect_min_s", 0.05)
     kw.setdefault("reconnect_max_s", 0.2)
     subs = kw.pop("subs", [(PLAN, 1)])
     user = kw.pop("user", "coordinator")
-    return LeanIngest("127.0.0.1", port, cid, user, kw.pop("password", PW[user]), subs, sink,
+    return BulkClient("127.0.0.1", port, cid, user, kw.pop("password", PW[user]), subs, sink,
                       **kw)
 
 
@@ -318,7 +318,7 @@ def test_persistent_session_gets_what_arrived_while_away_clean_start_does_not(
 def test_bad_password_raises_without_retrying(mq: FleetMosquitto, protocol: int) -> None:
     async def go() -> None:
         ing = lean(mq.port, Sink(), "badpw", protocol=protocol, password="wrong")
-        with pytest.raises(IngestError, match="refused the connection as 'coordinator'"):
+        with pytest.raises(BulkMqttError, match="refused the connection as 'coordinator'"):
             await asyncio.wait_for(ing.run(), 5)
         assert ing.stats["reconnects"] == 0 and ing.stats["connects"] == 0
 
@@ -335,7 +335,7 @@ def test_acl_denied_subscription_on_mosquitto_receives_nothing(mq: FleetMosquitt
         task = asyncio.create_task(ing.run())
         done, _ = await asyncio.wait([task], timeout=1.0)
         if done:  # refused: the error names the filter
-            with pytest.raises(IngestError, match="mask/mb1"):
+            with pytest.raises(BulkMqttError, match="mask/mb1"):
                 task.result()
             return
         await apublish(mq.port, [("hems/v1/mask/mb1/h1", b"sealed")])
@@ -518,7 +518,7 @@ def test_tls(mq: FleetMosquitto) -> None:
 
     async def go() -> None:
         sink = Sink()
-        ing = LeanIngest("127.0.0.1", mq.tls_port or 0, "tls", "coordinator",
+        ing = BulkClient("127.0.0.1", mq.tls_port or 0, "tls", "coordinator",
                          PW["coordinator"], [(PLAN, 1)], sink, tls=ctx)
         async with running(ing):
             await apublish(mq.port, plans(500, "tls"))
@@ -717,7 +717,7 @@ def test_suback_refusal_raises_ingest_error(v5: bool, code: int, name: str) -> N
         async with Fake([refuse], v5=v5).serving() as fake:
             ing = lean(fake.port, Sink(), "sub", subs=[("t/ok", 1), ("t/denied", 1)],
                        protocol=5 if v5 else 4)
-            with pytest.raises(IngestError, match=rf"'t/denied': 0x{code:02x} \({name}\)"):
+            with pytest.raises(BulkMqttError, match=rf"'t/denied': 0x{code:02x} \({name}\)"):
                 await asyncio.wait_for(ing.run(), 5)
             assert fake.connections == 1 and ing.stats["reconnects"] == 0
 
@@ -854,7 +854,7 @@ def test_any_split_of_the_stream_gives_the_same_messages_and_acks(
     got: list[Message] = []
     loop = asyncio.new_event_loop()
     try:
-        ing = LeanIngest("h", 1, "c", None, None, [("#", 1)], got.extend,
+        ing = BulkClient("h", 1, "c", None, None, [("#", 1)], got.extend,
                          protocol=5 if v5 else 4)
         conn = _Conn(ing, loop)
         tr = _Transport()
@@ -876,7 +876,7 @@ def test_garbage_from_the_broker_never_raises(noise: bytes, v5: bool) -> None:
     closed; never an exception out of data_received."""
     loop = asyncio.new_event_loop()
     try:
-        ing = LeanIngest("h", 1, "c", None, None, [("#", 1)], lambda b: None,
+        ing = BulkClient("h", 1, "c", None, None, [("#", 1)], lambda b: None,
                          protocol=5 if v5 else 4, max_packet=1000)
         conn = _Conn(ing, loop)
         tr = _Transport()

@@ -20,7 +20,7 @@ from release_oracle import atoms_ok
 
 from backend.coordinator.adjust import Problem, solve
 from backend.coordinator.grouping import Group, initial_grouping, refine
-from backend.coordinator.round import RoundConfig, RoundState, Verdict, parse_capacity
+from backend.coordinator.intake import RoundConfig, RoundState, Verdict, parse_capacity
 from backend.coordinator.sums import Answer, Refusal, SumLedger, parse_answer, settle
 from hemsfw import masking, protocol
 

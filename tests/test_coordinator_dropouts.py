@@ -27,7 +27,7 @@ import numpy as np
 
 from backend.common.mqtt import MqttSettings
 from backend.coordinator.grouping import Group, initial_grouping
-from backend.coordinator.round import RoundState
+from backend.coordinator.intake import RoundState
 from backend.coordinator.service import Coordinator, ServiceConfig
 from backend.coordinator.sums import Answer, SumLedger, parse_answer, settle
 from backend.mask_broker.core import MaskBroker, Publish

@@ -1,4 +1,4 @@
-"""The coordinator's journal (backend/coordinator/store.py), its replay, and its metrics.
+"""The coordinator's journal (backend/coordinator/journal.py), its replay, and its metrics.
 
 Pure tests: no broker.  The end-to-end proof (kill -9 mid-round, same result) is
 tests/test_durability.py."""
@@ -19,9 +19,9 @@ from backend.common.metrics import render
 from backend.common.mqtt import MqttSettings
 from backend.coordinator import metrics
 from backend.coordinator.adjust import Policy, Problem, solve
-from backend.coordinator.round import RoundState
+from backend.coordinator.intake import RoundState
+from backend.coordinator.journal import Journal, result_from_json, result_to_json
 from backend.coordinator.service import Coordinator, CoordinatorError, ServiceConfig
-from backend.coordinator.store import Journal, result_from_json, result_to_json
 from hemsfw import protocol
 
 DAY = "2026-11-27"

@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.common import fastjson
+from backend.common.bulk_mqtt import BulkClient, mqtt_string, varlen
 from backend.common.fastcheck import RoundKey, fast_mask_report, fast_plan_report
-from backend.common.ingest_mqtt import LeanIngest, mqtt_string, varlen
-from backend.coordinator.round import RoundConfig, RoundState
+from backend.coordinator.intake import RoundConfig, RoundState
 from backend.mask_broker.core import MaskBroker
 from hemsfw import protocol, seal
 
@@ -194,7 +194,7 @@ def test_accepted_reply_is_the_encoded_make_reply(day: str, rnd: int, ok: str, r
 
 def test_lean_publish_header_is_mqtt_encoding() -> None:
     for v5 in (True, False):
-        li = LeanIngest("127.0.0.1", 1, "c", None, None, [("x", 1)], lambda b: None,
+        li = BulkClient("127.0.0.1", 1, "c", None, None, [("x", 1)], lambda b: None,
                         protocol=5 if v5 else 4)
         props = b"\x00" if v5 else b""
         for lt in [1, 2, 60, 127, 128, 300, 5000]:

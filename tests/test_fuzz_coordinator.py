@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.common.mqtt import MqttSettings
-from backend.coordinator.round import RoundState
+from backend.coordinator.intake import RoundState
 from backend.coordinator.service import Coordinator, ServiceConfig, _Ask
 from hemsfw import protocol
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.mask_broker.core import MaskBroker, Publish, Record
-from backend.mask_broker.store import StateDir
+from backend.mask_broker.state_dir import StateDir
 from hemsfw import masking, protocol, seal
 
 B = "mb1"

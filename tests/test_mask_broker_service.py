@@ -31,7 +31,7 @@ from backend.common.mqtt import MqttSettings
 from backend.mask_broker.__main__ import main as cli_main
 from backend.mask_broker.core import MaskBroker, Record
 from backend.mask_broker.service import Backoff, Service
-from backend.mask_broker.store import StateDir
+from backend.mask_broker.state_dir import StateDir
 from hemsfw import masking, protocol, seal
 
 B = "mb1"

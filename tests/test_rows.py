@@ -1,4 +1,4 @@
-"""backend/common/ingest.py: RowStore, Arranged slice sums, partial sums, PlanSink."""
+"""backend/common/rows.py: RowStore, Arranged slice sums, partial sums, PlanSink."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.common.ingest import U32, Arranged, PlanSink, RowStore, add_partials
+from backend.common.rows import U32, Arranged, PlanSink, RowStore, add_partials
 from backend.coordinator.grouping import initial_grouping, split, split_key
 from hemsfw import masking, protocol
 

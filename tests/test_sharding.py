@@ -22,7 +22,7 @@ from backend.common.broker import free_port
 from backend.common.fleet_acl import FLEET_USER, FleetMosquitto
 from backend.common.mqtt import MqttSettings
 from backend.coordinator import workers
-from backend.coordinator.round import RoundState
+from backend.coordinator.intake import RoundState
 from backend.coordinator.service import Coordinator, ServiceConfig
 from bench import fleet as fl
 from bench import scale

@@ -1,8 +1,8 @@
-"""A lean asyncio MQTT client for bulk ingest (docs/scaling.md, "Recommendation: the ingest path").
+"""The bulk MQTT client: a lean asyncio client for the bulk topics (docs/scaling.md).
 
 The two bulk topic families (masked plans at the coordinator, sealed masks at each mask broker)
 arrive at up to the broker's pace (~75-90k msg/s here); general-purpose Python clients take 4-28k
-msg/s off mosquitto because of their per-message machinery.  ``LeanIngest`` does the minimum:
+msg/s off mosquitto because of their per-message machinery.  ``BulkClient`` does the minimum:
 
 * MQTT 5 by default (``protocol=5``: needed for ``$share/<group>/...`` shared subscriptions and
   session expiry), MQTT 3.1.1 with ``protocol=4``.  Username/password, optional TLS.
@@ -32,7 +32,7 @@ msg/s off mosquitto because of their per-message machinery.  ``LeanIngest`` does
   (``reconnect_min_s`` .. ``reconnect_max_s``), resubscribing each time (MQTT 5: Retain Handling 1,
   so an existing subscription does not get the retained messages again).  A refusal that
   retrying cannot fix (bad credentials, not authorised, bad client id, unsupported protocol,
-  banned; any SUBACK failure) makes ``run()`` raise ``IngestError``; "server unavailable / busy /
+  banned; any SUBACK failure) makes ``run()`` raise ``BulkMqttError``; "server unavailable / busy /
   quota" refusals are retried.
 * Persistent sessions: ``clean_start=False`` (and, MQTT 5, ``session_expiry`` seconds) keeps the
   subscription and the QoS 1 messages that arrive while the client is away; they are delivered
@@ -47,7 +47,7 @@ takes ~87k msg/s counting only (1.04 x ``mosquitto_sub``), 58-67k msg/s with the
 PlanSink + orjson (0.69-0.84), 53k msg/s with a QoS 1 reply per report; the frame parser itself
 costs ~1.2 us per 645-byte message.
 
-Caveats (each is tested or measured, see tests/test_ingest_mqtt.py):
+Caveats (each is tested or measured, see tests/test_bulk_mqtt.py):
 
 * mosquitto 2.0's ``acl_file`` grants every SUBACK and filters deliveries silently, so a
   subscription the ACL denies is *not* reported as refused by mosquitto: nothing arrives.  The
@@ -78,7 +78,7 @@ from collections.abc import Callable
 
 Message = tuple[str, bytes]  # (topic, payload)
 
-__all__ = ["IngestError", "LeanIngest", "Message", "mqtt_string", "varlen"]
+__all__ = ["BulkClient", "BulkMqttError", "Message", "mqtt_string", "varlen"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ _CLOSE_WAIT_S = 2.0
 _PUBACK = b"\x40\x02"
 
 
-class IngestError(Exception):
+class BulkMqttError(Exception):
     """A refusal retrying cannot fix (CONNACK: bad credentials, not authorised, ...; any
     SUBACK failure), or misuse of the client."""
 
@@ -238,7 +238,7 @@ def _parse_props(buf: bytes, i: int, end: int) -> tuple[dict[int, int | str | by
 class _Conn(asyncio.Protocol):
     """One TCP (or TLS) connection: its receive buffer, its handshake futures."""
 
-    def __init__(self, owner: LeanIngest, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, owner: BulkClient, loop: asyncio.AbstractEventLoop) -> None:
         self.o = owner
         self.loop = loop
         self.tr: asyncio.Transport | None = None
@@ -522,7 +522,7 @@ class _Conn(asyncio.Protocol):
             raise _Malformed(f"unexpected packet type {kind} (0x{b0:02x})")
 
 
-class LeanIngest:
+class BulkClient:
     """asyncio MQTT 5 (default) or 3.1.1 client for bulk ingest of QoS 0/1 PUBLISHes (module
     docstring: semantics).  ``stats`` counts: received, batches, acked, dup_received,
     handler_errors, published, resent, puback_received, puback_errors, puback_unknown,
@@ -621,9 +621,9 @@ class LeanIngest:
 
     async def run(self) -> None:
         """Connect, subscribe and read until ``stop()``; reconnect with jittered backoff on
-        any connection loss.  Raises ``IngestError`` on a refusal retrying cannot fix."""
+        any connection loss.  Raises ``BulkMqttError`` on a refusal retrying cannot fix."""
         if self._running:
-            raise IngestError("run() is already running")
+            raise BulkMqttError("run() is already running")
         self._running = True
         loop = asyncio.get_running_loop()
         attempt = 0
@@ -632,7 +632,7 @@ class LeanIngest:
                 subscribed = False
                 try:
                     subscribed = await self._session(loop)
-                except IngestError:
+                except BulkMqttError:
                     raise
                 except (OSError, TimeoutError, _Refused) as e:
                     if not self._stopping:
@@ -780,7 +780,7 @@ class LeanIngest:
                 conn.close(why)
                 if retry:
                     raise _Refused(why)
-                raise IngestError(why)
+                raise BulkMqttError(why)
             self.stats["connects"] += 1
             self.session_present = bool(flags & 1)
             self._apply_connack(props)
@@ -798,7 +798,7 @@ class LeanIngest:
                 if bad:
                     why = "; ".join(f"{f!r}: {_reason(c, self._v5)}" for f, c in bad)
                     conn.finish("subscription refused")
-                    raise IngestError(f"broker {self._host}:{self._port} refused the "
+                    raise BulkMqttError(f"broker {self._host}:{self._port} refused the "
                                       f"subscription(s) of {self._username!r}: {why}")
             if conn.tr is None or conn.tr.is_closing() or conn.draining or self._stopping:
                 await conn.closed

@@ -1,4 +1,4 @@
-"""Fast ingest: validated report vectors into contiguous uint32 rows, group sums as slice sums.
+"""Report rows: validated report vectors in contiguous uint32 rows, group sums as slice sums.
 
 Pure (no I/O).  The services' MQTT adapters hand each report to a sink; the sink validates it
 with the very parsers the firmware tests pin down (``hemsfw.protocol``) and appends its vector
@@ -258,7 +258,7 @@ def _loads_json(payload: bytes) -> object:
 class PlanSink:
     """Validate ``hems/v1/plan/<home>`` reports of one round into a ``RowStore``.
 
-    The checks and reason codes are the coordinator's (backend/coordinator/round.py) minus the
+    The checks and reason codes are the coordinator's (backend/coordinator/intake.py) minus the
     clock: ``bad_topic``, the parser's reasons, ``home_mismatch``, ``unknown_round``,
     ``replay``, ``duplicate_home``, and ``full`` when more reports arrive than were sized for.
     ``loads`` is the JSON decoder (``json.loads``; ``orjson.loads`` is a drop-in)."""

@@ -47,7 +47,7 @@ import numpy.typing as npt
 
 from backend.common import fastjson
 from backend.common.fastcheck import RoundKey, fast_plan_report
-from backend.common.ingest import Arranged, PlanSink
+from backend.common.rows import Arranged, PlanSink
 from hemsfw import protocol
 
 __all__ = ["Capacity", "PlanReport", "Reports", "RoundConfig", "RoundState", "Verdict",
@@ -237,7 +237,7 @@ class RoundState:
         return Verdict(True, "", home, p_rid, retained)
 
     def restore(self, home: str, report_id: str, mag: int, masked: bytes) -> None:
-        """Re-admit a report accepted before a restart (store.py), without the time checks.
+        """Re-admit a report accepted before a restart (journal.py), without the time checks.
         ValueError when it does not fit this round or collides with one already held."""
         if (not protocol.valid_id(home) or len(masked) != 4 * self.cfg.frames
                 or _readable_report_id({"report_id": report_id}) is None

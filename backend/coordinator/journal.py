@@ -3,7 +3,7 @@
 The round is a deterministic function of a few inputs: the accepted plan reports, the moment
 collection closed, the capacity profile taken, every mask broker's answer (or its silence) and
 every solver result.  The journal records exactly those, in the order they happened, and nothing
-derived; a restarted coordinator replays them through the very same code (round.py, grouping.py,
+derived; a restarted coordinator replays them through the very same code (intake.py, grouping.py,
 sums.py, the adjustment engine) and so stands where the killed one stood, then goes on.  Records
 (one JSON object per line, ``"kind"`` says which):
 

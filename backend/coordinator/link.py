@@ -4,7 +4,7 @@
   what is published while the coordinator is away waits for it in mosquitto.
 * Manual acknowledgement: paho would send the PUBACK of an incoming QoS 1 message as soon as it
   arrives, before it is handled; a crash in between would lose it.  Here the handler runs first,
-  the service makes its effects durable (store.py, group commit), and only then ``ack`` sends the
+  the service makes its effects durable (journal.py, group commit), and only then ``ack`` sends the
   PUBACK.  A message not acknowledged when the connection (or the process) dies is delivered again
   by mosquitto on the next connection: handling is idempotent (report ids, request ids).
 * Reconnect with jittered exponential backoff (the mask broker's ``Backoff``); after every

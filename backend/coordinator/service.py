@@ -1,12 +1,12 @@
 """The coordinator's MQTT adapter (aiomqtt): runs one round end to end, and survives crashes.
 
-Every decision is taken by the pure modules: round.py (which plan reports count), grouping.py
+Every decision is taken by the pure modules: intake.py (which plan reports count), grouping.py
 (which homes form a group), sums.py (what to ask the mask brokers and what their answers mean) and
 adjust/ (the moves).  This module moves bytes, keeps time and writes down what happened:
 
 1. connect twice, both persistent sessions with PUBACK only after a message was handled and
    made durable: the bulk topic ``hems/v1/plan/+`` on a lean client (client id
-   ``<client id>-ingest``, backend/common/ingest_mqtt.py: each read's reports are validated
+   ``<client id>-ingest``, backend/common/bulk_mqtt.py: each read's reports are validated
    into the row store and journaled as one batch with one fsync, then their replies are queued
    and their PUBACKs written), and ``hems/v1/groupsum/+`` and ``hems/v1/capacity`` on aiomqtt
    (link.py, client id ``coordinator``, QoS 1, reconnect with backoff);
@@ -30,7 +30,7 @@ signal: ``CoordinatorError`` with a message for the operator.
 
 Crashes and outages (docs/reliability.md)
 -----------------------------------------
-With ``state_dir`` every input of the round goes to a journal (store.py) before anything that
+With ``state_dir`` every input of the round goes to a journal (journal.py) before anything that
 depends on it leaves the process: the announcement (with its deadline) before it is published, a
 report before its reply and its PUBACK, each group request before it is published, each answer
 and each solver result before the next request or the adjustments.  A coordinator restarted with
@@ -89,16 +89,15 @@ import aiomqtt
 import numpy as np
 import numpy.typing as npt
 
-from backend.common.ingest_mqtt import IngestError, LeanIngest, Message
+from backend.common.bulk_mqtt import BulkClient, BulkMqttError, Message
 from backend.common.metrics import serve
 from backend.common.mqtt import MqttSettings
 from backend.common.rejects import Rejections
 from backend.coordinator import metrics, workers
 from backend.coordinator.adjust import Policy, Problem, Result, solve
 from backend.coordinator.grouping import Group, initial_grouping, refine
-from backend.coordinator.link import Conn, Link, LinkError
-from backend.coordinator.round import Capacity, RoundConfig, RoundState, parse_capacity
-from backend.coordinator.store import (
+from backend.coordinator.intake import Capacity, RoundConfig, RoundState, parse_capacity
+from backend.coordinator.journal import (
     Journal,
     answers_from_json,
     answers_to_json,
@@ -106,6 +105,7 @@ from backend.coordinator.store import (
     result_from_json,
     result_to_json,
 )
+from backend.coordinator.link import Conn, Link, LinkError
 from backend.coordinator.sums import Answer, Exclusion, SumLedger, parse_answer, settle
 from hemsfw import protocol
 
@@ -215,11 +215,11 @@ class Coordinator:
         self.timings: dict[str, float] = {"collect_s": 0.0, "group_s": 0.0, "sums_s": 0.0,
                                           "solve_s": 0.0, "publish_s": 0.0}
         self.link: Link | None = None
-        self.ingest: LeanIngest | None = None
+        self.ingest: BulkClient | None = None
         self.journal = (Journal(cfg.state_dir, cfg.day, cfg.round,
                                 f"w{cfg.worker}" if cfg.worker else "")
                         if cfg.state_dir is not None else None)
-        #: what the journal says happened before this process (store.py)
+        #: what the journal says happened before this process (journal.py)
         self.restarts = 0
         self.announced_at: float | None = None  # wall clock of the first announcement
         self.finished_at: float | None = None
@@ -287,7 +287,7 @@ class Coordinator:
             loop = asyncio.get_running_loop()
             for w in self._workers:
                 loop.add_reader(w.conn.fileno(), workers.on_message, self, w)
-        self.ingest = ingest = LeanIngest(
+        self.ingest = ingest = BulkClient(
             s.host, s.port, f"{cfg.client_id}-ingest", s.username, s.password,
             [(bulk_topic, 1)], self._on_batch, tls=s.tls_context(),
             max_packet=protocol.MAX_PAYLOAD + 1024, reconnect_max_s=5.0, log=log)
@@ -313,7 +313,7 @@ class Coordinator:
             exc = _leaf(eg)
             if isinstance(exc, CoordinatorError):
                 raise exc from None
-            if isinstance(exc, LinkError | IngestError):
+            if isinstance(exc, LinkError | BulkMqttError):
                 raise CoordinatorError(str(exc)) from exc
             raise
         finally:

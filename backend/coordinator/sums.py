@@ -51,10 +51,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from backend.common.ingest import Arranged
+from backend.common.rows import Arranged
 from backend.common.vectors import unwrap
 from backend.coordinator.grouping import Group, child_id, make_group
-from backend.coordinator.round import RoundConfig
+from backend.coordinator.intake import RoundConfig
 from backend.mask_broker.release import Partition
 from hemsfw import protocol
 

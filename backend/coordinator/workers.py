@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backend.common.ingest_mqtt import LeanIngest, Message
+from backend.common.bulk_mqtt import BulkClient, Message
 from backend.common.mqtt import MqttSettings
 from hemsfw import protocol
 
@@ -120,7 +120,7 @@ def worker_main(cfg: ServiceConfig, settings: MqttSettings, deadline: int,
 
 async def _serve(cfg: ServiceConfig, settings: MqttSettings, deadline: int,
                  conn: multiprocessing.connection.Connection) -> None:
-    from backend.coordinator.round import RoundState
+    from backend.coordinator.intake import RoundState
     from backend.coordinator.service import BULK_TOPIC, Coordinator
 
     c = Coordinator(cfg, settings)
@@ -143,7 +143,7 @@ async def _serve(cfg: ServiceConfig, settings: MqttSettings, deadline: int,
         assert c.state is not None
         conn.send(("accepted", c.state.accepted))
 
-    c.ingest = ingest = LeanIngest(
+    c.ingest = ingest = BulkClient(
         s.host, s.port, f"{cfg.client_id}-ingest-w{cfg.worker}", s.username, s.password,
         [(shared_topic(BULK_TOPIC), 1)], on_batch, tls=s.tls_context(),
         max_packet=protocol.MAX_PAYLOAD + 1024, reconnect_max_s=5.0, log=log)

@@ -2,7 +2,7 @@
 answers the coordinator's group requests with group mask sums, as the privacy gatekeeper.
 
 core.py (the state machine) and release.py (the release rule) are pure; service.py is the MQTT
-adapter, store.py the --state-dir files; docs/privacy.md explains what it protects and how.
+adapter, state_dir.py the --state-dir files; docs/privacy.md explains what it protects and how.
 """
 
 from .core import MaskBroker, Publish, Record

@@ -19,7 +19,7 @@ from backend.common.usage import Parser, port
 
 from .core import MaskBroker
 from .service import Fatal, MetricsUnavailable, Service, configure_logging
-from .store import StateDir
+from .state_dir import StateDir
 
 log = logging.getLogger("hems.mask_broker")
 

@@ -4,7 +4,7 @@ Two persistent sessions (clean start off), so QoS 1 messages published while the
 briefly away are delivered when it is back:
 
 * the bulk topic, ``hems/v1/mask/<id>/+`` (one sealed seed per home and round), on a lean
-  client (backend/common/ingest_mqtt.py, client id ``<id>-ingest``): every PUBLISH of one read
+  client (backend/common/bulk_mqtt.py, client id ``<id>-ingest``): every PUBLISH of one read
   goes through `MaskBroker.handle` in one synchronous batch, the batch's mask records are
   written with one write, and only then are the replies queued (pre-encoded QoS 1, written in
   batches on the same connection) and the batch's PUBACKs written (docs/scaling.md);
@@ -39,13 +39,13 @@ import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from backend.common import metrics
-from backend.common.ingest_mqtt import IngestError, LeanIngest, Message
+from backend.common.bulk_mqtt import BulkClient, BulkMqttError, Message
 from backend.common.metrics import Sample
 from backend.common.mqtt import MqttSettings
 from hemsfw import protocol
 
 from .core import MaskBroker, Publish, Record
-from .store import StateDir, write_atomic
+from .state_dir import StateDir, write_atomic
 
 log = logging.getLogger("hems.mask_broker")
 
@@ -113,7 +113,7 @@ class Service:
         self._stop = asyncio.Event()
         self.bulk_topic = protocol.t_mask(core.id, "+")
         s = self.settings
-        self.ingest = LeanIngest(
+        self.ingest = BulkClient(
             s.host, s.port, f"{core.id}-ingest", s.username, s.password,
             [(self.bulk_topic, 1)], self._on_batch, tls=s.tls_context(),
             max_packet=protocol.MAX_PAYLOAD + 1024, log=log)
@@ -162,7 +162,7 @@ class Service:
     async def _ingest(self) -> None:
         try:
             await self.ingest.run()
-        except IngestError as e:  # e.g. not authorised: retrying cannot help
+        except BulkMqttError as e:  # e.g. not authorised: retrying cannot help
             self.fatal = f"mask ingest connection refused: {e}"
             log.error("%s", self.fatal)
 

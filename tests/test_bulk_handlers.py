@@ -11,16 +11,16 @@ import asyncio
 import json
 import os
 import secrets
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from coordinator_kit import ManualClock, announced, daemon_for, new_round
 
 from backend.common.mqtt import MqttSettings
-from backend.coordinator.intake import RoundState
-from backend.coordinator.service import Coordinator, ServiceConfig
+from backend.coordinator.mqtt_adapter import MqttAdapter
+from backend.coordinator.round import Round
 from backend.mask_broker.core import MaskBroker, Record
 from backend.mask_broker.service import Service
 from backend.mask_broker.state_dir import StateDir
@@ -52,22 +52,20 @@ def plan(home: str, rid: str | None = None) -> bytes:
         home, DAY, 1, rid or secrets.token_hex(16), 2, masked.tobytes()))
 
 
-def coordinator(tmp_path: Path, log: list[str]) -> tuple[Coordinator, FakeIngest]:
-    cfg = ServiceConfig(day=DAY, round=1, frames=F, frame_s=900, quantum_wh=1,
-                        start=1_800_000_000, collect_s=60, brokers=("mb1",), k=3,
-                        state_dir=tmp_path / "state")
-    c = Coordinator(cfg, MqttSettings(), clock=lambda: NOW)
-    c.round_cfg = replace(c.round_cfg, deadline=int(NOW) + 60)
-    c.state = RoundState(c.round_cfg)
+def coordinator(tmp_path: Path, log: list[str]) -> tuple[MqttAdapter, Round, FakeIngest]:
+    """The MQTT adapter of a coordinator whose round collects, its lean client a fake."""
+    kit = new_round(tmp_path / "state", ManualClock(NOW), deadline=int(NOW) + 60)
+    asyncio.run(announced(kit))
+    adapter = MqttAdapter(MqttSettings(), "coordinator", daemon_for(kit))
     fake = FakeIngest(log)
-    c.ingest = fake  # type: ignore[assignment]
-    return c, fake
+    adapter.bulk = fake  # type: ignore[assignment]
+    return adapter, kit.round, fake
 
 
 def test_coordinator_batch_is_journaled_with_one_fsync_before_its_replies(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log: list[str] = []
-    c, fake = coordinator(tmp_path, log)
+    adapter, c, fake = coordinator(tmp_path, log)
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
@@ -79,7 +77,7 @@ def test_coordinator_batch_is_journaled_with_one_fsync_before_its_replies(
     batch = [(protocol.t_plan("h1"), plan("h1", rid)), (protocol.t_plan("h2"), plan("h2")),
              (protocol.t_plan("h3"), b"{not json"), (protocol.t_plan("h4"), plan("h4", rid)),
              ("hems/v1/plan/H!", plan("h5")), (protocol.t_plan("h6"), plan("h6"))]
-    c._on_batch(batch)
+    adapter.on_plan_batch(batch)
     assert log[0] == "fsync" and log.count("fsync") == 1  # one fsync, before any reply
     replies = {t.rsplit("/", 1)[1]: json.loads(p) for t, p in fake.published}
     assert {h: r["status"] for h, r in replies.items()} == {
@@ -90,7 +88,7 @@ def test_coordinator_batch_is_journaled_with_one_fsync_before_its_replies(
     lines = [json.loads(x) for x in (tmp_path / "state").glob("round-*.jsonl").__next__()
              .read_bytes().splitlines()]
     assert [r["home"] for r in lines if r["kind"] == "report"] == ["h1", "h2", "h6"]
-    assert c.state.accepted == 3
+    assert c.intake is not None and c.intake.accepted == 3
 
 
 class CountingState(StateDir):
@@ -141,15 +139,15 @@ def test_mask_broker_batch_writes_its_records_before_the_replies(tmp_path: Path)
 def test_coordinator_fails_closed_when_the_journal_cannot_be_synced(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log: list[str] = []
-    c, _ = coordinator(tmp_path, log)
+    adapter, _, _ = coordinator(tmp_path, log)
 
     def fsync(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", fsync)
-    c._on_batch([(protocol.t_plan("h1"), plan("h1"))])
+    adapter.on_plan_batch([(protocol.t_plan("h1"), plan("h1"))])
     assert log == ["drop"]  # no reply, and the batch is not acknowledged: redelivered
-    assert c._failed.is_set() and "journal" in str(c._failure)
+    assert "journal" in str(adapter.failure)
 
 
 def test_mask_broker_fails_closed_when_the_state_dir_cannot_be_written(tmp_path: Path) -> None:

@@ -21,14 +21,11 @@ import asyncio
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import replace
 
 import numpy as np
+from coordinator_kit import ManualClock, announced, new_round
 
-from backend.common.mqtt import MqttSettings
 from backend.coordinator.grouping import Group, initial_grouping
-from backend.coordinator.intake import RoundState
-from backend.coordinator.service import Coordinator, ServiceConfig
 from backend.coordinator.sums import Answer, SumLedger, parse_answer, settle
 from backend.mask_broker.core import MaskBroker, Publish
 from hemsfw import masking, protocol, seal
@@ -45,14 +42,14 @@ KEYS = {h: os.urandom(32) for h in HOMES}
 
 
 def test_dropouts_and_stragglers_are_excluded_on_both_sides() -> None:
-    now = [NOW]
-    cfg = ServiceConfig(day=DAY, round=1, frames=F, frame_s=900, quantum_wh=1,
-                        start=1_800_000_000, collect_s=10, brokers=(B,), k=K)
-    coord = Coordinator(cfg, MqttSettings(), clock=lambda: now[0])
-    coord.round_cfg = replace(coord.round_cfg, deadline=DEADLINE)
-    coord.state = state = RoundState(coord.round_cfg)
+    clock = ManualClock(NOW)
+    kit = new_round(None, clock, k=K, deadline=DEADLINE)
+    coord = kit.round
+    asyncio.run(announced(kit))
+    assert coord.intake is not None
+    state = coord.intake.state
     mb = MaskBroker(B, KEYS, K)
-    mb.handle(protocol.t_round(), protocol.encode(coord.round_cfg.announcement()))
+    mb.handle(protocol.t_round(), protocol.encode(coord.cfg.announcement()))
 
     rng = np.random.default_rng(3)
     plans = {h: rng.integers(0, 500, F) for h in HOMES}
@@ -67,8 +64,8 @@ def test_dropouts_and_stragglers_are_excluded_on_both_sides() -> None:
                       protocol.encode(protocol.make_mask_report(h, DAY, 1, rid, blob)))
         if h == "c0":  # c0's masked plan is lost on the way
             continue
-        now[0] = DEADLINE + 5 if h == "d0" else NOW  # d0 reports after the deadline
-        coord.dispatch(protocol.t_plan(h), protocol.encode(
+        clock.t = DEADLINE + 5 if h == "d0" else NOW  # d0 reports after the deadline
+        coord.take_plan(protocol.t_plan(h), protocol.encode(
             protocol.make_plan_report(h, DAY, 1, rid, 2, masked)), False, [])
     state.close()
 
@@ -82,7 +79,7 @@ def test_dropouts_and_stragglers_are_excluded_on_both_sides() -> None:
                                           [ledger.request_entry(g) for g in gs])
         (pub,) = [o for o in mb.handle(protocol.t_groupreq(B), protocol.encode(req))
                   if isinstance(o, Publish)]
-        return parse_answer(pub.topic, pub.payload, coord.round_cfg)[2]
+        return parse_answer(pub.topic, pub.payload, coord.cfg)[2]
 
     async def grace() -> None:
         return None

@@ -1,4 +1,4 @@
-"""The coordinator's journal (backend/coordinator/journal.py), its replay, and its metrics.
+"""The coordinator's journal (backend/coordinator/journal.py) and a round's replay of it.
 
 Pure tests: no broker.  The end-to-end proof (kill -9 mid-round, same result) is
 tests/test_durability.py."""
@@ -9,31 +9,20 @@ import asyncio
 import json
 import os
 import stat
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from coordinator_kit import DAY, NOW, Homes, ManualClock, new_round, take_all, until_phase
 
-from backend.common.metrics import render
-from backend.common.mqtt import MqttSettings
-from backend.coordinator import metrics
 from backend.coordinator.adjust import Policy, Problem, solve
-from backend.coordinator.intake import RoundState
-from backend.coordinator.journal import Journal, result_from_json, result_to_json
-from backend.coordinator.service import Coordinator, CoordinatorError, ServiceConfig
+from backend.coordinator.codec import result_from_json, result_to_json
+from backend.coordinator.journal import Journal
+from backend.coordinator.lifecycle import Phase
+from backend.coordinator.round import RoundFailed
 from hemsfw import protocol
 
-DAY = "2026-11-27"
 F = 8
-NOW = 1_700_000_000.0
-
-
-def cfg(tmp: Path, **kw: object) -> ServiceConfig:
-    base = ServiceConfig(day=DAY, round=1, frames=F, frame_s=900, quantum_wh=1,
-                         start=1_800_000_000, collect_s=60, brokers=("mb1",), k=3,
-                         state_dir=tmp / "state")
-    return replace(base, **kw)  # type: ignore[arg-type]
 
 
 def test_append_load_and_torn_tail(tmp_path: Path) -> None:
@@ -83,55 +72,48 @@ def test_result_round_trips_through_json() -> None:
         r.overload_after_wh, r.solver, r.status)
 
 
-def journaled(tmp: Path, c: Coordinator) -> None:
-    """What a first process leaves behind: the round record, a start and some reports."""
-    c.round_cfg = replace(c.round_cfg, deadline=int(NOW) + 30)
-    j = c.journal
-    assert j is not None
-    j.append("round", **c._round_record(), at=NOW)
-    j.append("start", pid=1, at=NOW)
-    for h in ("h1", "h2"):
-        j.append("report", home=h, report_id=os.urandom(16).hex(), mag=2,
-                 masked=protocol.b64(bytes(4 * F)))
-    j.close()
+def first_process(tmp: Path) -> None:
+    """What a first process leaves behind: the round announced (journaled), two reports."""
+    async def go() -> None:
+        kit = new_round(tmp / "state", collect_s=30, deadline=None)
+        task = asyncio.create_task(kit.round.run())
+        await until_phase(kit, Phase.COLLECTING)
+        plans, _ = Homes(["h1", "h2"], F).reports()
+        take_all(kit, plans)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert kit.round.journal is not None
+        kit.round.journal.close()
+
+    asyncio.run(go())
 
 
 def test_restore_keeps_the_deadline_and_the_reports(tmp_path: Path) -> None:
-    first = Coordinator(cfg(tmp_path), MqttSettings(), clock=lambda: NOW)
-    journaled(tmp_path, first)
-    again = Coordinator(cfg(tmp_path), MqttSettings(), clock=lambda: NOW + 1)
-    again._restore()
-    assert again.round_cfg.deadline == int(NOW) + 30  # not NOW + 1 + collect_s
-    assert again.state is not None and sorted(again.state.reports) == ["h1", "h2"]
-    assert again.restarts == 1 and again._journaled_round
+    first_process(tmp_path)
+    again = new_round(tmp_path / "state", ManualClock(NOW + 1), collect_s=30, deadline=None)
+    r = again.round
+    assert r.cfg.deadline == int(NOW) + 30  # not NOW + 1 + collect_s
+    assert r.intake is not None and sorted(r.intake.state.reports) == ["h1", "h2"]
+    assert r.restarts == 1
     # a redelivered report is a replay and changes nothing
-    rid = again.state.reports["h1"].report_id
+    rid = r.intake.state.reports["h1"].report_id
     msg = protocol.make_plan_report("h1", DAY, 1, rid, 2, bytes(4 * F))
     out: list[tuple[str, bytes]] = []
-    again.dispatch(protocol.t_plan("h1"), protocol.encode(msg), False, out)
-    assert again.rejections.as_dict() == {"plan:replay": 1}
-    assert again.state.accepted == 2
+    r.take_plan(protocol.t_plan("h1"), protocol.encode(msg), False, out)
+    assert r.rejections.as_dict() == {"plan:replay": 1}
+    assert r.intake.accepted == 2
 
 
 def test_restore_refuses_other_parameters(tmp_path: Path) -> None:
-    first = Coordinator(cfg(tmp_path), MqttSettings(), clock=lambda: NOW)
-    journaled(tmp_path, first)
-    other = Coordinator(cfg(tmp_path, k=4), MqttSettings(), clock=lambda: NOW)
-    with pytest.raises(CoordinatorError, match="other parameters"):
-        other._restore()
+    first_process(tmp_path)
+    with pytest.raises(RoundFailed, match="other parameters"):
+        new_round(tmp_path / "state", collect_s=30, deadline=None, k=4)
 
 
-def test_metrics_samples(tmp_path: Path) -> None:
-    c = Coordinator(cfg(tmp_path, state_dir=None), MqttSettings(), clock=lambda: NOW)
-    c.round_cfg = replace(c.round_cfg, deadline=int(NOW) + 30)
-    c.state = RoundState(c.round_cfg)
-    out: list[tuple[str, bytes]] = []
-    msg = protocol.make_plan_report("h1", DAY, 1, os.urandom(16).hex(), 2, bytes(4 * F))
-    c.dispatch(protocol.t_plan("h1"), protocol.encode(msg), False, out)
-    c.dispatch(protocol.t_plan("h1"), b"{", False, out)
-    text = render(metrics.samples(c))
-    assert "hems_coordinator_reports_accepted_total 1" in text
-    assert 'hems_coordinator_rejected_total{kind="plan",reason="bad_json"} 1' in text
-    assert "hems_coordinator_collection_open 1" in text
-    assert "hems_coordinator_connected 0" in text
-    assert all(line.startswith(("# ", "hems_coordinator_")) for line in text.splitlines())
+def test_journal_files_are_the_operators_only(tmp_path: Path) -> None:
+    first_process(tmp_path)
+    d = tmp_path / "state"
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    for f in d.glob("round-*.jsonl"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600

@@ -1,7 +1,7 @@
 """The coordinator after the round, and across a mosquitto that forgot its retained messages.
 
 Real coordinator process, real mosquitto (loopback), the test playing the homes, the grid and a
-fake mask broker (tests/test_coordinator_service.py's peers):
+fake mask broker (tests/coordinator_peers.py):
 
 * with ``--linger-s`` the round's record is written at completion, a home that comes back online
   (a live ``online`` on its status topic) gets its adjustment again, byte for byte, ``offline``
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_coordinator_service import (
+from coordinator_peers import (
     DAY,
     WAIT,
     F,
@@ -140,10 +140,7 @@ async def _capacity_lost(tmp: Path) -> None:
             async with asyncio.timeout(WAIT):
                 while "capacity profile received" not in log.read_text():
                     await asyncio.sleep(0.05)
-                while True:  # received *and* durable (the group commit follows the record)
-                    journal = next(state.glob("round-*.jsonl")).read_text()
-                    if "capacity_seen" in journal:
-                        break
+                while not (state / "supply.json").exists():  # received *and* durable
                     await asyncio.sleep(0.05)
             proc.kill()
             await proc.wait()

@@ -1,29 +1,32 @@
 """Hostile input, interleaved with valid traffic, through every handler of the coordinator.
 
-``Coordinator.dispatch`` is what the MQTT reader calls for each message (plan reports, mask-broker
-answers, the capacity profile, anything else).  Hypothesis draws a batch of hostile messages
-(tests/fuzz_kit.py) and interleaves it with a round's valid messages; every message must end in
-exactly one outcome: accepted (the state changed as it should) or rejected with a documented
-reason, counted and logged.  Nothing may raise, and every valid message is processed.
+``Daemon.dispatch`` is what the MQTT adapter calls for each message (plan reports, mask-broker
+answers, the capacity profile, anything else), routing it to the current round.  Hypothesis
+draws a batch of hostile messages (tests/fuzz_kit.py) and interleaves it with a round's valid
+messages; every message must end in exactly one outcome: accepted (the state changed as it
+should) or rejected with a documented reason, counted and logged.  Nothing may raise, and every
+valid message is processed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
-from dataclasses import replace
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from coordinator_kit import ManualClock, announced, daemon_for, new_round
 from fuzz_kit import CountingHandler, hostile_payloads, reasons_known, tried
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend.common.mqtt import MqttSettings
-from backend.coordinator.intake import RoundState
-from backend.coordinator.service import Coordinator, ServiceConfig, _Ask
+from backend.coordinator.daemon import Daemon
+from backend.coordinator.round import Round
 from hemsfw import protocol
 
 DAY = "2026-11-27"
@@ -40,13 +43,23 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                                        HealthCheck.large_base_example])
 
 
-def coordinator() -> Coordinator:
-    cfg = ServiceConfig(day=DAY, round=1, frames=F, frame_s=900, quantum_wh=1, start=START,
-                        collect_s=60, brokers=BROKERS, k=3)
-    c = Coordinator(cfg, MqttSettings(), clock=lambda: NOW)
-    c.round_cfg = replace(c.round_cfg, deadline=DEADLINE)
-    c.state = RoundState(c.round_cfg)
-    return c
+def coordinator(state_dir: Path | None = None) -> tuple[Daemon, Round]:
+    """A daemon whose current round is collecting (resumed from ``state_dir`` if given)."""
+    kit = new_round(state_dir, ManualClock(NOW), brokers=BROKERS, deadline=DEADLINE)
+    asyncio.run(announced(kit))
+    return daemon_for(kit), kit.round
+
+
+def asked(state_dir: Path, asks: dict[int, tuple[str, str]]) -> None:
+    """A journal of a round that has sent these group requests (seq -> (broker, req)) and
+    waits for their answers: what a restarted coordinator resumes from."""
+    kit = new_round(state_dir, ManualClock(NOW), brokers=BROKERS, deadline=DEADLINE)
+    asyncio.run(announced(kit))
+    j = kit.round.journal
+    assert j is not None
+    for seq, (b, req) in asks.items():
+        j.append("ask", seq=seq, broker=b, req=req, groups=[])
+    j.close()
 
 
 def report(home: str, rid: str | None = None, mag: int = 2) -> dict[str, Any]:
@@ -65,7 +78,7 @@ def family(topic: str, default: str) -> str:
     return "other topics"
 
 
-def feed(c: Coordinator, msgs: list[tuple[str, bytes, bool]], handler: str,
+def feed(d: Daemon, c: Round, msgs: list[tuple[str, bytes, bool]], handler: str,
          changed: Any) -> None:
     """Dispatch every message; each must be either a change (``changed()`` returns something
     new) or exactly one counted rejection, and every rejection is logged."""
@@ -75,7 +88,7 @@ def feed(c: Coordinator, msgs: list[tuple[str, bytes, bool]], handler: str,
         for topic, payload, retained in msgs:
             before_rej, before = c.rejections.total(), changed()
             out: list[tuple[str, bytes]] = []
-            c.dispatch(topic, payload, retained, out)
+            d.dispatch(topic, payload, retained, out, False)
             rejected = c.rejections.total() - before_rej
             assert rejected + (changed() != before) == 1, (topic, payload[:200])
             for t, p in out:  # replies go to a home's own reply topic, well-formed
@@ -118,7 +131,7 @@ HOSTILE_PLANS = hostile_plans()
 @FUZZ
 @given(data=st.data())
 def test_plan_reports(data: st.DataObject) -> None:
-    c = coordinator()
+    d, c = coordinator()
     valid = {h: report(h) for h in VALID}
     msgs = [(protocol.t_plan(h), protocol.encode(r), False) for h, r in valid.items()]
     msgs += data.draw(st.lists(HOSTILE_PLANS, min_size=8, max_size=30))
@@ -128,9 +141,9 @@ def test_plan_reports(data: st.DataObject) -> None:
     msgs += [(protocol.t_plan(h), protocol.encode(valid[h]), False) for h in again]
     msgs += [(protocol.t_plan(h), protocol.encode(report(h)), False) for h in again[:1]]
 
-    state = c.state
-    assert state is not None
-    feed(c, msgs, "plan", lambda: state.accepted)
+    assert c.intake is not None
+    state = c.intake.state
+    feed(d, c, msgs, "plan", lambda: state.accepted)
     for h, r in valid.items():  # every valid report was accepted, intact
         got = state.reports[h]
         assert got.report_id == r["report_id"] and got.mag == r["mag"]
@@ -168,20 +181,21 @@ HOSTILE_ANSWERS = hostile_answers()
 @FUZZ
 @given(data=st.data())
 def test_mask_broker_answers(data: st.DataObject) -> None:
-    c = coordinator()
-    asks = {i: _Ask(b, f"q{i}", []) for i, b in enumerate(["mb1", "mb2", "mb1", "mb2"], 1)}
-    c._asks.update(asks)  # requests journaled as asked, awaiting their answers
-    valid = {(a.broker, a.req): answer(a.broker, a.req) for a in asks.values()}
+    asks = {i: (b, f"q{i}") for i, b in enumerate(["mb1", "mb2", "mb1", "mb2"], 1)}
+    with tempfile.TemporaryDirectory() as tmp:
+        asked(Path(tmp), asks)  # requests journaled as asked, awaiting their answers
+        d, c = coordinator(Path(tmp))
+    valid = {(b, r): answer(b, r) for b, r in asks.values()}
     msgs = [(protocol.t_groupsum(b), protocol.encode(o), False) for (b, _), o in valid.items()]
     msgs += data.draw(st.lists(HOSTILE_ANSWERS, min_size=8, max_size=30))
     msgs = data.draw(st.permutations(msgs))
     msgs += [(protocol.t_groupsum(b), protocol.encode(valid[(b, r)]), False)  # duplicates
              for b, r in data.draw(st.lists(st.sampled_from(sorted(valid)), max_size=3))]
 
-    feed(c, msgs, "groupsum", lambda: len(c._answers))
-    assert set(c._answers) == set(valid)
+    feed(d, c, msgs, "groupsum", lambda: len(c.answers))
+    assert set(c.answers) == set(valid)
     for key, obj in valid.items():
-        got = c._answers[key]
+        got = c.answers[key]
         assert got["g1"] == protocol.unb64(obj["results"][0]["sum"], 4 * F)
         assert got["g2"] is not None and not isinstance(got["g2"], bytes)
 
@@ -211,10 +225,11 @@ HOSTILE_OTHER = hostile_other()
 @FUZZ
 @given(data=st.data())
 def test_capacity_and_other_topics(focus: str, data: st.DataObject) -> None:
-    c = coordinator()
+    d, c = coordinator()
     good = protocol.make_capacity(F, list(range(100, 100 + F)))
     msgs = data.draw(st.lists(HOSTILE_OTHER[focus], min_size=8, max_size=30))
     msgs.append((protocol.t_capacity(), protocol.encode(good), True))
-    feed(c, msgs, "capacity", lambda: id(c.capacity))
-    assert c.capacity is not None
-    assert c.capacity.capacity_wh.tolist() == good["capacity_wh"]
+    feed(d, c, msgs, "capacity", lambda: d.supply.accepted)
+    cap, _ = d.supply.for_day(DAY, F)
+    assert cap is not None
+    assert cap.capacity_wh.tolist() == good["capacity_wh"]

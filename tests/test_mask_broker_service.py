@@ -26,11 +26,12 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from backend.common.backoff import Backoff
 from backend.common.broker import REPO, Mosquitto
 from backend.common.mqtt import MqttSettings
 from backend.mask_broker.__main__ import main as cli_main
 from backend.mask_broker.core import MaskBroker, Record
-from backend.mask_broker.service import Backoff, Service
+from backend.mask_broker.service import Service
 from backend.mask_broker.state_dir import StateDir
 from hemsfw import masking, protocol, seal
 

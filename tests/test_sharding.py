@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,10 @@ import pytest
 from backend.common.broker import free_port
 from backend.common.fleet_acl import FLEET_USER, FleetMosquitto
 from backend.common.mqtt import MqttSettings
+from backend.common.rejects import Rejections
 from backend.coordinator import workers
-from backend.coordinator.intake import RoundState
-from backend.coordinator.service import Coordinator, ServiceConfig
+from backend.coordinator.intake import Intake, RoundConfig
+from backend.coordinator.ports import SystemClock
 from bench import fleet as fl
 from bench import scale
 from hemsfw import protocol
@@ -50,28 +51,28 @@ class FakeConn:
 
 
 def test_merge_keeps_the_main_processes_copy_and_counts_the_dropped_ones() -> None:
-    cfg = ServiceConfig(day=DAY, round=1, frames=F, frame_s=900, quantum_wh=1,
-                        start=1_800_000_000, collect_s=60, brokers=("mb1",), k=3)
-    c = Coordinator(cfg, MqttSettings())
-    c.round_cfg = replace(c.round_cfg, deadline=2_000_000_000)
-    c.state = RoundState(c.round_cfg)
+    cfg = RoundConfig(DAY, 1, F, 900, 1, 1_800_000_000, 2_000_000_000, ("mb1",))
+    intake = Intake(cfg, None, Rejections(logging.getLogger("test")))
     rid1 = secrets.token_hex(16)
-    c.state.restore("h1", rid1, 2, bytes(4 * F))
+    intake.state.restore("h1", rid1, 2, bytes(4 * F))
     rows = np.arange(3 * F, dtype="<u4").reshape(3, F)
     rids = [secrets.token_hex(16), rid1, secrets.token_hex(16)]
-    w: Any = workers.Worker(1, None, FakeConn())  # type: ignore[arg-type]
+    pool = workers.WorkerPool(2, MqttSettings(), "coordinator", None, SystemClock())
+    w: Any = workers.WorkerHandle(1, None, FakeConn())  # type: ignore[arg-type]
     w.rows = (["h1", "h2", "h3"], rids, [4, 4, 1], rows.tobytes(),
               {"plan:bad_json": 2}, ["h9", "h3"])
     w.ready.set()
-    added, dropped = asyncio.run(workers.merge(c, [w]))
+    pool.workers.append(w)
+    added, dropped = asyncio.run(pool.merge(intake))
     assert (added, dropped) == (1, 2)  # h1: this process's copy stays; h2: its id is a replay
     assert w.conn.sent == [("close",)]
-    assert c.state.reports["h1"].report_id == rid1 and c.state.reports["h1"].mag == 2
-    assert c.state.reports["h3"].masked.tolist() == rows[2].tolist()
-    assert "h2" not in c.state.reports
-    assert c.rejections.as_dict() == {"plan:bad_json": 2, "plan:duplicate_home": 1,
-                                      "plan:replay": 1}
-    assert c.late_homes == {"h9"}  # h3 was accepted by a worker: not late
+    reports = intake.state.reports
+    assert reports["h1"].report_id == rid1 and reports["h1"].mag == 2
+    assert reports["h3"].masked.tolist() == rows[2].tolist()
+    assert "h2" not in reports
+    assert intake.rejections.as_dict() == {"plan:bad_json": 2, "plan:duplicate_home": 1,
+                                           "plan:replay": 1}
+    assert intake.late_homes == {"h9"}  # h3 was accepted by a worker: not late
 
 
 @pytest.mark.integration

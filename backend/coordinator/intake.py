@@ -36,6 +36,8 @@ the same (tests/test_fastcheck.py compares both).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -47,11 +49,13 @@ import numpy.typing as npt
 
 from backend.common import fastjson
 from backend.common.fastcheck import RoundKey, fast_plan_report
+from backend.common.rejects import Rejections
 from backend.common.rows import Arranged, PlanSink
+from backend.coordinator.journal import Journal
 from hemsfw import protocol
 
-__all__ = ["Capacity", "PlanReport", "Reports", "RoundConfig", "RoundState", "Verdict",
-           "parse_capacity"]
+__all__ = ["Intake", "IntakeFailed", "PlanReport", "Reports", "RoundConfig", "RoundState",
+           "Verdict"]
 
 
 @dataclass(frozen=True)
@@ -261,21 +265,73 @@ class RoundState:
         return dict(zip(s.store.keys, s.mags[: s.store.count].tolist(), strict=True))
 
 
-@dataclass(frozen=True, eq=False)
-class Capacity:
-    """The supply profile for the day (Wh per frame) and an optional target profile."""
-
-    capacity_wh: npt.NDArray[np.int64]
-    target_wh: npt.NDArray[np.int64] | None
+class IntakeFailed(Exception):
+    """Another process that takes plan reports for the round (workers.py) failed."""
 
 
-def parse_capacity(payload: bytes, frames: int) -> Capacity:
-    """A capacity message (protocol.make_capacity) for ``frames`` frames, else ValueError(reason)
-    (the parser's reasons, or ``frames_mismatch``)."""
-    n, cap, tgt = protocol.parse_capacity(protocol.decode(payload))
-    if n != frames:
-        raise ValueError("frames_mismatch")
-    return Capacity(
-        np.asarray(cap, dtype=np.int64),
-        None if tgt is None else np.asarray(tgt, dtype=np.int64),
-    )
+class Intake:
+    """One process's plan collection for one round: the rules (``RoundState``), the journal
+    records of what it accepted and of its close, the replies, and what it refused.  The round
+    driver (round.py) has one; each ``--workers`` process (workers.py) has its own."""
+
+    def __init__(self, cfg: RoundConfig, journal: Journal | None, rejections: Rejections,
+                 rows: int = 1024) -> None:
+        self.cfg = cfg
+        self.journal = journal
+        self.rejections = rejections
+        self.state = RoundState(cfg, capacity=rows)
+        #: homes whose only report came after collection closed
+        self.late_homes: set[str] = set()
+
+    @property
+    def accepted(self) -> int:
+        return self.state.accepted
+
+    @property
+    def closed(self) -> bool:
+        return self.state.closed
+
+    def replay(self, rec: Mapping[str, Any]) -> bool:
+        """Re-apply a journal record of this intake (``report``, ``closed``); False for any
+        other kind.  ValueError/KeyError/TypeError when the record does not fit."""
+        kind = rec["kind"]
+        if kind == "report":
+            self.state.restore(str(rec["home"]), str(rec["report_id"]), int(rec["mag"]),
+                               base64.b64decode(rec["masked"]))
+            return True
+        if kind == "closed":
+            self.state.close()
+            return True
+        return False
+
+    def take(self, topic: str, payload: bytes, now: float, retained: bool,
+             out: list[tuple[str, bytes]], flush: bool = True) -> bool:
+        """One plan report: decide, journal an accepted one (``flush=False`` inside a batch:
+        the caller syncs the journal once), append the reply to ``out``.  Never raises on any
+        input.  Returns whether it was accepted."""
+        st = self.state
+        v = st.offer(topic, payload, now, retained)
+        if v.accepted:
+            sink = st.sink
+            r = st.accepted - 1  # the row just stored
+            if self.journal is not None:
+                self.journal.append(
+                    "report", flush, home=v.home, report_id=v.report_id, mag=int(sink.mags[r]),
+                    masked=binascii.b2a_base64(sink.store.row_bytes(r), newline=False).decode())
+        else:
+            self.rejections.reject("plan", v.reason, topic, "(retained)" if retained else "")
+            if v.reason == "late" and v.home is not None and v.home not in st.reports:
+                self.late_homes.add(v.home)
+        reply = v.reply(self.cfg)
+        if reply is not None:
+            out.append(reply)
+        return v.accepted
+
+    def close(self, now: float, held: int | None = None) -> None:
+        """Stop accepting (later reports are ``late``, also after a restart).  ``held``: the
+        reports of every process of the round (workers), for the record."""
+        if not self.state.closed:
+            self.state.close()
+            if self.journal is not None:
+                self.journal.append("closed", accepted=self.accepted if held is None else held,
+                                    at=now)

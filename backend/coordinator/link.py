@@ -7,7 +7,7 @@
   the service makes its effects durable (journal.py, group commit), and only then ``ack`` sends the
   PUBACK.  A message not acknowledged when the connection (or the process) dies is delivered again
   by mosquitto on the next connection: handling is idempotent (report ids, request ids).
-* Reconnect with jittered exponential backoff (the mask broker's ``Backoff``); after every
+* Reconnect with jittered exponential backoff (``backend.common.backoff``); after every
   (re)connect the subscriptions are renewed and ``on_up`` runs (the service re-publishes what a
   restarted mosquitto may have lost: the retained announcement, open group requests).
 * ``publish`` waits for a connection and retries across reconnects until its deadline: every
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
+from backend.common.backoff import Backoff
 from backend.common.mqtt import MqttSettings
-from backend.mask_broker.service import Backoff
 
 __all__ = ["Conn", "Link", "LinkError"]
 

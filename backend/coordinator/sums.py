@@ -58,7 +58,8 @@ from backend.coordinator.intake import RoundConfig
 from backend.mask_broker.release import Partition
 from hemsfw import protocol
 
-__all__ = ["MAX_PASSES", "Answer", "Exclusion", "Refusal", "SumLedger", "parse_answer", "settle"]
+__all__ = ["MAX_PASSES", "Answer", "Exclusion", "Refusal", "SumLedger", "parse_answer", "settle",
+           "split_mismatch"]
 
 MISSING = "missing_members"
 MAX_PASSES = 8  # request/answer passes per settle (retry, re-form, merge, ...)
@@ -350,6 +351,24 @@ class SumLedger:
 
 
 Ask = Callable[[str, list[Group]], Awaitable[Mapping[str, Answer]]]
+
+
+def split_mismatch(ledger: SumLedger, groups: Sequence[Group]) -> str | None:
+    """Why the parts of a split do not add up to their parent (mod 2^32), or None.  The brokers'
+    sums must be consistent with each other and over time, or nothing they said can be
+    trusted."""
+    families: dict[str, list[Group]] = {}
+    for g in groups:
+        if g.parent is not None:
+            families.setdefault(g.parent.id, []).append(g)
+    for kids in families.values():
+        parent = kids[0].parent
+        assert parent is not None
+        got = sum(ledger.total_quanta(g) for g in kids) % (1 << 32)
+        if not np.array_equal(got, ledger.total_quanta(parent)):
+            return (f"inconsistent mask sums: the parts of group {parent.id} "
+                    f"({', '.join(g.id for g in kids)}) do not add up to it")
+    return None
 
 
 async def settle(

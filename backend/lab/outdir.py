@@ -24,6 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
+from backend.common.files import write_atomic
 from backend.common.usage import UsageError
 
 __all__ = ["MARKER", "REPORT_TAG", "OutDir", "check_out", "check_report"]
@@ -112,6 +113,5 @@ class OutDir:
         return self.root / name
 
     def _write_marker(self) -> None:
-        tmp = self.root / f".{MARKER}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"tool": "hems lab", "created": self._created}) + "\n")
-        os.replace(tmp, self.root / MARKER)
+        write_atomic(self.root / MARKER,
+                     json.dumps({"tool": "hems lab", "created": self._created}) + "\n", 0o644)

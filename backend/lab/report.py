@@ -11,11 +11,11 @@ failed.  Figures are inline SVG (plots.py); no script, no stylesheet, no font is
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from backend.common.files import write_atomic
 from backend.lab import plots
 from backend.lab.outdir import REPORT_TAG
 
@@ -214,9 +214,7 @@ def render(s: dict[str, Any]) -> str:
 def write(s: dict[str, Any], path: Path) -> Path:
     """Render and write atomically (a half-written report is never left at `path`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(render(s), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, render(s), 0o644)
     return path
 
 

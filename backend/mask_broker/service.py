@@ -28,10 +28,8 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +37,15 @@ import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from backend.common import metrics
+from backend.common.backoff import Backoff
 from backend.common.bulk_mqtt import BulkClient, BulkMqttError, Message
+from backend.common.files import write_atomic
 from backend.common.metrics import Sample
 from backend.common.mqtt import MqttSettings
 from hemsfw import protocol
 
 from .core import MaskBroker, Publish, Record
-from .state_dir import StateDir, write_atomic
+from .state_dir import StateDir
 
 log = logging.getLogger("hems.mask_broker")
 
@@ -53,23 +53,6 @@ log = logging.getLogger("hems.mask_broker")
 MAX_INFLIGHT = 1000
 #: How long a stop or a lost connection waits for those publishes before giving up on them.
 DRAIN_S = 2.0
-
-
-class Backoff:
-    """Exponential backoff with "equal jitter": a delay in [d/2, d], d doubling up to cap."""
-
-    def __init__(self, base: float = 0.5, cap: float = 30.0,
-                 rng: Callable[[], float] = random.random) -> None:
-        self.base, self.cap, self.rng = base, cap, rng
-        self.attempts = 0
-
-    def next(self) -> float:
-        d = min(self.cap, self.base * 2.0 ** min(self.attempts, 32))
-        self.attempts += 1
-        return d / 2 + self.rng() * d / 2
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 class Fatal(Exception):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from backend.common import fastjson
+from backend.common.files import fsync_dir, write_atomic
 
 from .core import Record
 
@@ -44,29 +45,6 @@ def _open_append(path: Path) -> IO[str]:
 def _open_append_bytes(path: Path) -> IO[bytes]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     return os.fdopen(fd, "ab", buffering=1 << 20)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str, mode: int = 0o600, durable: bool = False) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file.  durable:
-    fsync the file before and the directory after the rename (survives a power cut)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if durable:
-        _fsync_dir(path.parent)
 
 
 class StateDir:
@@ -129,7 +107,7 @@ class StateDir:
                 new = not path.exists()
                 self._releases = _open_append(path)
                 if new:
-                    _fsync_dir(self.path)
+                    fsync_dir(self.path)
             self._releases.write(json.dumps(d) + "\n")
             self._releases.flush()
             os.fsync(self._releases.fileno())

@@ -26,6 +26,7 @@ import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,15 @@ def cmd_capacity(a: argparse.Namespace) -> int:
             from backend.common.capacity import read_profile
 
             target = read_profile(Path(a.target_file), "target_wh")
-        obj = protocol.make_capacity(len(vals), vals, target)
-        protocol.parse_capacity(obj)  # validate before publishing
+        if a.day is None:
+            topic = protocol.t_capacity()
+            obj = protocol.make_capacity(len(vals), vals, target)
+            protocol.parse_capacity(obj)  # validate before publishing
+        else:
+            topic = protocol.t_day_capacity(a.day)
+            obj = protocol.make_day_capacity(a.day, len(vals), vals, target, source="cli",
+                                             at=int(time.time()))
+            protocol.parse_day_capacity(obj, a.day)
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"hems capacity: bad capacity profile: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -80,7 +88,7 @@ def cmd_capacity(a: argparse.Namespace) -> int:
         return EXIT_FAILED
     c.loop_start()
     try:
-        info = c.publish(protocol.t_capacity(), protocol.encode(obj), qos=1, retain=True)
+        info = c.publish(topic, protocol.encode(obj), qos=1, retain=True)
         info.wait_for_publish(10)
         if not info.is_published():
             print("hems capacity: publish not acknowledged", file=sys.stderr)
@@ -88,7 +96,8 @@ def cmd_capacity(a: argparse.Namespace) -> int:
     finally:
         c.loop_stop()
         c.disconnect()
-    print(json.dumps({"frames": len(vals), "max_wh": max(vals), "min_wh": min(vals)}))
+    print(json.dumps({"frames": len(vals), "max_wh": max(vals), "min_wh": min(vals),
+                      "topic": topic}))
     return EXIT_OK
 
 
@@ -193,6 +202,18 @@ def _run_delegated(cmd: str, argv: list[str], file: dict[str, dict[str, Any]],
 # ------------------------------------------------------------------ the parser
 
 
+def _iso_day(s: str) -> str:
+    import datetime as dt
+
+    try:
+        if len(s) != 10:
+            raise ValueError(s)
+        dt.date.fromisoformat(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a day YYYY-MM-DD: {s!r}") from None
+    return s
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from backend.lab import lab
 
@@ -246,6 +267,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     pc.add_argument("--target-file", default=None,
                     help="optional target profile (JSON/CSV, Wh per frame): the coordinator "
                     "adds a deviation penalty")
+    pc.add_argument("--day", type=_iso_day, default=None,
+                    help="publish the profile of this day only (YYYY-MM-DD, on "
+                    "hems/v1/capacity/DAY); without it, the default of every day")
     add_mqtt_args(pc, default_user="grid")
 
     pg = add("config", "print, as JSON, the arguments the config file and the environment "

@@ -7,6 +7,7 @@
   hems mask-broker    run a mask broker
   hems home CONFIG    run the home firmware on this machine (micropython, or CPython)
   hems capacity       publish the grid's per-frame capacity profile (retained)
+  hems grid-feed      bridge a utility's OpenADR VTN to the capacity topics (docs/grid-feed.md)
   hems firmware       build, provision and flash the home firmware (firmware/host.py)
   hems config         show the arguments a config file and the environment give each command
 
@@ -164,6 +165,12 @@ def _mask_broker() -> tuple[Callable[[], argparse.ArgumentParser], Callable[[lis
     return (lambda: m.parser("hems mask-broker")), (lambda argv: m.main(argv, "hems mask-broker"))
 
 
+def _grid_feed() -> tuple[Callable[[], argparse.ArgumentParser], Callable[[list[str]], int]]:
+    from backend.grid_feed import __main__ as m
+
+    return m.build_parser, m.main
+
+
 def _firmware() -> tuple[Callable[[], argparse.ArgumentParser] | None,
                          Callable[[list[str]], int]]:
     # Hook for the firmware host tools (firmware/host.py, owned by the firmware work):
@@ -185,6 +192,7 @@ def _firmware() -> tuple[Callable[[], argparse.ArgumentParser] | None,
 DELEGATED: dict[str, tuple[str, Callable[[], tuple[Any, Callable[[list[str]], int]]]]] = {
     "coordinator": ("run the coordinator (one round)", _coordinator),
     "mask-broker": ("run a mask broker", _mask_broker),
+    "grid-feed": ("bridge a utility's OpenADR VTN to the capacity topics", _grid_feed),
     "firmware": ("build, provision, flash the home firmware", _firmware),
 }
 

@@ -206,8 +206,11 @@ class Ven:
             elif self.state == "vtn_unreachable":
                 self._set_state("online", f"the VTN answers again ({client.ven_id})")
             if self.state == "online":
-                await self._send_opts(client)
-                self._queue_reports(client)
+                try:
+                    await self._send_opts(client)
+                    self._queue_reports(client)
+                except Exception:  # openleadr's own failures: log, keep serving, retry
+                    log.exception("sending to the VTN failed; retrying")
             await asyncio.sleep(TICK_S)
 
     def _own_report_schedule(self, client: OpenADRClient) -> None:

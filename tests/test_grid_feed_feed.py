@@ -122,6 +122,7 @@ def test_an_outcome_is_reported_and_an_opt_change_is_sent_once() -> None:
     assert [(o.event_id, o.opt) for o in opts] == [("ev1", OPT_OUT)]
     assert "frames [5]" in opts[0].reason
     assert [a for a in f.outcome(outcome(3, [60] * F), NOW) if isinstance(a, Opt)] == []
+    assert f.outcome(outcome(3, [60] * F), NOW) == []  # the retained one again: not reported
     assert [a.opt for a in f.outcome(outcome(4, [0] * F), NOW) if isinstance(a, Opt)] == [
         OPT_IN]
 

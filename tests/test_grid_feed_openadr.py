@@ -24,7 +24,13 @@ from openleadr import objects
 from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.common.broker import Mosquitto
-from backend.grid_feed.vtn import LabVtn, capacity_event, start_vtn, ven_command
+from backend.grid_feed.vtn import (
+    LabVtn,
+    capacity_event,
+    published_capacity,
+    start_vtn,
+    ven_command,
+)
 from hemsfw import protocol
 
 pytestmark = pytest.mark.integration
@@ -170,7 +176,7 @@ def grid_may_publish_default(broker: Mosquitto, wh: int) -> list[int]:
 
 
 def test_event_received_sets_the_days_capacity_per_frame(
-        run: Any, coord: Coordinator, broker: Mosquitto) -> None:
+        run: Any, coord: Coordinator, broker: Mosquitto, tmp_path: Path) -> None:
     base = grid_may_publish_default(broker, 5000)
     limits = [3000 + 10 * k for k in range(16)]  # 17:00-21:00, one value per quarter hour
     vtn = run.vtn()
@@ -181,6 +187,8 @@ def test_event_received_sets_the_days_capacity_per_frame(
     assert day["day"] == DAY and day["source"] == "openadr"
     assert day["events"] == [{"id": f"hems-{DAY}", "mod": 0}]
     assert protocol.parse_day_capacity(day, DAY)[2] == day["capacity_wh"]
+    assert wait_for("the status", lambda: published_capacity(tmp_path / "ven", DAY)) == \
+        day["capacity_wh"]
     assert wait_for("the opt", lambda: vtn.opts) == [(f"hems-{DAY}", 0, "optIn")]
 
 

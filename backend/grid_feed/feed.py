@@ -16,7 +16,8 @@ Every input method returns the actions it calls for; the adapter (ven.py) carrie
   round's outcome for a day the event limits is then checked against the event's own limits
   (mapping.violations): any frame over the limit opts out, none opts back in.  A change is sent
   as it happens; the same opt is never sent twice.
-* Each outcome is reported (planned and baseline aggregate per frame) to the VTN.
+* Each outcome is reported (planned and baseline aggregate per frame) to the VTN; the same
+  outcome again (retained, after an MQTT reconnect) is not.
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ class Feed:
     def outcome(self, obj: Mapping[str, Any], now: float) -> list[Action]:
         """A round's outcome (protocol.parse_outcome'd): report it, re-judge its events."""
         day = obj["day"]
+        if self.outcomes.get(day) == obj:
+            return []  # the retained outcome again (an MQTT reconnect): already reported
         self.outcomes[day] = dict(obj)
         start, step = obj["start"], obj["frame_s"]
         rows = {"planned_load": mapping.planned_wh(obj), "baseline_load": mapping.baseline_wh(obj)}
@@ -203,7 +206,9 @@ class Feed:
                                                    for x in e.limits]}
                            for e in self.events.values()},
                 "rejected": self.rejected, "opts": self.opts, "rounds": self.rounds,
-                "published": self.published, "outcomes": self.outcomes}
+                "published": self.published}
+        # Not the outcomes: they are retained on MQTT and come back after a restart, which
+        # reports them again (a report the VTN had not acknowledged is not lost).
 
     def restore(self, d: Mapping[str, Any]) -> None:
         self.events = {
@@ -213,7 +218,6 @@ class Feed:
             for eid, e in d["events"].items()}
         self.rejected, self.opts = dict(d["rejected"]), dict(d["opts"])
         self.rounds, self.published = dict(d["rounds"]), dict(d["published"])
-        self.outcomes = dict(d["outcomes"])
 
     # ------------------------------------------------------------ internals
 

@@ -3,6 +3,7 @@
     vtn = start_vtn(day, capacity_wh, start, frame_s, ven_name="hems-lab")
     argv, env = ven_command(vtn.url, "hems-lab", mqtt_port, grid_password, state_dir)
     ...                                  # run argv (the VEN) with env, e.g. procs.Procs.start
+    published_capacity(state_dir, day)   # what the VEN published for the day (None: not yet)
     vtn.update(new_capacity_wh)          # a new modification of the event
     vtn.cancel()                         # cancel it
     vtn.reports                          # what the VEN reported: [{"r_id", "values": [(t, Wh)]}]
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -210,3 +212,13 @@ def ven_command(vtn_url: str, ven_name: str, mqtt_port: int, password: str,
             "--port", str(mqtt_port), "--user", "grid",
             *(["--cafile", str(cafile)] if cafile is not None else []), *extra]
     return argv, {**os.environ, "HEMS_MQTT_PASSWORD": password}
+
+
+def published_capacity(state_dir: Path, day: str) -> list[int] | None:
+    """The capacity the VEN (running with `state_dir`) last published for `day`, else None."""
+    try:
+        status = json.loads((state_dir / "status.json").read_text())
+        cap = status["days"][day]["capacity_wh"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [int(x) for x in cap]

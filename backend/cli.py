@@ -7,6 +7,7 @@
   hems mask-broker    run a mask broker
   hems home CONFIG    run the home firmware on this machine (micropython, or CPython)
   hems capacity       publish the grid's per-frame capacity profile (retained)
+  hems grid-feed      bridge a utility's OpenADR VTN to the capacity topics (docs/grid-feed.md)
   hems firmware       build, provision and flash the home firmware (firmware/host.py)
   hems config         show the arguments a config file and the environment give each command
 
@@ -26,6 +27,7 @@ import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,8 +65,15 @@ def cmd_capacity(a: argparse.Namespace) -> int:
             from backend.common.capacity import read_profile
 
             target = read_profile(Path(a.target_file), "target_wh")
-        obj = protocol.make_capacity(len(vals), vals, target)
-        protocol.parse_capacity(obj)  # validate before publishing
+        if a.day is None:
+            topic = protocol.t_capacity()
+            obj = protocol.make_capacity(len(vals), vals, target)
+            protocol.parse_capacity(obj)  # validate before publishing
+        else:
+            topic = protocol.t_day_capacity(a.day)
+            obj = protocol.make_day_capacity(a.day, len(vals), vals, target, source="cli",
+                                             at=int(time.time()))
+            protocol.parse_day_capacity(obj, a.day)
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"hems capacity: bad capacity profile: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -81,7 +90,7 @@ def cmd_capacity(a: argparse.Namespace) -> int:
         return EXIT_FAILED
     c.loop_start()
     try:
-        info = c.publish(protocol.t_capacity(), protocol.encode(obj), qos=1, retain=True)
+        info = c.publish(topic, protocol.encode(obj), qos=1, retain=True)
         info.wait_for_publish(10)
         if not info.is_published():
             print("hems capacity: publish not acknowledged", file=sys.stderr)
@@ -89,7 +98,8 @@ def cmd_capacity(a: argparse.Namespace) -> int:
     finally:
         c.loop_stop()
         c.disconnect()
-    print(json.dumps({"frames": len(vals), "max_wh": max(vals), "min_wh": min(vals)}))
+    print(json.dumps({"frames": len(vals), "max_wh": max(vals), "min_wh": min(vals),
+                      "topic": topic}))
     return EXIT_OK
 
 
@@ -156,6 +166,12 @@ def _mask_broker() -> tuple[Callable[[], argparse.ArgumentParser], Callable[[lis
     return (lambda: m.parser("hems mask-broker")), (lambda argv: m.main(argv, "hems mask-broker"))
 
 
+def _grid_feed() -> tuple[Callable[[], argparse.ArgumentParser], Callable[[list[str]], int]]:
+    from backend.grid_feed import __main__ as m
+
+    return m.build_parser, m.main
+
+
 def _firmware() -> tuple[Callable[[], argparse.ArgumentParser] | None,
                          Callable[[list[str]], int]]:
     # Hook for the firmware host tools (firmware/host.py, owned by the firmware work):
@@ -177,6 +193,7 @@ def _firmware() -> tuple[Callable[[], argparse.ArgumentParser] | None,
 DELEGATED: dict[str, tuple[str, Callable[[], tuple[Any, Callable[[list[str]], int]]]]] = {
     "coordinator": ("run the coordinator (one round)", _coordinator),
     "mask-broker": ("run a mask broker", _mask_broker),
+    "grid-feed": ("bridge a utility's OpenADR VTN to the capacity topics", _grid_feed),
     "firmware": ("build, provision, flash the home firmware", _firmware),
 }
 
@@ -192,6 +209,18 @@ def _run_delegated(cmd: str, argv: list[str], file: dict[str, dict[str, Any]],
 
 
 # ------------------------------------------------------------------ the parser
+
+
+def _iso_day(s: str) -> str:
+    import datetime as dt
+
+    try:
+        if len(s) != 10:
+            raise ValueError(s)
+        dt.date.fromisoformat(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a day YYYY-MM-DD: {s!r}") from None
+    return s
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -247,6 +276,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     pc.add_argument("--target-file", default=None,
                     help="optional target profile (JSON/CSV, Wh per frame): the coordinator "
                     "adds a deviation penalty")
+    pc.add_argument("--day", type=_iso_day, default=None,
+                    help="publish the profile of this day only (YYYY-MM-DD, on "
+                    "hems/v1/capacity/DAY); without it, the default of every day")
     add_mqtt_args(pc, default_user="grid")
 
     pg = add("config", "print, as JSON, the arguments the config file and the environment "

@@ -27,6 +27,8 @@ P = "hems/v1"
 TOPICS: dict[str, tuple[str, str]] = {
     f"{P}/round": ("coordinator", "ha"),
     f"{P}/capacity": ("grid", "coordinator"),
+    f"{P}/capacity/2026-11-28": ("grid", "coordinator"),
+    f"{P}/outcome/2026-11-28": ("coordinator", "grid"),
     f"{P}/plan/ha": ("ha", "coordinator"),
     f"{P}/plan/hb": ("hb", "coordinator"),
     f"{P}/mask/mb1/ha": ("ha", "mb1"),
@@ -48,21 +50,23 @@ MAY_SUBSCRIBE = {
     "ha": {f"{P}/round", f"{P}/reply/coordinator/ha", f"{P}/reply/mb1/ha", f"{P}/adjust/ha",
            f"{P}/status/ha", f"{P}/lab/clock"},
     "hb": {f"{P}/round", f"{P}/adjust/hb", f"{P}/lab/clock"},
-    "coordinator": {*PUBLIC, f"{P}/capacity", f"{P}/plan/ha", f"{P}/plan/hb",
-                    f"{P}/groupsum/mb1", f"{P}/status/ha"},
+    "coordinator": {*PUBLIC, f"{P}/capacity", f"{P}/capacity/2026-11-28", f"{P}/plan/ha",
+                    f"{P}/plan/hb", f"{P}/groupsum/mb1", f"{P}/status/ha"},
     "mb1": {*PUBLIC, f"{P}/mask/mb1/ha", f"{P}/mask/mb1/hb", f"{P}/groupreq/mb1"},
     "mb2": {*PUBLIC, f"{P}/mask/mb2/ha"},
-    "grid": PUBLIC,
+    # The grid feed reads the default profile back and the rounds' aggregate outcomes (no one
+    # else reads an outcome).
+    "grid": {*PUBLIC, f"{P}/capacity", f"{P}/outcome/2026-11-28"},
     "lab": {*PUBLIC, f"{P}/status/ha"},
 }
 MAY_PUBLISH = {
     "ha": {f"{P}/plan/ha", f"{P}/mask/mb1/ha", f"{P}/mask/mb2/ha", f"{P}/status/ha"},
     "hb": {f"{P}/plan/hb", f"{P}/mask/mb1/hb"},
     "coordinator": {f"{P}/round", f"{P}/reply/coordinator/ha", f"{P}/groupreq/mb1",
-                    f"{P}/adjust/ha", f"{P}/adjust/hb"},
+                    f"{P}/adjust/ha", f"{P}/adjust/hb", f"{P}/outcome/2026-11-28"},
     "mb1": {f"{P}/reply/mb1/ha", f"{P}/groupsum/mb1"},
     "mb2": set(),
-    "grid": {f"{P}/capacity"},
+    "grid": {f"{P}/capacity", f"{P}/capacity/2026-11-28"},
     "lab": {f"{P}/lab/clock"},
 }
 

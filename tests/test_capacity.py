@@ -69,3 +69,50 @@ def test_hems_capacity_publishes_retained(tmp_path: Path) -> None:
             c.loop_stop()
         n, cap, tgt = protocol.parse_capacity(protocol.decode(got[0]))
         assert n == 96 and cap == builtin_profile("evening", 1000, 96) and tgt == [900] * 96
+
+
+def _retained(port: int, topic: str) -> bytes:
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def on_message(_c: object, _u: object, m: mqtt.MQTTMessage) -> None:
+        got.append(m.payload)
+        done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2)
+    c.username_pw_set("coordinator", "c-pw")
+    c.on_message = on_message
+    c.connect("127.0.0.1", port)
+    c.subscribe(topic, qos=1)
+    c.loop_start()
+    try:
+        assert done.wait(10), f"nothing retained on {topic}"
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return got[0]
+
+
+@pytest.mark.integration
+def test_hems_capacity_day_publishes_the_day_profile(tmp_path: Path) -> None:
+    users = {"grid": "g-pw", "coordinator": "c-pw"}
+    with Mosquitto(tmp_path / "mq", users, ["mb1"]) as mq:
+        r = subprocess.run(
+            [str(Path(sys.prefix) / "bin" / "hems"), "capacity", "--flat", "700", "--frames",
+             "4", "--day", "2026-12-30", "--port", str(mq.port), "--user", "grid"],
+            env={**os.environ, "HEMS_MQTT_PASSWORD": "g-pw"}, capture_output=True, text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["topic"] == "hems/v1/capacity/2026-12-30"
+        obj = protocol.decode(_retained(mq.port, "hems/v1/capacity/2026-12-30"))
+        assert protocol.parse_day_capacity(obj, "2026-12-30") == (
+            "2026-12-30", 4, [700] * 4, None)
+        assert obj["source"] == "cli"
+
+
+def test_hems_capacity_rejects_a_bad_day_before_connecting() -> None:
+    r = subprocess.run(
+        [str(Path(sys.prefix) / "bin" / "hems"), "capacity", "--flat", "700", "--day",
+         "2026-13-01", "--port", "1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not a day" in r.stderr

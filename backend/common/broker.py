@@ -54,7 +54,9 @@ def acl_text(mask_brokers: list[str]) -> str:
         f"topic write {P}/groupreq/+",
         f"topic read {P}/groupsum/+",
         f"topic read {P}/capacity",
+        f"topic read {P}/capacity/+",
         f"topic read {P}/status/+",
+        f"topic write {P}/outcome/+",
         "",
     ]
     for b in mask_brokers:
@@ -68,9 +70,13 @@ def acl_text(mask_brokers: list[str]) -> str:
             "",
         ]
     lines += [
-        "# The grid monitoring feed publishes the capacity profile.",
+        "# The grid feed publishes the default capacity profile and the day profiles, reads the",
+        "# default back (an OpenADR event covers part of a day: the rest keeps the default) and",
+        "# reads each round's aggregate outcome, which it reports to the utility.",
         f"user {GRID_USER}",
-        f"topic write {P}/capacity",
+        f"topic readwrite {P}/capacity",
+        f"topic write {P}/capacity/+",
+        f"topic read {P}/outcome/+",
         "",
         "# The lab's time source (the stand-in for NTP on the accelerated clock).",
         f"user {LAB_USER}",

@@ -101,6 +101,10 @@ def _parse(kind, obj, frames):
         return protocol.parse_group_request(obj, 1000)
     if kind == "capacity":
         return protocol.parse_capacity(obj)
+    if kind == "day_capacity":
+        return protocol.parse_day_capacity(obj, "2026-11-28")
+    if kind == "outcome":
+        return protocol.parse_outcome(obj, "2026-11-28")
     raise AssertionError(kind)
 
 

@@ -192,3 +192,90 @@ def parse_capacity(obj):
     if tgt is not None:
         int_list(tgt, n, 0, 1 << 50, "bad_target")
     return n, cap, tgt
+
+
+# A day's own capacity profile (retained on hems/v1/capacity/<day>): the capacity message plus
+# its day, which must be the topic's, and where it came from (docs/protocol.md, docs/grid-feed.md).
+# hems/v1/capacity stays the default profile of every day without one.
+
+
+def t_day_capacity(day):
+    return PREFIX + "/capacity/" + day
+
+
+def make_day_capacity(day, frames, capacity_wh, target_wh=None, source=None, events=None,
+                      at=None):
+    """events: [(event id, modification number)] the profile was built from; at: epoch s."""
+    obj = make_capacity(frames, capacity_wh, target_wh)
+    obj["day"] = day
+    if source is not None:
+        obj["source"] = source
+    if events is not None:
+        obj["events"] = [{"id": i, "mod": m} for i, m in events]
+    if at is not None:
+        obj["at"] = at
+    return obj
+
+
+def parse_day_capacity(obj, topic_day):
+    """Returns (day, frames, capacity, target or None); 'day_mismatch' if the payload's day is
+    not `topic_day` (the day its topic names)."""
+    n, cap, tgt = parse_capacity(obj)
+    day = _day(obj)
+    if day != topic_day:
+        raise ValueError("day_mismatch")
+    src = obj.get("source")
+    if src is not None and (not isinstance(src, str) or not 0 < len(src) <= 64):
+        raise ValueError("bad_source")
+    evs = obj.get("events")
+    if evs is not None:
+        if not isinstance(evs, list) or len(evs) > 64:
+            raise ValueError("bad_events")
+        for e in evs:
+            if not isinstance(e, dict):
+                raise ValueError("bad_events")
+            i = e.get("id")
+            m = e.get("mod")
+            if (not isinstance(i, str) or not 0 < len(i) <= 128 or not isinstance(m, int)
+                    or isinstance(m, bool) or m < 0 or m > 1 << 30):
+                raise ValueError("bad_events")
+    if "at" in obj:
+        _int(obj, "at", 0, 1 << 40)
+    return day, n, cap, tgt
+
+
+# A round's outcome for the grid feed (retained, QoS 1, on hems/v1/outcome/<day>, readable by
+# the grid only): aggregates only, sums of released group totals, never one home's value.
+
+
+def t_outcome(day):
+    return PREFIX + "/outcome/" + day
+
+
+OUTCOME_VECTORS = ("capacity_wh", "load_before_wh", "load_after_wh", "reserve_wh")
+
+
+def make_outcome(day, rnd, frames, frame_s, start, capacity_wh, load_before_wh, load_after_wh,
+                 reserve_wh, overload_after_wh, curtailed_wh):
+    """reserve_wh: load of homes outside every released total, reserved at their cap."""
+    return {"v": VERSION, "day": day, "round": rnd, "frames": frames, "frame_s": frame_s,
+            "start": start, "capacity_wh": list(capacity_wh),
+            "load_before_wh": list(load_before_wh), "load_after_wh": list(load_after_wh),
+            "reserve_wh": list(reserve_wh), "overload_after_wh": overload_after_wh,
+            "curtailed_wh": curtailed_wh}
+
+
+def parse_outcome(obj, topic_day):
+    """Returns obj, checked; 'day_mismatch' if its day is not `topic_day`."""
+    _version(obj)
+    if _day(obj) != topic_day:
+        raise ValueError("day_mismatch")
+    _int(obj, "round", 1, 1 << 30)
+    n = _int(obj, "frames", 1, MAX_FRAMES)
+    _int(obj, "frame_s", 1, 86400)
+    _int(obj, "start", 0, 1 << 40)
+    for k in OUTCOME_VECTORS:
+        int_list(obj.get(k), n, 0, 1 << 50, "bad_" + k)
+    _int(obj, "overload_after_wh", 0, 1 << 60)
+    _int(obj, "curtailed_wh", 0, 1 << 60)
+    return obj

@@ -525,7 +525,20 @@ class Round:
             self.finished_at = self.clock.now()
             self._append("done", at=self.finished_at, adjusted=self.adjusted_homes)
         await self._drain(PUBLISH_TIMEOUT_S)
+        await self._publish(*self._outcome())
         self._to(Phase.SERVING)
+
+    def _outcome(self) -> tuple[str, bytes, bool]:
+        """The round's aggregate for the grid feed (retained on ``hems/v1/outcome/<day>``,
+        readable by the grid identity only): sums of released group totals, never a home's
+        value (docs/grid-feed.md)."""
+        res, cap, c = self.solution, self.capacity, self.cfg
+        assert res is not None and cap is not None
+        msg = protocol.make_outcome(
+            c.day, c.round, c.frames, c.frame_s, c.start, cap.capacity_wh.tolist(),
+            [int(x) for x in res.load_before], [int(x) for x in res.load_after],
+            [0] * c.frames, int(res.residual_overload_wh), int(res.curtailed_wh))
+        return protocol.t_outcome(c.day), protocol.encode(msg), True
 
     async def _serving(self) -> None:
         """Until the day is over: a home that comes back gets its adjustment again
@@ -598,6 +611,8 @@ class Round:
             again.append((protocol.t_round(), protocol.encode(self.cfg.announcement()), True))
         again += [(t, p, False) for t, p in self._open.values()]
         again += [(t, p, False) for t, p in self._adjustments or []]
+        if self.life.adjusted and not self.life.terminal:
+            again.append(self._outcome())
         return again
 
     # ------------------------------------------------------------ publishing

@@ -64,8 +64,8 @@ def valid_day(day: str) -> bool:
 
 def capacity_topic(day: str | None = None) -> str:
     """``hems/v1/capacity`` (the default profile) or ``hems/v1/capacity/<day>``."""
-    head: str = protocol.t_capacity()
-    return head if day is None else head + "/" + day
+    topic: str = protocol.t_capacity() if day is None else protocol.t_day_capacity(day)
+    return topic
 
 
 def parse_capacity(payload: bytes, frames: int) -> Capacity:
@@ -122,13 +122,14 @@ class SupplyBook:
             return None
         try:
             obj = protocol.decode(payload)
-            n, _, _ = protocol.parse_capacity(obj)
+            if day is None:
+                n, _, _ = protocol.parse_capacity(obj)
+            else:  # the day's own profile names its day (protocol_svc.make_day_capacity)
+                _, n, _, _ = protocol.parse_day_capacity(obj, day)
         except ValueError as e:
             return str(e)
         if self.frames is not None and n != self.frames:
             return "frames_mismatch"
-        if day is not None and isinstance(obj, dict) and obj.get("day", day) != day:
-            return "day_mismatch"
         self.accepted += 1
         key = day or _DEFAULT
         if self._latest.get(key) != payload:

@@ -36,9 +36,9 @@ from typing import Any
 import aiomqtt
 from openleadr import OpenADRClient, objects
 
+from backend.common.backoff import Backoff
+from backend.common.files import write_atomic
 from backend.common.mqtt import MqttSettings
-from backend.mask_broker.service import Backoff
-from backend.mask_broker.store import write_atomic
 from hemsfw import protocol
 
 from .feed import REPORT_POINTS, Action, Feed, Opt, Publish, Report

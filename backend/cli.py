@@ -1,9 +1,9 @@
 """hems: one command for every role of the privacy-preserving demand-response system.
 
-  hems lab            run the lab testbed: one real round on this machine, an HTML report
+  hems lab            run the lab testbed: real rounds, day after day, on this machine; a report
   hems report         draw the HTML report from a `hems lab --json` summary
   hems broker         write mosquitto config, passwd and ACL; run mosquitto
-  hems coordinator    run the coordinator (one round)
+  hems coordinator    run the coordinator service (rounds on a schedule), or one round
   hems mask-broker    run a mask broker
   hems home CONFIG    run the home firmware on this machine (micropython, or CPython)
   hems capacity       publish the grid's per-frame capacity profile (retained)
@@ -191,7 +191,7 @@ def _firmware() -> tuple[Callable[[], argparse.ArgumentParser] | None,
 
 #: Commands whose module parses its own arguments (one definition of each CLI).
 DELEGATED: dict[str, tuple[str, Callable[[], tuple[Any, Callable[[list[str]], int]]]]] = {
-    "coordinator": ("run the coordinator (one round)", _coordinator),
+    "coordinator": ("run the coordinator service (or one round with --day)", _coordinator),
     "mask-broker": ("run a mask broker", _mask_broker),
     "grid-feed": ("bridge a utility's OpenADR VTN to the capacity topics", _grid_feed),
     "firmware": ("build, provision, flash the home firmware", _firmware),
@@ -240,7 +240,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         subs[name] = sp
         return sp
 
-    pl = add("lab", "run the lab testbed: one real round on this machine, with a report",
+    pl = add("lab", "run the lab testbed: real rounds, day after day, with a report",
              cmd_lab, lab.__doc__)
     lab.add_args(pl)
 
@@ -318,6 +318,22 @@ def _split_global(argv: list[str]) -> tuple[str | None, list[str]]:
     return cfg, argv
 
 
+def _pop_config(args: list[str]) -> tuple[str | None, list[str]]:
+    """``--config FILE`` / ``--config=FILE`` anywhere in a command's arguments, and the rest."""
+    out, cfg, i = [], None, 0
+    while i < len(args):
+        a = args[i]
+        if a == "--config" and i + 1 < len(args):
+            cfg, i = args[i + 1], i + 2
+            continue
+        if a.startswith("--config="):
+            cfg = a.split("=", 1)[1]
+        else:
+            out.append(a)
+        i += 1
+    return cfg, out
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(sys.argv[1:] if argv is None else argv)
@@ -336,6 +352,9 @@ def _main(argv: list[str]) -> int:
             return e.code if isinstance(e.code, int) else EXIT_USAGE
         return EXIT_USAGE
     cmd, args = rest[0], rest[1:]
+    if cmd != "firmware":  # `hems coordinator --config FILE` works too (firmware has its own)
+        local, args = _pop_config(args)
+        cfg_arg = cfg_arg or local
     path = config.config_path(cfg_arg)
     try:
         file = config.load(path)

@@ -520,8 +520,9 @@ def run_round(work: Path, seed: int, o: Options, script: Sequence[Step] = (),
         c.start_mosquitto()
         conn = Conn(c.mq.port)
         observer = Observer(conn, c.pw[LAB_USER])
-        publish_as(conn, GRID_USER, c.pw[GRID_USER], protocol.t_capacity(),
-                   protocol.encode(protocol.make_capacity(o.frames, c.capacity)))
+        publish_as(conn, GRID_USER, c.pw[GRID_USER], [(
+            protocol.t_capacity(), protocol.encode(protocol.make_capacity(o.frames,
+                                                                          c.capacity)))])
         for b in c.brokers:
             c.launch(b)
         wait_for(lambda: all(c.connected(b) for b in c.brokers), 60, "mask brokers connect")

@@ -129,6 +129,8 @@ def test_no_service_ever_holds_a_home_plan_in_the_clear(tmp_path: Path) -> None:
     coord = [json.loads(m["payload"]) for m in map(json.loads, (
         work / "recorded-coordinator.jsonl").read_text().splitlines())
         if m["topic"].startswith("hems/v1/plan/")]
+    # day 1's reports (the service also collected day 2's while day 1 was played)
+    coord = [rep for rep in coord if rep["day"] == summary["day"]]
     assert len(coord) == 9
     for rep in coord:
         masked = np.frombuffer(base64.b64decode(rep["masked"]), dtype="<u4")

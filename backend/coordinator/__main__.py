@@ -30,6 +30,7 @@ from typing import Any
 from backend.common.files import write_atomic
 from backend.common.metrics import serve
 from backend.common.mqtt import add_mqtt_args, settings_from_args
+from backend.common.sdnotify import notify, watchdog_interval_s
 from backend.common.usage import Parser, UsageError, bounded_float, bounded_int, port
 from backend.coordinator import metrics
 from backend.coordinator.daemon import Daemon, DaemonConfig
@@ -309,7 +310,7 @@ async def run(a: argparse.Namespace, capacity: bytes | None) -> int:
 
     async def main_job() -> None:
         async with asyncio.TaskGroup() as tg:
-            beat = tg.create_task(heartbeat(daemon), name="status")
+            beat = tg.create_task(heartbeat(daemon, adapter), name="status")
             await daemon.run()
             beat.cancel()
 
@@ -340,10 +341,15 @@ async def run(a: argparse.Namespace, capacity: bytes | None) -> int:
     return one_shot_exit(a, records.get("last"), error, stopped)
 
 
-async def heartbeat(daemon: Daemon) -> None:
+async def heartbeat(daemon: Daemon, adapter: MqttAdapter) -> None:
+    """status.json every STATUS_EVERY_S, and systemd's watchdog while connected (sdnotify)."""
+    notify("READY=1")
+    every = min(STATUS_EVERY_S, watchdog_interval_s() or STATUS_EVERY_S)
     while True:
         daemon.write_status()
-        await asyncio.sleep(STATUS_EVERY_S)
+        if adapter.connected:
+            notify("WATCHDOG=1", f"STATUS={len(daemon.open)} round(s) open")
+        await asyncio.sleep(every)
 
 
 def one_shot_exit(a: argparse.Namespace, rec: dict[str, Any] | None, error: str | None,

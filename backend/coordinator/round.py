@@ -114,7 +114,8 @@ class RoundSettings:
     serve_until: float | None = None
     #: ... or, when None, this many seconds after the adjustments were acknowledged
     linger_s: float = 0.0
-    #: fault-injection tests: "adjust:N" stops (forever) after N adjustments were sent
+    #: fault injection: "adjust:N" stops (forever) after N adjustments were sent; "<day>:<phase>"
+    #: stops once the round of that day is in that phase
     pause_at: str | None = None
 
     def round_config(self, deadline: int) -> RoundConfig:
@@ -326,6 +327,7 @@ class Round:
         try:
             while not self.life.terminal:
                 await _STEPS[self.life.phase](self)
+                await self._pause_here()
         except IntakeFailed as e:
             self._fail(str(e))
             raise RoundFailed(str(e)) from None
@@ -344,6 +346,13 @@ class Round:
                 await self.pool.stop()
         if self.life.phase is Phase.FAILED:
             raise RoundFailed(self.life.reason or "failed")
+
+    async def _pause_here(self) -> None:
+        """Fault injection (tests, the lab's --kill-coordinator): ``pause_at = "<day>:<phase>"``
+        stops this process in that phase for good, so a kill -9 lands exactly there."""
+        if self.s.pause_at == f"{self.s.day}:{self.phase.value}":
+            log.warning("pausing in %s (--debug-pause-at)", self.s.pause_at)
+            await asyncio.Event().wait()
 
     def _fail(self, reason: str) -> None:
         if self.life.terminal:

@@ -1,17 +1,22 @@
-"""`hems lab`: one real privacy-preserving round on one machine.
+"""`hems lab`: the whole system on one machine, day after day, on an accelerated clock.
 
 Starts mosquitto (own port, own data dir, generated passwd + ACL), the mask broker(s), N home
-firmware processes on the MicroPython unix binary and the coordinator; publishes a capacity that
-only shifting can satisfy; runs one round; plays the day out on the accelerated clock; then reads
-what each home recorded (its own plan, its adjusted plan, its relay's switching) and checks the
-invariants:
+firmware processes on the MicroPython unix binary and ONE long-running coordinator service
+(``hems coordinator --announce ... --deadline ...``, the production daemon) for ``--days`` days.
+Each day's round is announced the day before, collected, grouped, adjusted and delivered; the
+homes play every day out on the lab's clock (timeline.py).  Capacity varies by day (published on
+``hems/v1/capacity/<day>``, or by openleadr's real VTN through the OpenADR grid feed with
+``--grid-feed openadr``); from day 2 some homes lose their network over their round's window
+(``--dropout``), miss it and follow their own plan that day.  At the end the lab reads what each
+home recorded itself and checks, day by day (days.py):
 
 * true_load_wh == coordinator_load_before_wh   (the masking arithmetic is exact)
 * relay_load_after_wh == coordinator_load_after_wh   (the relays did what was decided)
 
-Everything it started is stopped, whatever happens.  Exit status 0 only if every part worked.
-The long steps show progress bars on a terminal (progress.py); the summary (summary.py) is
-printed, or printed as JSON, and drawn as a self-contained HTML report (report.py).
+Everything it started is stopped, whatever happens (SIGTERM, SIGINT, SIGHUP included; children
+die with it even on SIGKILL).  Exit status 0 only if every part worked.  The long steps show
+progress bars on a terminal (progress.py); the summary (summary.py) is printed, or printed as
+JSON, and drawn as a self-contained HTML report (report.py).
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ import datetime as dt
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +47,27 @@ from backend.common.children import Stopped, stop_on_signals
 from backend.common.tls import make_pki
 from backend.common.usage import UsageError, bounded_float, bounded_int
 from backend.coordinator.adjust import Policy, Problem, solve
-from backend.lab import budget, procs, scenario
+from backend.lab import budget, days, procs, scenario
 from backend.lab.outdir import OutDir, check_out, check_report
 from backend.lab.progress import Progress, Step, live
-from backend.lab.summary import print_table, relay_per_frame, summarise
+from backend.lab.summary import print_table
+from backend.lab.timeline import ANNOUNCE, DAY_S, DEADLINE, Timeline
 from hemsfw import protocol
 
 log = logging.getLogger("hems.lab")
 
-EXIT_USAGE = 2
+__all__ = ["LabOptions", "add_args", "main", "run_lab"]
 
-__all__ = ["LabOptions", "add_args", "main", "relay_per_frame", "run_lab",
-           "summarise"]
+EXIT_USAGE = 2
+#: mask brokers the lab can run (ids mb1..mb9)
+MAX_MASK_BROKERS = 9
+MAX_DAYS = 30
+#: a lab day shorter than this (frames x --frame-real-s) leaves the homes too little real time
+#: to report and the coordinator too little to adjust (a quarter of the day each)
+MIN_DAY_REAL_S = 2.0
+#: capacity of day d: the tightest level only shifting can satisfy, times this (cycled); below
+#: 1 the day needs curtailment too
+DAY_FACTORS = (1.0, 0.97, 1.03)
 
 
 @dataclass(frozen=True)
@@ -64,15 +80,21 @@ class LabOptions:
     k: int = 3
     mask_brokers: int = 1
     solver: str = "heuristic"
-    collect_s: float = 30.0
+    days: int = 1
+    #: share of the homes absent (no network over their round) on each day from day 2
+    dropout: float = 0.1
     out_dir: Path | None = None
     keep: bool = False
     python_homes: bool = False  # run the firmware under CPython (paho) instead of micropython
     record: bool = False  # record everything the services' identities can receive (tests)
     tls: bool = False  # every client connects over TLS to mosquitto's TLS listener
+    grid_feed: str | None = None  # "openadr": capacity from openleadr's VTN via the VEN
+    #: fault injection: kill -9 the coordinator at these points ("<day>:<phase>" or
+    #: "boundary:<day>"), in order, restarting it each time
+    kill_coordinator: tuple[str, ...] = ()
 
 
-# ------------------------------------------------------------------------- capacity
+# ------------------------------------------------------------------------- the scenario
 
 
 def choose_capacity(homes: list[scenario.HomeSpec], frames: int) -> tuple[int, float]:
@@ -99,7 +121,29 @@ def choose_capacity(homes: list[scenario.HomeSpec], frames: int) -> tuple[int, f
     return best
 
 
-# ------------------------------------------------------------------------- MQTT observer
+def absent_homes(homes: list[scenario.HomeSpec], o: LabOptions) -> dict[int, list[str]]:
+    """Day -> the homes without network over that day's round (none on day 1; at least one on
+    every later day when ``dropout`` > 0 and enough homes remain to form a group)."""
+    rng = random.Random(f"absent:{o.seed}")
+    out: dict[int, list[str]] = {1: []}
+    for d in range(2, o.days + 1):
+        n = round(o.dropout * len(homes))
+        if o.dropout > 0:
+            n = max(1, n)
+        n = min(n, len(homes) - o.k)
+        out[d] = sorted(h.home_id for h in rng.sample(homes, max(0, n)))
+    return out
+
+
+def day_capacity(homes: list[scenario.HomeSpec], absent: list[str], d: int,
+                 frames: int) -> tuple[np.ndarray[Any, np.dtype[np.int64]], float]:
+    present = [h for h in homes if h.home_id not in absent]
+    cap, frac = choose_capacity(present, frames)
+    factor = DAY_FACTORS[(d - 1) % len(DAY_FACTORS)]
+    return np.full(frames, int(cap * factor), dtype=np.int64), frac * factor
+
+
+# ------------------------------------------------------------------------- MQTT clients
 
 
 @dataclass(frozen=True)
@@ -175,29 +219,18 @@ class Recorder:
             self.f.close()
 
 
-def publish_as(conn: Conn, user: str, password: str, topic: str, payload: bytes) -> None:
-    """One retained QoS 1 publish under another identity (the grid feed's capacity)."""
+def publish_as(conn: Conn, user: str, password: str,
+               messages: list[tuple[str, bytes]]) -> None:
+    """Retained QoS 1 publishes under another identity (the grid feed's capacity)."""
     c = conn.client(user, password)
     c.connect(conn.host, conn.port)
     c.loop_start()
     try:
-        c.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+        for topic, payload in messages:
+            c.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
     finally:
         c.disconnect()
         c.loop_stop()
-
-
-def _stats(work: Path, brokers: list[str]) -> list[dict[str, Any]]:
-    """The mask brokers' stats files, those readable now (they are rewritten atomically)."""
-    out = []
-    for b in brokers:
-        try:
-            obj = json.loads((work / f"stats-{b}.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
 
 
 def _connected(stats: Path) -> bool:
@@ -221,8 +254,40 @@ def wait_for(cond: Any, timeout: float, what: str, step: Step | None = None,
 # ------------------------------------------------------------------------- the run
 
 
+@dataclass
+class Run:
+    """What one lab run holds while it runs."""
+
+    o: LabOptions
+    out: OutDir
+    tl: Timeline
+    homes: list[scenario.HomeSpec]
+    absent: dict[int, list[str]]
+    brokers: list[str]
+    pw: dict[str, str]
+    ps: procs.Procs
+    conn: Conn | None = None
+    port: int = 0
+    tls_args: list[str] = field(default_factory=list)
+    coordinator: procs.Proc | None = None
+    coordinator_starts: int = 0
+    anchor: float = 0.0
+    snapshots: dict[int, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
+
+    def now(self) -> float:
+        """The lab clock (virtual epoch seconds)."""
+        return self.tl.begin + (time.time() - self.anchor) * self.tl.speed
+
+    def real_until(self, virtual: float) -> float:
+        return (virtual - self.now()) / self.tl.speed
+
+    @property
+    def state_dir(self) -> Path:
+        return self.out.root / "state-coordinator"
+
+
 def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, Any], list[str]]:
-    """Run one lab round; returns (the JSON summary, the list of failures)."""
+    """Run the lab; returns (the JSON summary, the list of failures)."""
     pg = progress or Progress()
     failures: list[str] = []
     # Never delete what the lab did not create (outdir.py): --out is checked and cleaned of an
@@ -234,146 +299,69 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
              else " (temporary; --out DIR keeps it)")
     t0 = time.monotonic()
     timings: dict[str, float] = {}
-
     homes = scenario.make_homes(o.homes, o.seed, o.frames)
-    cap_wh, cap_frac = choose_capacity(homes, o.frames)
-    capacity = np.full(o.frames, cap_wh, dtype=np.int64)
+    first = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+    tl = Timeline(first, o.days, o.frame_real_s, o.frame_s)
     brokers = [f"mb{i + 1}" for i in range(o.mask_brokers)]
-
-    # Identities: MQTT passwords for everyone, one 32-byte key per (home, mask broker).
     pw = {u: secrets.token_hex(16) for u in [COORDINATOR_USER, GRID_USER, LAB_USER, *brokers]}
-    keys = {h.home_id: {b: secrets.token_hex(32) for b in brokers} for h in homes}
     for h in homes:
         pw[h.home_id] = secrets.token_hex(16)
-    for b in brokers:
-        reg = {"homes": {h: {"key": keys[h][b]} for h in keys}}
-        out.path(f"registry-{b}.json").write_text(json.dumps(reg))
-
+    run = Run(o, out, tl, homes, absent_homes(homes, o), brokers, pw,
+              procs.Procs(out.path("logs")))
+    caps = {d: day_capacity(homes, run.absent[d], d, o.frames) for d in range(1, o.days + 1)}
     pki = make_pki(out.path("pki")) if o.tls else None
     broker = Mosquitto(out.path("mosquitto"), pw, brokers, tls=pki)
-    ps = procs.Procs(out.path("logs"))
     observer: Observer | None = None
     recorders: list[Recorder] = []
-    day_dt = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
-    day = day_dt.isoformat()
-    start = int(dt.datetime.combine(day_dt, dt.time(), dt.UTC).timestamp())
+    vtn: Any = None
     summary: dict[str, Any] = {}
     try:
+        keys = {h.home_id: {b: secrets.token_hex(32) for b in brokers} for h in homes}
+        for b in brokers:
+            reg = {"homes": {h: {"key": keys[h][b]} for h in keys}}
+            out.path(f"registry-{b}.json").write_text(json.dumps(reg))
         with pg.step("mosquitto, mask brokers", total=1 + len(brokers)) as st:
             broker.start()
             # With --tls every client (services, homes, the lab's own) uses the TLS listener.
-            port = broker.tls_port if pki is not None and broker.tls_port else broker.port
-            tls_args = ["--host", "localhost", "--cafile", str(pki.cafile)] if pki else []
-            log.info("mosquitto on 127.0.0.1:%d%s", port, " (TLS)" if pki else "")
+            run.port = broker.tls_port if pki is not None and broker.tls_port else broker.port
+            run.tls_args = ["--host", "localhost", "--cafile", str(pki.cafile)] if pki else []
+            log.info("mosquitto on 127.0.0.1:%d%s", run.port, " (TLS)" if pki else "")
             st.update(1)
-            conn = Conn(port, pki.cafile if pki else None)
+            run.conn = conn = Conn(run.port, pki.cafile if pki else None)
             observer = Observer(conn, pw[LAB_USER])
             if o.record:
                 for ident in [COORDINATOR_USER, *brokers]:
                     recorders.append(Recorder(conn, ident, pw[ident],
                                               out.path(f"recorded-{ident}.jsonl")))
-            publish_as(conn, GRID_USER, pw[GRID_USER], protocol.t_capacity(),
-                       protocol.encode(protocol.make_capacity(o.frames, capacity.tolist())))
-
-            py = sys.executable
-            for b in brokers:
-                ps.start(
-                    b,
-                    [py, "-m", "backend.mask_broker", "--broker-id", b,
-                     "--registry", str(work / f"registry-{b}.json"), "--k", str(o.k),
-                     "--stats-file", str(out.path(f"stats-{b}.json")),
-                     "--stats-interval", "0.2", "--state-dir", str(out.path(f"state-{b}")),
-                     "--port", str(port), "--user", b, *tls_args],
-                    env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": pw[b]},
-                )
-
-            # Masks must find their mask broker subscribed: wait until each reports a connection.
-            def n_connected() -> int:
-                return 1 + sum(_connected(work / f"stats-{b}.json") for b in brokers)
-
-            wait_for(lambda: n_connected() == 1 + len(brokers), 20,
-                     "mask broker(s) did not connect", st, n_connected)
+            start_mask_brokers(run)
+            wait_for(lambda: all(_connected(work / f"stats-{b}.json") for b in brokers), 20,
+                     "mask broker(s) did not connect", st,
+                     lambda: 1 + sum(_connected(work / f"stats-{b}.json") for b in brokers))
             st.update(1 + len(brokers))
+        vtn = publish_capacity(run, caps)
         timings["services"] = time.monotonic() - t0
 
         t_fleet = time.monotonic()
-        home_procs = []
-        with pg.step("homes online", total=len(homes)) as st:
-            for h in homes:
-                sdir = out.path("homes") / h.home_id
-                sdir.mkdir(parents=True)
-                cfg = {
-                    "home_id": h.home_id,
-                    "mqtt": {"host": "localhost" if pki else "127.0.0.1", "port": port,
-                             "user": h.home_id, "password": pw[h.home_id], "keepalive": 30,
-                             "cafile_der": str(pki.cafile.with_suffix(".der")) if pki else None},
-                    "magnification": h.magnification, "plan_wh": h.plan_wh,
-                    "keys": keys[h.home_id], "state_dir": str(sdir), "board": "unix",
-                    "clock": "lab", "safe_state": False, "exit_after_day": True, "loop_ms": 10,
-                }
-                (sdir / "config.json").write_text(json.dumps(cfg))
-                exe = py if o.python_homes else procs.micropython_exe()
-                home_procs.append(ps.start(
-                    h.home_id,
-                    [exe, str(procs.FIRMWARE / "run_home.py"), str(sdir / "config.json")],
-                    env=procs.micropython_env()))
-                if len(home_procs) == 1:
-                    check_fleet_memory(home_procs[0], observer, len(homes))
-
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and len(observer.online) < len(homes):
-                dead = [p.name for p in home_procs if p.popen.poll() is not None]
-                if dead:
-                    raise RuntimeError(f"home(s) exited at start: {dead}: {home_procs[0].tail()}")
-                st.update(len(observer.online))
-                time.sleep(0.05)
-            st.update(len(observer.online))
-        log.info("%d/%d homes online after %.1fs", len(observer.online), len(homes),
-                 time.monotonic() - t0)
+        home_procs = start_homes(run, keys, pki is not None, observer, pg)
         timings["fleet"] = time.monotonic() - t_fleet
 
-        t_round = time.monotonic()
-        coord = ps.start(
-            "coordinator",
-            [py, "-m", "backend.coordinator", "--day", day, "--round", "1",
-             "--frames", str(o.frames), "--frame-s", str(o.frame_s), "--quantum-wh", "1",
-             "--start", str(start), "--collect-s", str(o.collect_s),
-             "--expected-homes", str(len(homes)), "--brokers", ",".join(brokers),
-             "--k", str(o.k), "--solver", o.solver, "--result", str(out.path("result.json")),
-             "--state-dir", str(out.path("state-coordinator")),
-             "--port", str(port), "--user", COORDINATOR_USER, *tls_args],
-            env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": pw[COORDINATOR_USER]},
-        )
-        follow_round(coord, work, brokers, len(homes), o.collect_s + 60, pg)
-        if coord.popen.returncode != 0:
-            raise RuntimeError(f"coordinator failed:\n{coord.tail()}")
-        result = json.loads((work / "result.json").read_text())
-        round_s = time.monotonic() - t_round
-        timings["round"] = round_s
-        log.info("round complete in %.1fs; playing the day out", round_s)
-
-        # Give every home time to receive its adjustment, then start the accelerated day.
-        t_day = time.monotonic()
-        time.sleep(0.5)
-        speed = o.frame_s / o.frame_real_s
-        anchor = time.time() + 1.0
-        observer.publish(protocol.t_clock(),
-                         {"v": 1, "anchor": anchor, "virtual": start, "speed": speed},
+        # The lab clock starts now; the coordinator service and the homes share it.
+        run.anchor = time.time() + 0.5
+        observer.publish(protocol.t_clock(), {"v": 1, "anchor": run.anchor,
+                                              "virtual": tl.begin, "speed": tl.speed},
                          retain=True)
-        left = play_day(home_procs, anchor, o, pg)
-        if left:
-            failures.append(f"homes still running after the day: {[p.name for p in left]}")
-        for p in home_procs:
-            if p.popen.returncode not in (0, None):
-                failures.append(f"home {p.name} exited {p.popen.returncode}: {p.tail(500)}")
-        timings["day"] = time.monotonic() - t_day
-
-        params = {"frame_s": o.frame_s, "frame_real_s": o.frame_real_s, "seed": o.seed,
-                  "k": o.k, "day": day, "capacity_fraction": cap_frac, "solver": o.solver}
-        summary = summarise(work, homes, result, capacity, {"frames": o.frames, **params},
-                            brokers, failures)
+        kills = _kill_plan(run)
+        start_coordinator(run, _pause_of(run, kills[0] if kills else None))
+        t_days = time.monotonic()
+        play_days(run, home_procs, kills, pg, failures)
+        timings["days"] = time.monotonic() - t_days
+        if vtn is not None:
+            summary["openadr_report_sent"] = openadr_reported(vtn, run)
         timings["total"] = time.monotonic() - t0
+        summary.update(summarise(run, caps, failures))
         summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+        if o.grid_feed:
+            summary["grid_feed"] = o.grid_feed
     except Exception as e:
         log.exception("lab failed")
         failures.append(f"{type(e).__name__}: {e}")
@@ -382,13 +370,114 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
             observer.close()
         for r in recorders:
             r.close()
-        ps.stop_all()
+        run.ps.stop_all()
         broker.stop()
+        if vtn is not None:
+            vtn.stop()
         if not o.keep and not o.record and o.out_dir is None and not failures:
             shutil.rmtree(work, ignore_errors=True)
     summary["failures"] = failures
     summary["lab_dir"] = str(work)
     return summary, failures
+
+
+def start_mask_brokers(run: Run) -> None:
+    py, out = sys.executable, run.out
+    for b in run.brokers:
+        run.ps.start(
+            b,
+            [py, "-m", "backend.mask_broker", "--broker-id", b,
+             "--registry", str(out.root / f"registry-{b}.json"), "--k", str(run.o.k),
+             "--stats-file", str(out.path(f"stats-{b}.json")),
+             "--stats-interval", "0.2", "--state-dir", str(out.path(f"state-{b}")),
+             "--port", str(run.port), "--user", b, *run.tls_args],
+            env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": run.pw[b]},
+        )
+
+
+def publish_capacity(run: Run, caps: dict[int, tuple[Any, float]]) -> Any:
+    """Each day's capacity: retained day profiles (as the grid feed publishes them), or an
+    OpenADR event per day on openleadr's VTN, turned into day profiles by the VEN."""
+    o, tl = run.o, run.tl
+    if o.grid_feed != "openadr":
+        assert run.conn is not None
+        publish_as(run.conn, GRID_USER, run.pw[GRID_USER], [
+            (protocol.t_day_capacity(tl.date(d).isoformat()), protocol.encode(
+                protocol.make_day_capacity(tl.date(d).isoformat(), o.frames, cap.tolist(),
+                                           source="lab")))
+            for d, (cap, _) in caps.items()])
+        return None
+    from backend.grid_feed import vtn as openadr
+
+    day1 = tl.date(1).isoformat()
+    vtn = openadr.start_vtn(day1, caps[1][0].tolist(), tl.start(1), o.frame_s,
+                            ven_name="hems-lab")
+    for d in range(2, o.days + 1):
+        vtn.add(openadr.capacity_event(f"hems-{tl.date(d).isoformat()}", "hems-lab",
+                                       tl.start(d), o.frame_s, caps[d][0].tolist()))
+    feed_dir = run.out.path("grid-feed")
+    argv, env = openadr.ven_command(vtn.url, "hems-lab", run.port, run.pw[GRID_USER], feed_dir,
+                                    frames=o.frames, frame_s=o.frame_s,
+                                    host="localhost" if run.tls_args else "127.0.0.1",
+                                    cafile=Path(run.tls_args[3]) if run.tls_args else None)
+    run.ps.start("grid-feed", argv, env=env)
+    wait_for(lambda: all(openadr.published_capacity(feed_dir, tl.date(d).isoformat())
+                         is not None for d in caps), 60,
+             "the OpenADR grid feed did not publish every day's capacity")
+    return vtn
+
+
+def openadr_reported(vtn: Any, run: Run) -> bool:
+    """The VEN reported each day's planned load to the VTN (equal to the outcomes)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if len(vtn.report_values("planned_load")) >= run.o.frames:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def start_homes(run: Run, keys: dict[str, dict[str, str]], tls: bool, observer: Observer,
+                pg: Progress) -> list[procs.Proc]:
+    o, out = run.o, run.out
+    py = sys.executable
+    home_procs: list[procs.Proc] = []
+    with pg.step("homes online", total=len(run.homes)) as st:
+        for h in run.homes:
+            sdir = out.path("homes") / h.home_id
+            sdir.mkdir(parents=True)
+            (sdir / "wifi").write_text("up\n")  # the lab's stand-in for the home's Wi-Fi
+            cafile = out.root / "pki" / "ca.der"
+            cfg = {
+                "home_id": h.home_id,
+                "mqtt": {"host": "localhost" if tls else "127.0.0.1", "port": run.port,
+                         "user": h.home_id, "password": run.pw[h.home_id], "keepalive": 30,
+                         "cafile_der": str(cafile) if tls else None},
+                "magnification": h.magnification, "plan_wh": h.plan_wh,
+                "keys": keys[h.home_id], "state_dir": str(sdir), "board": "unix",
+                "clock": "lab", "safe_state": False, "loop_ms": 10,
+                "unix": {"wifi_file": str(sdir / "wifi")},
+            }
+            (sdir / "config.json").write_text(json.dumps(cfg))
+            exe = py if o.python_homes else procs.micropython_exe()
+            home_procs.append(run.ps.start(
+                h.home_id,
+                [exe, str(procs.FIRMWARE / "run_home.py"), str(sdir / "config.json")],
+                env=procs.micropython_env()))
+            if len(home_procs) == 1:
+                check_fleet_memory(home_procs[0], observer, len(run.homes))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(observer.online) < len(run.homes):
+            dead = [p.name for p in home_procs if p.popen.poll() is not None]
+            if dead:
+                raise RuntimeError(f"home(s) exited at start: {dead}: {home_procs[0].tail()}")
+            st.update(len(observer.online))
+            time.sleep(0.05)
+        st.update(len(observer.online))
+    if len(observer.online) < len(run.homes):
+        raise RuntimeError(f"only {len(observer.online)}/{len(run.homes)} homes came online")
+    log.info("%d/%d homes online", len(observer.online), len(run.homes))
+    return home_procs
 
 
 def check_fleet_memory(first: procs.Proc, observer: Observer, homes: int) -> None:
@@ -405,66 +494,252 @@ def check_fleet_memory(first: procs.Proc, observer: Observer, homes: int) -> Non
         raise RuntimeError(f"measured {pss / budget.MIB:.1f} MiB for the first home: {problem}")
 
 
-def follow_round(coord: procs.Proc, work: Path, brokers: list[str], n_homes: int,
-                 timeout: float, pg: Progress) -> None:
-    """Wait for the coordinator's round, showing the reports the mask brokers hold and then
-    their group sums (released / refused) as the coordinator groups and regroups."""
-    deadline = time.monotonic() + timeout
-    with pg.step("collecting reports", total=n_homes) as st:
-        while coord.popen.poll() is None and time.monotonic() < deadline:
-            ss = _stats(work, brokers)
-            if ss:
-                st.update(min(int(s.get("masks", {}).get("this_round", 0)) for s in ss))
-                if any(s.get("groups", {}).get("requests", 0) for s in ss):
-                    break
-            time.sleep(0.1)
-    with pg.step("group sums, regrouping") as st:
+def coordinator_argv(run: Run, pause: str | None) -> list[str]:
+    o, tl = run.o, run.tl
+    return [
+        sys.executable, "-m", "backend.coordinator",
+        "--timezone", "UTC", "--announce", Timeline.hhmm(ANNOUNCE),
+        "--deadline", Timeline.hhmm(DEADLINE),
+        "--frames", str(o.frames), "--frame-s", str(o.frame_s), "--quantum-wh", "1",
+        "--expected-homes", str(len(run.homes)), "--brokers", ",".join(run.brokers),
+        "--k", str(o.k), "--solver", o.solver, "--state-dir", str(run.state_dir),
+        "--capacity-wait-s", "10", "--keep-journal-days", str(o.days + 1),
+        "--accelerate", f"{run.anchor},{tl.begin},{tl.speed}",
+        "--port", str(run.port), "--user", COORDINATOR_USER, *run.tls_args,
+        *(["--debug-pause-at", pause] if pause else []),
+    ]
+
+
+def start_coordinator(run: Run, pause: str | None) -> None:
+    run.coordinator_starts += 1
+    if run.coordinator_starts == 1:
+        run.out.path("state-coordinator")
+    run.coordinator = run.ps.start(
+        f"coordinator-{run.coordinator_starts}", coordinator_argv(run, pause),
+        env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": run.pw[COORDINATOR_USER]})
+
+
+# ------------------------------------------------------------------------- playing the days
+
+
+@dataclass(order=True)
+class _Event:
+    at: float  # virtual time
+    what: str
+    day: int = 0
+    home: str = ""
+
+
+def _kill_plan(run: Run) -> list[tuple[str, int, str]]:
+    """--kill-coordinator items as (kind, day, phase): kind "phase" or "boundary"."""
+    out = []
+    for item in run.o.kill_coordinator:
+        a, _, b = item.partition(":")
+        if a == "boundary":
+            out.append(("boundary", int(b), ""))
+        else:
+            out.append(("phase", int(a), b))
+    return out
+
+
+def _pause_of(run: Run, step: tuple[str, int, str] | None) -> str | None:
+    if step is None or step[0] != "phase":
+        return None
+    return f"{run.tl.date(step[1]).isoformat()}:{step[2]}"
+
+
+def _coordinator_status(run: Run) -> dict[str, Any]:
+    try:
+        return dict(json.loads((run.state_dir / "status.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def play_days(run: Run, home_procs: list[procs.Proc], kills: list[tuple[str, int, str]],
+              pg: Progress, failures: list[str]) -> None:
+    """Wait while the days go by on the lab clock: take the homes' network away and give it
+    back (absent homes), read every home's record of each day, kill the coordinator where
+    --kill-coordinator says; until the last day has ended."""
+    o, tl = run.o, run.tl
+    events = []
+    for d in range(1, o.days + 1):
+        events.append(_Event(tl.snapshot(d), "snapshot", d))
+        off, on = tl.offline(d)
+        for h in run.absent.get(d, []):
+            events += [_Event(off, "offline", d, h), _Event(on, "online", d, h)]
+    events.sort()
+    total = o.days * o.frames
+    limit = time.monotonic() + tl.real_s(tl.finish - tl.begin) + 120
+    with pg.step(f"playing {o.days} day{'s' if o.days > 1 else ''}", total=total) as st:
         while True:
-            g = [s.get("groups", {}) for s in _stats(work, brokers)]
-            n = sum(x.get("requests", 0) for x in g)
-            st.update(0, note=f"{n} request{'' if n == 1 else 's'}, "
-                      f"{sum(x.get('released', 0) for x in g)} released, "
-                      f"{sum(x.get('refused', 0) for x in g)} refused")
-            if coord.popen.poll() is not None or time.monotonic() > deadline:
+            now = run.now()
+            while events and events[0].at <= now:
+                ev = events.pop(0)
+                handle(run, ev)
+            if kills:
+                kills = maybe_kill(run, kills)
+            if run.coordinator is not None and run.coordinator.popen.poll() is not None:
+                raise RuntimeError(f"the coordinator exited:\n{run.coordinator.tail()}")
+            dead = [p.name for p in home_procs if p.popen.poll() is not None]
+            if dead:
+                raise RuntimeError(f"home(s) exited: {dead}: "
+                                   + next(p for p in home_procs if p.name == dead[0]).tail())
+            done = int(min(max((now - tl.start(1)) / o.frame_s, 0), total))
+            status = _coordinator_status(run)
+            phases = ", ".join(f"{r['day']} {r['phase']}" for r in status.get("rounds", []))
+            st.update(done, note=phases)
+            if now >= tl.finish and not events:
                 break
-            time.sleep(0.1)
-    if coord.popen.poll() is None:
-        raise RuntimeError("coordinator did not finish the round")
+            if time.monotonic() > limit:
+                raise TimeoutError("the lab's days did not end in time")
+            time.sleep(0.05)
+        st.update(total)
+    if kills:
+        failures.append(f"--kill-coordinator points never reached: {kills}")
 
 
-def play_day(home_procs: list[procs.Proc], anchor: float, o: LabOptions,
-             pg: Progress) -> list[procs.Proc]:
-    """Wait while the homes play the day out on the accelerated clock; returns those still
-    running at the (generous) deadline."""
-    deadline = time.monotonic() + 1.0 + o.frames * o.frame_real_s + 30
-    with pg.step("playing out the day", total=o.frames) as st:
-        while time.monotonic() < deadline:
-            done = sum(p.popen.poll() is not None for p in home_procs)
-            frame = int(min(max((time.time() - anchor) / o.frame_real_s, 0), o.frames))
-            st.update(frame, note=f"{done}/{len(home_procs)} homes finished the day")
-            if done == len(home_procs):
-                st.update(o.frames)
-                return []
-            time.sleep(0.1)
-    return [p for p in home_procs if p.popen.poll() is None]
+def handle(run: Run, ev: _Event) -> None:
+    flag = run.out.root / "homes" / ev.home / "wifi"
+    if ev.what == "offline":
+        flag.unlink(missing_ok=True)
+    elif ev.what == "online":
+        flag.write_text("up\n")
+    elif ev.what == "snapshot":
+        snap: dict[str, dict[str, Any] | None] = {}
+        for h in run.homes:
+            try:
+                snap[h.home_id] = json.loads(
+                    (run.out.root / "homes" / h.home_id / "round.json").read_text())
+            except (OSError, ValueError):
+                snap[h.home_id] = None
+        run.snapshots[ev.day] = snap
 
 
-#: mask brokers the lab can run (ids mb1..mb9)
-MAX_MASK_BROKERS = 9
+def restart_coordinator(run: Run, pause: str | None) -> None:
+    c = run.coordinator
+    if c is not None and c.popen.poll() is None:
+        c.popen.send_signal(signal.SIGKILL)
+        c.popen.wait(30)
+    log.warning("coordinator killed (kill -9); starting it again%s",
+                f" to pause at {pause}" if pause else "")
+    start_coordinator(run, pause)
+
+
+def maybe_kill(run: Run, kills: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
+    """Kill -9 the coordinator once it stands at the first kill point; returns the rest."""
+    kind, d, phase = kills[0]
+    if kind == "boundary":
+        hit = run.now() >= run.tl.start(d) + 60
+    else:
+        day = run.tl.date(d).isoformat()
+        status = _coordinator_status(run)
+        hit = status.get("pid") == (run.coordinator.popen.pid if run.coordinator else None) and \
+            any(r["day"] == day and r["phase"] == phase for r in status.get("rounds", []))
+    if not hit:
+        return kills
+    rest = kills[1:]
+    restart_coordinator(run, _pause_of(run, rest[0] if rest else None))
+    return rest
+
+
+# ------------------------------------------------------------------------- the summary
+
+
+def summarise(run: Run, caps: dict[int, Any], failures: list[str]) -> dict[str, Any]:
+    o, tl = run.o, run.tl
+    relays = {h.home_id: days.relay_days(run.out.root / "homes" / h.home_id / "relay.log", tl,
+                                         o.frames) for h in run.homes}
+    per_day = []
+    for d in range(1, o.days + 1):
+        day = tl.date(d).isoformat()
+        try:
+            record = json.loads((run.state_dir / "results" / f"{day}-r1.json").read_text())
+        except (OSError, ValueError):
+            record = None
+        snap = run.snapshots.get(d, {h.home_id: None for h in run.homes})
+        s = days.day_summary(d, tl, o.frames, snap, relays, record, caps[d][0], failures)
+        s["capacity_fraction"] = round(caps[d][1], 4)
+        per_day.append(s)
+    first = per_day[0]
+    stats = {}
+    for b in run.brokers:
+        p = run.out.root / f"stats-{b}.json"
+        if p.exists():
+            stats[b] = json.loads(p.read_text())
+    sample = relay_sample(first, run.snapshots.get(1, {}), relays,
+                          {h.home_id: h.magnification for h in run.homes})
+    return {
+        # day 1 at the top (the report's headline), every day in "days"
+        "homes": len(run.homes), "frames": o.frames, "frame_s": o.frame_s,
+        "frame_real_s": o.frame_real_s, "seed": o.seed, "k": o.k, "day": first["day"],
+        "days_run": o.days, "dropout": o.dropout, "solver": o.solver,
+        "mask_brokers": len(run.brokers),
+        "capacity_fraction": first["capacity_fraction"],
+        **{k: first[k] for k in (
+            "capacity_wh", "true_load_wh", "coordinator_load_before_wh",
+            "coordinator_load_after_wh", "relay_load_after_wh", "overload_before_wh",
+            "overload_after_wh", "curtailed_wh", "moved_wh", "groups", "moves", "curtail",
+            "regroup_rounds", "released_groups", "refusals", "excluded_homes")},
+        "refused_groups": first["refusals"],
+        "relay_timelines": sample,
+        "coordinator_rejections": first["coordinator_rejections"],
+        "coordinator_resends": first["coordinator_resends"],
+        "days": per_day,
+        "period": days.period_summary(per_day),
+        "coordinator_processes": run.coordinator_starts,
+        "schedule": {"announce": Timeline.hhmm(ANNOUNCE), "deadline": Timeline.hhmm(DEADLINE),
+                     "timezone": "UTC", "day_real_s": round(o.frames * o.frame_real_s, 2)},
+        "absent": {tl.date(d).isoformat(): hs for d, hs in run.absent.items() if hs},
+        "mask_broker_stats": stats,
+    }
+
+
+def relay_sample(first: dict[str, Any], snapshot: dict[str, dict[str, Any] | None],
+                 relays: dict[str, dict[int, list[bool]]], mags: dict[str, int],
+                 n: int = 12) -> list[dict[str, Any]]:
+    """Day 1's plan, adjusted plan and relay of up to n counted homes, round-robin over the
+    groups (groups with moves first), from their own records: the report's relay timelines."""
+    moved = {m[0] for m in first["moves"]}
+    order = sorted(first["groups"], key=lambda g: (g["id"] not in moved, g["id"]))
+    queues = [sorted(g.get("members", [])) for g in order]
+    picked: list[tuple[str, str]] = []
+    while len(picked) < n and any(queues):
+        for g, q in zip(order, queues, strict=True):
+            if q and len(picked) < n:
+                picked.append((q.pop(0), g["id"]))
+    out = []
+    for h, gid in picked:
+        st = snapshot.get(h)
+        if st is None:
+            continue
+        quantum = int(st["quantum_wh"])
+        adj = st.get("adjusted") or st["plan"]
+        out.append({"home": h, "group": gid, "magnification": mags[h],
+                    "plan_wh": [v * quantum for v in st["plan"]],
+                    "adjusted_wh": [v * quantum for v in adj],
+                    "relay_on": [int(x) for x in relays[h][1]]})
+    return sorted(out, key=lambda t: (t["group"], t["home"]))
+
+
+# ------------------------------------------------------------------------- the command line
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     d = LabOptions()
     p.add_argument("--homes", type=bounded_int(2), default=d.homes,
                    help="number of homes, at least --k (default 20)")
+    p.add_argument("--days", type=bounded_int(1, MAX_DAYS), default=d.days,
+                   help=f"consecutive days, 1-{MAX_DAYS} (default 1)")
+    p.add_argument("--dropout", type=bounded_float(0.0, 0.5), default=None,
+                   help="share of the homes that miss each day's round from day 2 (no "
+                   "network over it), 0-0.5 (default 0.1 with --days > 1)")
     p.add_argument("--seed", type=bounded_int(0), default=d.seed, help="scenario seed (default 1)")
     p.add_argument("--frames", type=bounded_int(1, protocol.MAX_FRAMES), default=d.frames,
-                   help=f"frames per day, 1-{protocol.MAX_FRAMES} (default 96)")
-    p.add_argument("--frame-s", type=bounded_int(1), default=d.frame_s,
-                   help="frame length, s (900)")
+                   help="frames per day, a divisor of 86400 s (default 96)")
     p.add_argument("--frame-real-s", type=bounded_float(0.0, 60.0, lo_open=True),
                    default=d.frame_real_s,
-                   help="real seconds per frame on the accelerated clock (default 0.2)")
+                   help="real seconds per frame on the accelerated clock (default 0.2); a day "
+                   f"must last at least {MIN_DAY_REAL_S:g} real seconds")
     p.add_argument("--k", type=bounded_int(2), default=d.k,
                    help="minimum group size, at least 2 (default 3)")
     p.add_argument("--mask-brokers", type=bounded_int(1, MAX_MASK_BROKERS),
@@ -472,9 +747,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help=f"number of mask brokers, 1-{MAX_MASK_BROKERS} (default 1)")
     p.add_argument("--solver", choices=["heuristic", "exact"], default=d.solver,
                    help="adjustment engine (default heuristic)")
-    p.add_argument("--collect-s", type=bounded_float(0.0, lo_open=True), default=d.collect_s,
-                   help="collection window before the deadline, s (ends early when all "
-                   "homes reported)")
+    p.add_argument("--grid-feed", choices=["openadr"], default=None,
+                   help="capacity from openleadr's real VTN through the OpenADR grid feed "
+                   "(installed by ./run lab when given)")
     p.add_argument("--out", type=Path, default=None,
                    help="keep everything (configs, logs, state) in this folder: a new or "
                    "empty one, or an earlier lab output (only what the lab created there is "
@@ -493,6 +768,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (they are shown only on a terminal, never "
                    "with --json)")
+    p.add_argument("--kill-coordinator", default="", help=argparse.SUPPRESS)
+
+
+PHASES = ("collecting", "closed", "summing", "solving", "publishing", "serving")
 
 
 def check_args(a: argparse.Namespace) -> None:
@@ -500,6 +779,20 @@ def check_args(a: argparse.Namespace) -> None:
     cannot go ahead.  Makes paths absolute: the services run in another working directory."""
     if a.homes < a.k:
         raise UsageError(f"--homes {a.homes}: fewer homes than --k {a.k} cannot form a group")
+    if DAY_S % a.frames:
+        raise UsageError(f"--frames {a.frames}: a day (86400 s) must split into whole frames")
+    if a.frames * a.frame_real_s < MIN_DAY_REAL_S:
+        raise UsageError(f"a lab day of {a.frames} x {a.frame_real_s:g} s is shorter than "
+                         f"{MIN_DAY_REAL_S:g} real seconds: raise --frame-real-s")
+    if a.dropout is None:
+        a.dropout = 0.1 if a.days > 1 else 0.0
+    for item in filter(None, a.kill_coordinator.split(",")):
+        kind, _, rest = item.partition(":")
+        ok = (kind == "boundary" and rest.isdigit() and 2 <= int(rest) <= a.days) or (
+            kind.isdigit() and 1 <= int(kind) <= a.days and rest in PHASES)
+        if not ok:
+            raise UsageError(f"--kill-coordinator {item}: expected DAY:PHASE ({', '.join(PHASES)}"
+                             f") or boundary:DAY, days 1-{a.days}")
     if a.out is not None:
         a.out = Path(os.path.abspath(a.out))
         check_out(a.out)
@@ -540,10 +833,11 @@ def main(a: argparse.Namespace) -> int:
 
 
 def _run(a: argparse.Namespace) -> int:
-    o = LabOptions(homes=a.homes, seed=a.seed, frames=a.frames, frame_s=a.frame_s,
+    o = LabOptions(homes=a.homes, seed=a.seed, frames=a.frames, frame_s=DAY_S // a.frames,
                    frame_real_s=a.frame_real_s, k=a.k, mask_brokers=a.mask_brokers,
-                   solver=a.solver, collect_s=a.collect_s, out_dir=a.out,
-                   python_homes=a.python_homes, tls=a.tls)
+                   solver=a.solver, days=a.days, dropout=a.dropout, out_dir=a.out,
+                   python_homes=a.python_homes, tls=a.tls, grid_feed=a.grid_feed,
+                   kill_coordinator=tuple(filter(None, a.kill_coordinator.split(","))))
     rpath = report_path(a)
     show = not a.json and not a.no_progress and sys.stderr.isatty()
     with live(show) as pg:

@@ -62,16 +62,17 @@ def summary_section(s: dict[str, Any]) -> str:
         _card("peak", f"{peak_b} → {peak_a}", f"Wh/frame; capacity {cap}"),
         _card("overload", f"{s['overload_before_wh']} → {s['overload_after_wh']}",
               f"Wh; curtailed {s['curtailed_wh']} Wh"),
-        _card("round", f"{t.get('round', '–')} s", f"whole lab {t.get('total', '–')} s"),
+        _card("days", str(s.get("days_run", 1)), f"whole lab {t.get('total', '–')} s"),
     ])
     k = int(s["k"])
+    days = s.get("days") or [s]
     checks = "".join([
-        _check(s["true_load_wh"] == s["coordinator_load_before_wh"],
-               "exact masking: the coordinator's group totals, from masked plans and mask sums "
-               "only, add up to the homes' own plans in every frame"),
-        _check(s["relay_load_after_wh"] == s["coordinator_load_after_wh"],
-               "the relays did what was decided: the energy they switched equals the "
-               "coordinator's load after the moves in every frame"),
+        _check(all(d["true_load_wh"] == d["coordinator_load_before_wh"] for d in days),
+               "exact masking: every day, the coordinator's group totals, from masked plans "
+               "and mask sums only, add up to the counted homes' own plans in every frame"),
+        _check(all(d["relay_load_after_wh"] == d["coordinator_load_after_wh"] for d in days),
+               "the relays did what was decided: every day, the energy the counted homes' "
+               "relays switched equals the coordinator's load after the moves in every frame"),
         _check(s["overload_after_wh"] == 0, "no overload left after the adjustment"),
         _check(all(g["size"] >= k for g in s["groups"]),
                f"every group has at least k = {k} homes"),
@@ -100,18 +101,31 @@ def moves_section(s: dict[str, Any]) -> str:
         lead)
 
 
+_RESOLVED = {"re-ask": "released on a re-ask", "re-formed": "re-formed without the missing homes",
+             None: "left the round"}
+
+
 def groups_section(s: dict[str, Any]) -> str:
     released = s.get("released_groups", [])
-    refused = s.get("refused_groups", [])
+    refused = s.get("refusals", s.get("refused_groups", []))
     parts = [f"<h3>Released ({len(released)})</h3>"]
     parts.append(_table(["group", "mask broker", "homes"],
                         [(r.get("id"), r.get("broker"), r.get("size")) for r in released])
                  if released else "<p>No group sum was released.</p>")
-    parts.append(f"<h3>Refused ({len(refused)})</h3>")
-    parts.append(_table(["group", "mask broker", "reason", "missing members"],
+    later = sum(1 for r in refused if r.get("resolved"))
+    title = f"Refused ({len(refused)}" + (f"; {later} of them released later)" if later else ")")
+    parts.append(f"<h3>{_e(title)}</h3>")
+    parts.append(_table(["group", "mask broker", "reason", "missing members", "then"],
                         [(r.get("id"), r.get("broker"), r.get("reason"),
-                          len(r.get("missing") or [])) for r in refused])
+                          len(r.get("missing") or []), _RESOLVED.get(r.get("resolved"), "?"))
+                         for r in refused])
                  if refused else "<p>No group sum was refused.</p>")
+    rej = s.get("coordinator_rejections") or {}
+    resends = s.get("coordinator_resends", 0)
+    parts.append("<h3>Messages the coordinator turned away</h3>")
+    parts.append("<p>" + (", ".join(f"{_e(k)} {v}" for k, v in sorted(rej.items())) or "none")
+                 + f". Harmless re-sends (a home repeating a report it had no reply to yet, "
+                 f"answered <code>replay</code>): {resends}.</p>")
     excl = s.get("excluded_homes", [])
     if excl:
         parts.append(f"<h3>Excluded homes ({len(excl)})</h3>")
@@ -138,6 +152,40 @@ def groups_section(s: dict[str, Any]) -> str:
     return _section("groups", "Released and refused groups", "".join(parts), lead)
 
 
+def days_section(s: dict[str, Any]) -> str:
+    days = s.get("days") or []
+    if len(days) < 2:
+        return ""
+    rows = []
+    for d in days:
+        cap = max(d["capacity_wh"]) if d["capacity_wh"] else 0
+        refused = d.get("refusals", [])
+        rows.append((d["day"], f"{d['homes_reporting']}/{s['homes']}",
+                     ", ".join(d["absent_homes"]) or "–", cap,
+                     f"{d['peak_before_wh']} → {d['peak_after_wh']}",
+                     f"{d['overload_before_wh']} → {d['overload_after_wh']}",
+                     d.get("moved_wh") or 0, d["curtailed_wh"], len(d["groups"]),
+                     f"{len(refused)} ({sum(1 for r in refused if r.get('resolved'))} later "
+                     "released)" if refused else "0"))
+    lead = ("One long-running coordinator served every day: each day's round was announced "
+            "the day before, and homes that had no network over their round followed their "
+            "own plan that day (their load is in the peak and overload after, not in the "
+            "coordinator's view).")
+    body = _table(["day", "reporting", "absent", "capacity (Wh/frame)", "peak (Wh)",
+                   "overload (Wh)", "moved (Wh)", "curtailed (Wh)", "groups", "refusals"],
+                  rows, "num")
+    p = s.get("period") or {}
+    homes = p.get("per_home") or {}
+    if homes:
+        top = sorted(homes.items(), key=lambda kv: -(kv[1].get("moved_wh", 0)
+                                                     + kv[1].get("curtailed_wh", 0)))
+        body += (f"<h3>Per home over the period ({len(days)} days)</h3>"
+                 + _table(["home", "days counted", "energy moved (Wh)", "curtailed (Wh)"],
+                          [(h, v.get("days_counted", 0), v.get("moved_wh", 0),
+                            v.get("curtailed_wh", 0)) for h, v in top], "num"))
+    return _section("days", f"Day by day ({len(days)} days)", body, lead)
+
+
 def timings_section(s: dict[str, Any]) -> str:
     fig = plots.timings_figure(s)
     rows = [(f"lab: {k}", plots.secs(v)) for k, v in (s.get("timings_s") or {}).items()]
@@ -148,7 +196,7 @@ def timings_section(s: dict[str, Any]) -> str:
 
 def command(s: dict[str, Any]) -> str:
     argv = ["hems", "lab", "--homes", s["homes"], "--seed", s["seed"]]
-    for key, flag, default in (("frames", "--frames", 96), ("frame_s", "--frame-s", 900),
+    for key, flag, default in (("days_run", "--days", 1), ("frames", "--frames", 96),
                                ("frame_real_s", "--frame-real-s", 0.2), ("k", "--k", 3),
                                ("mask_brokers", "--mask-brokers", 1),
                                ("solver", "--solver", "heuristic")):
@@ -176,7 +224,9 @@ def render(s: dict[str, Any]) -> str:
     failures = s.get("failures") or []
     ok = not failures
     head = (f"{s['homes']} homes · {s['frames']} frames of {int(s['frame_s']) // 60} min · "
-            f"seed {s['seed']}" + (f" · day {s['day']}" if s.get("day") else ""))
+            f"seed {s['seed']}" + (f" · day {s['day']}" if s.get("day") else "")
+            + (f" · {s['days_run']} days" if s.get("days_run", 1) > 1 else "")
+            + (f" · grid feed {s['grid_feed']}" if s.get("grid_feed") else ""))
     parts = [
         f'<header><h1>hems lab report</h1><p class="meta">{_e(head)}</p>'
         f'<p class="status {"ok" if ok else "bad"}">'
@@ -187,6 +237,7 @@ def render(s: dict[str, Any]) -> str:
                               "<ul>" + "".join(f"<li>{_e(f)}</li>" for f in failures) + "</ul>"))
     parts += [
         summary_section(s),
+        days_section(s),
         _figure("capacity", "Capacity and load per frame", plots.capacity_figure(s),
                 "The homes' summed plans (grey) exceed the grid's capacity in the red area; "
                 "after the adjustment the relays (blue) keep the load under it."),

@@ -11,7 +11,9 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from backend.common.mqtt import add_mqtt_args, settings_from_args
@@ -46,9 +48,9 @@ def parser(prog: str = "python -m backend.mask_broker") -> argparse.ArgumentPars
         prog=prog,
         description="Mask broker: stores sealed mask seeds, answers group mask sums "
         "under the release rule (docs/privacy.md).")
-    p.add_argument("--broker-id", required=True, help="this broker's id (also its MQTT "
-                   "user and client id unless --user is given)")
-    p.add_argument("--registry", required=True, type=Path,
+    p.add_argument("--broker-id", help="this broker's id (also its MQTT "
+                   "user and client id unless --user is given); required")
+    p.add_argument("--registry", type=Path,
                    help='JSON {"homes": {"<home id>": {"key": "<64 hex>"}}}')
     p.add_argument("--k", type=int, default=3,
                    help="smallest group and smallest atom answered (>= 2; default 3)")
@@ -63,13 +65,52 @@ def parser(prog: str = "python -m backend.mask_broker") -> argparse.ArgumentPars
                    "http://HOST:PORT/metrics (default: off)")
     p.add_argument("--metrics-host", default="127.0.0.1",
                    help="address for --metrics-port (default 127.0.0.1, loopback only)")
+    p.add_argument("--check", action="store_true",
+                   help="health check of the mask broker writing --stats-file: exit 0 if it "
+                   "runs, is connected and its stats are fresh, else 1 (for systemd, "
+                   "monitoring)")
     p.add_argument("--log-level", default="info")
     add_mqtt_args(p, default_user="")
     return p
 
 
+#: stats older than this make --check report the service unhealthy (HEARTBEAT_S is 30 s)
+STATS_FRESH_S = 120.0
+
+
+def check(stats_file: Path | None, now: float) -> str | None:
+    """Why the mask broker behind ``stats_file`` is unhealthy, or None."""
+    if stats_file is None:
+        return "--check reads --stats-file: give it"
+    try:
+        st = json.loads(stats_file.read_text())
+        pid = int(st["pid"])
+        age = now - float(st["written_at"])
+        connected = bool(st["mqtt"]["connected"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"no usable stats in {stats_file}: {e}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"process {pid} is not running"
+    except PermissionError:
+        pass
+    if age > STATS_FRESH_S:
+        return f"stats not updated for {age:.0f}s"
+    if not connected:
+        return "not connected to the MQTT broker"
+    return None
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m backend.mask_broker") -> int:
-    a = parser(prog).parse_args(argv)
+    p = parser(prog)
+    a = p.parse_args(argv)
+    if not a.check and (a.broker_id is None or a.registry is None):
+        p.error("--broker-id and --registry are required")
+    if a.check:
+        problem = check(a.stats_file, time.time())
+        print("healthy" if problem is None else f"unhealthy: {problem}")
+        return 0 if problem is None else 1
     configure_logging(a.log_level)
     try:
         core = MaskBroker(a.broker_id, load_registry(a.registry), a.k)

@@ -42,6 +42,7 @@ from backend.common.bulk_mqtt import BulkClient, BulkMqttError, Message
 from backend.common.files import write_atomic
 from backend.common.metrics import Sample
 from backend.common.mqtt import MqttSettings
+from backend.common.sdnotify import notify, watchdog_interval_s
 from hemsfw import protocol
 
 from .core import MaskBroker, Publish, Record
@@ -51,6 +52,8 @@ log = logging.getLogger("hems.mask_broker")
 
 #: Publishes awaiting their PUBACK at once (replies and group sums are sent in the background).
 MAX_INFLIGHT = 1000
+#: The stats file is rewritten at least this often (seconds), changed or not.
+HEARTBEAT_S = 30.0
 #: How long a stop or a lost connection waits for those publishes before giving up on them.
 DRAIN_S = 2.0
 
@@ -187,9 +190,21 @@ class Service:
             await asyncio.sleep(delay)
 
     async def _stats(self) -> None:
+        last = time.monotonic()
+        beat_s = min(HEARTBEAT_S, watchdog_interval_s() or HEARTBEAT_S)
+        notify("READY=1")
+        wd = 0.0
         while True:
             await asyncio.sleep(self.stats_interval)
-            self.write_stats()
+            if self.connected and time.monotonic() - wd >= beat_s:
+                wd = time.monotonic()
+                notify("WATCHDOG=1")  # systemd restarts a mask broker that stops saying so
+            # rewritten when anything changed, and at least every HEARTBEAT_S anyway: a fresh
+            # written_at is the health check's sign of life (--check)
+            beat = time.monotonic() - last >= HEARTBEAT_S
+            self.write_stats(force=beat)
+            if beat:
+                last = time.monotonic()
 
     # ------------------------------------------------------------ messages
 

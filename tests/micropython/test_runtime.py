@@ -148,6 +148,18 @@ def test_link_loss_backoff_and_relay_keeps_running():
     assert _logged(h.logs, "link down")
 
 
+def test_link_drops_when_the_network_goes_down_and_comes_back_after():
+    h = _setup()
+    h.r.step()
+    assert h.r.main.online
+    h.r.main.turn(False)                            # Wi-Fi lost: the link is down at once
+    assert not h.r.main.online and h.cl.closed == 1
+    h.tk.ms += 60000
+    assert not h.r.main.turn(False)                 # no attempt while the network is down
+    assert h.cl.connects == 1
+    assert h.r.main.turn(True) and h.cl.connects == 2
+
+
 def test_backoff_is_capped_by_config():
     mq = {"host": "127.0.0.1", "port": 1883, "user": "h1", "password": "pw", "backoff_max_s": 3}
     h = _setup(mqtt=mq)

@@ -1,8 +1,8 @@
 # Clocks and loop timing for the home runtime (adapters of the sans-I/O core, DESIGN.md decision 6).
 #
 # A clock's now() returns epoch seconds (1970 epoch) or None while the time is unknown: the frame
-# clock the relay follows.  wall() is the wall clock the round deadline is compared with; the
-# two differ only in the lab, where frames run on an accelerated virtual day.  The core
+# clock the relay follows.  wall() is the clock the round deadline is compared with: the same
+# clock on every board, and in the lab too (the services run on the lab's virtual clock).  The core
 # (home.relay_on) maps None to the configured safe state, so a controller that boots without
 # network time never drives its relay from a guessed frame (DESIGN.md decision 9).
 #
@@ -97,8 +97,6 @@ class LabClock:
             return None
         return self.virtual + (self.real() - self.anchor) * self.speed
 
-    def wall(self):
-        """The host's real time (round deadlines are wall-clock instants, the coordinator's
-        clock, while frames run on the virtual day)."""
-        t = self.real()
-        return t if t >= VALID_AFTER else None
+    # The lab's coordinator service runs on the same virtual clock (--accelerate): its round
+    # deadlines are instants of the virtual day too, so the deadline check reads it as well.
+    wall = now

@@ -99,7 +99,11 @@ class Link:
     def turn(self, net_up=True):
         """One loop turn: poll (online) or, when due and the network is up, one connect attempt.
         Returns True when the link is up after the turn."""
-        if self.online:
+        if self.online and not net_up:
+            # the network went away (Wi-Fi lost): the session is gone with it, whatever the
+            # socket says yet; reconnect once it is back
+            self.lost(OSError("network down"))
+        elif self.online:
             self._arm()
             c = self.client
             try:

@@ -1,0 +1,198 @@
+"""The lab's accounting, day by day, from what every home recorded itself.
+
+For each day the lab reads, at ``timeline.SNAPSHOT`` of that day, what each home holds for it
+(its ``round.json``: its own plan, its adjusted plan, whether it reported), and, at the end, each
+home's relay switch log (``relay.log``: every switch with the virtual time it happened).  The
+coordinator's record of the day's round (``results/<day>-r1.json``) says which homes it counted
+(the members of its final groups) and what it decided.  Two invariants per day, checked against
+the homes' own records (an oracle the coordinator never computed):
+
+* ``true_load_wh == coordinator_load_before_wh``: the counted homes' summed plans equal the
+  group totals the coordinator got from masked plans and mask sums (exact masking);
+* ``relay_load_after_wh == coordinator_load_after_wh``: the counted homes' relays drew what was
+  decided (their adjusted plans, frame by frame, where the relay was on).
+
+Homes the round did not count (absent, excluded) follow their own plans: their relays' energy is
+``uncounted_load_wh``, and the grid's load after the adjustment is both together
+(``overload_after_wh`` is measured on it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from backend.coordinator.adjust.model import overload_wh
+from backend.lab.timeline import Timeline
+
+__all__ = ["day_summary", "period_summary", "refusals", "relay_days", "split_rejections"]
+
+IntArray = NDArray[np.int64]
+#: rejection reasons that are harmless re-sends, not faults: a home re-sends the very same
+#: report until it has a reply (docs/protocol.md, Reply), and a copy gets ``replay``
+RESEND_REASONS = frozenset({"replay"})
+
+
+def relay_days(log_path: Path, tl: Timeline, frames: int) -> dict[int, list[bool]]:
+    """Relay state per frame of every lab day, from the relay's switch log (state changes with
+    their virtual time; the boot line gives the state before the first switch).  A relay holds
+    its last state while nothing drives it, as a latching relay does."""
+    changes: list[tuple[float, bool]] = []
+    boot = False
+    if log_path.exists():
+        for line in log_path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("t") is None:
+                if not changes:
+                    boot = bool(rec["on"])
+                continue
+            changes.append((float(rec["t"]), bool(rec["on"])))
+    changes.sort(key=lambda c: c[0])
+    frame_s = tl.frame_s
+    out: dict[int, list[bool]] = {}
+    i, state = 0, boot
+    for d in range(1, tl.days + 1):
+        day = []
+        for k in range(frames):
+            # the state a frame is in: the last switch before its end (switches land a loop
+            # turn after the frame begins)
+            end = tl.start(d) + (k + 1) * frame_s
+            while i < len(changes) and changes[i][0] < end:
+                state = changes[i][1]
+                i += 1
+            day.append(state)
+        out[d] = day
+    return out
+
+
+def refusals(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The mask brokers' refusals of the round, each with how it ended: ``re-ask`` (the same
+    group released later by the same broker), ``re-formed`` (the rest released as a new group
+    after the missing homes left), or ``None`` (the group left the round)."""
+    released = {(g["id"], g["broker"]) for g in record.get("released_groups", [])}
+    out = []
+    for r in record.get("refused_groups", []):
+        gid, b = r["id"], r["broker"]
+        if (gid, b) in released:
+            how: str | None = "re-ask"
+        elif any(rid.startswith(gid) and rb == b for rid, rb in released):
+            how = "re-formed"
+        else:
+            how = None
+        out.append({**r, "resolved": how})
+    return out
+
+
+def split_rejections(counts: dict[str, int]) -> tuple[dict[str, int], int]:
+    """(real rejections by "kind:reason", harmless re-sends)."""
+    real = {k: n for k, n in counts.items() if k.partition(":")[2] not in RESEND_REASONS}
+    return real, sum(counts.values()) - sum(real.values())
+
+
+def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str, Any] | None],
+                relays: dict[str, dict[int, list[bool]]], record: dict[str, Any] | None,
+                capacity: IntArray, failures: list[str]) -> dict[str, Any]:
+    """Day d's figures; what its invariants found wrong is appended to ``failures``."""
+    day = tl.date(d).isoformat()
+    counted = {m for g in (record or {}).get("groups", []) for m in g.get("members", [])}
+    zero = np.zeros(frames, dtype=np.int64)
+    true_load, relay_load = zero.copy(), zero.copy()
+    uncounted_plan, uncounted = zero.copy(), zero.copy()
+    reporting, absent = [], []
+    per_home: dict[str, dict[str, int]] = {}
+    for home, st in sorted(snapshots.items()):
+        on = np.array(relays.get(home, {}).get(d, [False] * frames), dtype=bool)
+        if st is None or st.get("day") != day:
+            absent.append(home)  # nothing for this day: the relay's safe state
+            continue
+        q = int(st["quantum_wh"])
+        plan = np.array(st["plan"], dtype=np.int64) * q
+        if st.get("status") == "reported":
+            reporting.append(home)
+        else:
+            absent.append(home)
+        if home in counted:
+            if st.get("adjusted") is None:
+                failures.append(f"day {d} ({day}): {home} was counted but holds no adjustment")
+            adj = np.array(st["adjusted"] if st.get("adjusted") is not None else st["plan"],
+                           dtype=np.int64) * q
+            true_load += plan
+            relay_load += np.where(on, adj, 0)
+            curtailed = int(plan.sum() - adj.sum())
+            per_home[home] = {"moved_wh": int(np.maximum(plan - adj, 0).sum()) - curtailed,
+                              "curtailed_wh": curtailed}
+        else:
+            uncounted_plan += plan
+            uncounted += np.where(on, plan, 0)
+    before = np.array((record or {}).get("coordinator_load_before_wh") or zero, dtype=np.int64)
+    after = np.array((record or {}).get("coordinator_load_after_wh") or zero, dtype=np.int64)
+    if record is None or record.get("status") != "completed":
+        failures.append(f"day {d} ({day}): the round did not complete: "
+                        f"{(record or {}).get('error', 'no record')}")
+    if not np.array_equal(true_load, before):
+        failures.append(f"day {d} ({day}): true_load_wh != coordinator_load_before_wh")
+    if not np.array_equal(relay_load, after):
+        failures.append(f"day {d} ({day}): relay_load_after_wh != coordinator_load_after_wh")
+    grid_before, grid_after = true_load + uncounted_plan, relay_load + uncounted
+    rejections, resends = split_rejections((record or {}).get("rejections", {}))
+    return {
+        "day": day,
+        "index": d,
+        "start": tl.start(d),
+        "homes_reporting": len(reporting),
+        "homes_counted": len(counted),
+        "absent_homes": absent,
+        "excluded_homes": (record or {}).get("excluded", []),
+        "capacity_wh": capacity.tolist(),
+        "true_load_wh": true_load.tolist(),
+        "coordinator_load_before_wh": before.tolist(),
+        "coordinator_load_after_wh": after.tolist(),
+        "relay_load_after_wh": relay_load.tolist(),
+        "uncounted_load_wh": uncounted.tolist(),
+        "peak_before_wh": int(grid_before.max(initial=0)),
+        "peak_after_wh": int(grid_after.max(initial=0)),
+        "overload_before_wh": overload_wh(grid_before, capacity),
+        "overload_after_wh": overload_wh(grid_after, capacity),
+        "moved_wh": (record or {}).get("moved_wh"),
+        "curtailed_wh": (record or {}).get("curtailed_wh") or 0,
+        "groups": [{"id": g["id"], "size": g["size"], "magnification": g["magnification"],
+                    "members": g.get("members", []), "total_wh": g.get("total_wh")}
+                   for g in (record or {}).get("groups", [])],
+        "moves": (record or {}).get("moves", []),
+        "curtail": (record or {}).get("curtail", []),
+        "regroup_rounds": (record or {}).get("regroup_rounds", 0),
+        "released_groups": (record or {}).get("released_groups", []),
+        "refusals": refusals(record or {}),
+        "coordinator_rejections": rejections,
+        "coordinator_resends": resends,
+        "coordinator_restarts": (record or {}).get("restarts", 0),
+        "capacity_updates_after_close": (record or {}).get("capacity_updates_after_close", 0),
+        "per_home": per_home,
+    }
+
+
+def period_summary(days: list[dict[str, Any]]) -> dict[str, Any]:
+    """The whole period: energy moved and curtailed per home, refusals and how they ended."""
+    homes: dict[str, Counter[str]] = {}
+    for day in days:
+        for h, v in day["per_home"].items():
+            homes.setdefault(h, Counter()).update(v)
+            homes[h]["days_counted"] += 1
+    ended = Counter(str(r["resolved"]) for day in days for r in day["refusals"])
+    return {
+        "days": len(days),
+        "per_home": {h: dict(c) for h, c in sorted(homes.items())},
+        "moved_wh": sum(int(d["moved_wh"] or 0) for d in days),
+        "curtailed_wh": sum(int(d["curtailed_wh"] or 0) for d in days),
+        "overload_before_wh": sum(d["overload_before_wh"] for d in days),
+        "overload_after_wh": sum(d["overload_after_wh"] for d in days),
+        "refusals": {"total": sum(ended.values()), "resolved_by_reask": ended["re-ask"],
+                     "resolved_by_reforming": ended["re-formed"],
+                     "unresolved": ended["None"]},
+        "absent_home_days": sum(len(d["absent_homes"]) for d in days),
+    }

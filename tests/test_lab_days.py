@@ -1,0 +1,75 @@
+"""Day after day: one long-running coordinator service, real mask broker and firmware, three days
+on the lab clock, homes that miss days; and the same days with the coordinator killed (kill -9)
+in every phase of a round and at a day boundary, which must change nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+HEMS = str(Path(sys.prefix) / "bin" / "hems")
+ARGS = ["--days", "3", "--homes", "20", "--seed", "5", "--json", "--no-report"]
+#: every phase of a round, and a day boundary, in the order the days reach them (at most two
+#: kills inside one day's window between deadline and midnight)
+KILLS = "1:collecting,1:closed,2:summing,2:solving,3:publishing,3:serving,boundary:3"
+#: what must not change when the coordinator is killed and restarted
+SAME = ("day", "homes_reporting", "absent_homes", "capacity_wh", "true_load_wh",
+        "coordinator_load_before_wh", "coordinator_load_after_wh", "relay_load_after_wh",
+        "moves", "curtail", "curtailed_wh", "overload_before_wh", "overload_after_wh")
+
+
+def lab(tmp: Path, *extra: str) -> dict[str, Any]:
+    r = subprocess.run([HEMS, "lab", *ARGS, "--out", str(tmp / "lab"), *extra],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr[-4000:]
+    out: dict[str, Any] = json.loads(r.stdout)
+    return out
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return lab(tmp_path_factory.mktemp("undisturbed"))
+
+
+def test_three_days_one_service_with_homes_missing_days(undisturbed: dict[str, Any]) -> None:
+    s = undisturbed
+    assert s["coordinator_processes"] == 1
+    assert [d["index"] for d in s["days"]] == [1, 2, 3]
+    for d in s["days"]:
+        for key in ("day", "true_load_wh", "coordinator_load_before_wh",
+                    "coordinator_load_after_wh", "relay_load_after_wh", "capacity_wh",
+                    "overload_before_wh", "overload_after_wh", "curtailed_wh",
+                    "homes_reporting"):
+            assert key in d, key
+        # the invariants, every day, from the homes' own records
+        assert d["true_load_wh"] == d["coordinator_load_before_wh"]
+        assert d["relay_load_after_wh"] == d["coordinator_load_after_wh"]
+        assert d["homes_reporting"] + len(d["absent_homes"]) == 20
+        assert all(g["size"] >= 3 for g in d["groups"])
+    assert any(d["absent_homes"] for d in s["days"])  # at least one day has a home absent
+    assert len({max(d["capacity_wh"]) for d in s["days"]}) > 1  # capacity varies by day
+    # the days are consecutive, each round announced the day before
+    days = [d["day"] for d in s["days"]]
+    assert days == sorted(days) and len(set(days)) == 3
+
+
+@pytest.mark.timeout(900)
+def test_a_coordinator_killed_in_every_phase_changes_nothing(
+        undisturbed: dict[str, Any], tmp_path: Path) -> None:
+    # a slower clock leaves room for seven restarts inside the days' windows
+    s = lab(tmp_path, "--kill-coordinator", KILLS, "--frame-real-s", "0.3")
+    assert s["coordinator_processes"] == 1 + len(KILLS.split(","))
+    assert not s["failures"]
+    for got, ref in zip(s["days"], undisturbed["days"], strict=True):
+        for key in SAME:
+            assert got[key] == ref[key], (got["day"], key)
+        assert [g["members"] for g in got["groups"]] == [g["members"] for g in ref["groups"]]
+    assert sum(d["coordinator_restarts"] for d in s["days"]) >= 1

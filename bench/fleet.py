@@ -30,6 +30,7 @@ test keys, also TEST ONLY), ``home_passwords`` the passwd entries for per-home i
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import json
 import os
@@ -66,8 +67,11 @@ from hemsfw import protocol  # noqa: E402
 Engine = Literal["raw", "paho"]
 Message = tuple[str, bytes]
 
-DAY = "2026-11-28"
-START = 1795824000  # 2026-11-28T00:00:00Z
+#: tomorrow (UTC): the mask brokers accept rounds only for today and the next days on their own
+#: clock (docs/privacy.md, "Days follow the clock")
+_TOMORROW = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+DAY = _TOMORROW.isoformat()
+START = int(dt.datetime.combine(_TOMORROW, dt.time(), dt.UTC).timestamp())
 DEFAULT_WINDOW = 10_000
 MAX_WINDOW = 60_000  # < 65535 packet ids in flight
 BUILD_CHUNK = 5_000

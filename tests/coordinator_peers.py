@@ -101,7 +101,7 @@ class FakeMaskBroker:
             await self.hold.wait()
             req, day, rnd, groups = protocol.parse_group_request(obj, 10_000)
             results = []
-            for gid, members, checksum in groups:
+            for gid, members, checksum, *_ in groups:
                 missing = [h for h in members if h not in self.masks]
                 if missing:
                     results.append({"id": gid, "status": "refused", "reason": "missing_members",

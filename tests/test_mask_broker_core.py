@@ -4,6 +4,7 @@ publishes out.  Masks are built exactly as the firmware builds them (hemsfw.seal
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import stat
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend.mask_broker.core import MaskBroker, Publish, Record
+from backend.mask_broker.core import DayWindow, MaskBroker, Publish, Record
 from backend.mask_broker.state_dir import StateDir
 from hemsfw import masking, protocol, seal
 
@@ -100,11 +101,12 @@ class World:
             "round", {"day": DAY, "round": 1, "frames": FRAMES})
         self.seeds: dict[str, bytes] = {}
         self.rids: dict[str, str] = {}
+        self.day = DAY
         for i in range(1, n_masks + 1):
             self.submit(f"h{i}")
 
     def submit(self, hid: str, rnd: int = 1) -> None:
-        topic, payload, seed, rid = Home(hid).report(rnd=rnd)
+        topic, payload, seed, rid = Home(hid).report(day=self.day, rnd=rnd)
         assert reply(self.core.handle(topic, payload))["status"] == "accepted"
         self.seeds[hid], self.rids[hid] = seed, rid
 
@@ -217,20 +219,22 @@ def test_round_changes() -> None:
     assert w.core.masks.count == 4
     assert w.core.handle(*announce(frames=FRAMES + 1)) == []
     assert w.core.rejections.counts["round:round_conflict"] == 1
-    # A new round of the same day: masks dropped, partition kept.
+    # A new round of the same day: masks dropped, partition kept (compacted first).
     assert w.ask(("g", ["h1", "h2", "h3", "h4"]))["g"] == w.total(["h1", "h2", "h3", "h4"])
-    assert w.core.handle(*announce(rnd=2))[0].kind == "round"  # type: ignore[union-attr]
+    assert [o.kind for o in w.core.handle(*announce(rnd=2))  # type: ignore[union-attr]
+            ] == ["compact", "round"]
     assert w.core.masks.count == 0
     for h in ("h1", "h2", "h3", "h4"):
         w.submit(h, rnd=2)
     res = w.ask(("a", ["h1", "h2"]), ("b", ["h2", "h3"]), rnd=2)
     assert res["a"] == w.total(["h1", "h2"])
     assert res["b"] == ("would_isolate", [])  # atoms count across the rounds of a day
-    # An earlier day is refused; a later day starts a fresh partition.
+    # An earlier day is refused; a later day keeps the partition (plans may repeat).
     assert w.core.handle(*announce(day="2025-05-31")) == []
     assert w.core.rejections.counts["round:stale_round"] == 1
+    atoms = sorted(w.core.partition.atom_sizes().tolist())
     w.core.handle(*announce(day="2025-06-02"))
-    assert len(w.core.partition.atom_sizes()) == 0
+    assert sorted(w.core.partition.atom_sizes().tolist()) == atoms
     assert w.core.handle(protocol.t_round(), b"[]") == []
     assert w.core.rejections.counts["round:bad_json"] == 1
 
@@ -365,7 +369,7 @@ def test_restore_replays_to_the_same_state(tmp_path: Path) -> None:
         if isinstance(o, Record):
             state.write(o)
     state.close()
-    with open(tmp_path / "state" / f"releases-{DAY}.jsonl", "a") as f:
+    with open(tmp_path / "state" / "releases.jsonl", "a") as f:
         f.write('{"torn": ')  # a crash mid-write
 
     fresh = MaskBroker(B, KEYS, K)
@@ -380,7 +384,7 @@ def test_restore_replays_to_the_same_state(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         fresh.restore("mask", {"day": DAY, "round": 1, "home": "h1"})
     with pytest.raises(ValueError):
-        fresh.restore("release", {"day": "2025-06-09", "round": 1, "members": []})
+        fresh.restore("release", {"day": "2025-06-09", "round": 1})
 
 
 def test_state_dir_files(tmp_path: Path) -> None:
@@ -392,9 +396,14 @@ def test_state_dir_files(tmp_path: Path) -> None:
     masks1 = d / f"masks-{DAY}-1.jsonl"
     assert stat.S_IMODE(masks1.stat().st_mode) == 0o600
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    s.write(Record("release", {"day": DAY, "round": 1, "members": ["h1", "h2"]}))
+    assert (d / "releases.jsonl").exists()
+    s.write(Record("compact", {"partition": {}, "carried": {}}))
+    assert not (d / "releases.jsonl").exists()  # folded into the compaction
+    assert stat.S_IMODE((d / "state.json").stat().st_mode) == 0o600
     s.write(Record("round", {"day": DAY, "round": 2, "frames": FRAMES}))
     assert not masks1.exists()  # seeds of a past round are not kept
-    assert [k for k, _ in StateDir(d).records()] == ["round"]
+    assert [k for k, _ in StateDir(d).records()] == ["compact", "round"]
     with pytest.raises(ValueError):
         s.write(Record("other", {}))
     s.close()
@@ -484,3 +493,115 @@ def test_stats_dict() -> None:
     assert d["atoms"] == {"count": 1, "min_size": 3}
     assert [g["status"] for g in d["recent_groups"]] == ["released", "refused"]
     assert d["round"] == {"day": DAY, "round": 1, "frames": FRAMES}
+
+
+# ---------------------------------------------------------------- over time (docs/privacy.md)
+
+
+def carried_request(groups: list[tuple[str, list[str], list[str], list[str]]],
+                    day: str, rnd: int = 1, req: str = "r9") -> tuple[str, bytes]:
+    """groups: (id, members, the report ids counted, carried members)."""
+    gs = [(g, m, protocol.report_checksum(r), c) for g, m, r, c in groups]
+    return protocol.t_groupreq(B), protocol.encode(protocol.make_group_request(req, day, rnd, gs))
+
+
+def next_day(w: World, day: str = "2025-06-02") -> None:
+    assert w.core.handle(*announce(day=day))[-1].kind == "round"  # type: ignore[union-attr]
+    w.day = day
+
+
+def test_the_partition_outlives_the_day() -> None:
+    w = World(n_masks=4)
+    assert w.ask(("g", ["h1", "h2", "h3", "h4"]))["g"] == w.total(["h1", "h2", "h3", "h4"])
+    next_day(w)
+    for h in ("h1", "h2", "h3"):
+        w.submit(h)  # h4 misses the day
+    spec = [("g", ["h1", "h2", "h3"], [w.rids[h] for h in ("h1", "h2", "h3")])]
+    res = sums(w.core.handle(*group_request(spec, day="2025-06-02")))
+    assert res["g"] == ("would_isolate", [])  # day 1's total minus day 2's would be h4's plan
+
+
+def test_a_carried_member_counts_with_its_latest_released_report() -> None:
+    w = World(n_masks=4)
+    w.ask(("g", ["h1", "h2", "h3", "h4"]))
+    day1_h4 = w.seeds["h4"], w.rids["h4"]
+    next_day(w)
+    for h in ("h1", "h2", "h3"):
+        w.submit(h)
+    members = ["h1", "h2", "h3", "h4"]
+    rids = [w.rids[h] for h in ("h1", "h2", "h3")] + [day1_h4[1]]
+    res = sums(w.core.handle(*carried_request([("g", members, rids, ["h4"])], "2025-06-02")))
+    assert res["g"] == expected_sum([w.seeds[h] for h in ("h1", "h2", "h3")] + [day1_h4[0]])
+
+
+def test_a_carried_member_without_a_released_report_is_missing() -> None:
+    w = World(n_masks=4)  # nothing released yet: nothing to carry
+    members = ["h1", "h2", "h3", "h4"]
+    rids = [w.rids[h] for h in members]
+    res = sums(w.core.handle(*carried_request([("g", members, rids, ["h4"])], DAY)))
+    assert res["g"] == ("missing_members", ["h4"])
+
+
+def test_a_home_counts_with_one_report_per_round() -> None:
+    w = World(n_masks=6)
+    w.ask(("a", ["h1", "h2", "h3"]), ("b", ["h4", "h5", "h6"]))
+    old = w.rids["h3"]
+    next_day(w)
+    for h in ("h1", "h2", "h3", "h4", "h5", "h6"):
+        w.submit(h)
+    # h3 carried in one group, then with this round's report in a union: refused
+    first = [("a", ["h1", "h2", "h3"], [w.rids["h1"], w.rids["h2"], old], ["h3"])]
+    assert sums(w.core.handle(*carried_request(first, "2025-06-02")))["a"][0] != "refused"
+    both = [("ab", ["h1", "h2", "h3", "h4", "h5", "h6"],
+             [w.rids[h] for h in ("h1", "h2", "h3", "h4", "h5", "h6")], [])]
+    res = sums(w.core.handle(*carried_request(both, "2025-06-02", req="r10")))
+    assert res["ab"] == ("report_conflict", [])
+
+
+@pytest.mark.parametrize(("day", "rnd", "reason"), [
+    ("2025-06-03", 1, "day_window"),   # the day after tomorrow
+    ("2025-05-31", 1, "day_window"),   # yesterday
+    ("2025-06-02", 9, "too_many_rounds"),
+])
+def test_days_follow_the_brokers_own_clock(day: str, rnd: int, reason: str) -> None:
+    now = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC).timestamp()
+    core = MaskBroker(B, KEYS, K, clock=lambda: now, window=DayWindow("UTC", 1), max_rounds=8)
+    assert core.handle(*announce(day=day, rnd=rnd)) == []
+    assert core.rejections.counts[f"round:{reason}"] == 1
+    assert core.round is None
+    assert core.handle(*announce(day="2025-06-02"))[-1].kind == "round"  # type: ignore[union-attr]
+
+
+def test_compaction_keeps_the_partition_and_the_carried_reports(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    w = World(n_masks=0)
+    state.write(Record("round", {"day": DAY, "round": 1, "frames": FRAMES}))
+
+    def feed(out: list[Any]) -> None:
+        for o in out:
+            if isinstance(o, Record):
+                state.write(o)
+
+    for h in ("h1", "h2", "h3", "h4"):
+        topic, payload, seed, rid = Home(h).report()
+        feed(w.core.handle(topic, payload))
+        w.seeds[h], w.rids[h] = seed, rid
+    feed(w.core.handle(*group_request([("g", ["h1", "h2", "h3", "h4"],
+                                        [w.rids[h] for h in ("h1", "h2", "h3", "h4")])])))
+    old = w.seeds["h4"], w.rids["h4"]
+    feed(w.core.handle(*announce(day="2025-06-02")))  # compaction, then the new round
+    w.day = "2025-06-02"
+    state.close()
+    fresh = MaskBroker(B, KEYS, K)
+    for kind, data in StateDir(tmp_path / "state").records():
+        fresh.restore(kind, data)
+    w.core = fresh
+    for h in ("h1", "h2", "h3"):
+        w.submit(h)
+    spec = [("g", ["h1", "h2", "h3"], [w.rids[h] for h in ("h1", "h2", "h3")])]
+    assert sums(fresh.handle(*group_request(spec, day="2025-06-02")))["g"] == (
+        "would_isolate", [])
+    members = ["h1", "h2", "h3", "h4"]
+    rids = [w.rids[h] for h in ("h1", "h2", "h3")] + [old[1]]
+    res = sums(fresh.handle(*carried_request([("g", members, rids, ["h4"])], "2025-06-02")))
+    assert res["g"] == expected_sum([w.seeds[h] for h in ("h1", "h2", "h3")] + [old[0]])

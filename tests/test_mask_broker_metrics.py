@@ -4,6 +4,7 @@ of a real `hems mask-broker --metrics-port` process scraped over HTTP during a r
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import secrets
@@ -23,7 +24,9 @@ from backend.mask_broker.core import MaskBroker
 from backend.mask_broker.service import Service
 from hemsfw import protocol, seal
 
-B, DAY, FRAMES = "mb1", "2030-01-02", 8
+B, FRAMES = "mb1", 8
+#: tomorrow: the mask broker accepts rounds for today and tomorrow on its own clock
+DAY = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
 WAIT = 20.0
 
 

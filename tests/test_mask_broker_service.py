@@ -10,6 +10,7 @@ arrive through its persistent session, and it reconnects after a broker restart.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import secrets
@@ -36,7 +37,8 @@ from backend.mask_broker.state_dir import StateDir
 from hemsfw import masking, protocol, seal
 
 B = "mb1"
-DAY = "2025-06-01"
+#: tomorrow: the mask broker accepts rounds for today and tomorrow on its own clock
+DAY = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
 FRAMES = 8
 HOMES = [f"h{i}" for i in range(1, 7)]
 WAIT = 15.0  # bound on every single wait

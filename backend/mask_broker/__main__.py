@@ -15,11 +15,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from backend.common.clock import AcceleratedClock, SystemClock
 from backend.common.mqtt import add_mqtt_args, settings_from_args
-from backend.common.usage import Parser, port
+from backend.common.usage import Parser, bounded_int, port
 
-from .core import MaskBroker
+from .core import MAX_ROUNDS, DayWindow, MaskBroker
 from .service import Fatal, MetricsUnavailable, Service, configure_logging
 from .state_dir import StateDir
 
@@ -65,6 +67,15 @@ def parser(prog: str = "python -m backend.mask_broker") -> argparse.ArgumentPars
                    "http://HOST:PORT/metrics (default: off)")
     p.add_argument("--metrics-host", default="127.0.0.1",
                    help="address for --metrics-port (default 127.0.0.1, loopback only)")
+    p.add_argument("--timezone", default="UTC",
+                   help="the deployment's IANA time zone (default UTC): a round is accepted "
+                   "only for today or the next --days-ahead days on this broker's own clock")
+    p.add_argument("--days-ahead", type=bounded_int(0, 7), default=1,
+                   help="how many days ahead a round may be announced (default 1)")
+    p.add_argument("--max-rounds", type=bounded_int(1, 96), default=MAX_ROUNDS,
+                   help=f"rounds a planned day may have (default {MAX_ROUNDS})")
+    p.add_argument("--accelerate", type=AcceleratedClock.parse, default=None,
+                   help=argparse.SUPPRESS)  # the lab's clock: ANCHOR,VIRTUAL,SPEED
     p.add_argument("--check", action="store_true",
                    help="health check of the mask broker writing --stats-file: exit 0 if it "
                    "runs, is connected and its stats are fresh, else 1 (for systemd, "
@@ -113,7 +124,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m backend.mask_brok
         return 0 if problem is None else 1
     configure_logging(a.log_level)
     try:
-        core = MaskBroker(a.broker_id, load_registry(a.registry), a.k)
+        ZoneInfo(a.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        p.error(f"--timezone {a.timezone}: not an IANA time zone name")
+    clock = a.accelerate if a.accelerate is not None else SystemClock()
+    try:
+        core = MaskBroker(a.broker_id, load_registry(a.registry), a.k, clock=clock.now,
+                          window=DayWindow(a.timezone, a.days_ahead), max_rounds=a.max_rounds)
     except (OSError, ValueError) as e:
         log.error("cannot start: %s", e)
         return 2
@@ -123,11 +140,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m backend.mask_brok
     state = None
     if a.state_dir is not None:
         state = StateDir(a.state_dir)
-        for kind, data in state.records():
-            try:
-                core.restore(kind, data)
-            except ValueError as e:
-                log.error("state: skipping a %s record: %s", kind, e)
+        try:
+            for kind, data in state.records():
+                try:
+                    core.restore(kind, data)
+                except ValueError as e:
+                    log.error("state: skipping a %s record: %s", kind, e)
+        except OSError as e:  # fail closed: never answer without the partition it had
+            log.error("cannot read the state dir %s: %s", a.state_dir, e)
+            return 1
         log.info("state restored from %s: round %s, %d masks, %d atoms", a.state_dir,
                  core.round, core.masks.count, len(core.partition.atom_sizes()))
     else:

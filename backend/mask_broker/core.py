@@ -7,8 +7,12 @@ of `Record` (state to persist first) and `Publish` (messages to send, in order).
 Per message family (docs/protocol.md, docs/privacy.md):
 
 * round announcement: the current (day, round, frames).  A new round drops the previous round's
-  masks; a new day starts a fresh release partition.  An announcement for an earlier day is
-  refused (``stale_round``).  Until the first announcement is known, masks and group requests
+  masks (a home's latest *released* report is kept: it can be carried forward, below).  The
+  release partition is never reset: it covers every group answered over the deployment's life
+  (docs/privacy.md).  An announcement is refused when its day is earlier than the current one
+  (``stale_round``), outside the window this broker's own clock allows (``day_window``: today or
+  the next ``days_ahead`` days in the deployment's time zone) or beyond the rounds a day may
+  have (``too_many_rounds``).  Until the first announcement is known, masks and group requests
   are held (bounded) and handled in arrival order right after it, so a persistent session's
   queued messages that overtake the retained announcement are not lost.
 * mask report, checked in this order: topic home == payload home (``home_mismatch``),
@@ -21,9 +25,13 @@ Per message family (docs/protocol.md, docs/privacy.md):
   here: the coordinator alone decides which reports count (it closes collection), and a mask that
   came too late is simply never asked for.
 * group request: each group, in request order, is refused with a reason or answered with the
-  uint32 sum of its members' rows.  The release rule sees every group answered earlier the same
-  day, including the earlier groups of this very request.  Asking the same group again (a
-  coordinator re-asking after a restart or a lost answer) gets the same sum.
+  uint32 sum of its members' masks.  The release rule sees every group answered before, ever,
+  including the earlier groups of this very request.  Asking the same group again (a
+  coordinator re-asking after a restart or a lost answer) gets the same sum.  Members the
+  request names as ``carried`` are counted with their latest released report of an earlier round
+  (a home that missed this round keeps its atom releasable: docs/privacy.md, "Over time"); the
+  others with this round's mask.  Within a round every home counts with one report only
+  (``report_conflict`` otherwise), so no two sums differ by one home's two reports.
 
 Stragglers and dropouts are reported in the stats (``round_homes``): homes with a mask this round
 that are in no released group (their plan never reached the coordinator, came late, or the home was
@@ -32,12 +40,15 @@ excluded) and homes a request named that have no mask here (``missing``).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
+import time
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from numpy.typing import NDArray
@@ -96,6 +107,24 @@ class Round:
     frames: int
 
 
+@dataclass(frozen=True)
+class DayWindow:
+    """Which planned days this broker accepts a round for, by its own clock: today and the next
+    ``days_ahead`` days in the deployment's time zone.  A coordinator (or the MQTT operator) that
+    announces other days is refused: days follow the clock, not the announcer."""
+
+    timezone: str = "UTC"
+    days_ahead: int = 1
+
+    def allows(self, day: str, now: float) -> bool:
+        today = dt.datetime.fromtimestamp(now, ZoneInfo(self.timezone)).date()
+        try:
+            d = dt.date.fromisoformat(day)
+        except ValueError:
+            return False
+        return 0 <= (d - today).days <= self.days_ahead
+
+
 class RoundMasks:
     """The accepted masks of one round: one uint32 row per home, summed with numpy.
 
@@ -118,6 +147,11 @@ class RoundMasks:
         self._rows = np.zeros((0, frames), dtype=U32)  # rows [0, _expanded) are expanded
         self._digests = np.zeros((0, 4), dtype=_DIGEST)
         self._expanded = 0
+
+    def report(self, row: int) -> tuple[str, bytes]:
+        """(report id, seed) of a row."""
+        k = protocol.SEED_LEN
+        return self._rids[row], bytes(self._seeds[row * k: (row + 1) * k])
 
     def add(self, home: int, report_id: str, seed: bytes) -> None:
         """Keep an accepted seed (already checked: SEED_LEN bytes) as the next row."""
@@ -211,10 +245,17 @@ def decode_request(payload: bytes) -> Any:
     return protocol.decode(payload, protocol.MAX_GROUP_PAYLOAD)
 
 
+#: rounds a planned day may have (round numbers above it are refused: ``too_many_rounds``)
+MAX_ROUNDS = 8
+
+
 class MaskBroker:
     def __init__(self, broker_id: str, keys: Mapping[str, bytes], k: int,
-                 logger: logging.Logger = log) -> None:
-        """keys: registered home id -> that home's 32-byte key for this broker."""
+                 logger: logging.Logger = log, clock: Callable[[], float] = time.time,
+                 window: DayWindow | None = None, max_rounds: int = MAX_ROUNDS) -> None:
+        """keys: registered home id -> that home's 32-byte key for this broker.  clock: the
+        deployment's time (epoch s); window: the days a round may be announced for (None: any,
+        for tests of other rules); max_rounds: rounds a day may have."""
         if not protocol.valid_id(broker_id):
             raise ValueError(f"bad broker id {broker_id!r}")
         for h, key in keys.items():
@@ -234,6 +275,14 @@ class MaskBroker:
         self.key: RoundKey | None = None  # the round's fast accept path (fastcheck.py)
         self._reply_topic = protocol.t_reply(self.id, "")
         self.partition = Partition(k)
+        self.clock = clock
+        self.window = window
+        self.max_rounds = max_rounds
+        #: home index -> its latest released report (report id, seed): what a carried member
+        #: of a later round counts with
+        self.carried: dict[int, tuple[str, bytes]] = {}
+        #: home index -> the report it counted with in a released group of this round
+        self.used: dict[int, str] = {}
         self.version = 0  # bumped whenever the stats change
         self._pending: deque[tuple[str, bytes]] = deque()
 
@@ -273,9 +322,8 @@ class MaskBroker:
     # ------------------------------------------------------------ rounds
 
     def _start_round(self, day: str, rnd: int, frames: int) -> None:
-        if self.round is None or self.round.day != day:
-            self.partition = Partition(self.k)
         self.round = Round(day, rnd, frames)
+        self.used = {}
         self.key = RoundKey(day, rnd, "ok")
         self.masks = RoundMasks(len(self.homes), frames)
 
@@ -294,9 +342,19 @@ class MaskBroker:
         if cur is not None and day < cur.day:
             self.rejections.reject("round", "stale_round", protocol.t_round(), day)
             return []
+        if self.window is not None and not self.window.allows(day, self.clock()):
+            self.rejections.reject("round", "day_window", protocol.t_round(), day)
+            return []
+        if rnd > self.max_rounds:
+            self.rejections.reject("round", "too_many_rounds", protocol.t_round(),
+                                   f"{day}/{rnd}")
+            return []
+        out: list[Output] = []
+        if cur is not None:  # the state dir keeps the partition and the carried reports
+            out.append(Record("compact", self.snapshot()))
         self._start_round(day, rnd, frames)
         self.log.info("round %s/%d (%d frames)", day, rnd, frames)
-        out: list[Output] = [Record("round", {"day": day, "round": rnd, "frames": frames})]
+        out.append(Record("round", {"day": day, "round": rnd, "frames": frames}))
         while self._pending:
             out += self.handle(*self._pending.popleft())
         return out
@@ -385,18 +443,21 @@ class MaskBroker:
         results = []
         if cur is None or (day, rnd) != (cur.day, cur.round):
             self.rejections.reject("groupreq", "unknown_round", topic, f"{day}/{rnd}")
-            for gid, members, _ in groups:
+            for gid, members, *_ in groups:
                 self.stats.group(req, day, rnd, gid, len(members), "unknown_round")
                 results.append(_refused(gid, "unknown_round"))
         else:
-            for gid, members, checksum in groups:
-                result = self._group(gid, members, checksum)
+            for entry in groups:
+                gid, members, checksum = entry[0], entry[1], entry[2]
+                carried = list(entry[3]) if len(entry) > 3 else []
+                result = self._group(gid, members, checksum, carried)
                 reason = result.get("reason")
                 self.stats.group(req, day, rnd, gid, len(members), reason,
                                  len(result.get("missing", ())))
                 if reason is None:
                     out.append(Record("release", {"day": day, "round": rnd, "req": req,
-                                                  "group": gid, "members": members}))
+                                                  "group": gid, "members": members,
+                                                  "carried": carried}))
                 else:
                     self.log.info("group %s/%s refused: %s", req, gid, reason)
                 results.append(result)
@@ -404,7 +465,8 @@ class MaskBroker:
         out.append(Publish(protocol.t_groupsum(self.id), protocol.encode(reply)))
         return out
 
-    def _group(self, gid: str, members: list[str], checksum: str) -> dict[str, Any]:
+    def _group(self, gid: str, members: list[str], checksum: str,
+               carried: Sequence[str] = ()) -> dict[str, Any]:
         """One group's result: refused with a reason, or released with its sum."""
         if len(set(members)) != len(members):
             return _refused(gid, "duplicate_members")
@@ -414,42 +476,99 @@ class MaskBroker:
             return _refused(gid, "unregistered_member")
         if len(members) < self.k:
             return _refused(gid, "too_small")
+        carry = set(carried)
+        if not carry <= set(members):
+            return _refused(gid, "bad_carried")
+        is_carried = np.fromiter((h in carry for h in members), dtype=bool, count=len(members))
         rows = self.masks.row_of[idx]
-        absent = np.flatnonzero(rows < 0)
+        have = np.where(is_carried, [int(i) in self.carried for i in idx], rows >= 0)
+        absent = np.flatnonzero(~have)
         if len(absent):
-            self.masks.missing.update(int(i) for i in idx[absent])
+            self.masks.missing.update(int(idx[j]) for j in absent if not is_carried[j])
             return _refused(gid, "missing_members", [members[j] for j in absent])
-        if self.masks.checksum(rows) != checksum:
+        current = np.flatnonzero(~is_carried)
+        old = np.flatnonzero(is_carried)
+        rids = {int(idx[j]): self.masks.report(int(rows[j]))[0] for j in current.tolist()}
+        rids.update({int(idx[j]): self.carried[int(idx[j])][0] for j in old.tolist()})
+        if any(self.used.get(i, r) != r for i, r in rids.items()):
+            return _refused(gid, "report_conflict")
+        digest = np.bitwise_xor.reduce(self.masks.digests[rows[current]], axis=0) if len(
+            current) else np.zeros(4, dtype=_DIGEST)
+        for j in old.tolist():
+            d = hashlib.sha256(bytes.fromhex(self.carried[int(idx[j])][0])).digest()
+            digest = digest ^ np.frombuffer(d, dtype=_DIGEST)
+        if digest.tobytes().hex() != checksum:
             return _refused(gid, "checksum_mismatch")
         reason = self.partition.release(members)
         if reason is not None:
             return _refused(gid, reason)
-        total = self.masks.total(rows)
-        self.masks.released[idx] = True
+        total = self.masks.total(rows[current]) if len(current) else np.zeros(
+            self.masks.frames, dtype=U32)
+        if len(old):
+            seeds = b"".join(self.carried[int(idx[j])][1] for j in old.tolist())
+            exp = np.frombuffer(unseal.expand_seeds(seeds, self.masks.frames),
+                                dtype=U32).reshape(len(old), self.masks.frames)
+            total = (total + exp.sum(axis=0, dtype=U32)).astype(U32)
+        self._released(idx, rows, is_carried, rids)
         return {"id": gid, "status": "released", "sum": protocol.b64(total.tobytes())}
+
+    def _released(self, idx: NDArray[np.int64], rows: NDArray[np.int64],
+                  is_carried: NDArray[np.bool_], rids: Mapping[int, str]) -> None:
+        """A release fixes each member's report for the round; this round's reports become
+        the members' latest released ones (what a later round may carry)."""
+        self.used.update(rids)
+        cur = idx[~is_carried]
+        self.masks.released[cur] = True
+        for i, r in zip(cur.tolist(), rows[~is_carried].tolist(), strict=True):
+            self.carried[i] = self.masks.report(r)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What outlives a round (the state dir's compaction): the release partition and each
+        home's latest released report."""
+        return {"partition": self.partition.snapshot(),
+                "carried": {self.homes[i]: [r, s.hex()] for i, (r, s) in
+                            sorted(self.carried.items())}}
 
     # ------------------------------------------------------------ restart
 
     def restore(self, kind: str, data: Mapping[str, Any]) -> None:
         """Replay a persisted Record (service start-up).  ValueError if it does not fit."""
         try:
+            if kind == "compact":
+                self.partition = Partition.load(data["partition"], self.k)
+                self.carried = {}
+                for h, (rid, seed) in data["carried"].items():
+                    i = self.index.get(h)
+                    if i is not None:  # a home no longer registered is not carried
+                        self.carried[i] = (str(rid), bytes.fromhex(seed))
+                return
             day, rnd = data["day"], data["round"]
             cur = self.round
             if kind == "round":
                 self._start_round(day, rnd, int(data["frames"]))
-            elif cur is None or day != cur.day:
-                raise ValueError("record for another day")
             elif kind == "release":
                 members = [str(h) for h in data["members"]]
-                self.partition.commit(members)
-                if rnd == cur.round:
-                    idx = [self.index[h] for h in members if h in self.index]
-                    self.masks.released[idx] = True
+                self.partition.commit(members)  # idempotent for a release seen before
+                if cur is not None and (day, rnd) == (cur.day, cur.round):
+                    carry = set(data.get("carried") or [])
+                    idx = np.array([self.index[h] for h in members], dtype=np.int64)
+                    rows = self.masks.row_of[idx]
+                    is_carried = np.array([h in carry for h in members], dtype=bool)
+                    if bool(np.any((rows < 0) & ~is_carried)):
+                        raise ValueError("release of a mask that is not in the round")
+                    rids = {int(i): self.masks.report(int(r))[0]
+                            for i, r, c in zip(idx, rows, is_carried, strict=True) if not c}
+                    rids.update({int(i): self.carried[int(i)][0]
+                                 for i, c in zip(idx, is_carried, strict=True)
+                                 if c and int(i) in self.carried})
+                    self._released(idx, rows, is_carried, rids)
             elif kind == "mask":
+                if cur is None or (day, rnd) != (cur.day, cur.round):
+                    raise ValueError("mask record of another round")
                 i = self.index.get(data["home"])
                 rid = str(data["report_id"])
                 seed = bytes.fromhex(data["seed"])
-                if (rnd != cur.round or i is None or self.masks.row_of[i] >= 0
+                if (i is None or self.masks.row_of[i] >= 0
                         or len(rid) != protocol.REPORT_ID_HEX or len(seed) != protocol.SEED_LEN):
                     raise ValueError("mask record does not fit the registry or round")
                 self.masks.add(i, rid, seed)
@@ -478,6 +597,7 @@ class MaskBroker:
                        "refused_by_reason": dict(sorted(s.refused.items()))},
             "atoms": {"count": len(atoms),
                       "min_size": int(atoms.min()) if len(atoms) else None},
+            "carried_homes": len(self.carried),
             "round_homes": self._round_homes(),
             "recent_groups": list(s.recent),
         }

@@ -1,15 +1,25 @@
 """--state-dir: what the mask broker must not forget across a restart (docs/privacy.md, "State").
 
-Forgetting the groups answered today would let a restarted broker answer a reshuffle, so every
-release is appended and fsync'ed *before* its sum is published.  The current round and its
-accepted masks are kept too, so a restart does not turn accepted masks into missing members.
+Forgetting a group answered before (any day: the partition outlives days) would let a
+restarted broker answer a reshuffle, so every release is appended and fsync'ed *before* its sum
+is published.  The current round and its accepted masks are kept too, so a restart does not turn
+accepted masks into missing members, and so are the homes' latest released reports (what a
+later round may carry forward).
 
 Layout (the directory is 0700, every file 0600):
+  state.json                      the partition (each home's atom) and every home's latest
+                                  released report (secret), as of the last round change
+                                  (atomic replace, fsync'ed): the compaction of the log below
+  releases.jsonl                  one line per answered group since then: membership (and which
+                                  members were carried), never a value
   round.json                      the current round {day, round, frames} (atomic replace)
-  releases-<day>.jsonl            one line per answered group: membership only, never a value
   masks-<day>-<round>.jsonl       the current round's accepted seeds (secret); deleted as soon as
                                   the round changes
-A torn last line (a crash mid-write) is skipped on load.
+At a round change the compaction is written first, then the log is emptied, then the new round
+is recorded; a crash in between replays releases already in the snapshot, which changes nothing
+(answering the same member set again is idempotent).  A torn last line (a crash mid-write) is
+skipped on load.  ``releases-<day>.jsonl`` files of older versions (one partition per day) are
+read into the partition once and folded into the next compaction.
 
 Durability (docs/reliability.md): every record is flushed to the kernel before the service goes
 on, so a kill -9 loses nothing; the service acknowledges the MQTT message (PUBACK) only after
@@ -60,26 +70,40 @@ class StateDir:
     def _masks_file(self, day: str, rnd: int) -> Path:
         return self.path / f"masks-{day}-{rnd}.jsonl"
 
-    def _releases_file(self, day: str) -> Path:
-        return self.path / f"releases-{day}.jsonl"
+    def _releases_file(self) -> Path:
+        return self.path / "releases.jsonl"
+
+    def _state_file(self) -> Path:
+        return self.path / "state.json"
 
     # ------------------------------------------------------------ load
 
     def records(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The saved state as (kind, data) records, in the order MaskBroker.restore wants."""
+        """The saved state as (kind, data) records, in the order MaskBroker.restore wants: the
+        compaction, the round, its masks, the releases since the compaction."""
+        try:
+            yield "compact", json.loads(self._state_file().read_text())
+        except FileNotFoundError:
+            pass
+        except ValueError as e:
+            raise OSError(f"unreadable {self._state_file()}: {e}") from e
+        for old in sorted(self.path.glob("releases-*.jsonl")):  # an older version's files
+            for line in _lines(old):
+                yield "release", line
         try:
             cur = json.loads(self._round_file().read_text())
             day, rnd = str(cur["day"]), int(cur["round"])
         except FileNotFoundError:
-            return
+            cur = None
         except (ValueError, KeyError, TypeError) as e:
             log.error("ignoring unreadable %s: %s", self._round_file(), e)
-            return
-        yield "round", cur
-        for line in _lines(self._releases_file(day)):
+            cur = None
+        if cur is not None:
+            yield "round", cur
+            for line in _lines(self._masks_file(day, rnd)):
+                yield "mask", line
+        for line in _lines(self._releases_file()):
             yield "release", line
-        for line in _lines(self._masks_file(day, rnd)):
-            yield "mask", line
 
     # ------------------------------------------------------------ save
 
@@ -88,7 +112,13 @@ class StateDir:
         hands them to the kernel in one write; nothing that depends on them (the replies, the
         PUBACKs) may go out before."""
         d = rec.data
-        if rec.kind == "round":
+        if rec.kind == "compact":
+            self.close()
+            write_atomic(self._state_file(), json.dumps(d), durable=True)
+            for old in [self._releases_file(), *self.path.glob("releases-*.jsonl")]:
+                old.unlink(missing_ok=True)
+            fsync_dir(self.path)
+        elif rec.kind == "round":
             self.close()
             write_atomic(self._round_file(), json.dumps(d), durable=True)
             keep = self._masks_file(d["day"], d["round"])
@@ -103,7 +133,7 @@ class StateDir:
                 self._masks.flush()
         elif rec.kind == "release":
             if self._releases is None:
-                path = self._releases_file(d["day"])
+                path = self._releases_file()
                 new = not path.exists()
                 self._releases = _open_append(path)
                 if new:

@@ -102,13 +102,20 @@ def make_reply(day, rnd, report_id, ok, reason):
             "status": "accepted" if ok else "rejected", "reason": reason}
 
 def make_group_request(req, day, rnd, groups):
-    """groups: list of (group id, [member home ids], checksum hex)."""
-    return {"v": VERSION, "req": req, "day": day, "round": rnd,
-            "groups": [{"id": g, "members": m, "checksum": c} for g, m, c in groups]}
+    """groups: list of (group id, [member home ids], checksum hex[, [carried members]]).
+    Carried members count with their latest released report of an earlier round (the
+    checksum covers that report's id): docs/privacy.md, "Over time"."""
+    out = []
+    for g in groups:
+        d = {"id": g[0], "members": g[1], "checksum": g[2]}
+        if len(g) > 3 and g[3]:
+            d["carried"] = g[3]
+        out.append(d)
+    return {"v": VERSION, "req": req, "day": day, "round": rnd, "groups": out}
 
 
 def parse_group_request(obj, max_members):
-    """Returns (req, day, round, [(group id, members, checksum)])."""
+    """Returns (req, day, round, [(group id, members, checksum, carried members)])."""
     _version(obj)
     req = _id(obj, "req")
     day = _day(obj)
@@ -138,7 +145,15 @@ def parse_group_request(obj, max_members):
         c = g.get("checksum")
         if not isinstance(c, str) or len(c) != 64:
             raise ValueError("bad_checksum")
-        out.append((gid, mem, c))
+        carried = g.get("carried", [])
+        if not isinstance(carried, list) or len(carried) > len(mem):
+            raise ValueError("bad_carried")
+        if carried:
+            ms = set(mem)
+            for h in carried:
+                if h not in ms:
+                    raise ValueError("bad_carried")
+        out.append((gid, mem, c, carried))
     return req, day, rnd, out
 
 

@@ -360,7 +360,7 @@ class SimBroker:
     def answer(self, groups: list[Group], ledger: SumLedger) -> dict[str, Answer]:
         out: dict[str, Answer] = {}
         for g in groups:
-            gid, members, checksum = ledger.request_entry(g)
+            gid, members, checksum, _ = ledger.request_entry(g)
             self.asked.append(members)
             missing = [h for h in members if h not in self.masks]
             if missing:
@@ -456,7 +456,7 @@ def test_checksum_is_the_protocol_checksum() -> None:
     for g in initial_grouping(day.mags, 3, "r1g") + initial_grouping(day.mags, 5, "r2g"):
         expect = protocol.report_checksum([day.rids[h] for h in g.members])
         assert day.ledger.checksum(g) == expect
-        assert day.ledger.request_entry(g) == (g.id, sorted(g.members), expect)
+        assert day.ledger.request_entry(g) == (g.id, sorted(g.members), expect, [])
 
 
 def test_missing_mask_retry_then_arrives() -> None:

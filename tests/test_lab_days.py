@@ -51,10 +51,16 @@ def test_three_days_one_service_with_homes_missing_days(undisturbed: dict[str, A
             assert key in d, key
         # the invariants, every day, from the homes' own records
         assert d["true_load_wh"] == d["coordinator_load_before_wh"]
-        assert d["relay_load_after_wh"] == d["coordinator_load_after_wh"]
+        # the counted relays, plus what the coordinator moved of carried members' plans
+        assert [a + b for a, b in zip(d["relay_load_after_wh"], d["carried_moved_wh"],
+                                      strict=True)] == d["coordinator_load_after_wh"]
         assert d["homes_reporting"] + len(d["absent_homes"]) == 20
         assert all(g["size"] >= 3 for g in d["groups"])
     assert any(d["absent_homes"] for d in s["days"])  # at least one day has a home absent
+    # an absent home is carried: every home that reported is still counted (issue 13)
+    for d in s["days"]:
+        assert d["homes_counted"] == d["homes_reporting"]
+        assert sorted(d["carried_homes"]) == sorted(d["absent_homes"])
     assert len({max(d["capacity_wh"]) for d in s["days"]}) > 1  # capacity varies by day
     # the days are consecutive, each round announced the day before
     days = [d["day"] for d in s["days"]]

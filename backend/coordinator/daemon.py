@@ -43,6 +43,7 @@ from backend.common import fastjson
 from backend.common.files import write_atomic
 from backend.coordinator.journal import Journal
 from backend.coordinator.lifecycle import Phase
+from backend.coordinator.memory import Memory
 from backend.coordinator.ports import Clock, Transport
 from backend.coordinator.record import round_record
 from backend.coordinator.round import IntakePool, Round, RoundFailed, RoundSettings
@@ -83,6 +84,9 @@ class Daemon:
         self.out: Transport | None = None
         self.on_record = on_record
         self.pool = pool
+        t = cfg.template
+        #: what the rounds leave for the next ones (memory.py); ValueError if unreadable
+        self.memory = Memory.load(cfg.state_dir, t.k, t.brokers)
         self.open: list[Round] = []
         self.current: Round | None = None
         self.finished: list[tuple[Round, str | None]] = []  # (round, error) in end order
@@ -141,7 +145,8 @@ class Daemon:
 
     def _open(self, s: RoundSettings) -> Round:
         assert self.out is not None, "attach() a transport first"
-        r = Round(s, self.out, self.clock, self.supply, self._journal(s), self.pool())
+        r = Round(s, self.out, self.clock, self.supply, self._journal(s), self.pool(),
+                  self.memory)
         r.life_changed = self._phase_changed
         self.open.append(r)
         self.current = r
@@ -175,6 +180,10 @@ class Daemon:
 
     def _phase_changed(self, r: Round) -> None:
         if r.phase is Phase.SERVING:
+            # what the next rounds must know (the brokers' partitions, the reports they may
+            # carry, the grouping): fsync'ed before the round counts as completed
+            if self.memory.absorb(r.key, *r.settled()):
+                self.memory.save(self.cfg.state_dir)
             self._record(r, None)  # completed: its record is there while it serves on
         self.write_status()
 

@@ -58,6 +58,7 @@ __all__ = [
     "refine",
     "split",
     "split_key",
+    "stable_grouping",
 ]
 
 
@@ -139,6 +140,50 @@ def initial_grouping(mags: Mapping[str, int], k: int, prefix: str) -> list[Group
         make_group(f"{prefix}{i}", ((h, int(mags[h])) for h in members))
         for i, members in enumerate(formed, start=1)
     ]
+
+
+def stable_grouping(mags: Mapping[str, int], previous: Sequence[tuple[str, Sequence[str]]],
+                    carried_mags: Mapping[str, int], k: int, prefix: str
+                    ) -> tuple[list[Group], set[str], list[str], list[str]]:
+    """A round's grouping when earlier rounds were answered (docs/privacy.md, "Over time").
+
+    The mask brokers answer only unions of the atoms every earlier answer generated, so the
+    grouping stays the last round's final grouping (which only ever refines): each previous
+    group again, with the members that reported (``mags``) and, for those that did not, their
+    carried report (``carried_mags``: they count with their latest released report).  A
+    previous group in which nobody reported is not asked.  Homes in no previous group are new:
+    they form new groups of at least ``k`` (``initial_grouping``), or wait for peers.
+
+    Returns (groups, carried members, new homes waiting for peers, members that neither
+    reported nor have a carried report: their group cannot be answered).  Ids are
+    ``prefix + n`` (renumbered each round, so they never grow past the id limit)."""
+    out: list[list[tuple[str, int]]] = []
+    carried: set[str] = set()
+    holes: list[str] = []
+    placed: set[str] = set()
+    for _gid, members in previous:
+        ms: list[tuple[str, int]] = []
+        for h in members:
+            if h in mags:
+                ms.append((h, int(mags[h])))
+            elif h in carried_mags:
+                ms.append((h, int(carried_mags[h])))
+                carried.add(h)
+            else:
+                holes.append(h)
+        placed.update(members)
+        if any(h in mags for h, _ in ms):
+            out.append(ms)
+        else:
+            carried.difference_update(h for h, _ in ms)
+    fresh = {h: m for h, m in mags.items() if h not in placed}
+    new = initial_grouping(fresh, k, prefix="x")
+    joined = {h for g in new for h in g.members}
+    waiting = sorted(h for h in fresh if h not in joined)
+    groups = [make_group(f"{prefix}{i}", ms) for i, ms in enumerate(out, start=1)]
+    groups += [make_group(f"{prefix}{len(out) + i}", zip(g.members, g.mags, strict=True))
+               for i, g in enumerate(new, start=1)]
+    return groups, carried, waiting, sorted(set(holes))
 
 
 # ------------------------------------------------------------------ refinement

@@ -1,8 +1,8 @@
 """A round's record: the result JSON (``--result``, and ``results/<day>-r<round>.json`` of the
 daemon), made from the round's public state.
 
-Fields: ``status`` "completed" | "failed", ``error`` (the reason, or null), ``phase`` (where
-the round stands: lifecycle.py); ``day``, ``round``, ``start``, ``deadline`` (null if the round was
+Fields: ``status`` "completed" | "failed", ``error`` (the reason, or null), ``phase`` (where the
+round stands: lifecycle.py); ``day``, ``round``, ``start``, ``deadline`` (null if the round was
 never announced), ``k``, ``brokers``, ``window``; ``homes`` (reports accepted), ``adjusted_homes``
 (adjustments acknowledged by the broker), ``excluded`` ([{home, reason, group, broker, detail}]),
 ``late_homes`` (homes whose only plan report came after collection closed); ``frames``,
@@ -12,9 +12,10 @@ capacity: they apply to the next round); ``coordinator_load_before_wh`` and
 ``coordinator_load_after_wh`` (per frame, from the group totals: before, and after moves and
 curtailment); ``overload_before_wh``, ``overload_after_wh`` (after moves, before curtailment),
 ``residual_overload_wh`` (after curtailment), ``moved_wh``, ``curtailed_wh``; ``groups`` (the final
-grouping: [{id, size, magnification, members, total_wh}]), ``moves`` ([group id, from, to]),
-``curtail`` ([group id, frame]); ``regroup_rounds`` (refinements asked for), ``solver``,
-``solve_status``, ``mip_gap``, ``best_bound`` (from the engine); ``released_groups``
+grouping: [{id, size, magnification, members, total_wh, carried}]: ``carried`` members count with
+their latest released report of an earlier round, and get no adjustment), ``moves`` ([group id,
+from, to]), ``curtail`` ([group id, frame]); ``regroup_rounds`` (refinements asked for),
+``solver``, ``solve_status``, ``mip_gap``, ``best_bound`` (from the engine); ``released_groups``
 ([{id, broker, size}]), ``refused_groups`` ([{id, broker, reason, missing?}]), ``rejections``
 (counts by "kind:reason"); ``timings`` (collect_s, group_s, sums_s, solve_s, publish_s: this
 process); ``phases`` ([[phase, clock time entered]] of this process); ``resumed`` (this process
@@ -43,9 +44,10 @@ def round_record(r: Round, status: str, error: str | None = None) -> dict[str, A
     q = s.quantum_wh
     groups = []
     for g in r.groups:
-        total = ledger.total_quanta(g) * q if ledger is not None else None
+        total = ledger.total_quanta(g) * q if ledger is not None and ledger.complete(g) else None
         groups.append({"id": g.id, "size": g.size, "magnification": g.magnification,
-                       "members": sorted(g.members), "total_wh": _ints(total)})
+                       "members": sorted(g.members), "total_wh": _ints(total),
+                       "carried": ledger.carried_in(g) if ledger is not None else []})
     gid = [g.id for g in r.groups]
     cap = r.capacity
     return {

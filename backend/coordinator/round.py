@@ -54,10 +54,11 @@ from backend.coordinator.codec import (
     result_from_json,
     result_to_json,
 )
-from backend.coordinator.grouping import Group, initial_grouping, refine
+from backend.coordinator.grouping import Group, refine, stable_grouping
 from backend.coordinator.intake import Intake, IntakeFailed, RoundConfig
 from backend.coordinator.journal import Journal
 from backend.coordinator.lifecycle import Lifecycle, Phase
+from backend.coordinator.memory import Carried, Memory
 from backend.coordinator.ports import Clock, Transport
 from backend.coordinator.sums import (
     Answer,
@@ -68,6 +69,7 @@ from backend.coordinator.sums import (
     split_mismatch,
 )
 from backend.coordinator.supply import Capacity, SupplyBook
+from backend.mask_broker.release import Partition
 from hemsfw import protocol
 
 __all__ = ["MAX_REGROUP", "Round", "RoundFailed", "RoundSettings"]
@@ -160,7 +162,9 @@ class Round:
     metrics and the status file; only the driver changes it."""
 
     def __init__(self, s: RoundSettings, out: Transport, clock: Clock, supply: SupplyBook,
-                 journal: Journal | None = None, pool: IntakePool | None = None) -> None:
+                 journal: Journal | None = None, pool: IntakePool | None = None,
+                 memory: Memory | None = None) -> None:
+        """``memory``: what earlier rounds left (memory.py); None: nothing (a first round)."""
         if s.k < 2:
             raise RoundFailed("k must be >= 2")
         self.s = s
@@ -169,6 +173,9 @@ class Round:
         self.supply = supply
         self.journal = journal
         self.pool = pool
+        self.memory = memory or Memory(s.k, s.brokers)
+        #: the memory as this round uses it (journaled as the ``basis`` record at close)
+        self.basis: Memory | None = None
         self.life = Lifecycle()
         #: called after every phase change (the daemon's status file)
         self.life_changed: Callable[[Round], None] | None = None
@@ -312,8 +319,38 @@ class Round:
             self.finished_at = float(rec.get("at", 0.0)) or None
         elif kind == "failed":
             self._failed_reason = str(rec.get("reason", "failed"))
+        elif kind == "basis":
+            self.basis = Memory.from_json(rec, self.s.k, self.cfg.brokers)
         else:
             raise ValueError(f"unknown record kind {kind!r}")
+
+    def _basis_json(self, m: Memory, intake: Intake) -> dict[str, Any]:
+        """The part of the memory this round uses: the earlier grouping, the carried reports of
+        its members and of this round's reporters, the brokers' partitions."""
+        wanted = {h for _, ms in m.groups for h in ms} | set(intake.state.reports)
+        return {"k": m.k, "brokers": list(m.brokers),
+                "partitions": {b: p.snapshot() for b, p in m.partitions.items()},
+                "carried": {h: c.as_json() for h, c in m.carried.items() if h in wanted},
+                "groups": [[g, ms] for g, ms in m.groups], "last": list(m.last)}
+
+    def settled(self) -> tuple[dict[str, Partition], list[tuple[str, Carried]],
+                               list[tuple[str, list[str]]]]:
+        """What the memory absorbs once the adjustments are out: the brokers' partitions, the
+        reports counted (each member's, this round's or carried), the final groups."""
+        ledger, intake = self.ledger, self.intake
+        assert ledger is not None and intake is not None
+        reports = intake.state.reports
+        counted: list[tuple[str, Carried]] = []
+        for g in self.groups:
+            for h in ledger.current(g):
+                r = reports[h]
+                counted.append((h, Carried(r.report_id, r.mag, r.masked.astype("<u4").tobytes())))
+            counted += [(h, ledger.carried[h]) for h in ledger.carried_in(g)]
+        final = [(g.id, sorted(g.members)) for g in self.groups]
+        members = {h for _, ms in final for h in ms}
+        kept = [(g, ms) for g, ms in self.basis.groups if members.isdisjoint(ms)] \
+            if self.basis is not None else []
+        return dict(ledger.partitions), counted, [*final, *kept]
 
     def _open_intake(self) -> None:
         rows = max(16, self.s.expected_homes or 1024)
@@ -459,26 +496,51 @@ class Round:
             self.capacity = cap
             self.capacity_taken_at = self.clock.now()
             self._append("capacity", **cap.as_json(), at=self.capacity_taken_at)
+        if self.basis is None:  # what the earlier rounds left (memory.py), pinned for replay
+            rec = self._basis_json(self.memory, intake)
+            self.basis = Memory.from_json(rec, self.s.k, self.cfg.brokers)
+            self._append("basis", **rec)
+        basis = self.basis
         t = time.monotonic()
         state = intake.state
         arranged = state.arranged()  # split order: every group below is a contiguous slice
         homes = arranged.keys
-        groups = initial_grouping(state.magnifications(), self.s.k,
-                                  prefix=f"r{self.s.round}g")
-        if not groups:
-            for h in homes:
-                self.excluded[h] = Exclusion(h, "too_few_homes", "", None,
-                                             f"{len(homes)} homes < k={self.s.k}")
+        mags = state.magnifications()
+        carried_mags = {h: c.mag for h, c in basis.carried.items()}
+        groups, carried, waiting, holes = stable_grouping(
+            mags, basis.groups, carried_mags, self.s.k, prefix=f"r{self.s.round}g")
+        if holes:
+            log.warning("%d member(s) of earlier groups have neither a report nor a carried "
+                        "one: their groups cannot be answered (%s)", len(holes),
+                        ", ".join(holes[:5]))
+        retries = max(1, math.ceil(self.s.missing_grace_s / GRACE_STEP_S))
+        sink = state.sink
+        ledger = SumLedger(self.cfg.brokers, self.s.k, homes, arranged.block,
+                           dict(zip(sink.store.keys, sink.report_ids, strict=True)),
+                           retries, partitions=basis.partitions, carried=basis.carried)
+        for h in sorted(carried):
+            ledger.carry(h)
+        for h in waiting:  # new homes become a new atom only together with k - 1 others
+            self.excluded[h] = Exclusion(h, "too_few_homes", "", None,
+                                         f"{len(waiting)} new home(s) < k={self.s.k}")
+        ok = []
+        for g in groups:  # an earlier atom with a member missing: the brokers would refuse
+            why = next((r for b in self.cfg.brokers
+                        if (r := ledger.partitions[b].check(list(g.members))) is not None), None)
+            if why is None:
+                ok.append(g)
+                continue
+            for h in ledger.current(g):
+                self.excluded[h] = Exclusion(h, "atom_incomplete", g.id, None, why)
+        if not ok:
             self._reply_excluded()
             await self._drain(PUBLISH_TIMEOUT_S)
             raise RoundFailed(f"only {len(homes)} home(s) accepted: fewer than k={self.s.k}, "
-                              "no group can be formed")
-        retries = max(1, math.ceil(self.s.missing_grace_s / GRACE_STEP_S))
-        sink = state.sink
-        self.ledger = SumLedger(self.cfg.brokers, self.s.k, homes, arranged.block,
-                                dict(zip(sink.store.keys, sink.report_ids, strict=True)),
-                                retries)
-        self.groups = groups
+                              "no group can be formed" if len(homes) < self.s.k else
+                              f"{len(homes)} homes accepted, but no group can be formed "
+                              "(see excluded in the result)")
+        self.ledger = ledger
+        self.groups = ok
         self.timings["group_s"] = time.monotonic() - t
         self._to(Phase.SUMMING)
 
@@ -488,6 +550,12 @@ class Round:
         first = self.solution is None
         groups = await self._settle(ledger, self.groups)
         self.excluded.update(ledger.excluded)
+        reports = self.intake.state.reports if self.intake is not None else {}
+        for g in groups:  # a broker lacked their mask: counted with their previous report
+            for h in ledger.carried_in(g):
+                if h in reports and h not in self.excluded:
+                    self.excluded[h] = Exclusion(h, "counted_with_previous_report", g.id, None,
+                                                 "follows its own plan this round")
         self._reply_excluded()
         if not groups:
             raise RoundFailed(
@@ -713,7 +781,7 @@ class Round:
         c = self.cfg
         topic = protocol.t_groupreq(broker)
         payload = protocol.encode(protocol.make_group_request(
-            req, c.day, c.round, [(e[0], e[1], e[2]) for e in entries]))
+            req, c.day, c.round, [tuple(e) for e in entries]))
         self._open[key] = (topic, payload)
         deadline = time.monotonic() + self.s.answer_timeout_s
         try:
@@ -762,11 +830,17 @@ class Round:
         for g, f in result.curtail:
             curtail[g].append(f)
         out: Replies = []
+        ledger = self.ledger
+        assert ledger is not None
+        reports = self.intake.state.reports if self.intake is not None else {}
         for i, grp in enumerate(groups):
             adj = protocol.make_adjustment(c.day, c.round, grp.id, sorted(moves[i]),
                                            sorted(curtail[i]), c.expires)
             payload = protocol.encode(adj)
-            out += [(protocol.t_adjust(h), payload) for h in grp.members]
+            # carried members did not report this round (or their report is not the one
+            # counted): they follow their own plan
+            out += [(protocol.t_adjust(h), payload) for h in ledger.current(grp)
+                    if h in reports]
         self._adjustments = out
         self._adjustment_of = {protocol.topic_tail(t, "adjust")[0]: p for t, p in out}
         pause = self.s.pause_at

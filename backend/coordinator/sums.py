@@ -55,6 +55,7 @@ from backend.common.rows import Arranged
 from backend.common.vectors import unwrap
 from backend.coordinator.grouping import Group, child_id, make_group
 from backend.coordinator.intake import RoundConfig
+from backend.coordinator.memory import Carried
 from backend.mask_broker.release import Partition
 from hemsfw import protocol
 
@@ -130,7 +131,13 @@ class SumLedger:
         masked: npt.NDArray[np.uint32],
         report_ids: Mapping[str, str],
         missing_retries: int = 1,
+        partitions: Mapping[str, Partition] | None = None,
+        carried: Mapping[str, Carried] | None = None,
     ) -> None:
+        """``homes``/``masked``/``report_ids``: this round's accepted reports.  ``partitions``:
+        what each broker released in earlier rounds (memory.py; copied, not changed);
+        ``carried``: the homes' latest released reports, which a member that has no report
+        here (or whose mask a broker lacks) may count with (``carry``)."""
         self.brokers = tuple(brokers)
         self.missing_retries = missing_retries
         self.k = k
@@ -145,9 +152,17 @@ class SumLedger:
         self.sums: dict[str, dict[str, npt.NDArray[np.uint32]]] = {}
         self._refusals: dict[str, dict[str, Refusal]] = {}
         self._retried: dict[str, int] = {}
-        #: per broker, the partition its releases generated: the broker's own release rule
-        #: (backend/mask_broker/release.py), run here as a dry run before every ask
-        self.partitions: dict[str, Partition] = {b: Partition(self.k) for b in self.brokers}
+        #: per broker, the partition its releases generated (every round so far): the broker's
+        #: own release rule (backend/mask_broker/release.py), run here as a dry run
+        self.partitions: dict[str, Partition] = {
+            b: (Partition.load(partitions[b].snapshot(), k) if partitions and b in partitions
+                else Partition(self.k)) for b in self.brokers}
+        self._carried_avail = dict(carried or {})
+        #: members that count with their carried report this round (not this round's)
+        self.carried: dict[str, Carried] = {}
+        self._carried_digest: dict[str, npt.NDArray[np.uint64]] = {}
+        #: homes counted with this round's report in a released group (no swap any more)
+        self._used_current: set[str] = set()
         self.released: list[dict[str, Any]] = []
         self.refused: list[dict[str, Any]] = []
         self.excluded: dict[str, Exclusion] = {}
@@ -158,17 +173,37 @@ class SumLedger:
 
     # ------------------------------------------------------------ asking
 
+    def can_carry(self, home: str) -> bool:
+        return home in self._carried_avail
+
+    def carry(self, home: str) -> None:
+        """Count ``home`` with its latest released report (memory.py) instead of one of this
+        round (it has none, or a broker lacks its mask); KeyError if there is none."""
+        c = self._carried_avail[home]
+        self.carried[home] = c
+        d = hashlib.sha256(bytes.fromhex(c.report_id)).digest()
+        self._carried_digest[home] = np.frombuffer(d, dtype="<u8")
+
+    def current(self, g: Group) -> list[str]:
+        """The members counted with this round's report."""
+        return [h for h in g.members if h not in self.carried]
+
+    def carried_in(self, g: Group) -> list[str]:
+        return sorted(h for h in g.members if h in self.carried)
+
     def checksum(self, g: Group) -> str:
-        """protocol.report_checksum of the members' report ids."""
-        x = np.bitwise_xor.reduce(self._digest[self._rows(g)], axis=0)
+        """protocol.report_checksum of the report ids the members count with."""
+        cur = self.current(g)
+        rows = np.fromiter((self._row[h] for h in cur), dtype=np.intp, count=len(cur))
+        x = np.bitwise_xor.reduce(self._digest[rows], axis=0) if len(cur) else np.zeros(
+            4, dtype="<u8")
+        for h in self.carried_in(g):
+            x = x ^ self._carried_digest[h]
         return bytes(x.astype("<u8").tobytes()).hex()
 
-    def _rows(self, g: Group) -> npt.NDArray[np.intp]:
-        return np.fromiter((self._row[h] for h in g.members), dtype=np.intp, count=g.size)
-
-    def request_entry(self, g: Group) -> tuple[str, list[str], str]:
-        """(id, members, checksum) as protocol.make_group_request takes it."""
-        return g.id, sorted(g.members), self.checksum(g)
+    def request_entry(self, g: Group) -> tuple[str, list[str], str, list[str]]:
+        """(id, members, checksum, carried members) as protocol.make_group_request takes it."""
+        return g.id, sorted(g.members), self.checksum(g), self.carried_in(g)
 
     def complete(self, g: Group) -> bool:
         got = self.sums.get(g.id, {})
@@ -189,6 +224,7 @@ class SumLedger:
             if isinstance(a, bytes) and len(a) == 4 * self.frames:
                 self.sums.setdefault(g.id, {})[broker] = np.frombuffer(a, dtype="<u4").copy()
                 self.partitions[broker].commit(g.members)
+                self._used_current.update(self.current(g))
                 self.released.append({"id": g.id, "broker": broker, "size": g.size})
                 continue
             ref = a if isinstance(a, Refusal) else Refusal("no_answer" if a is None else "bad_sum")
@@ -229,6 +265,9 @@ class SumLedger:
                 self._retried[g.id] = self._retried.get(g.id, 0) + 1
                 self.grace_due = True
                 out.append(g)
+                continue
+            if missing_only and self._swap_to_carried(g, refs):
+                out.append(g)  # asked again, the missing counted with their carried reports
                 continue
             if missing_only:
                 gone: dict[str, str] = {}
@@ -272,6 +311,19 @@ class SumLedger:
         # a parent reinstated above replaces its complete children as well
         parents = {g.id for g in out}
         return [g for g in out if g.parent is None or g.parent.id not in parents]
+
+    def _swap_to_carried(self, g: Group, refs: Mapping[str, Refusal]) -> bool:
+        """A broker has no mask for members whose plan arrived: count them with their latest
+        released report instead, if every one has one and none was counted with this round's
+        report in a released sum already (a broker counts a home with one report per round).
+        So a lost mask costs its home the round, not its group."""
+        missing = {h for r in refs.values() for h in r.missing}
+        if not all(self.can_carry(h) and h not in self._used_current and h not in self.carried
+                   for h in missing):
+            return False
+        for h in sorted(missing):
+            self.carry(h)
+        return True
 
     def _exclude(self, home: str, reason: str, group: str, broker: str | None,
                  detail: str = "") -> None:
@@ -343,8 +395,13 @@ class SumLedger:
     # ------------------------------------------------------------ totals
 
     def total_quanta(self, g: Group) -> npt.NDArray[np.int64]:
-        """The group's true total per frame, in quanta (requires ``complete(g)``)."""
-        acc = self._arranged.group_sum(g.members)
+        """The group's true total per frame, in quanta (requires ``complete(g)``); carried
+        members count with their carried masked plan."""
+        cur = self.current(g)
+        acc = (self._arranged.group_sum(cur) if cur
+               else np.zeros(self.frames, dtype=np.uint32))
+        for h in self.carried_in(g):
+            acc = acc + self.carried[h].vector()
         for b in self.brokers:
             acc = acc - self.sums[g.id][b]
         return unwrap(acc)

@@ -12,9 +12,14 @@ the homes' own records (an oracle the coordinator never computed):
 * ``relay_load_after_wh == coordinator_load_after_wh``: the counted homes' relays drew what was
   decided (their adjusted plans, frame by frame, where the relay was on).
 
-Homes the round did not count (absent, excluded) follow their own plans: their relays' energy is
-``uncounted_load_wh``, and the grid's load after the adjustment is both together
-(``overload_after_wh`` is measured on it).
+A member that missed the round is *carried* (docs/privacy.md, "Over time"): its group's total
+counts it with its latest released report, and it gets no adjustment.  The lab's homes repeat
+their plan every day, so that report's plan is the home's plan of the day: the first invariant
+counts carried members with it, and the second adds what the coordinator's view moved of it
+(``carried_moved_wh``, the firmware's own ``plan.apply_adjustment`` on the group's adjustment)
+to what the counted relays drew.  Homes the round did not count follow their own plans: their
+relays' energy is ``uncounted_load_wh``, carried members included, and the grid's load after the
+adjustment is everything together (``overload_after_wh`` is measured on it).
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from numpy.typing import NDArray
 
 from backend.coordinator.adjust.model import overload_wh
 from backend.lab.timeline import Timeline
+from hemsfw import plan as plan_mod
 
-__all__ = ["day_summary", "period_summary", "refusals", "relay_days", "split_rejections"]
+__all__ = ["day_summary", "period_summary", "refusals", "relay_days", "relays_as_decided",
+           "split_rejections"]
 
 IntArray = NDArray[np.int64]
 #: rejection reasons that are harmless re-sends, not faults: a home re-sends the very same
@@ -99,10 +106,19 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
                 capacity: IntArray, failures: list[str]) -> dict[str, Any]:
     """Day d's figures; what its invariants found wrong is appended to ``failures``."""
     day = tl.date(d).isoformat()
-    counted = {m for g in (record or {}).get("groups", []) for m in g.get("members", [])}
+    groups = (record or {}).get("groups", [])
+    carried = {m: g["id"] for g in groups for m in g.get("carried", [])}
+    counted = {m for g in groups for m in g.get("members", [])} - set(carried)
+    moves: dict[str, list[tuple[int, int]]] = {}
+    for gid, f, t in (record or {}).get("moves", []):
+        moves.setdefault(gid, []).append((int(f), int(t)))
+    curtail: dict[str, list[Any]] = {}
+    for c in (record or {}).get("curtail", []):
+        curtail.setdefault(c[0], []).append(c[1] if len(c) == 2 else c[1:])
     zero = np.zeros(frames, dtype=np.int64)
     true_load, relay_load = zero.copy(), zero.copy()
     uncounted_plan, uncounted = zero.copy(), zero.copy()
+    carried_moved = zero.copy()
     reporting, absent = [], []
     per_home: dict[str, dict[str, int]] = {}
     for home, st in sorted(snapshots.items()):
@@ -127,7 +143,14 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
             per_home[home] = {"moved_wh": int(np.maximum(plan - adj, 0).sum()) - curtailed,
                               "curtailed_wh": curtailed}
         else:
-            uncounted_plan += plan
+            if home in carried:  # counted with its (repeating) plan, moved with its group
+                gid = carried[home]
+                true_load += plan
+                carried_moved += np.array(plan_mod.apply_adjustment(
+                    list(st["plan"]), moves.get(gid, []), curtail.get(gid, [])),
+                    dtype=np.int64) * q
+            else:
+                uncounted_plan += plan
             uncounted += np.where(on, plan, 0)
     before = np.array((record or {}).get("coordinator_load_before_wh") or zero, dtype=np.int64)
     after = np.array((record or {}).get("coordinator_load_after_wh") or zero, dtype=np.int64)
@@ -136,8 +159,9 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
                         f"{(record or {}).get('error', 'no record')}")
     if not np.array_equal(true_load, before):
         failures.append(f"day {d} ({day}): true_load_wh != coordinator_load_before_wh")
-    if not np.array_equal(relay_load, after):
-        failures.append(f"day {d} ({day}): relay_load_after_wh != coordinator_load_after_wh")
+    if not np.array_equal(relay_load + carried_moved, after):
+        failures.append(f"day {d} ({day}): relay_load_after_wh + carried_moved_wh != "
+                        "coordinator_load_after_wh")
     grid_before, grid_after = true_load + uncounted_plan, relay_load + uncounted
     rejections, resends = split_rejections((record or {}).get("rejections", {}))
     return {
@@ -153,6 +177,8 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
         "coordinator_load_before_wh": before.tolist(),
         "coordinator_load_after_wh": after.tolist(),
         "relay_load_after_wh": relay_load.tolist(),
+        "carried_homes": sorted(carried),
+        "carried_moved_wh": carried_moved.tolist(),
         "uncounted_load_wh": uncounted.tolist(),
         "peak_before_wh": int(grid_before.max(initial=0)),
         "peak_after_wh": int(grid_after.max(initial=0)),
@@ -174,6 +200,13 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
         "capacity_updates_after_close": (record or {}).get("capacity_updates_after_close", 0),
         "per_home": per_home,
     }
+
+
+def relays_as_decided(day: dict[str, Any]) -> bool:
+    """The second invariant for a day summary (old summaries have no carried members)."""
+    carried = day.get("carried_moved_wh") or [0] * len(day["relay_load_after_wh"])
+    got = [a + b for a, b in zip(day["relay_load_after_wh"], carried, strict=True)]
+    return bool(got == day["coordinator_load_after_wh"])
 
 
 def period_summary(days: list[dict[str, Any]]) -> dict[str, Any]:

@@ -65,6 +65,9 @@ MAX_DAYS = 30
 #: a lab day shorter than this (frames x --frame-real-s) leaves the homes too little real time
 #: to report and the coordinator too little to adjust (a quarter of the day each)
 MIN_DAY_REAL_S = 2.0
+#: real seconds from the moment the lab fixes its clock's anchor to the anchor: the mask
+#: brokers and the coordinator start before it, so no announcement is due while they start
+CLOCK_LEAD_S = 4.0
 #: capacity of day d: the tightest level only shifting can satisfy, times this (cycled); below
 #: 1 the day needs curtailment too
 DAY_FACTORS = (1.0, 0.97, 1.03)
@@ -320,7 +323,7 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
         for b in brokers:
             reg = {"homes": {h: {"key": keys[h][b]} for h in keys}}
             out.path(f"registry-{b}.json").write_text(json.dumps(reg))
-        with pg.step("mosquitto, mask brokers", total=1 + len(brokers)) as st:
+        with pg.step("mosquitto", total=1) as st:
             broker.start()
             # With --tls every client (services, homes, the lab's own) uses the TLS listener.
             run.port = broker.tls_port if pki is not None and broker.tls_port else broker.port
@@ -333,11 +336,6 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
                 for ident in [COORDINATOR_USER, *brokers]:
                     recorders.append(Recorder(conn, ident, pw[ident],
                                               out.path(f"recorded-{ident}.jsonl")))
-            start_mask_brokers(run)
-            wait_for(lambda: all(_connected(work / f"stats-{b}.json") for b in brokers), 20,
-                     "mask broker(s) did not connect", st,
-                     lambda: 1 + sum(_connected(work / f"stats-{b}.json") for b in brokers))
-            st.update(1 + len(brokers))
         vtn = publish_capacity(run, caps)
         timings["services"] = time.monotonic() - t0
 
@@ -345,8 +343,16 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
         home_procs = start_homes(run, keys, pki is not None, observer, pg)
         timings["fleet"] = time.monotonic() - t_fleet
 
-        # The lab clock starts now; the coordinator service and the homes share it.
-        run.anchor = time.time() + 0.5
+        # The lab clock starts a few seconds from now, when the services are up (every one
+        # gets the same anchor: the homes on hems/v1/lab/clock, the services as --accelerate;
+        # the mask brokers refuse a round outside today..tomorrow on it).
+        run.anchor = time.time() + CLOCK_LEAD_S
+        with pg.step("mask brokers", total=len(brokers)) as st:
+            start_mask_brokers(run)
+            wait_for(lambda: all(_connected(work / f"stats-{b}.json") for b in brokers), 20,
+                     "mask broker(s) did not connect", st,
+                     lambda: sum(_connected(work / f"stats-{b}.json") for b in brokers))
+            st.update(len(brokers))
         observer.publish(protocol.t_clock(), {"v": 1, "anchor": run.anchor,
                                               "virtual": tl.begin, "speed": tl.speed},
                          retain=True)
@@ -390,6 +396,7 @@ def start_mask_brokers(run: Run) -> None:
              "--registry", str(out.root / f"registry-{b}.json"), "--k", str(run.o.k),
              "--stats-file", str(out.path(f"stats-{b}.json")),
              "--stats-interval", "0.2", "--state-dir", str(out.path(f"state-{b}")),
+             "--timezone", "UTC", "--accelerate", f"{run.anchor},{run.tl.begin},{run.tl.speed}",
              "--port", str(run.port), "--user", b, *run.tls_args],
             env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": run.pw[b]},
         )

@@ -53,7 +53,7 @@ def cmd_capacity(a: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from hemsfw import protocol
+    from hemsfw import protocol, protocol_svc
 
     try:
         vals = _capacity_values(a)
@@ -62,8 +62,8 @@ def cmd_capacity(a: argparse.Namespace) -> int:
             from backend.common.capacity import read_profile
 
             target = read_profile(Path(a.target_file), "target_wh")
-        obj = protocol.make_capacity(len(vals), vals, target)
-        protocol.parse_capacity(obj)  # validate before publishing
+        obj = protocol_svc.make_capacity(len(vals), vals, target)
+        protocol_svc.parse_capacity(obj)  # validate before publishing
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"hems capacity: bad capacity profile: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -80,7 +80,7 @@ def cmd_capacity(a: argparse.Namespace) -> int:
         return EXIT_FAILED
     c.loop_start()
     try:
-        info = c.publish(protocol.t_capacity(), protocol.encode(obj), qos=1, retain=True)
+        info = c.publish(protocol_svc.t_capacity(), protocol.encode(obj), qos=1, retain=True)
         info.wait_for_publish(10)
         if not info.is_published():
             print("hems capacity: publish not acknowledged", file=sys.stderr)

@@ -61,7 +61,7 @@ from backend.common.ingest_mqtt import mqtt_string, varlen  # noqa: E402
 from bench.daygen import MAG_PROBS, MAGNIFICATIONS  # noqa: E402
 from bench.daygen import _homes as day_loads  # noqa: E402
 from hemsfw import home as fw_home  # noqa: E402
-from hemsfw import protocol  # noqa: E402
+from hemsfw import protocol, protocol_svc  # noqa: E402
 
 Engine = Literal["raw", "paho"]
 Message = tuple[str, bytes]
@@ -98,7 +98,7 @@ class FleetSpec:
     seed: int = 1
 
     def announcement(self) -> dict[str, Any]:
-        ann: dict[str, Any] = protocol.make_round(
+        ann: dict[str, Any] = protocol_svc.make_round(
             self.day, self.round, self.frames, self.frame_s, self.quantum_wh, self.start,
             self.deadline, list(self.brokers))
         return ann

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the capacity message's target profile (0 = ignore it)")
     c = p.add_argument_group("inputs and timeouts")
     c.add_argument("--capacity-file", type=Path, default=None,
-                   help="capacity JSON (protocol.make_capacity) instead of hems/v1/capacity")
+                   help="capacity JSON (protocol_svc.make_capacity) instead of hems/v1/capacity")
     c.add_argument("--capacity-wait-s", type=float, default=10.0,
                    help="how long to wait for the retained capacity after collection")
     c.add_argument("--answer-timeout-s", type=_positive(float), default=10.0,

@@ -8,7 +8,7 @@ Rules, in the order they are checked (reason codes as in docs/protocol.md):
 
 * the topic must be ``hems/v1/plan/<home>`` with a valid home id: else ``bad_topic`` (no reply:
   there is nobody to reply to);
-* the payload must decode and parse (``protocol.decode``, ``protocol.parse_plan_report``):
+* the payload must decode and parse (``protocol.decode``, ``protocol_svc.parse_plan_report``):
   ``too_large``, ``bad_json``, ``bad_version``, ``bad_home``, ``bad_day``, ``bad_round``,
   ``bad_report_id``, ``bad_mag``, ``bad_vector``, ``bad_length``.  A vector of the wrong length
   for a *different* round is reported as ``unknown_round`` (the likelier cause);
@@ -48,7 +48,7 @@ import numpy.typing as npt
 from backend.common import fastjson
 from backend.common.fastcheck import RoundKey, fast_plan_report
 from backend.common.ingest import Arranged, PlanSink
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 __all__ = ["Capacity", "PlanReport", "Reports", "RoundConfig", "RoundState", "Verdict",
            "parse_capacity"]
@@ -56,7 +56,7 @@ __all__ = ["Capacity", "PlanReport", "Reports", "RoundConfig", "RoundState", "Ve
 
 @dataclass(frozen=True)
 class RoundConfig:
-    """The round as announced on ``hems/v1/round`` (protocol.make_round)."""
+    """The round as announced on ``hems/v1/round`` (protocol_svc.make_round)."""
 
     day: str
     round: int
@@ -69,7 +69,7 @@ class RoundConfig:
 
     def announcement(self) -> dict[str, Any]:
         return dict(
-            protocol.make_round(
+            protocol_svc.make_round(
                 self.day, self.round, self.frames, self.frame_s, self.quantum_wh, self.start,
                 self.deadline, list(self.brokers),
             )
@@ -113,7 +113,8 @@ class Verdict:
         topic = _REPLY_TOPIC + self.home  # protocol.t_reply("coordinator", home)
         if self.accepted and self.report_id is not None:
             return topic, cfg.key.accepted_reply(self.report_id)  # the same bytes, pre-built
-        msg = protocol.make_reply(cfg.day, cfg.round, self.report_id, self.accepted, self.reason)
+        msg = protocol_svc.make_reply(cfg.day, cfg.round, self.report_id, self.accepted,
+                                      self.reason)
         return topic, fastjson.dumps(msg)
 
 
@@ -219,7 +220,8 @@ class RoundState:
         except ValueError as e:
             return no(str(e), None)
         try:
-            p_home, day, rnd, p_rid, mag, masked = protocol.parse_plan_report(obj, self.cfg.frames)
+            p_home, day, rnd, p_rid, mag, masked = protocol_svc.parse_plan_report(
+                obj, self.cfg.frames)
         except ValueError as e:
             reason = str(e)
             if reason in ("bad_length", "bad_vector") and _is_other_round(obj, self.cfg):
@@ -270,9 +272,9 @@ class Capacity:
 
 
 def parse_capacity(payload: bytes, frames: int) -> Capacity:
-    """A capacity message (protocol.make_capacity) for ``frames`` frames, else ValueError(reason)
-    (the parser's reasons, or ``frames_mismatch``)."""
-    n, cap, tgt = protocol.parse_capacity(protocol.decode(payload))
+    """A capacity message (protocol_svc.make_capacity) for ``frames`` frames, else
+    ValueError(reason) (the parser's reasons, or ``frames_mismatch``)."""
+    n, cap, tgt = protocol_svc.parse_capacity(protocol.decode(payload))
     if n != frames:
         raise ValueError("frames_mismatch")
     return Capacity(

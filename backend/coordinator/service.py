@@ -107,14 +107,14 @@ from backend.coordinator.store import (
     result_to_json,
 )
 from backend.coordinator.sums import Answer, Exclusion, SumLedger, parse_answer, settle
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 __all__ = ["Coordinator", "CoordinatorError", "ServiceConfig"]
 
 log = logging.getLogger("hems.coordinator")
 
 #: on aiomqtt (link.py); the plan reports come on the lean ingest connection (BULK_TOPIC)
-TOPICS = (protocol.t_groupsum("+"), protocol.t_capacity(), protocol.t_status("+"))
+TOPICS = (protocol_svc.t_groupsum("+"), protocol_svc.t_capacity(), protocol.t_status("+"))
 BULK_TOPIC = protocol.t_plan("+")
 MAX_REGROUP = 32  # refinement rounds (each at least doubles a group count; 2^32 >> any N)
 PUBLISH_TIMEOUT_S = 60.0
@@ -366,7 +366,7 @@ class Coordinator:
             return parse_capacity(raw, self.cfg.frames)
         except ValueError as e:
             raise CoordinatorError(
-                f"capacity file {path}: {e} (expected protocol.make_capacity JSON for "
+                f"capacity file {path}: {e} (expected protocol_svc.make_capacity JSON for "
                 f"{self.cfg.frames} frames)"
             ) from None
 
@@ -522,7 +522,7 @@ class Coordinator:
             self._on_plan(topic, payload, retained, out)
         elif topic.startswith(protocol.PREFIX + "/groupsum/"):
             self._on_groupsum(topic, payload)
-        elif topic == protocol.t_capacity():
+        elif topic == protocol_svc.t_capacity():
             self._on_capacity(topic, payload)
         elif topic.startswith(protocol.PREFIX + "/status/"):
             self._on_status(topic, payload, retained)
@@ -811,7 +811,7 @@ class Coordinator:
                 await asyncio.wait_for(self._capacity_seen.wait(), self.cfg.capacity_wait_s)
         if self.capacity is None:
             raise CoordinatorError(
-                f"no capacity profile: none on {protocol.t_capacity()} (retained, "
+                f"no capacity profile: none on {protocol_svc.t_capacity()} (retained, "
                 f"{self.cfg.frames} frames) within {self.cfg.capacity_wait_s}s and no "
                 "--capacity-file"
             )
@@ -869,8 +869,8 @@ class Coordinator:
         fut: asyncio.Future[dict[str, Answer]] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         rc = self.round_cfg
-        topic = protocol.t_groupreq(broker)
-        payload = protocol.encode(protocol.make_group_request(
+        topic = protocol_svc.t_groupreq(broker)
+        payload = protocol.encode(protocol_svc.make_group_request(
             req, rc.day, rc.round, [(e[0], e[1], e[2]) for e in entries]))
         self._open[key] = (topic, payload)
         deadline = time.monotonic() + self.cfg.answer_timeout_s
@@ -903,7 +903,7 @@ class Coordinator:
             self._replied.add(h)
             log.error("home %s excluded: %s (group %s, broker %s%s)", h, ex.reason, ex.group,
                       ex.broker, f", {ex.detail}" if ex.detail else "")
-            msg = protocol.make_reply(rc.day, rc.round, self.state.reports[h].report_id, False,
+            msg = protocol_svc.make_reply(rc.day, rc.round, self.state.reports[h].report_id, False,
                                       ex.reason)
             self._bulk(protocol.t_reply("coordinator", h), protocol.encode(msg))
 
@@ -919,7 +919,7 @@ class Coordinator:
             curtail[g].append(f)
         out: list[tuple[str, bytes]] = []
         for i, grp in enumerate(groups):
-            adj = protocol.make_adjustment(rc.day, rc.round, grp.id, sorted(moves[i]),
+            adj = protocol_svc.make_adjustment(rc.day, rc.round, grp.id, sorted(moves[i]),
                                            sorted(curtail[i]), rc.expires)
             payload = protocol.encode(adj)
             out += [(protocol.t_adjust(h), payload) for h in grp.members]

@@ -56,7 +56,7 @@ from backend.common.vectors import unwrap
 from backend.coordinator.grouping import Group, child_id, make_group
 from backend.coordinator.round import RoundConfig
 from backend.mask_broker.release import Partition
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 __all__ = ["MAX_PASSES", "Answer", "Exclusion", "Refusal", "SumLedger", "parse_answer", "settle"]
 
@@ -99,7 +99,7 @@ def parse_answer(
     tail = protocol.topic_tail(topic, "groupsum")
     if tail is None or len(tail) != 1 or not protocol.valid_id(tail[0]):
         raise ValueError("bad_topic")
-    req, broker, day, rnd, out = protocol.parse_group_sums(
+    req, broker, day, rnd, out = protocol_svc.parse_group_sums(
         protocol.decode(payload, protocol.MAX_GROUP_PAYLOAD), cfg.frames)
     if broker != tail[0]:
         raise ValueError("broker_mismatch")
@@ -137,7 +137,7 @@ class SumLedger:
         self._arranged = Arranged(list(homes), masked)
         self._row = self._arranged.pos
         # SHA-256 of each report id as 4 LE uint64 words: a group's checksum is their XOR
-        # (protocol.report_checksum, vectorised).
+        # (protocol_svc.report_checksum, vectorised).
         sha, unhex = hashlib.sha256, bytes.fromhex
         digests = b"".join([sha(unhex(report_ids[h])).digest() for h in homes])
         self._digest = np.frombuffer(digests, dtype="<u8").reshape(len(homes), 4)
@@ -158,7 +158,7 @@ class SumLedger:
     # ------------------------------------------------------------ asking
 
     def checksum(self, g: Group) -> str:
-        """protocol.report_checksum of the members' report ids."""
+        """protocol_svc.report_checksum of the members' report ids."""
         x = np.bitwise_xor.reduce(self._digest[self._rows(g)], axis=0)
         return bytes(x.astype("<u8").tobytes()).hex()
 
@@ -166,7 +166,7 @@ class SumLedger:
         return np.fromiter((self._row[h] for h in g.members), dtype=np.intp, count=g.size)
 
     def request_entry(self, g: Group) -> tuple[str, list[str], str]:
-        """(id, members, checksum) as protocol.make_group_request takes it."""
+        """(id, members, checksum) as protocol_svc.make_group_request takes it."""
         return g.id, sorted(g.members), self.checksum(g)
 
     def complete(self, g: Group) -> bool:

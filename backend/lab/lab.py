@@ -40,7 +40,7 @@ from backend.coordinator.adjust import Policy, Problem, solve
 from backend.lab import procs, scenario
 from backend.lab.progress import Progress, Step, live
 from backend.lab.summary import print_table, relay_per_frame, summarise
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 log = logging.getLogger("hems.lab")
 
@@ -265,8 +265,8 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
                 for ident in [COORDINATOR_USER, *brokers]:
                     recorders.append(Recorder(conn, ident, pw[ident],
                                               work / f"recorded-{ident}.jsonl"))
-            publish_as(conn, GRID_USER, pw[GRID_USER], protocol.t_capacity(),
-                       protocol.encode(protocol.make_capacity(o.frames, capacity.tolist())))
+            publish_as(conn, GRID_USER, pw[GRID_USER], protocol_svc.t_capacity(),
+                       protocol.encode(protocol_svc.make_capacity(o.frames, capacity.tolist())))
 
             py = sys.executable
             for b in brokers:

@@ -2,19 +2,19 @@
 # apply it to the stored round it is for.  Once a day, so this code is loaded only while an
 # adjustment is handled (hemsfw.home.Home.on_adjustment) and dropped right after: it is never in
 # the heap during the round's report, the firmware's heap peak.  parse_adjustment is part of
-# the wire protocol all the same: the services and the test vectors reach it as
-# protocol.parse_adjustment (hemsfw.protocol's module __getattr__).  MicroPython subset only.
+# the wire protocol all the same (docs/protocol.md): the tests and the vectors call it here.
+# MicroPython subset only.
 
 from hemsfw import plan
-from hemsfw.protocol import _day, _id, _int, _version, int_list
+from hemsfw.protocol import check_version, day_field, id_field, int_field, int_list
 
 
 def parse_adjustment(obj, frames):
     """Returns (day, round, group, moves [(from, to)], curtail [frames], expires)."""
-    _version(obj)
-    day = _day(obj)
-    rnd = _int(obj, "round", 1, 1 << 30)
-    group = _id(obj, "group")
+    check_version(obj)
+    day = day_field(obj)
+    rnd = int_field(obj, "round", 1, 1 << 30)
+    group = id_field(obj, "group")
     mv = obj.get("moves")
     if not isinstance(mv, list) or len(mv) > frames:
         raise ValueError("bad_moves")
@@ -30,7 +30,7 @@ def parse_adjustment(obj, frames):
     if not isinstance(cu, list) or len(cu) > frames:
         raise ValueError("bad_curtail")
     int_list(cu, len(cu), 0, frames - 1, "bad_curtail")
-    return day, rnd, group, moves, cu, _int(obj, "expires", 0, 1 << 40)
+    return day, rnd, group, moves, cu, int_field(obj, "expires", 0, 1 << 40)
 
 
 def apply(home, obj, now):

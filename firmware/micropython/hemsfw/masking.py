@@ -13,7 +13,8 @@
 
 import hashlib
 
-_DOMAIN = b"hems/v1 mask expand"
+# The expansion's domain separation (backend/mask_broker/unseal.py expands with it too).
+DOMAIN = b"hems/v1 mask expand"
 
 
 def expand_seed(seed, frames):
@@ -25,7 +26,7 @@ def expand_seed(seed, frames):
     pos = 0
     ctr = 0
     while pos < len(out):
-        h = hashlib.sha256(_DOMAIN)
+        h = hashlib.sha256(DOMAIN)
         h.update(seed)
         h.update(bytes((ctr & 0xFF, (ctr >> 8) & 0xFF, (ctr >> 16) & 0xFF, (ctr >> 24) & 0xFF)))
         block = h.digest()

@@ -5,12 +5,12 @@
 # pin it down.  Every parser raises ValueError(reason) with a short machine-readable reason code;
 # the services log and count rejections by that code.
 #
-# What only the services need (group requests and sums, capacity, replies, parsing the homes'
-# reports, building rounds and adjustments) lives in protocol_svc.py and is reached through this
-# module all the same (`protocol.make_group_request`, module __getattr__ below): a home
-# controller never loads it, which keeps ~4 KB of code out of a board's RAM.  The adjustment's
-# parser is reached the same way; it lives in adjust.py, which the home loads only while it
-# handles its daily adjustment.
+# This is the home's half.  What only the services need (group requests and sums, capacity,
+# replies, parsing the homes' reports, building rounds and adjustments) is protocol_svc.py,
+# which the services import themselves (`from hemsfw import protocol_svc`): a home controller
+# never loads it, which keeps ~4 KB of code out of a board's RAM.  The adjustment's parser is
+# adjust.parse_adjustment, loaded by the home only while it handles its daily adjustment.  Both
+# check their fields with the checks below (int_field, id_field, day_field, check_version).
 
 import binascii
 import json
@@ -79,21 +79,24 @@ def valid_id(s):
     return True
 
 
-def _int(obj, key, lo, hi):
+def int_field(obj, key, lo, hi):
+    """obj[key], an int in lo..hi (not a bool); else ValueError("bad_<key>")."""
     v = obj.get(key)
     if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
         raise ValueError("bad_" + key)
     return v
 
 
-def _id(obj, key):
+def id_field(obj, key):
+    """obj[key], a valid id (valid_id); else ValueError("bad_<key>")."""
     v = obj.get(key)
     if not valid_id(v):
         raise ValueError("bad_" + key)
     return v
 
 
-def _day(obj):
+def day_field(obj):
+    """obj["day"], an ISO date YYYY-MM-DD; else ValueError("bad_day")."""
     d = obj.get("day")
     # ISO date YYYY-MM-DD; the exact calendar check is not needed for safety, only the shape.
     if not isinstance(d, str) or len(d) != 10 or d[4] != "-" or d[7] != "-":
@@ -104,7 +107,8 @@ def _day(obj):
     return d
 
 
-def _version(obj):
+def check_version(obj):
+    """obj is a dict of protocol VERSION; else ValueError("bad_json" | "bad_version")."""
     if not isinstance(obj, dict):
         raise ValueError("bad_json")
     if obj.get("v") != VERSION:
@@ -119,7 +123,7 @@ def decode(payload, limit=MAX_PAYLOAD):
         obj = json.loads(payload)
     except Exception:
         raise ValueError("bad_json")
-    _version(obj)
+    check_version(obj)
     return obj
 
 
@@ -152,14 +156,14 @@ def mask_ad(broker, home, day, rnd, report_id):
 
 
 def parse_round(obj):
-    _version(obj)
-    _day(obj)
-    _int(obj, "round", 1, 1 << 30)
-    _int(obj, "frames", 1, MAX_FRAMES)
-    _int(obj, "frame_s", 1, 86400)
-    _int(obj, "quantum_wh", 1, 1 << 20)
-    _int(obj, "start", 0, 1 << 40)
-    _int(obj, "deadline", 0, 1 << 40)
+    check_version(obj)
+    day_field(obj)
+    int_field(obj, "round", 1, 1 << 30)
+    int_field(obj, "frames", 1, MAX_FRAMES)
+    int_field(obj, "frame_s", 1, 86400)
+    int_field(obj, "quantum_wh", 1, 1 << 20)
+    int_field(obj, "start", 0, 1 << 40)
+    int_field(obj, "deadline", 0, 1 << 40)
     b = obj.get("brokers")
     if not isinstance(b, list) or not 0 < len(b) <= 8:
         raise ValueError("bad_brokers")
@@ -188,22 +192,3 @@ def make_mask_report(home, day, rnd, report_id, sealed):
 
 SEED_LEN = 32
 
-
-# ---------------------------------------------------------------- kept elsewhere
-
-
-def __getattr__(name):
-    """Names kept out of this module (protocol_svc.py: the services' half; adjust.py: the
-    adjustment parser, which the home loads only while it handles one), loaded on first use and
-    then cached here.  The home firmware never comes through here: it imports adjust itself and
-    drops it after use (a name cached here would keep its module in the heap)."""
-    if name == "parse_adjustment":
-        from hemsfw import adjust as mod
-    else:
-        from hemsfw import protocol_svc as mod
-    try:
-        v = getattr(mod, name)
-    except AttributeError:
-        raise AttributeError(name)
-    globals()[name] = v
-    return v

@@ -1,7 +1,7 @@
 # Wire protocol hems/v1, the services' half: what only the coordinator and the mask brokers (and
-# the tests) need.  Reached through hemsfw.protocol (its module __getattr__), so callers write
-# `protocol.make_group_request(...)` as before; the home firmware never loads this module.
-# MicroPython subset only (the vectors test it under both interpreters).
+# the tests) need.  The services import it themselves (`from hemsfw import protocol_svc`); the
+# home firmware never loads it (hemsfw/protocol.py is the home's half, whose field checks this
+# module shares).  MicroPython subset only (the vectors test it under both interpreters).
 
 import binascii
 import hashlib
@@ -12,10 +12,10 @@ from hemsfw.protocol import (
     PREFIX,
     REPORT_ID_HEX,
     VERSION,
-    _day,
-    _id,
-    _int,
-    _version,
+    check_version,
+    day_field,
+    id_field,
+    int_field,
     int_list,
     valid_id,
 )
@@ -76,13 +76,14 @@ def make_round(day, rnd, frames, frame_s, quantum_wh, start, deadline, brokers):
 
 def parse_plan_report(obj, frames):
     """Returns (home, day, round, report_id, mag, masked bytes of 4*frames)."""
-    _version(obj)
-    return (_id(obj, "home"), _day(obj), _int(obj, "round", 1, 1 << 30), _report_id(obj),
-            _int(obj, "mag", 1, MAX_MAG), unb64(obj.get("masked"), 4 * frames))
+    check_version(obj)
+    return (id_field(obj, "home"), day_field(obj), int_field(obj, "round", 1, 1 << 30),
+            _report_id(obj), int_field(obj, "mag", 1, MAX_MAG),
+            unb64(obj.get("masked"), 4 * frames))
 
 def parse_mask_report(obj):
     """Returns (home, day, round, report_id, sealed blob)."""
-    _version(obj)
+    check_version(obj)
     s = obj.get("sealed")
     if not isinstance(s, str) or len(s) > 200:
         raise ValueError("bad_sealed")
@@ -90,7 +91,8 @@ def parse_mask_report(obj):
         blob = binascii.a2b_base64(s)
     except Exception:
         raise ValueError("bad_sealed")
-    return (_id(obj, "home"), _day(obj), _int(obj, "round", 1, 1 << 30), _report_id(obj), blob)
+    return (id_field(obj, "home"), day_field(obj), int_field(obj, "round", 1, 1 << 30),
+            _report_id(obj), blob)
 
 def make_adjustment(day, rnd, group, moves, curtail, expires):
     return {"v": VERSION, "day": day, "round": rnd, "group": group,
@@ -109,10 +111,10 @@ def make_group_request(req, day, rnd, groups):
 
 def parse_group_request(obj, max_members):
     """Returns (req, day, round, [(group id, members, checksum)])."""
-    _version(obj)
-    req = _id(obj, "req")
-    day = _day(obj)
-    rnd = _int(obj, "round", 1, 1 << 30)
+    check_version(obj)
+    req = id_field(obj, "req")
+    day = day_field(obj)
+    rnd = int_field(obj, "round", 1, 1 << 30)
     gs = obj.get("groups")
     if not isinstance(gs, list) or not gs:
         raise ValueError("bad_groups")
@@ -122,7 +124,7 @@ def parse_group_request(obj, max_members):
     for g in gs:
         if not isinstance(g, dict):
             raise ValueError("bad_groups")
-        gid = _id(g, "id")
+        gid = id_field(g, "id")
         if gid in ids:
             raise ValueError("duplicate_group")
         ids.add(gid)
@@ -151,11 +153,11 @@ def make_group_sums(req, broker, day, rnd, results):
 
 def parse_group_sums(obj, frames):
     """Returns (req, broker, day, round, {gid: bytes sum or (reason, missing)})."""
-    _version(obj)
-    req = _id(obj, "req")
-    broker = _id(obj, "broker")
-    day = _day(obj)
-    rnd = _int(obj, "round", 1, 1 << 30)
+    check_version(obj)
+    req = id_field(obj, "req")
+    broker = id_field(obj, "broker")
+    day = day_field(obj)
+    rnd = int_field(obj, "round", 1, 1 << 30)
     rs = obj.get("results")
     if not isinstance(rs, list):
         raise ValueError("bad_results")
@@ -163,7 +165,7 @@ def parse_group_sums(obj, frames):
     for r in rs:
         if not isinstance(r, dict):
             raise ValueError("bad_results")
-        gid = _id(r, "id")
+        gid = id_field(r, "id")
         st = r.get("status")
         if st == "released":
             out[gid] = unb64(r.get("sum"), 4 * frames)
@@ -185,8 +187,8 @@ def make_capacity(frames, capacity_wh, target_wh=None):
 
 
 def parse_capacity(obj):
-    _version(obj)
-    n = _int(obj, "frames", 1, MAX_FRAMES)
+    check_version(obj)
+    n = int_field(obj, "frames", 1, MAX_FRAMES)
     cap = int_list(obj.get("capacity_wh"), n, 0, 1 << 50, "bad_capacity")
     tgt = obj.get("target_wh")
     if tgt is not None:

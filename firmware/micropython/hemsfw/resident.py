@@ -93,7 +93,7 @@ class Resident:
             self.default = p
         else:
             try:
-                protocol._day(obj)
+                protocol.day_field(obj)
             except ValueError as e:
                 return str(e)
             self.days[day] = p

@@ -180,7 +180,7 @@ def _build_chunk(spec: FleetSpec, lo: int, wh: npt.NDArray[np.int64],
                "keys": {b: home_key(spec.seed, h, b).hex() for b in spec.brokers}}
         home = fw_home.Home(cfg, _MemStore(), os.urandom)
         out = home.on_round(ann)
-        if len(out) != 1 + len(spec.brokers):
+        if home.new is None or len(out) != 1 + len(spec.brokers):
             raise FleetError(f"home {h} did not report: {home.new and home.new['status']}")
         msgs.extend((str(t), bytes(p)) for t, p in out)
         quanta.append(list(home.new["plan"]))

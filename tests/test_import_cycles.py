@@ -2,7 +2,8 @@
 
 The import graph is read from the sources with `ast`, every import statement counted wherever
 it is: at module level, inside a function (a lazy import still ties the two modules together)
-and under `if TYPE_CHECKING:` (a type-only cycle is still two modules that need each other).
+and under `if TYPE_CHECKING:` or the firmware's `if False:` (a type-only cycle is still two
+modules that need each other; docs/firmware.md, "Types").
 A cycle is a strongly connected component of that graph with more than one module.
 """
 
@@ -28,14 +29,15 @@ KNOWN_BACKEND_CYCLES: list[frozenset[str]] = [
 
 
 def module_files(roots: dict[str, Path]) -> dict[str, Path]:
-    """Module name -> source file, for every .py under each root package."""
+    """Module name -> source file, for every .py under each root package, and every .pyi
+    without a .py (a stub-only module such as hemsfw/interfaces.pyi, which mypy reads)."""
     out: dict[str, Path] = {}
     for pkg, base in roots.items():
-        for path in sorted((base / pkg).rglob("*.py")):
+        for path in sorted([*(base / pkg).rglob("*.py"), *(base / pkg).rglob("*.pyi")]):
             parts = list(path.relative_to(base).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()
-            out[".".join(parts)] = path
+            out.setdefault(".".join(parts), path)
     return out
 
 

@@ -924,7 +924,7 @@ class Coordinator:
             payload = protocol.encode(adj)
             out += [(protocol.t_adjust(h), payload) for h in grp.members]
         self._adjustments = out
-        self._adjustment_of = {protocol.topic_tail(t, "adjust")[0]: p
+        self._adjustment_of = {protocol.topic_tail(t, "adjust")[0]: p  # type: ignore[index]
                                for t, p in out}
         pause = self.cfg.pause_at
         limit = len(out)

@@ -8,8 +8,14 @@
 from hemsfw import plan
 from hemsfw.protocol import check_version, day_field, id_field, int_field, int_list
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from typing import Any
 
-def parse_adjustment(obj, frames):
+    from hemsfw.interfaces import HomeView, Json
+
+
+def parse_adjustment(obj: "Any", frames: int
+                     ) -> tuple[str, int, str, list[tuple[int, int]], list[int], int]:
     """Returns (day, round, group, moves [(from, to)], curtail [frames], expires)."""
     check_version(obj)
     day = day_field(obj)
@@ -33,7 +39,7 @@ def parse_adjustment(obj, frames):
     return day, rnd, group, moves, cu, int_field(obj, "expires", 0, 1 << 40)
 
 
-def apply(home, obj, now):
+def apply(home: "HomeView", obj: "Json", now: float | None) -> str | None:
     """Home.on_adjustment: a decoded adjustment for one of home's two rounds (hemsfw/home.py);
     returns a reason string if ignored, else None (applied and persisted, or a redelivery)."""
     slots = [s for s in (home.new, home.prev) if s]

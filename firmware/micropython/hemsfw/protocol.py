@@ -15,6 +15,11 @@
 import binascii
 import json
 
+if False:  # types for mypy only (docs/firmware.md, "Types"): no code on a board
+    from typing import TypeGuard
+
+    from hemsfw.interfaces import Json
+
 VERSION = 1
 PREFIX = "hems/v1"
 ID_MAX = 32
@@ -30,36 +35,36 @@ MAX_GROUP_PAYLOAD = 16 << 20
 # ---------------------------------------------------------------- topics
 
 
-def t_round():
+def t_round() -> str:
     return PREFIX + "/round"
 
 
-def t_plan(home):
+def t_plan(home: str) -> str:
     return PREFIX + "/plan/" + home
 
 
-def t_mask(broker, home):
+def t_mask(broker: str, home: str) -> str:
     return PREFIX + "/mask/" + broker + "/" + home
 
 
-def t_adjust(home):
+def t_adjust(home: str) -> str:
     return PREFIX + "/adjust/" + home
 
 
-def t_reply(service, home):
+def t_reply(service: str, home: str) -> str:
     return PREFIX + "/reply/" + service + "/" + home
 
 
-def t_status(home):
+def t_status(home: str) -> str:
     return PREFIX + "/status/" + home
 
 
-def t_clock():
+def t_clock() -> str:
     # Lab only: the accelerated clock's anchor (the lab's stand-in for NTP).
     return PREFIX + "/lab/clock"
 
 
-def topic_tail(topic, family):
+def topic_tail(topic: str, family: str) -> list[str] | None:
     """For 'hems/v1/<family>/<a>[/<b>]' return the list of segments after family, else None."""
     head = PREFIX + "/" + family + "/"
     if not topic.startswith(head):
@@ -69,7 +74,7 @@ def topic_tail(topic, family):
 # ---------------------------------------------------------------- field checks
 
 
-def valid_id(s):
+def valid_id(s: object) -> "TypeGuard[str]":
     """Home, broker and group ids: 1..32 chars of [a-z0-9_-] (safe as a topic level and %u)."""
     if not isinstance(s, str) or not 0 < len(s) <= ID_MAX:
         return False
@@ -79,7 +84,7 @@ def valid_id(s):
     return True
 
 
-def int_field(obj, key, lo, hi):
+def int_field(obj: "Json", key: str, lo: int, hi: int) -> int:
     """obj[key], an int in lo..hi (not a bool); else ValueError("bad_<key>")."""
     v = obj.get(key)
     if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
@@ -87,7 +92,7 @@ def int_field(obj, key, lo, hi):
     return v
 
 
-def id_field(obj, key):
+def id_field(obj: "Json", key: str) -> str:
     """obj[key], a valid id (valid_id); else ValueError("bad_<key>")."""
     v = obj.get(key)
     if not valid_id(v):
@@ -95,7 +100,7 @@ def id_field(obj, key):
     return v
 
 
-def day_field(obj):
+def day_field(obj: "Json") -> str:
     """obj["day"], an ISO date YYYY-MM-DD; else ValueError("bad_day")."""
     d = obj.get("day")
     # ISO date YYYY-MM-DD; the exact calendar check is not needed for safety, only the shape.
@@ -107,7 +112,7 @@ def day_field(obj):
     return d
 
 
-def check_version(obj):
+def check_version(obj: object) -> None:
     """obj is a dict of protocol VERSION; else ValueError("bad_json" | "bad_version")."""
     if not isinstance(obj, dict):
         raise ValueError("bad_json")
@@ -115,29 +120,29 @@ def check_version(obj):
         raise ValueError("bad_version")
 
 
-def decode(payload, limit=MAX_PAYLOAD):
+def decode(payload: bytes | str, limit: int = MAX_PAYLOAD) -> "Json":
     """bytes -> dict, or ValueError('too_large' | 'bad_json' | 'bad_version')."""
     if len(payload) > limit:
         raise ValueError("too_large")
     try:
-        obj = json.loads(payload)
+        obj: Json = json.loads(payload)
     except Exception:
         raise ValueError("bad_json")
     check_version(obj)
     return obj
 
 
-def encode(obj):
+def encode(obj: "Json") -> bytes:
     return json.dumps(obj).encode()
 
 # ---------------------------------------------------------------- vectors
 
 
-def b64(buf):
+def b64(buf: bytes | bytearray) -> str:
     return binascii.b2a_base64(buf).decode().strip()
 
 
-def int_list(v, n, lo, hi, reason):
+def int_list(v: object, n: int, lo: int, hi: int, reason: str) -> list[int]:
     if not isinstance(v, list) or len(v) != n:
         raise ValueError(reason)
     for x in v:
@@ -148,14 +153,14 @@ def int_list(v, n, lo, hi, reason):
 # ---------------------------------------------------------------- checksums and AD
 
 
-def mask_ad(broker, home, day, rnd, report_id):
+def mask_ad(broker: str, home: str, day: str, rnd: int, report_id: str) -> bytes:
     """Associated data a sealed seed is bound to (seal.py)."""
     return ("hems/v1|mask|%s|%s|%s|%d|%s" % (broker, home, day, rnd, report_id)).encode()
 
 # ---------------------------------------------------------------- round announcement (retained)
 
 
-def parse_round(obj):
+def parse_round(obj: "Json") -> "Json":
     check_version(obj)
     day_field(obj)
     int_field(obj, "round", 1, 1 << 30)
@@ -177,7 +182,8 @@ def parse_round(obj):
 # ---------------------------------------------------------------- home -> coordinator
 
 
-def make_plan_report(home, day, rnd, report_id, mag, masked):
+def make_plan_report(home: str, day: str, rnd: int, report_id: str, mag: int,
+                     masked: bytes | bytearray) -> "Json":
     return {"v": VERSION, "home": home, "day": day, "round": rnd, "report_id": report_id,
             "mag": mag, "masked": b64(masked)}
 
@@ -185,7 +191,8 @@ def make_plan_report(home, day, rnd, report_id, mag, masked):
 # ---------------------------------------------------------------- home -> mask broker
 
 
-def make_mask_report(home, day, rnd, report_id, sealed):
+def make_mask_report(home: str, day: str, rnd: int, report_id: str,
+                     sealed: bytes) -> "Json":
     return {"v": VERSION, "home": home, "day": day, "round": rnd, "report_id": report_id,
             "sealed": b64(sealed)}
 

@@ -20,20 +20,29 @@ from hemsfw.protocol import (
     valid_id,
 )
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Iterable, Sequence
+    from typing import Any
 
-def t_capacity():
+    from hemsfw.interfaces import Json
+
+    # a group's result: its sum (released) or (reason, missing homes) (refused)
+    GroupResult = bytes | tuple[str, list[str]]
+
+
+def t_capacity() -> str:
     return PREFIX + "/capacity"
 
 
-def t_groupreq(broker):
+def t_groupreq(broker: str) -> str:
     return PREFIX + "/groupreq/" + broker
 
 
-def t_groupsum(broker):
+def t_groupsum(broker: str) -> str:
     return PREFIX + "/groupsum/" + broker
 
 
-def _report_id(obj):
+def _report_id(obj: "Json") -> str:
     r = obj.get("report_id")
     if not isinstance(r, str) or len(r) != REPORT_ID_HEX:
         raise ValueError("bad_report_id")
@@ -43,7 +52,7 @@ def _report_id(obj):
     return r
 
 
-def unb64(s, nbytes):
+def unb64(s: object, nbytes: int) -> bytes:
     """Base64 of exactly `nbytes` bytes: 'bad_length' for a wrong size, 'bad_vector' for
     anything that is not canonical base64 of that size."""
     if not isinstance(s, str):
@@ -59,7 +68,7 @@ def unb64(s, nbytes):
     return raw
 
 
-def report_checksum(report_ids):
+def report_checksum(report_ids: "Iterable[str]") -> str:
     """XOR of SHA-256(report id bytes) over a member set (DAP's batch checksum): order-free."""
     acc = bytearray(32)
     for rid in report_ids:
@@ -69,19 +78,20 @@ def report_checksum(report_ids):
     return binascii.hexlify(acc).decode()
 
 
-def make_round(day, rnd, frames, frame_s, quantum_wh, start, deadline, brokers):
+def make_round(day: str, rnd: int, frames: int, frame_s: int, quantum_wh: int, start: int,
+               deadline: int, brokers: list[str]) -> "Json":
     return {"v": VERSION, "day": day, "round": rnd, "frames": frames, "frame_s": frame_s,
             "quantum_wh": quantum_wh, "start": start, "deadline": deadline, "brokers": brokers}
 
 
-def parse_plan_report(obj, frames):
+def parse_plan_report(obj: "Any", frames: int) -> tuple[str, str, int, str, int, bytes]:
     """Returns (home, day, round, report_id, mag, masked bytes of 4*frames)."""
     check_version(obj)
     return (id_field(obj, "home"), day_field(obj), int_field(obj, "round", 1, 1 << 30),
             _report_id(obj), int_field(obj, "mag", 1, MAX_MAG),
             unb64(obj.get("masked"), 4 * frames))
 
-def parse_mask_report(obj):
+def parse_mask_report(obj: "Any") -> tuple[str, str, int, str, bytes]:
     """Returns (home, day, round, report_id, sealed blob)."""
     check_version(obj)
     s = obj.get("sealed")
@@ -94,22 +104,26 @@ def parse_mask_report(obj):
     return (id_field(obj, "home"), day_field(obj), int_field(obj, "round", 1, 1 << 30),
             _report_id(obj), blob)
 
-def make_adjustment(day, rnd, group, moves, curtail, expires):
+def make_adjustment(day: str, rnd: int, group: str, moves: "Iterable[Sequence[int]]",
+                    curtail: "Iterable[int]", expires: int) -> "Json":
     return {"v": VERSION, "day": day, "round": rnd, "group": group,
             "moves": [[f, t] for f, t in moves], "curtail": list(curtail), "expires": expires}
 
 
-def make_reply(day, rnd, report_id, ok, reason):
+def make_reply(day: str | None, rnd: int | None, report_id: str | None, ok: bool,
+               reason: str | None) -> "Json":
     return {"v": VERSION, "day": day, "round": rnd, "report_id": report_id,
             "status": "accepted" if ok else "rejected", "reason": reason}
 
-def make_group_request(req, day, rnd, groups):
-    """groups: list of (group id, [member home ids], checksum hex)."""
+def make_group_request(req: str, day: str, rnd: int,
+                       groups: "Iterable[Sequence[Any]]") -> "Json":
+    """groups: (group id, [member home ids], checksum hex) triples."""
     return {"v": VERSION, "req": req, "day": day, "round": rnd,
             "groups": [{"id": g, "members": m, "checksum": c} for g, m, c in groups]}
 
 
-def parse_group_request(obj, max_members):
+def parse_group_request(obj: "Any", max_members: int
+                        ) -> tuple[str, str, int, list[tuple[str, list[str], str]]]:
     """Returns (req, day, round, [(group id, members, checksum)])."""
     check_version(obj)
     req = id_field(obj, "req")
@@ -144,14 +158,16 @@ def parse_group_request(obj, max_members):
     return req, day, rnd, out
 
 
-def make_group_sums(req, broker, day, rnd, results):
+def make_group_sums(req: str, broker: str, day: str, rnd: int,
+                    results: "list[Json]") -> "Json":
     """results: list of dicts {"id", "status": "released", "sum": b64} or
     {"id", "status": "refused", "reason", "missing": [...]}."""
     return {"v": VERSION, "req": req, "broker": broker, "day": day, "round": rnd,
             "results": results}
 
 
-def parse_group_sums(obj, frames):
+def parse_group_sums(obj: "Any", frames: int
+                     ) -> "tuple[str, str, str, int, dict[str, GroupResult]]":
     """Returns (req, broker, day, round, {gid: bytes sum or (reason, missing)})."""
     check_version(obj)
     req = id_field(obj, "req")
@@ -161,7 +177,7 @@ def parse_group_sums(obj, frames):
     rs = obj.get("results")
     if not isinstance(rs, list):
         raise ValueError("bad_results")
-    out = {}
+    out: dict[str, GroupResult] = {}
     for r in rs:
         if not isinstance(r, dict):
             raise ValueError("bad_results")
@@ -179,14 +195,15 @@ def parse_group_sums(obj, frames):
             raise ValueError("bad_results")
     return req, broker, day, rnd, out
 
-def make_capacity(frames, capacity_wh, target_wh=None):
+def make_capacity(frames: int, capacity_wh: "Sequence[int]",
+                  target_wh: "Sequence[int] | None" = None) -> "Json":
     obj = {"v": VERSION, "frames": frames, "capacity_wh": capacity_wh}
     if target_wh is not None:
         obj["target_wh"] = target_wh
     return obj
 
 
-def parse_capacity(obj):
+def parse_capacity(obj: "Any") -> tuple[int, list[int], list[int] | None]:
     check_version(obj)
     n = int_field(obj, "frames", 1, MAX_FRAMES)
     cap = int_list(obj.get("capacity_wh"), n, 0, 1 << 50, "bad_capacity")

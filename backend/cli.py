@@ -56,7 +56,7 @@ def cmd_capacity(a: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from hemsfw import protocol
+    from hemsfw import protocol, protocol_svc
 
     try:
         vals = _capacity_values(a)
@@ -66,14 +66,14 @@ def cmd_capacity(a: argparse.Namespace) -> int:
 
             target = read_profile(Path(a.target_file), "target_wh")
         if a.day is None:
-            topic = protocol.t_capacity()
-            obj = protocol.make_capacity(len(vals), vals, target)
-            protocol.parse_capacity(obj)  # validate before publishing
+            topic = protocol_svc.t_capacity()
+            obj = protocol_svc.make_capacity(len(vals), vals, target)
+            protocol_svc.parse_capacity(obj)  # validate before publishing
         else:
-            topic = protocol.t_day_capacity(a.day)
-            obj = protocol.make_day_capacity(a.day, len(vals), vals, target, source="cli",
+            topic = protocol_svc.t_day_capacity(a.day)
+            obj = protocol_svc.make_day_capacity(a.day, len(vals), vals, target, source="cli",
                                              at=int(time.time()))
-            protocol.parse_day_capacity(obj, a.day)
+            protocol_svc.parse_day_capacity(obj, a.day)
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"hems capacity: bad capacity profile: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -57,7 +57,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from backend.common.broker import COORDINATOR_USER, GRID_USER, LAB_USER, Mosquitto  # noqa: E402
 from backend.lab import procs, scenario  # noqa: E402
 from backend.lab.lab import Conn, Observer, choose_capacity, publish_as  # noqa: E402
-from hemsfw import protocol  # noqa: E402
+from hemsfw import protocol, protocol_svc  # noqa: E402
 
 ROGUE = "x666"  # the hostile home: registered, with credentials, never sends a valid report
 _REJECTED = re.compile(r"rejected (plan|mask|groupsum) on '[^']*': "
@@ -521,7 +521,7 @@ def run_round(work: Path, seed: int, o: Options, script: Sequence[Step] = (),
         conn = Conn(c.mq.port)
         observer = Observer(conn, c.pw[LAB_USER])
         publish_as(conn, GRID_USER, c.pw[GRID_USER], [(
-            protocol.t_capacity(), protocol.encode(protocol.make_capacity(o.frames,
+            protocol_svc.t_capacity(), protocol.encode(protocol_svc.make_capacity(o.frames,
                                                                           c.capacity)))])
         for b in c.brokers:
             c.launch(b)

@@ -62,7 +62,7 @@ from backend.common.broker import Mosquitto, free_port, start_resident_broker
 from backend.common.tls import make_pki
 from firmware.host import ROMFS_IMAGE, build
 from firmware.romfs import IN_HEAP_LINE
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 REPO = Path(__file__).resolve().parents[1]
 FW = REPO / "firmware" / "micropython"
@@ -220,13 +220,13 @@ class Bench:
         rusage = None
         try:
             coord.get(protocol.t_status(HOME))
-            ann = protocol.make_round(DAY, self.n, self.frames, 86400 // self.frames, 1, START,
+            ann = protocol_svc.make_round(DAY, self.n, self.frames, 86400 // self.frames, 1, START,
                                       int(time.time()) + 3600, ["mb1"])
             coord.publish(protocol.t_round(), protocol.encode(ann), retain=True)
             coord.get(protocol.t_plan(HOME))
             mb1.get(protocol.t_mask("mb1", HOME))
             moves = [[k, k + 1] for k in range(0, self.frames - 1, 12)]
-            adj = protocol.make_adjustment(DAY, self.n, "g1", moves, [self.frames - 1],
+            adj = protocol_svc.make_adjustment(DAY, self.n, "g1", moves, [self.frames - 1],
                                            START + 86400)
             coord.publish(protocol.t_adjust(HOME), protocol.encode(adj))
             deadline = time.monotonic() + 20

@@ -62,7 +62,7 @@ from backend.common.fleet_acl import FLEET_USER  # noqa: E402
 from bench.daygen import MAG_PROBS, MAGNIFICATIONS  # noqa: E402
 from bench.daygen import _homes as day_loads  # noqa: E402
 from hemsfw import home as fw_home  # noqa: E402
-from hemsfw import protocol  # noqa: E402
+from hemsfw import protocol, protocol_svc  # noqa: E402
 
 Engine = Literal["raw", "paho"]
 Message = tuple[str, bytes]
@@ -102,7 +102,7 @@ class FleetSpec:
     seed: int = 1
 
     def announcement(self) -> dict[str, Any]:
-        ann: dict[str, Any] = protocol.make_round(
+        ann: dict[str, Any] = protocol_svc.make_round(
             self.day, self.round, self.frames, self.frame_s, self.quantum_wh, self.start,
             self.deadline, list(self.brokers))
         return ann
@@ -184,7 +184,7 @@ def _build_chunk(spec: FleetSpec, lo: int, wh: npt.NDArray[np.int64],
                "keys": {b: home_key(spec.seed, h, b).hex() for b in spec.brokers}}
         home = fw_home.Home(cfg, _MemStore(), os.urandom)
         out = home.on_round(ann)
-        if len(out) != 1 + len(spec.brokers):
+        if home.new is None or len(out) != 1 + len(spec.brokers):
             raise FleetError(f"home {h} did not report: {home.new and home.new['status']}")
         msgs.extend((str(t), bytes(p)) for t, p in out)
         quanta.append(list(home.new["plan"]))

@@ -74,7 +74,7 @@ from backend.common.bulk_mqtt import mqtt_string, varlen  # noqa: E402
 from backend.common.fleet_acl import FLEET_USER, FleetMosquitto  # noqa: E402
 from backend.common.rows import PlanSink  # noqa: E402
 from bench import fleet as fl  # noqa: E402
-from hemsfw import masking, protocol, seal  # noqa: E402
+from hemsfw import masking, protocol, protocol_svc, seal  # noqa: E402
 
 orjson: Any
 try:  # optional: measured when installed (pip install orjson)
@@ -109,7 +109,7 @@ def pack_plan_bin(home: str, day: str, rnd: int, report_id: str, mag: int,
 
 
 def parse_plan_bin(payload: bytes, frames: int) -> tuple[str, str, int, str, int, bytes]:
-    """The same checks as protocol.parse_plan_report, on the binary layout."""
+    """The same checks as protocol_svc.parse_plan_report, on the binary layout."""
     if len(payload) != BIN_PLAN.size + 4 * frames:
         raise ValueError("bad_length")
     magic, ver, kind, rnd, day_b, rid, mag, hlen, home_b, n = BIN_PLAN.unpack_from(payload)
@@ -119,7 +119,7 @@ def parse_plan_bin(payload: bytes, frames: int) -> tuple[str, str, int, str, int
     if not protocol.valid_id(home):
         raise ValueError("bad_home")
     day = day_b.decode("ascii", "replace")
-    protocol._day({"day": day})
+    protocol.day_field({"day": day})
     if not 1 <= rnd <= 1 << 30:
         raise ValueError("bad_round")
     if not 1 <= mag <= protocol.MAX_MAG:
@@ -191,7 +191,7 @@ def cpu_bench(fleet: fl.Fleet, repeats: int) -> dict[str, dict[str, float]]:
     def current() -> None:
         for p in payloads:
             obj = protocol.decode(p)
-            rep = protocol.parse_plan_report(obj, frames)
+            rep = protocol_svc.parse_plan_report(obj, frames)
             np.frombuffer(rep[5], dtype="<u4")
 
     out["plan json.loads only"] = _time_per_msg(lambda: [json.loads(p) for p in payloads],
@@ -205,7 +205,7 @@ def cpu_bench(fleet: fl.Fleet, repeats: int) -> dict[str, dict[str, float]]:
 
         def with_orjson() -> None:
             for p in payloads:
-                rep = protocol.parse_plan_report(loads(p), frames)
+                rep = protocol_svc.parse_plan_report(loads(p), frames)
                 np.frombuffer(rep[5], dtype="<u4")
 
         out["plan orjson + parse_plan_report + frombuffer"] = _time_per_msg(
@@ -245,7 +245,7 @@ def cpu_bench(fleet: fl.Fleet, repeats: int) -> dict[str, dict[str, float]]:
     for _, p in plans:
         o = json.loads(p)
         bins.append(pack_plan_bin(o["home"], o["day"], o["round"], o["report_id"], o["mag"],
-                                  protocol.unb64(o["masked"], 4 * frames)))
+                                  protocol_svc.unb64(o["masked"], 4 * frames)))
 
     def binary() -> None:
         for b in bins:
@@ -267,12 +267,12 @@ def cpu_bench(fleet: fl.Fleet, repeats: int) -> dict[str, dict[str, float]]:
     # mask broker: the per-mask crypto
     keys = {fl.home_id(i): fl.home_key(spec.seed, fl.home_id(i), "mb1")
             for i in range(1, spec.homes + 1)}
-    parsed = [protocol.parse_mask_report(protocol.decode(p)) for _, p in masks]
+    parsed = [protocol_svc.parse_mask_report(protocol.decode(p)) for _, p in masks]
     ads = [protocol.mask_ad("mb1", h, d, r, rid) for h, d, r, rid, _ in parsed]
 
     def parse_masks() -> None:
         for _, p in masks:
-            protocol.parse_mask_report(protocol.decode(p))
+            protocol_svc.parse_mask_report(protocol.decode(p))
 
     def open_fw() -> None:
         for (h, _d, _r, _rid, blob), ad in zip(parsed, ads, strict=True):
@@ -461,7 +461,7 @@ def make_handler(a: argparse.Namespace, tally: Tally) -> Handler | None:
     return mask
 
 
-REPLY = protocol.encode(protocol.make_reply(fl.DAY, 1, "0" * 32, True, ""))
+REPLY = protocol.encode(protocol_svc.make_reply(fl.DAY, 1, "0" * 32, True, ""))
 
 
 def _topic(a: argparse.Namespace) -> str:
@@ -746,7 +746,7 @@ def adjustments(n: int, group_size: int = 1000) -> list[tuple[str, bytes]]:
     encodes one adjustment per group and sends it to every member)."""
     out = []
     for g in range(0, n, group_size):
-        adj = protocol.make_adjustment(fl.DAY, 1, f"r1g{g // group_size}",
+        adj = protocol_svc.make_adjustment(fl.DAY, 1, f"r1g{g // group_size}",
                                        [(72, 73), (73, 75)], [80], fl.START + 86400)
         payload = protocol.encode(adj)
         out += [(protocol.t_adjust(fl.home_id(i + 1)), payload)

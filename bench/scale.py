@@ -77,7 +77,7 @@ import numpy as np  # noqa: E402
 from backend.common.broker import free_port  # noqa: E402
 from backend.common.fleet_acl import FLEET_USER, FleetMosquitto  # noqa: E402
 from bench import fleet as fl  # noqa: E402
-from hemsfw import protocol  # noqa: E402
+from hemsfw import protocol, protocol_svc  # noqa: E402
 
 PY = sys.executable
 COORD = "coordinator"
@@ -226,7 +226,7 @@ def run_once(homes: int, brokers: tuple[str, ...], k: int, capacity_factor: floa
             total = fleet.plans.sum(axis=0)
             cap = np.maximum(1, np.ceil(capacity_factor * total.max())).astype(np.int64)
             cap_file = work / "capacity.json"
-            cap_file.write_bytes(protocol.encode(protocol.make_capacity(
+            cap_file.write_bytes(protocol.encode(protocol_svc.make_capacity(
                 spec.frames, [int(cap)] * spec.frames)))
             port = free_port()
             coord = start(COORD, [

@@ -23,7 +23,7 @@ from backend.coordinator.lifecycle import Phase
 from backend.coordinator.round import Round, RoundSettings
 from backend.coordinator.supply import SupplyBook
 from backend.mask_broker.core import MaskBroker, Publish
-from hemsfw import masking, protocol, seal
+from hemsfw import masking, protocol, protocol_svc, seal
 
 DAY = "2026-11-27"
 START = 1_800_000_000
@@ -77,7 +77,7 @@ def settings(**kw: Any) -> RoundSettings:
 
 def capacity_message(frames: int, wh: int | Sequence[int]) -> bytes:
     vals = [wh] * frames if isinstance(wh, int) else list(wh)
-    return protocol.encode(protocol.make_capacity(frames, vals))
+    return protocol.encode(protocol_svc.make_capacity(frames, vals))
 
 
 @dataclass

@@ -18,7 +18,7 @@ import aiomqtt
 import numpy as np
 
 from backend.common.broker import REPO
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 DAY = "2026-11-27"
 F = 8
@@ -99,14 +99,14 @@ class FakeMaskBroker:
             self.requests.append(obj)
             self.first_request.set()
             await self.hold.wait()
-            req, day, rnd, groups = protocol.parse_group_request(obj, 10_000)
+            req, day, rnd, groups = protocol_svc.parse_group_request(obj, 10_000)
             results = []
             for gid, members, checksum, *_ in groups:
                 missing = [h for h in members if h not in self.masks]
                 if missing:
                     results.append({"id": gid, "status": "refused", "reason": "missing_members",
                                     "missing": missing})
-                elif checksum != protocol.report_checksum([self.rids[h] for h in members]):
+                elif checksum != protocol_svc.report_checksum([self.rids[h] for h in members]):
                     results.append({"id": gid, "status": "refused",
                                     "reason": "checksum_mismatch"})
                 elif len(members) < K:
@@ -117,8 +117,8 @@ class FakeMaskBroker:
                         acc += self.masks[h]
                     results.append({"id": gid, "status": "released",
                                     "sum": protocol.b64(acc.tobytes())})
-            await p.publish(protocol.t_groupsum(self.name),
-                            protocol.make_group_sums(req, self.name, day, rnd, results))
+            await p.publish(protocol_svc.t_groupsum(self.name),
+                            protocol_svc.make_group_sums(req, self.name, day, rnd, results))
 
 
 @dataclass

@@ -25,7 +25,7 @@ from test_mask_broker_service import (  # the real service + mosquitto fixture
     report,
 )
 
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 __all__ = ["lab"]  # the fixture, re-exported for pytest
 
@@ -42,8 +42,8 @@ def test_malicious_coordinator_is_refused(lab: Lab) -> None:
     h1, h2, h3, h4, h5, h6 = h.values()
 
     async def attack() -> None:
-        async with connected(lab, "coordinator", protocol.t_groupsum(B)) as coord:
-            ann = protocol.make_round(DAY, 1, FRAMES, 900, 1, 0, 3600, [B])
+        async with connected(lab, "coordinator", protocol_svc.t_groupsum(B)) as coord:
+            ann = protocol_svc.make_round(DAY, 1, FRAMES, 900, 1, 0, 3600, [B])
             await coord.publish(protocol.t_round(), protocol.encode(ann), qos=1, retain=True)
             lab.wait_stats(lambda s: s["round"] is not None)
             for home in (h1, h2, h3, h4, h5):
@@ -54,10 +54,10 @@ def test_malicious_coordinator_is_refused(lab: Lab) -> None:
             assert res["tiny"] == ("too_small", [])
 
             # 2. Padding a one-home group with invented ids to reach k.
-            pad = protocol.make_group_request("a2", DAY, 1, [(
+            pad = protocol_svc.make_group_request("a2", DAY, 1, [(
                 "padded", ["h1", "ghost1", "ghost2"],
-                protocol.report_checksum([h1.rid, "00" * 16, "11" * 16]))])
-            await coord.publish(protocol.t_groupreq(B), protocol.encode(pad), qos=1)
+                protocol_svc.report_checksum([h1.rid, "00" * 16, "11" * 16]))])
+            await coord.publish(protocol_svc.t_groupreq(B), protocol.encode(pad), qos=1)
             res = await _answer(coord, "a2")
             assert res["padded"][0] == "unregistered_member"
 
@@ -82,26 +82,26 @@ def test_malicious_coordinator_is_refused(lab: Lab) -> None:
             # 5. A member set that differs from the homes' reports (forged checksum, or a
             #    member list that does not match the report ids it claims).
             res = await ask(coord, "a7", [("forged", [h1, h2])],
-                            checksums={"forged": protocol.report_checksum([h1.rid, h3.rid])})
+                            checksums={"forged": protocol_svc.report_checksum([h1.rid, h3.rid])})
             assert res["forged"] == ("checksum_mismatch", [])
 
             # 6. Mixing rounds: a request for another round, and after round 2 starts, a group
             #    naming a home that reported only in round 1.
-            other = protocol.make_group_request("a8", DAY, 2, [(
-                "r2", ["h1", "h2"], protocol.report_checksum([h1.rid, h2.rid]))])
-            await coord.publish(protocol.t_groupreq(B), protocol.encode(other), qos=1)
+            other = protocol_svc.make_group_request("a8", DAY, 2, [(
+                "r2", ["h1", "h2"], protocol_svc.report_checksum([h1.rid, h2.rid]))])
+            await coord.publish(protocol_svc.t_groupreq(B), protocol.encode(other), qos=1)
             res = await _answer(coord, "a8")
             assert res["r2"][0] == "unknown_round"
-            ann2 = protocol.make_round(DAY, 2, FRAMES, 900, 1, 0, 3600, [B])
+            ann2 = protocol_svc.make_round(DAY, 2, FRAMES, 900, 1, 0, 3600, [B])
             await coord.publish(protocol.t_round(), protocol.encode(ann2), qos=1, retain=True)
             lab.wait_stats(lambda s: s["round"] and s["round"]["round"] == 2)
             n1, n6 = HomeSide(lab.keys, "h1"), h6
             for home in (n1, n6):
                 assert (await report(lab, home.id, home.payload(rnd=2)))["status"] == "accepted"
-            mixed = protocol.make_group_request("a9", DAY, 2, [(
+            mixed = protocol_svc.make_group_request("a9", DAY, 2, [(
                 "mixed", ["h1", "h5", "h6"],
-                protocol.report_checksum([n1.rid, h5.rid, n6.rid]))])
-            await coord.publish(protocol.t_groupreq(B), protocol.encode(mixed), qos=1)
+                protocol_svc.report_checksum([n1.rid, h5.rid, n6.rid]))])
+            await coord.publish(protocol_svc.t_groupreq(B), protocol.encode(mixed), qos=1)
             res = await _answer(coord, "a9")
             assert res["mixed"] == ("missing_members", ["h5"])
 
@@ -115,6 +115,6 @@ def test_malicious_coordinator_is_refused(lab: Lab) -> None:
 async def _answer(coord: Any, req: str) -> dict[str, Any]:
     """The broker's answer to a request published by hand (not through ask())."""
     while True:
-        obj = await next_json(coord, protocol.t_groupsum(B))
+        obj = await next_json(coord, protocol_svc.t_groupsum(B))
         if obj.get("req") == req:
-            return protocol.parse_group_sums(obj, FRAMES)[4]
+            return protocol_svc.parse_group_sums(obj, FRAMES)[4]

@@ -24,7 +24,7 @@ from backend.coordinator.round import Round
 from backend.mask_broker.core import MaskBroker, Record
 from backend.mask_broker.service import Service
 from backend.mask_broker.state_dir import StateDir
-from hemsfw import protocol, seal
+from hemsfw import protocol, protocol_svc, seal
 
 DAY = "2026-11-27"
 F = 8
@@ -109,7 +109,7 @@ def test_mask_broker_batch_writes_its_records_before_the_replies(tmp_path: Path)
     keys = {f"h{i}": bytes([i]) * 32 for i in range(1, 4)}
     core = MaskBroker("mb1", keys, 2)
     core.handle(protocol.t_round(),
-                protocol.encode(protocol.make_round(DAY, 1, F, 900, 1, 0, 1, ["mb1"])))
+                protocol.encode(protocol_svc.make_round(DAY, 1, F, 900, 1, 0, 1, ["mb1"])))
     log: list[str] = []
 
     def mask(home: str, key: bytes | None = None) -> tuple[str, bytes]:
@@ -154,7 +154,7 @@ def test_mask_broker_fails_closed_when_the_state_dir_cannot_be_written(tmp_path:
     keys = {"h1": b"\x01" * 32}
     core = MaskBroker("mb1", keys, 2)
     core.handle(protocol.t_round(),
-                protocol.encode(protocol.make_round(DAY, 1, F, 900, 1, 0, 1, ["mb1"])))
+                protocol.encode(protocol_svc.make_round(DAY, 1, F, 900, 1, 0, 1, ["mb1"])))
     log: list[str] = []
 
     class Broken(StateDir):

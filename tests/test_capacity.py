@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.common.broker import Mosquitto
 from backend.common.capacity import builtin_profile, read_profile
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 
 def test_builtin_shapes() -> None:
@@ -60,14 +60,14 @@ def test_hems_capacity_publishes_retained(tmp_path: Path) -> None:
         c.username_pw_set("coordinator", "c-pw")
         c.on_message = on_message
         c.connect("127.0.0.1", mq.port)
-        c.subscribe(protocol.t_capacity(), qos=1)
+        c.subscribe(protocol_svc.t_capacity(), qos=1)
         c.loop_start()
         try:
             assert done.wait(10), "no retained capacity"
         finally:
             c.disconnect()
             c.loop_stop()
-        n, cap, tgt = protocol.parse_capacity(protocol.decode(got[0]))
+        n, cap, tgt = protocol_svc.parse_capacity(protocol.decode(got[0]))
         assert n == 96 and cap == builtin_profile("evening", 1000, 96) and tgt == [900] * 96
 
 
@@ -106,7 +106,7 @@ def test_hems_capacity_day_publishes_the_day_profile(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["topic"] == "hems/v1/capacity/2026-12-30"
         obj = protocol.decode(_retained(mq.port, "hems/v1/capacity/2026-12-30"))
-        assert protocol.parse_day_capacity(obj, "2026-12-30") == (
+        assert protocol_svc.parse_day_capacity(obj, "2026-12-30") == (
             "2026-12-30", 4, [700] * 4, None)
         assert obj["source"] == "cli"
 

@@ -30,7 +30,7 @@ from backend.coordinator.sums import (
     split_mismatch,
 )
 from backend.coordinator.supply import parse_capacity
-from hemsfw import masking, protocol
+from hemsfw import masking, protocol, protocol_svc
 
 DAY = "2026-11-27"
 F = 8
@@ -134,7 +134,7 @@ def test_accept_and_reply() -> None:
     assert rep.masked.tolist() == list(range(F))
     reply = v.reply(CFG)
     assert reply is not None
-    assert json.loads(reply[1]) == protocol.make_reply(DAY, 1, rid(7), True, "")
+    assert json.loads(reply[1]) == protocol_svc.make_reply(DAY, 1, rid(7), True, "")
 
 
 def test_replay_duplicate_late_closed() -> None:
@@ -252,12 +252,12 @@ def test_fuzz_reports_never_crash_and_keep_invariants(
 
 
 def test_capacity() -> None:
-    c = parse_capacity(enc(protocol.make_capacity(F, list(range(F)), [5] * F)), F)
+    c = parse_capacity(enc(protocol_svc.make_capacity(F, list(range(F)), [5] * F)), F)
     assert c.capacity_wh.tolist() == list(range(F)) and c.capacity_wh.dtype == np.int64
     assert c.target_wh is not None and c.target_wh.tolist() == [5] * F
-    assert parse_capacity(enc(protocol.make_capacity(F, [1] * F)), F).target_wh is None
+    assert parse_capacity(enc(protocol_svc.make_capacity(F, [1] * F)), F).target_wh is None
     for bad, reason in [
-        (enc(protocol.make_capacity(F + 1, [1] * (F + 1))), "frames_mismatch"),
+        (enc(protocol_svc.make_capacity(F + 1, [1] * (F + 1))), "frames_mismatch"),
         (enc({"v": 1, "frames": F, "capacity_wh": [1] * (F - 1)}), "bad_capacity"),
         (enc({"v": 1, "frames": F, "capacity_wh": [-1] * F}), "bad_capacity"),
         (b"nope", "bad_json"),
@@ -282,7 +282,7 @@ def test_fuzz_capacity_raises_only_value_error(obj: dict[str, Any]) -> None:
 
 def sums_msg(broker: str = "mb1", req: str = "q1-aa", results: list[dict[str, Any]] | None = None,
              **kw: Any) -> bytes:
-    obj = protocol.make_group_sums(req, broker, DAY, 1, results if results is not None else [
+    obj = protocol_svc.make_group_sums(req, broker, DAY, 1, results if results is not None else [
         {"id": "r1g1", "status": "released", "sum": masked_b64([1] * F)},
         {"id": "r1g2", "status": "refused", "reason": "missing_members",
          "missing": ["h1", "BAD", 3]},
@@ -367,7 +367,7 @@ class SimBroker:
                 out[gid] = Refusal("missing_members", tuple(missing))
                 for h in set(missing) & self.late:
                     self.masks[h] = self.late_masks[h]
-            elif checksum != protocol.report_checksum([self.rids[h] for h in members]):
+            elif checksum != protocol_svc.report_checksum([self.rids[h] for h in members]):
                 out[gid] = Refusal("checksum_mismatch")
             elif not self._allow(members):
                 out[gid] = Refusal("would_isolate")
@@ -454,7 +454,7 @@ def test_exact_totals_two_brokers() -> None:
 def test_checksum_is_the_protocol_checksum() -> None:
     day = Day(mags_n(5), 3, ["mb1"])
     for g in initial_grouping(day.mags, 3, "r1g") + initial_grouping(day.mags, 5, "r2g"):
-        expect = protocol.report_checksum([day.rids[h] for h in g.members])
+        expect = protocol_svc.report_checksum([day.rids[h] for h in g.members])
         assert day.ledger.checksum(g) == expect
         assert day.ledger.request_entry(g) == (g.id, sorted(g.members), expect, [])
 

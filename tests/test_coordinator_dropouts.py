@@ -28,7 +28,7 @@ from coordinator_kit import ManualClock, announced, new_round
 from backend.coordinator.grouping import Group, initial_grouping
 from backend.coordinator.sums import Answer, SumLedger, parse_answer, settle
 from backend.mask_broker.core import MaskBroker, Publish
-from hemsfw import masking, protocol, seal
+from hemsfw import masking, protocol, protocol_svc, seal
 
 DAY = "2026-11-27"
 F = 8
@@ -75,9 +75,9 @@ def test_dropouts_and_stragglers_are_excluded_on_both_sides() -> None:
 
     async def ask(broker: str, gs: list[Group]) -> Mapping[str, Answer]:
         nreq[0] += 1
-        req = protocol.make_group_request(f"q{nreq[0]}", DAY, 1,
+        req = protocol_svc.make_group_request(f"q{nreq[0]}", DAY, 1,
                                           [ledger.request_entry(g) for g in gs])
-        (pub,) = [o for o in mb.handle(protocol.t_groupreq(B), protocol.encode(req))
+        (pub,) = [o for o in mb.handle(protocol_svc.t_groupreq(B), protocol.encode(req))
                   if isinstance(o, Publish)]
         return parse_answer(pub.topic, pub.payload, coord.cfg)[2]
 

@@ -36,7 +36,7 @@ from coordinator_peers import (
 )
 
 from backend.common.broker import Mosquitto
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ async def _round(stack: AsyncExitStack, mq: Mosquitto, users: dict[str, str]) ->
             [protocol.t_round(), protocol.t_adjust(h), protocol.t_reply("coordinator", h)]))
     fake = FakeMaskBroker("mb1", masks, rids)
     mb = await stack.enter_async_context(
-        peer(stack, mq.port, "mb1", users["mb1"], [protocol.t_groupreq("mb1")]))
+        peer(stack, mq.port, "mb1", users["mb1"], [protocol_svc.t_groupreq("mb1")]))
     stack.callback(asyncio.create_task(fake.serve(mb)).cancel)
     return homes, masks, rids
 
@@ -77,7 +77,7 @@ async def _report(fleet: Homes) -> None:
 async def _publish_capacity(stack: AsyncExitStack, mq: Mosquitto, users: dict[str, str]) -> Peer:
     """The grid operator, who has published the retained capacity profile of the round."""
     grid = await stack.enter_async_context(peer(stack, mq.port, "grid", users["grid"], []))
-    await grid.publish(protocol.t_capacity(), protocol.make_capacity(F, CAP), retain=True)
+    await grid.publish(protocol_svc.t_capacity(), protocol_svc.make_capacity(F, CAP), retain=True)
     return grid
 
 
@@ -145,7 +145,7 @@ async def _capacity_lost(tmp: Path) -> None:
             proc.kill()
             await proc.wait()
             # what a crashed mosquitto would have forgotten: the retained profile is gone
-            await grid.publish(protocol.t_capacity(), b"", retain=True)
+            await grid.publish(protocol_svc.t_capacity(), b"", retain=True)
 
             fleet = await _round(stack, mq, users)
             proc, result, log = await start_coordinator(tmp, mq.port, users["coordinator"],

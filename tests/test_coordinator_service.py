@@ -41,7 +41,8 @@ from coordinator_peers import (
 )
 
 from backend.common.broker import REPO, Mosquitto
-from hemsfw import plan, protocol
+from hemsfw import adjust as fw_adjust
+from hemsfw import plan, protocol, protocol_svc
 
 pytestmark = pytest.mark.integration
 
@@ -82,11 +83,12 @@ async def scenario(tmp: Path) -> None:
                     peer(stack, mq.port, user, users[user], subs))
 
             grid = await mk("grid", [])
-            await grid.publish(protocol.t_capacity(), protocol.make_capacity(F, CAP), retain=True)
+            await grid.publish(protocol_svc.t_capacity(), protocol_svc.make_capacity(F, CAP),
+                               retain=True)
             homes = {h: await mk(h, [protocol.t_round(), protocol.t_adjust(h),
                                      protocol.t_reply("coordinator", h)]) for h in [*A, *B, X]}
             fake = FakeMaskBroker("mb1", {h: masks[h] for h in A + B if h != "b3"}, rids)
-            mb = await mk("mb1", [protocol.t_groupreq("mb1")])
+            mb = await mk("mb1", [protocol_svc.t_groupreq("mb1")])
             served = asyncio.create_task(fake.serve(mb))
 
             proc, result_path, log_path = await start_coordinator(
@@ -192,7 +194,7 @@ async def scenario(tmp: Path) -> None:
     by_group: dict[str, set[bytes]] = {}
     after = np.zeros(F, dtype=np.int64)
     for h, payload in adj.items():
-        day, rnd, gid, moves, curtail, expires = protocol.parse_adjustment(json.loads(payload), F)
+        day, rnd, gid, moves, curtail, expires = fw_adjust.parse_adjustment(json.loads(payload), F)
         assert (day, rnd, expires) == (DAY, 1, START + F * FRAME_S)
         assert h in groups[gid]["members"]
         by_group.setdefault(gid, set()).add(payload)
@@ -261,7 +263,7 @@ def test_fails_clearly_without_capacity(tmp_path: Path) -> None:
 
 def test_fails_clearly_with_fewer_than_k_homes(tmp_path: Path) -> None:
     cap = tmp_path / "capacity.json"
-    cap.write_text(json.dumps(protocol.make_capacity(F, [100] * F)))
+    cap.write_text(json.dumps(protocol_svc.make_capacity(F, [100] * F)))
     run = asyncio.run(failing(tmp_path, ["h1", "h2"], "--capacity-file", str(cap)))
     assert run.rc == 1
     assert "fewer than k=3" in run.log
@@ -272,7 +274,7 @@ def test_fails_clearly_with_fewer_than_k_homes(tmp_path: Path) -> None:
 
 def test_bad_capacity_file_is_refused_before_connecting(tmp_path: Path) -> None:
     cap = tmp_path / "capacity.json"
-    cap.write_text(json.dumps(protocol.make_capacity(F + 1, [100] * (F + 1))))
+    cap.write_text(json.dumps(protocol_svc.make_capacity(F + 1, [100] * (F + 1))))
     out = subprocess.run(
         [sys.executable, "-m", "backend.coordinator", "--day", DAY, "--start", str(START),
          "--frames", str(F), "--brokers", "mb1", "--capacity-file", str(cap), "--port", "1",

@@ -7,7 +7,7 @@ field checks, and hand everything else to the unchanged full path (``RoundState.
 checks).  Hypothesis feeds both the same valid, mutated and hostile payloads, on states that
 went through the same history, and requires the same verdict (accepted or the same reason, same
 reply bytes), the same stored rows and the same records.  Also: the pre-built accepted replies
-are byte-identical to ``fastjson.dumps(protocol.make_reply(...))``, and the lean client's
+are byte-identical to ``fastjson.dumps(protocol_svc.make_reply(...))``, and the lean client's
 PUBLISH header encoding is the MQTT one.
 """
 
@@ -31,7 +31,7 @@ from backend.common.bulk_mqtt import BulkClient, mqtt_string, varlen
 from backend.common.fastcheck import RoundKey, fast_mask_report, fast_plan_report
 from backend.coordinator.intake import RoundConfig, RoundState
 from backend.mask_broker.core import MaskBroker
-from hemsfw import protocol, seal
+from hemsfw import protocol, protocol_svc, seal
 
 DAY = "2026-11-27"
 F = 8
@@ -164,7 +164,7 @@ def test_fast_plan_report_returns_what_the_parser_returns(payload: bytes, home: 
     got = fast_plan_report(payload, home, key, F)
     if got is None:
         return
-    p_home, day, rnd, rid, mag, masked = protocol.parse_plan_report(
+    p_home, day, rnd, rid, mag, masked = protocol_svc.parse_plan_report(
         fastjson.decode(payload), F)
     assert (p_home, day, rnd) == (home, DAY, 1)
     assert got == (rid, mag, masked)
@@ -189,7 +189,7 @@ def test_fast_paths_are_off_for_a_round_the_parsers_would_not_accept(day: Any, r
        st.one_of(st.builds(lambda: secrets.token_hex(16)), st.text(max_size=40)))
 def test_accepted_reply_is_the_encoded_make_reply(day: str, rnd: int, ok: str, rid: str) -> None:
     assert RoundKey(day, rnd, ok).accepted_reply(rid) == fastjson.dumps(
-        protocol.make_reply(day, rnd, rid, True, ok))
+        protocol_svc.make_reply(day, rnd, rid, True, ok))
 
 
 def test_lean_publish_header_is_mqtt_encoding() -> None:
@@ -216,7 +216,7 @@ def test_lean_publish_header_is_mqtt_encoding() -> None:
 def broker() -> MaskBroker:
     mb = MaskBroker(B, KEYS, 2)
     mb.handle(protocol.t_round(), protocol.encode(
-        protocol.make_round(DAY, 1, F, 900, 1, 0, 3600, [B])))
+        protocol_svc.make_round(DAY, 1, F, 900, 1, 0, 3600, [B])))
     return mb
 
 

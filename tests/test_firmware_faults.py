@@ -43,7 +43,7 @@ from test_firmware_mqtt import (
     write_config,
 )
 
-from hemsfw import plan, protocol
+from hemsfw import plan, protocol, protocol_svc
 
 pytestmark = pytest.mark.integration
 __all__ = ["lab"]  # the fixture, re-exported for pytest
@@ -97,14 +97,14 @@ def persistent_peer(lab: Lab, user: str, subs: list[str], reply: bool = True) ->
 
 def announce(coord: Peer, start: int = START, frames: int = FRAMES, frame_s: int = FRAME_S,
              deadline: int | None = None) -> None:
-    ann = protocol.make_round(DAY, 1, frames, frame_s, QUANTUM, start,
+    ann = protocol_svc.make_round(DAY, 1, frames, frame_s, QUANTUM, start,
                               deadline if deadline is not None else int(time.time()) + 3600,
                               ["mb1"])
     coord.publish(protocol.t_round(), protocol.encode(ann), retain=True)
 
 
 def adjust(coord: Peer, expires: int = START + 86400) -> None:
-    adj = protocol.make_adjustment(DAY, 1, "g1", MOVES, CURTAIL, expires)
+    adj = protocol_svc.make_adjustment(DAY, 1, "g1", MOVES, CURTAIL, expires)
     coord.publish(protocol.t_adjust(HOME), protocol.encode(adj))
 
 
@@ -366,7 +366,7 @@ def system_day(lab: Lab, state: Path, lead_s: int, **extra: Any) -> tuple[Path, 
         time.sleep(0.3)
         announce(coord, start, SYS_FRAMES, SYS_FRAME_S)
         wait_until(lambda: (read_state(state) or {}).get("sent") is True, 10, "not sent")
-        adj = protocol.make_adjustment(DAY, 1, "g1", SYS_MOVES, [], start + 86400)
+        adj = protocol_svc.make_adjustment(DAY, 1, "g1", SYS_MOVES, [], start + 86400)
         coord.publish(protocol.t_adjust(HOME), protocol.encode(adj))
         values = plan.to_quanta(SYS_PLAN, QUANTUM)
         adjusted = plan.apply_adjustment(values, [tuple(m) for m in SYS_MOVES], [])

@@ -25,7 +25,7 @@ import pytest
 
 from backend.common.broker import Mosquitto
 from backend.common.tls import make_pki
-from hemsfw import masking, plan, protocol, seal
+from hemsfw import masking, plan, protocol, protocol_svc, seal
 
 pytestmark = pytest.mark.integration
 
@@ -171,17 +171,17 @@ def read_state(state: Path) -> dict[str, Any] | None:
 def announce(coord: Peer) -> None:
     # The deadline is a wall-clock instant (the home compares it with its real clock, not the
     # lab's virtual day), so it is an hour from now, not a fixed date.
-    ann = protocol.make_round(DAY, 1, FRAMES, FRAME_S, QUANTUM, START, int(time.time()) + 3600,
+    ann = protocol_svc.make_round(DAY, 1, FRAMES, FRAME_S, QUANTUM, START, int(time.time()) + 3600,
                               ["mb1"])
     coord.publish(protocol.t_round(), protocol.encode(ann), retain=True)
 
 
 def check_unmasks(lab: Lab, plan_payload: bytes, mask_payload: bytes) -> list[int]:
     """masked - expand(open_sealed(seed)) == the quantised plan, exactly (mod 2^32)."""
-    home, day, rnd, rid, mag, masked = protocol.parse_plan_report(
+    home, day, rnd, rid, mag, masked = protocol_svc.parse_plan_report(
         protocol.decode(plan_payload), FRAMES)
     assert (home, day, rnd, mag) == (HOME, DAY, 1, 2)
-    home2, day2, rnd2, rid2, blob = protocol.parse_mask_report(protocol.decode(mask_payload))
+    home2, day2, rnd2, rid2, blob = protocol_svc.parse_mask_report(protocol.decode(mask_payload))
     assert (home2, day2, rnd2, rid2) == (HOME, DAY, 1, rid)
     ad = protocol.mask_ad("mb1", HOME, DAY, 1, rid)
     seed = seal.open_sealed(bytes.fromhex(lab.key_hex), ad, blob)
@@ -241,12 +241,12 @@ def test_home_day_end_to_end(lab: Lab, impl: str) -> None:
 
         # Malformed and foreign adjustments are ignored without stopping the loop.
         coord.publish(protocol.t_adjust(HOME), b"not json")
-        other = protocol.make_adjustment(DAY, 2, "g1", [(1, 2)], [], START + 86400)
+        other = protocol_svc.make_adjustment(DAY, 2, "g1", [(1, 2)], [], START + 86400)
         coord.publish(protocol.t_adjust(HOME), protocol.encode(other))
-        adj = protocol.make_adjustment(DAY, 1, "g1", MOVES, CURTAIL, START + 86400)
+        adj = protocol_svc.make_adjustment(DAY, 1, "g1", MOVES, CURTAIL, START + 86400)
         coord.publish(protocol.t_adjust(HOME), protocol.encode(adj))
         coord.publish(protocol.t_reply("coordinator", HOME),
-                      protocol.encode(protocol.make_reply(DAY, 1, "0" * 32, True, "ok")))
+                      protocol.encode(protocol_svc.make_reply(DAY, 1, "0" * 32, True, "ok")))
         adjusted = plan.apply_adjustment(values, [tuple(m) for m in MOVES], CURTAIL)
         wait_until(lambda: (read_state(state) or {}).get("adjusted") == adjusted, 10,
                    "adjustment not applied")
@@ -284,7 +284,7 @@ def test_home_survives_broker_restart(lab: Lab) -> None:
         wait_until(lambda: "link down" in log.read_text(), 10, "link loss not noticed")
         lab.broker.start()
         coord = Peer(lab, "coordinator", [])
-        adj = protocol.make_adjustment(DAY, 1, "g1", MOVES, CURTAIL, START + 86400)
+        adj = protocol_svc.make_adjustment(DAY, 1, "g1", MOVES, CURTAIL, START + 86400)
         coord.publish(protocol.t_adjust(HOME), protocol.encode(adj))
         values = plan.to_quanta(PLAN_WH, QUANTUM)
         adjusted = plan.apply_adjustment(values, [tuple(m) for m in MOVES], CURTAIL)

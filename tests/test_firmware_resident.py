@@ -39,7 +39,7 @@ from test_firmware_mqtt import (
 )
 
 from backend.common.broker import free_port, start_resident_broker
-from hemsfw import plan, protocol
+from hemsfw import plan, protocol, protocol_svc
 
 pytestmark = pytest.mark.integration
 __all__ = ["lab"]
@@ -53,11 +53,11 @@ def play_round(lab: Lab, state: Path) -> tuple[Peer, Peer]:
     coord = Peer(lab, "coordinator", [protocol.t_plan(HOME), protocol.t_status(HOME)])
     clock = Peer(lab, "lab", [])
     assert coord.get(protocol.t_status(HOME)) == b"online"
-    ann = protocol.make_round(DAY, 1, FRAMES, FRAME_S, QUANTUM, START, int(time.time()) + 3600,
+    ann = protocol_svc.make_round(DAY, 1, FRAMES, FRAME_S, QUANTUM, START, int(time.time()) + 3600,
                               ["mb1"])
     coord.publish(protocol.t_round(), protocol.encode(ann), retain=True)
     coord.get(protocol.t_plan(HOME))
-    adj = protocol.make_adjustment(DAY, 1, "g1", MOVES, CURTAIL, START + 86400)
+    adj = protocol_svc.make_adjustment(DAY, 1, "g1", MOVES, CURTAIL, START + 86400)
     coord.publish(protocol.t_adjust(HOME), protocol.encode(adj))
     wait_until(lambda: (read_state(state) or {}).get("adjusted") == ADJUSTED, 10, "not adjusted")
     # a very slow clock parked in frame 2 (plan off there): one frame lasts 10 real minutes

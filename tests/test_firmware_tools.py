@@ -41,7 +41,7 @@ from test_firmware_mqtt import (
 
 from backend.common.broker import acl_text, free_port, render_conf, wait_port
 from firmware import host, romfs
-from hemsfw import config, plan, protocol
+from hemsfw import config, plan, protocol, protocol_svc
 
 pytestmark = pytest.mark.integration
 __all__ = ["lab"]
@@ -90,7 +90,7 @@ def run_round(lab: Lab, script: Path, cfg: Path, micropypath: str,
         announce(coord)
         values = check_unmasks(lab, coord.get(protocol.t_plan(HOME)),
                                mb1.get(protocol.t_mask("mb1", HOME)))
-        adj = protocol.make_adjustment("2026-11-28", 1, "g1", MOVES, [], START + 86400)
+        adj = protocol_svc.make_adjustment("2026-11-28", 1, "g1", MOVES, [], START + 86400)
         coord.publish(protocol.t_adjust(HOME), protocol.encode(adj))
         adjusted = plan.apply_adjustment(values, [tuple(m) for m in MOVES], [])
         wait_until(lambda: (read_state(state) or {}).get("adjusted") == adjusted, 10, "no adj")

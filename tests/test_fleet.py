@@ -19,7 +19,7 @@ import pytest
 from backend.common.broker import acl_text
 from backend.common.fleet_acl import FLEET_USER, FleetMosquitto, fleet_acl_text
 from bench import fleet as fl
-from hemsfw import masking, protocol, seal
+from hemsfw import masking, protocol, protocol_svc, seal
 
 PW = {FLEET_USER: "fleet-pw", "coordinator": "coord-pw", "mb1": "mb1-pw", "mb2": "mb2-pw",
       "h000001": "home-pw"}
@@ -38,13 +38,13 @@ def test_fleet_reports_are_the_firmwares_and_unmask_to_the_plans(tmp_path: Path)
     rids = {}
     for i, h in enumerate(spec.ids()):
         (_, plan), *masks = [m for m in fleet.messages if m[0].endswith("/" + h)]
-        home, day, rnd, rid, mag, masked = protocol.parse_plan_report(
+        home, day, rnd, rid, mag, masked = protocol_svc.parse_plan_report(
             protocol.decode(plan), 96)
         assert (home, day, rnd, mag) == (h, spec.day, 1, fleet.mags[i])
         acc = bytearray(masked)
         for (topic, payload), b in zip(masks, spec.brokers, strict=True):
             assert topic == protocol.t_mask(b, h)
-            mh, _d, _r, mrid, blob = protocol.parse_mask_report(protocol.decode(payload))
+            mh, _d, _r, mrid, blob = protocol_svc.parse_mask_report(protocol.decode(payload))
             assert (mh, mrid) == (h, rid)
             s = seal.open_sealed(keys[b][h], protocol.mask_ad(b, h, day, rnd, rid), blob)
             mask = masking.expand_seed(s, 96)

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from backend.coordinator.daemon import Daemon
 from backend.coordinator.round import Round
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 DAY = "2026-11-27"
 F = 8
@@ -69,7 +69,7 @@ def report(home: str, rid: str | None = None, mag: int = 2) -> dict[str, Any]:
 
 
 def family(topic: str, default: str) -> str:
-    if topic == protocol.t_capacity():
+    if topic == protocol_svc.t_capacity():
         return "capacity"
     if topic.startswith(protocol.PREFIX + "/plan/"):
         return "plan"
@@ -155,7 +155,7 @@ def test_plan_reports(data: st.DataObject) -> None:
 
 
 def answer(broker: str, req: str, frames: int = F) -> dict[str, Any]:
-    return dict(protocol.make_group_sums(req, broker, DAY, 1, [
+    return dict(protocol_svc.make_group_sums(req, broker, DAY, 1, [
         {"id": "g1", "status": "released", "sum": protocol.b64(secrets.token_bytes(4 * frames))},
         {"id": "g2", "status": "refused", "reason": "missing_members", "missing": ["home-a1"]},
     ]))
@@ -163,8 +163,8 @@ def answer(broker: str, req: str, frames: int = F) -> dict[str, Any]:
 
 def hostile_answers() -> st.SearchStrategy[tuple[str, bytes, bool]]:
     base = answer("mb1", "zz-unknown")
-    topics = st.sampled_from([protocol.t_groupsum("mb1"), protocol.t_groupsum("mb2"),
-                              protocol.t_groupsum("mb9"), "hems/v1/groupsum/",
+    topics = st.sampled_from([protocol_svc.t_groupsum("mb1"), protocol_svc.t_groupsum("mb2"),
+                              protocol_svc.t_groupsum("mb9"), "hems/v1/groupsum/",
                               "hems/v1/groupsum/mb1/x", "hems/v1/groupsum/MB1"])
     payloads = st.one_of(
         hostile_payloads(base, protocol.MAX_GROUP_PAYLOAD),
@@ -186,17 +186,17 @@ def test_mask_broker_answers(data: st.DataObject) -> None:
         asked(Path(tmp), asks)  # requests journaled as asked, awaiting their answers
         d, c = coordinator(Path(tmp))
     valid = {(b, r): answer(b, r) for b, r in asks.values()}
-    msgs = [(protocol.t_groupsum(b), protocol.encode(o), False) for (b, _), o in valid.items()]
+    msgs = [(protocol_svc.t_groupsum(b), protocol.encode(o), False) for (b, _), o in valid.items()]
     msgs += data.draw(st.lists(HOSTILE_ANSWERS, min_size=8, max_size=30))
     msgs = data.draw(st.permutations(msgs))
-    msgs += [(protocol.t_groupsum(b), protocol.encode(valid[(b, r)]), False)  # duplicates
+    msgs += [(protocol_svc.t_groupsum(b), protocol.encode(valid[(b, r)]), False)  # duplicates
              for b, r in data.draw(st.lists(st.sampled_from(sorted(valid)), max_size=3))]
 
     feed(d, c, msgs, "groupsum", lambda: len(c.answers))
     assert set(c.answers) == set(valid)
     for key, obj in valid.items():
         got = c.answers[key]
-        assert got["g1"] == protocol.unb64(obj["results"][0]["sum"], 4 * F)
+        assert got["g1"] == protocol_svc.unb64(obj["results"][0]["sum"], 4 * F)
         assert got["g2"] is not None and not isinstance(got["g2"], bytes)
 
 
@@ -204,18 +204,18 @@ def test_mask_broker_answers(data: st.DataObject) -> None:
 
 
 def hostile_other() -> dict[str, st.SearchStrategy[tuple[str, bytes, bool]]]:
-    base = dict(protocol.make_capacity(F, [100] * F, [50] * F))
-    cap = st.tuples(st.just(protocol.t_capacity()), st.one_of(
+    base = dict(protocol_svc.make_capacity(F, [100] * F, [50] * F))
+    cap = st.tuples(st.just(protocol_svc.t_capacity()), st.one_of(
         hostile_payloads(base),
-        st.sampled_from([protocol.make_capacity(F + 1, [1] * (F + 1)),
-                         protocol.make_capacity(F, [-1] * F),
-                         protocol.make_capacity(F, [2**70] * F)]).map(protocol.encode),
+        st.sampled_from([protocol_svc.make_capacity(F + 1, [1] * (F + 1)),
+                         protocol_svc.make_capacity(F, [-1] * F),
+                         protocol_svc.make_capacity(F, [2**70] * F)]).map(protocol.encode),
     ), st.booleans())
     other = st.tuples(st.one_of(st.text(max_size=40), st.sampled_from(
         ["hems/v1/round", "hems/v1/mask/mb1/home-a1", "hems/v1/adjust/home-a1", "#", ""])),
         st.binary(max_size=100), st.booleans())
     return {"capacity": cap, "other topics": other.filter(lambda m: not m[0].startswith(
-        (protocol.PREFIX + "/plan/", protocol.PREFIX + "/groupsum/", protocol.t_capacity())))}
+        (protocol.PREFIX + "/plan/", protocol.PREFIX + "/groupsum/", protocol_svc.t_capacity())))}
 
 
 HOSTILE_OTHER = hostile_other()
@@ -226,9 +226,9 @@ HOSTILE_OTHER = hostile_other()
 @given(data=st.data())
 def test_capacity_and_other_topics(focus: str, data: st.DataObject) -> None:
     d, c = coordinator()
-    good = protocol.make_capacity(F, list(range(100, 100 + F)))
+    good = protocol_svc.make_capacity(F, list(range(100, 100 + F)))
     msgs = data.draw(st.lists(HOSTILE_OTHER[focus], min_size=8, max_size=30))
-    msgs.append((protocol.t_capacity(), protocol.encode(good), True))
+    msgs.append((protocol_svc.t_capacity(), protocol.encode(good), True))
     feed(d, c, msgs, "capacity", lambda: d.supply.accepted)
     cap, _ = d.supply.for_day(DAY, F)
     assert cap is not None

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.mask_broker.core import MaskBroker, Publish
-from hemsfw import masking, protocol, seal
+from hemsfw import masking, protocol, protocol_svc, seal
 
 B = "mb1"
 DAY = "2026-11-27"
@@ -36,7 +36,7 @@ FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
 
 
 def announcement(day: str = DAY, rnd: int = 1, frames: int = F) -> dict[str, Any]:
-    return dict(protocol.make_round(day, rnd, frames, 900, 1, 0, 3600, [B]))
+    return dict(protocol_svc.make_round(day, rnd, frames, 900, 1, 0, 3600, [B]))
 
 
 def mask(home: str, rid: str | None = None, seed: bytes | None = None, rnd: int = 1,
@@ -49,7 +49,7 @@ def mask(home: str, rid: str | None = None, seed: bytes | None = None, rnd: int 
 
 
 def request(req: str, groups: list[tuple[str, list[str], str]], rnd: int = 1) -> dict[str, Any]:
-    return dict(protocol.make_group_request(req, DAY, rnd, groups))
+    return dict(protocol_svc.make_group_request(req, DAY, rnd, groups))
 
 
 def hostile() -> dict[str, st.SearchStrategy[tuple[str, bytes]]]:
@@ -68,7 +68,7 @@ def hostile() -> dict[str, st.SearchStrategy[tuple[str, bytes]]]:
             ]).map(protocol.encode)))
     bad_checksum = "0" * 64
     base_req = request("zz", [("g", VALID[:3], bad_checksum)])
-    requests = st.tuples(st.just(protocol.t_groupreq(B)), st.one_of(
+    requests = st.tuples(st.just(protocol_svc.t_groupreq(B)), st.one_of(
         hostile_payloads(base_req, protocol.MAX_GROUP_PAYLOAD),
         st.sampled_from([  # parse, but are refused without touching the partition
             request("r-x", [("g", VALID, bad_checksum)], rnd=2),
@@ -130,13 +130,13 @@ def test_handlers_survive_hostile_traffic(focus: str, data: st.DataObject) -> No
             for o in out:
                 if isinstance(o, Publish):
                     tail = protocol.topic_tail(o.topic, "reply")
-                    assert o.topic == protocol.t_groupsum(B) or (tail is not None
+                    assert o.topic == protocol_svc.t_groupsum(B) or (tail is not None
                                                                  and tail[0] == B)
                     protocol.decode(o.payload, protocol.MAX_GROUP_PAYLOAD)
         # the round's real request: every valid home, the right checksum
         rids = [good[h][2] for h in VALID]
-        req = request("final", [("all", VALID, protocol.report_checksum(rids))])
-        out = core.handle(protocol.t_groupreq(B), protocol.encode(req))
+        req = request("final", [("all", VALID, protocol_svc.report_checksum(rids))])
+        out = core.handle(protocol_svc.t_groupreq(B), protocol.encode(req))
     finally:
         logging.getLogger("hems.mask_broker").removeHandler(counter)
     for topic, _ in msgs:
@@ -149,7 +149,7 @@ def test_handlers_survive_hostile_traffic(focus: str, data: st.DataObject) -> No
     acc = bytearray(4 * F)
     for h in VALID:
         masking.add_words(acc, masking.expand_seed(good[h][1], F))
-    assert protocol.unb64(res[0]["sum"], 4 * F) == bytes(acc)
+    assert protocol_svc.unb64(res[0]["sum"], 4 * F) == bytes(acc)
     assert counter.rejected == core.rejections.total()
     assert not reasons_known(core.rejections.counts), core.rejections.counts
     assert core.rejections.counts["internal:internal_error"] == 0

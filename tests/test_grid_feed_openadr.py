@@ -31,7 +31,7 @@ from backend.grid_feed.vtn import (
     start_vtn,
     ven_command,
 )
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ class Coordinator:
         self.c.username_pw_set("coordinator", USERS["coordinator"])
         self.c.on_message = self._msg
         self.c.connect("127.0.0.1", port)
-        self.c.subscribe(protocol.t_day_capacity("+"), qos=1)
+        self.c.subscribe(protocol_svc.t_day_capacity("+"), qos=1)
         self.c.loop_start()
 
     def _msg(self, _c: object, _u: object, m: mqtt.MQTTMessage) -> None:
@@ -75,7 +75,7 @@ class Coordinator:
 
     def day(self) -> dict[str, Any] | None:
         with self.lock:
-            return self.latest.get(protocol.t_day_capacity(DAY))
+            return self.latest.get(protocol_svc.t_day_capacity(DAY))
 
     def publish(self, topic: str, obj: dict[str, Any]) -> None:
         self.c.publish(topic, protocol.encode(obj), qos=1, retain=True).wait_for_publish(10)
@@ -163,8 +163,8 @@ def grid_may_publish_default(broker: Mosquitto, wh: int) -> list[int]:
     c.connect("127.0.0.1", broker.port)
     c.loop_start()
     try:
-        c.publish(protocol.t_capacity(), protocol.encode(
-            protocol.make_capacity(FRAMES, [wh] * FRAMES)), qos=1, retain=True
+        c.publish(protocol_svc.t_capacity(), protocol.encode(
+            protocol_svc.make_capacity(FRAMES, [wh] * FRAMES)), qos=1, retain=True
         ).wait_for_publish(10)
     finally:
         c.disconnect()
@@ -186,7 +186,7 @@ def test_event_received_sets_the_days_capacity_per_frame(
     assert day["capacity_wh"] == base[:68] + limits + base[84:]
     assert day["day"] == DAY and day["source"] == "openadr"
     assert day["events"] == [{"id": f"hems-{DAY}", "mod": 0}]
-    assert protocol.parse_day_capacity(day, DAY)[2] == day["capacity_wh"]
+    assert protocol_svc.parse_day_capacity(day, DAY)[2] == day["capacity_wh"]
     assert wait_for("the status", lambda: published_capacity(tmp_path / "ven", DAY)) == \
         day["capacity_wh"]
     assert wait_for("the opt", lambda: vtn.opts) == [(f"hems-{DAY}", 0, "optIn")]
@@ -217,7 +217,7 @@ def test_update_and_cancel_republish_the_day_and_are_logged_against_the_deadline
         run: Any, coord: Coordinator, broker: Mosquitto) -> None:
     base = grid_may_publish_default(broker, 5000)
     now = int(time.time())
-    coord.publish(protocol.t_round(), protocol.make_round(
+    coord.publish(protocol.t_round(), protocol_svc.make_round(
         DAY, 1, FRAMES, FRAME_S, 1, START, now + 3600, ["mb1"]))
     vtn = run.vtn()
     ven = run(vtn.url)
@@ -244,7 +244,7 @@ def test_update_and_cancel_republish_the_day_and_are_logged_against_the_deadline
 def test_a_change_after_the_rounds_deadline_is_logged_as_after(
         run: Any, coord: Coordinator) -> None:
     closed = int(time.time()) - 60  # round 1 of the day has already closed its collection
-    coord.publish(protocol.t_round(), protocol.make_round(
+    coord.publish(protocol.t_round(), protocol_svc.make_round(
         DAY, 1, FRAMES, FRAME_S, 1, START, closed, ["mb1"]))
     vtn = run.vtn()
     ven = run(vtn.url)
@@ -327,7 +327,7 @@ def test_malformed_and_out_of_range_signals_are_rejected_with_a_reason(
 
 
 def _outcome(rnd: int, after: list[int], reserve: list[int]) -> dict[str, Any]:
-    return protocol.make_outcome(DAY, rnd, FRAMES, FRAME_S, START, [4000] * FRAMES,
+    return protocol_svc.make_outcome(DAY, rnd, FRAMES, FRAME_S, START, [4000] * FRAMES,
                                  [4500] * FRAMES, after, reserve, 0, 0)
 
 
@@ -338,7 +338,7 @@ def test_the_outcome_is_reported_and_decides_the_opt(run: Any, coord: Coordinato
     wait_for("registered", lambda: ven.status().get("state") == "online")
     after = [3000 + k for k in range(FRAMES)]
     reserve = [k % 7 for k in range(FRAMES)]
-    coord.publish(protocol.t_outcome(DAY), _outcome(1, after, reserve))
+    coord.publish(protocol_svc.t_outcome(DAY), _outcome(1, after, reserve))
     planned = wait_for("the report", lambda: vtn.report_values("planned_load"))
     assert planned == [(START + k * FRAME_S, after[k] + reserve[k]) for k in range(FRAMES)]
     assert wait_for("baseline", lambda: vtn.report_values("baseline_load")) == [
@@ -348,7 +348,7 @@ def test_the_outcome_is_reported_and_decides_the_opt(run: Any, coord: Coordinato
     # Round 2 plans frame 80 over the event's 4000 Wh: the VEN opts out, with the reason.
     after2 = [3900] * FRAMES
     after2[80] = 4001
-    coord.publish(protocol.t_outcome(DAY), _outcome(2, after2, [0] * FRAMES))
+    coord.publish(protocol_svc.t_outcome(DAY), _outcome(2, after2, [0] * FRAMES))
     wait_for("opt out", lambda: [o for _e, _m, o in vtn.opts] == ["optIn", "optOut"])
     st = wait_for("opt out in status", lambda: ven.status().get("events", {}).get(
         f"hems-{DAY}", {}).get("opt") == "optOut" and ven.status())
@@ -360,7 +360,7 @@ def test_an_outcome_on_another_days_topic_is_ignored(run: Any, coord: Coordinato
     ven = run(vtn.url)
     wait_for("registered", lambda: ven.status().get("state") == "online")
     wrong = (DAY_DT + dt.timedelta(days=1)).isoformat()
-    coord.publish(protocol.t_outcome(wrong), _outcome(1, [1] * FRAMES, [0] * FRAMES))
+    coord.publish(protocol_svc.t_outcome(wrong), _outcome(1, [1] * FRAMES, [0] * FRAMES))
     wait_for("the rejection", lambda: ven.status().get("counts", {}).get("mqtt_rejected"))
     assert "day_mismatch" in ven.log.read_text() and vtn.reports == []
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from backend.mask_broker.core import DayWindow, MaskBroker, Publish, Record
 from backend.mask_broker.state_dir import StateDir
-from hemsfw import masking, protocol, seal
+from hemsfw import masking, protocol, protocol_svc, seal
 
 B = "mb1"
 DAY = "2025-06-01"
@@ -54,7 +54,7 @@ class Home:
 
 
 def announce(day: str = DAY, rnd: int = 1, frames: int = FRAMES) -> tuple[str, bytes]:
-    ann = protocol.make_round(day, rnd, frames, 900, 1, 0, 3600, [B])
+    ann = protocol_svc.make_round(day, rnd, frames, 900, 1, 0, 3600, [B])
     return protocol.t_round(), protocol.encode(ann)
 
 
@@ -72,15 +72,16 @@ def reply(out: list[Any]) -> dict[str, Any]:
 def group_request(groups: list[tuple[str, list[str], list[str]]], day: str = DAY,
                   rnd: int = 1, req: str = "r1") -> tuple[str, bytes]:
     """groups: (id, members, their report ids)."""
-    gs = [(g, m, protocol.report_checksum(r)) for g, m, r in groups]
-    return protocol.t_groupreq(B), protocol.encode(protocol.make_group_request(req, day, rnd, gs))
+    gs = [(g, m, protocol_svc.report_checksum(r)) for g, m, r in groups]
+    return protocol_svc.t_groupreq(B), protocol.encode(
+        protocol_svc.make_group_request(req, day, rnd, gs))
 
 
 def sums(out: list[Any]) -> dict[str, Any]:
     (p,) = publishes(out)
-    assert p.topic == protocol.t_groupsum(B)
+    assert p.topic == protocol_svc.t_groupsum(B)
     obj = json.loads(p.payload)
-    _, broker, _, _, res = protocol.parse_group_sums(obj, FRAMES)
+    _, broker, _, _, res = protocol_svc.parse_group_sums(obj, FRAMES)
     assert broker == B
     return res
 
@@ -131,7 +132,7 @@ def test_accepts_a_sealed_mask_and_stores_its_expansion() -> None:
     assert rec.data == {"day": DAY, "round": 1, "home": "h1", "report_id": rid,
                         "seed": seed.hex()}
     assert pub.topic == protocol.t_reply(B, "h1")
-    assert json.loads(pub.payload) == protocol.make_reply(DAY, 1, rid, True, "ok")
+    assert json.loads(pub.payload) == protocol_svc.make_reply(DAY, 1, rid, True, "ok")
     row = core.masks.rows[core.masks.row_of[core.index["h1"]]]
     assert row.tobytes() == bytes(masking.expand_seed(seed, FRAMES))
     assert core.stats.masks_accepted == 1
@@ -323,7 +324,7 @@ def test_group_request_for_another_round() -> None:
     res = w.ask(("g", ["h1", "h2"]), rnd=2)
     assert res == {"g": ("unknown_round", [])}
     assert w.core.rejections.counts["groupreq:unknown_round"] == 1
-    out = w.core.handle(protocol.t_groupreq(B), b'{"v": 1, "req": "r"}')
+    out = w.core.handle(protocol_svc.t_groupreq(B), b'{"v": 1, "req": "r"}')
     assert out == [] and w.core.rejections.counts["groupreq:bad_day"] == 1
 
 
@@ -332,9 +333,9 @@ def test_large_group_request_beyond_the_message_cap() -> None:
     core = MaskBroker(B, keys, 3)
     core.handle(*announce())
     members = sorted(keys)
-    req = protocol.encode(protocol.make_group_request("r", DAY, 1, [("g", members, "0" * 64)]))
+    req = protocol.encode(protocol_svc.make_group_request("r", DAY, 1, [("g", members, "0" * 64)]))
     assert len(req) > protocol.MAX_PAYLOAD
-    res = sums(core.handle(protocol.t_groupreq(B), req))
+    res = sums(core.handle(protocol_svc.t_groupreq(B), req))
     assert res["g"][0] == "missing_members" and len(res["g"][1]) == len(members)
 
 
@@ -347,7 +348,7 @@ def test_vectorised_checksum_equals_protocol(rids: list[bytes]) -> None:
     for i, r in enumerate(rids):
         m.add(i, r.hex(), b"\x00" * 32)
     rows = np.arange(len(rids), dtype=np.int64)
-    assert m.checksum(rows) == protocol.report_checksum([r.hex() for r in rids])
+    assert m.checksum(rows) == protocol_svc.report_checksum([r.hex() for r in rids])
 
 
 # ---------------------------------------------------------------- restart
@@ -424,7 +425,7 @@ def _near_valid(w: World) -> st.SearchStrategy[tuple[str, bytes]]:
         lambda key, v, drop: {**{k: x for k, x in good.items() if k != drop}, key: v},
         st.sampled_from([*good, "x"]), values, st.sampled_from([*good, *[None] * 12]))
     members = ["h1", "h2", "h3"]
-    checksum = protocol.report_checksum([w.rids[h] for h in members])
+    checksum = protocol_svc.report_checksum([w.rids[h] for h in members])
     gr = st.fixed_dictionaries({
         "v": st.sampled_from([1] * 6 + [2, "1"]), "req": st.sampled_from(["r"] * 6 + ["", 5]),
         "day": st.sampled_from([DAY] * 6 + ["2025-13-99", None]),
@@ -453,7 +454,7 @@ def _near_valid(w: World) -> st.SearchStrategy[tuple[str, bytes]]:
                                    "hems/v1/mask/mb1/\u00e9", protocol.t_round(), topic, topic]),
                   st.one_of(st.binary(max_size=300),
                             mutated.map(lambda o: json.dumps(o).encode()))),
-        st.tuples(st.just(protocol.t_groupreq(B)), st.one_of(
+        st.tuples(st.just(protocol_svc.t_groupreq(B)), st.one_of(
             st.binary(max_size=200), gr.map(lambda o: json.dumps(o).encode()))),
         st.tuples(st.text(max_size=30), st.binary(max_size=50)),
     )
@@ -475,7 +476,7 @@ def test_fuzz_never_raises_and_only_answers_valid_topics(data: st.DataObject) ->
                 assert tail[0] == B and protocol.valid_id(tail[1])
                 assert protocol.topic_tail(topic, "mask") == tail
             else:
-                assert o.topic == protocol.t_groupsum(B)
+                assert o.topic == protocol_svc.t_groupsum(B)
             protocol.decode(o.payload)
     assert w.core.rejections.counts["internal:internal_error"] == 0
     json.dumps(w.core.stats_dict())
@@ -501,8 +502,9 @@ def test_stats_dict() -> None:
 def carried_request(groups: list[tuple[str, list[str], list[str], list[str]]],
                     day: str, rnd: int = 1, req: str = "r9") -> tuple[str, bytes]:
     """groups: (id, members, the report ids counted, carried members)."""
-    gs = [(g, m, protocol.report_checksum(r), c) for g, m, r, c in groups]
-    return protocol.t_groupreq(B), protocol.encode(protocol.make_group_request(req, day, rnd, gs))
+    gs = [(g, m, protocol_svc.report_checksum(r), c) for g, m, r, c in groups]
+    return protocol_svc.t_groupreq(B), protocol.encode(
+        protocol_svc.make_group_request(req, day, rnd, gs))
 
 
 def next_day(w: World, day: str = "2025-06-02") -> None:

@@ -22,7 +22,7 @@ from backend.common.metrics import Sample, render
 from backend.common.mqtt import MqttSettings
 from backend.mask_broker.core import MaskBroker
 from backend.mask_broker.service import Service
-from hemsfw import protocol, seal
+from hemsfw import protocol, protocol_svc, seal
 
 B, FRAMES = "mb1", 8
 #: tomorrow: the mask broker accepts rounds for today and tomorrow on its own clock
@@ -48,7 +48,7 @@ def _values(samples: list[Sample]) -> dict[str, float]:
 def test_samples_follow_the_core_counters() -> None:
     keys = {h: os.urandom(32) for h in ("h1", "h2", "h3")}
     svc = Service(MaskBroker(B, keys, 2), MqttSettings())
-    ann = protocol.encode(protocol.make_round(DAY, 1, FRAMES, 900, 1, 0, 3600, [B]))
+    ann = protocol.encode(protocol_svc.make_round(DAY, 1, FRAMES, 900, 1, 0, 3600, [B]))
     for topic, payload in [(protocol.t_round(), ann),
                            (protocol.t_mask(B, "h1"), _mask(keys["h1"], "h1")[1]),
                            (protocol.t_mask(B, "h2"), b"{not json"),
@@ -114,8 +114,8 @@ def test_metrics_endpoint_of_a_running_mask_broker(tmp_path: Path) -> None:
 
             async def round_() -> None:
                 async with settings("coordinator").client() as coord:
-                    await coord.subscribe(protocol.t_groupsum(B), qos=1)
-                    ann = protocol.make_round(DAY, 1, FRAMES, 900, 1, 0, 3600, [B])
+                    await coord.subscribe(protocol_svc.t_groupsum(B), qos=1)
+                    ann = protocol_svc.make_round(DAY, 1, FRAMES, 900, 1, 0, 3600, [B])
                     await coord.publish(protocol.t_round(), protocol.encode(ann), qos=1,
                                         retain=True)
                     await asyncio.sleep(0.5)
@@ -127,10 +127,10 @@ def test_metrics_endpoint_of_a_running_mask_broker(tmp_path: Path) -> None:
                     async with settings("h3").client() as c:
                         await c.publish(protocol.t_mask(B, "h3"), b"garbage", qos=1)
                     await asyncio.sleep(0.5)
-                    req = protocol.make_group_request("q1", DAY, 1, [
-                        ("g", ["h1", "h2"], protocol.report_checksum(list(rids.values()))),
-                        ("small", ["h1"], protocol.report_checksum([rids["h1"]]))])
-                    await coord.publish(protocol.t_groupreq(B), protocol.encode(req), qos=1)
+                    req = protocol_svc.make_group_request("q1", DAY, 1, [
+                        ("g", ["h1", "h2"], protocol_svc.report_checksum(list(rids.values()))),
+                        ("small", ["h1"], protocol_svc.report_checksum([rids["h1"]]))])
+                    await coord.publish(protocol_svc.t_groupreq(B), protocol.encode(req), qos=1)
                     async with asyncio.timeout(WAIT):
                         async for _ in coord.messages:
                             break

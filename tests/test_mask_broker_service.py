@@ -34,7 +34,7 @@ from backend.mask_broker.__main__ import main as cli_main
 from backend.mask_broker.core import MaskBroker, Record
 from backend.mask_broker.service import Service
 from backend.mask_broker.state_dir import StateDir
-from hemsfw import masking, protocol, seal
+from hemsfw import masking, protocol, protocol_svc, seal
 
 B = "mb1"
 #: tomorrow: the mask broker accepts rounds for today and tomorrow on its own clock
@@ -177,14 +177,14 @@ async def report(lab: Lab, home: str, payload: bytes) -> dict[str, Any]:
 async def ask(coord: aiomqtt.Client, req: str, groups: list[tuple[str, list[HomeSide]]],
               checksums: dict[str, str] | None = None) -> dict[str, Any]:
     gs = [(g, [h.id for h in m],
-           (checksums or {}).get(g) or protocol.report_checksum([h.rid for h in m]))
+           (checksums or {}).get(g) or protocol_svc.report_checksum([h.rid for h in m]))
           for g, m in groups]
-    msg = protocol.make_group_request(req, DAY, 1, gs)
-    await coord.publish(protocol.t_groupreq(B), protocol.encode(msg), qos=1)
+    msg = protocol_svc.make_group_request(req, DAY, 1, gs)
+    await coord.publish(protocol_svc.t_groupreq(B), protocol.encode(msg), qos=1)
     while True:
-        obj = await next_json(coord, protocol.t_groupsum(B))
+        obj = await next_json(coord, protocol_svc.t_groupsum(B))
         if obj.get("req") == req:
-            _, broker, day, rnd, res = protocol.parse_group_sums(obj, FRAMES)
+            _, broker, day, rnd, res = protocol_svc.parse_group_sums(obj, FRAMES)
             assert (broker, day, rnd) == (B, DAY, 1)
             return res
 
@@ -199,8 +199,8 @@ def test_mask_broker_service(lab: Lab) -> None:
     h1, h2, h3, h4, h5, h6 = (h[n] for n in HOMES)
 
     async def first_run() -> None:
-        async with connected(lab, "coordinator", protocol.t_groupsum(B)) as coord:
-            ann = protocol.make_round(DAY, 1, FRAMES, 900, 1, 0, 3600, [B])
+        async with connected(lab, "coordinator", protocol_svc.t_groupsum(B)) as coord:
+            ann = protocol_svc.make_round(DAY, 1, FRAMES, 900, 1, 0, 3600, [B])
             await coord.publish(protocol.t_round(), protocol.encode(ann), qos=1, retain=True)
             lab.wait_stats(lambda s: s["round"] is not None)
 
@@ -218,7 +218,7 @@ def test_mask_broker_service(lab: Lab) -> None:
             again = await report(lab, "h1", h1.payload())
             assert again["reason"] == "replay"
 
-            await coord.publish(protocol.t_groupreq(B), b"\xff garbage", qos=1)
+            await coord.publish(protocol_svc.t_groupreq(B), b"\xff garbage", qos=1)
             res = await ask(coord, "r1", [
                 ("all", [h1, h2, h3, h4]),
                 ("small", [h1]),
@@ -266,7 +266,7 @@ def test_mask_broker_service(lab: Lab) -> None:
                 ok = await next_json(clients[home.id], protocol.t_reply(B, home.id))
                 assert ok["status"] == "accepted", ok
 
-        async with connected(lab, "coordinator", protocol.t_groupsum(B)) as coord:
+        async with connected(lab, "coordinator", protocol_svc.t_groupsum(B)) as coord:
             res = await ask(coord, "r3", [
                 ("shuffle", [h2, h3]),  # still refused: today's releases were kept
                 ("new", [h5, h6]),
@@ -283,7 +283,7 @@ def test_mask_broker_service(lab: Lab) -> None:
         lab.mq.stop()
         lab.mq.start()
         lab.wait_stats(lambda s: s["mqtt"]["connects"] > connects and s["mqtt"]["connected"])
-        async with connected(lab, "coordinator", protocol.t_groupsum(B)) as coord:
+        async with connected(lab, "coordinator", protocol_svc.t_groupsum(B)) as coord:
             res = await ask(coord, "r4", [("new", [h5, h6])])
             assert res["new"] == expected([h5, h6])
 
@@ -328,7 +328,7 @@ class LoggingState(StateDir):
 def _core_with_masks(keys: dict[str, bytes]) -> tuple[MaskBroker, list[HomeSide]]:
     core = MaskBroker(B, keys, 2)
     core.handle(protocol.t_round(),
-                protocol.encode(protocol.make_round(DAY, 1, FRAMES, 900, 1, 0, 1, [B])))
+                protocol.encode(protocol_svc.make_round(DAY, 1, FRAMES, 900, 1, 0, 1, [B])))
     homes = [HomeSide(keys, h) for h in keys]
     for home in homes:
         core.handle(protocol.t_mask(B, home.id), home.payload())
@@ -336,9 +336,9 @@ def _core_with_masks(keys: dict[str, bytes]) -> tuple[MaskBroker, list[HomeSide]
 
 
 def _groupreq(homes: list[HomeSide]) -> aiomqtt.Message:
-    gs = [("g", [h.id for h in homes], protocol.report_checksum([h.rid for h in homes]))]
-    payload = protocol.encode(protocol.make_group_request("r", DAY, 1, gs))
-    return aiomqtt.Message(protocol.t_groupreq(B), payload, 1, False, 1, None)
+    gs = [("g", [h.id for h in homes], protocol_svc.report_checksum([h.rid for h in homes]))]
+    payload = protocol.encode(protocol_svc.make_group_request("r", DAY, 1, gs))
+    return aiomqtt.Message(protocol_svc.t_groupreq(B), payload, 1, False, 1, None)
 
 
 @pytest.mark.parametrize("fail", [False, True])
@@ -361,7 +361,7 @@ def test_release_is_recorded_before_its_sum_is_published(tmp_path: Path, fail: b
     if fail:  # fail closed: nothing published whose release was not recorded, and no PUBACK
         assert log == []  # (mosquitto delivers the request again to the restarted broker)
     else:  # the request is acknowledged only once its release is on disk
-        assert log == ["record release", "ack 1", f"publish {protocol.t_groupsum(B)}"]
+        assert log == ["record release", "ack 1", f"publish {protocol_svc.t_groupsum(B)}"]
         assert json.loads((tmp_path / "stats.json").read_text())["groups"]["released"] == 1
 
 

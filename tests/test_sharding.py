@@ -27,7 +27,7 @@ from backend.coordinator.intake import Intake, RoundConfig
 from backend.coordinator.ports import SystemClock
 from bench import fleet as fl
 from bench import scale
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 F = 8
 DAY = "2026-11-27"
@@ -82,7 +82,7 @@ def test_a_killed_coordinator_with_workers_resumes_with_every_report(tmp_path: P
     users = {FLEET_USER: "fleet-pw", scale.COORD: "coord-pw", "mb1": "mb1-pw"}
     regs = fl.write_registry(spec, tmp_path)
     cap = tmp_path / "capacity.json"
-    cap.write_bytes(protocol.encode(protocol.make_capacity(
+    cap.write_bytes(protocol.encode(protocol_svc.make_capacity(
         spec.frames, [int(fleet.plans.sum(axis=0).max())] * spec.frames)))
     procs: list[scale.Service] = []
     with FleetMosquitto(tmp_path / "mq", users, ["mb1"]) as mq:

@@ -11,7 +11,7 @@ which produces the reason code.  So accept/reject decisions and reason codes can
   object (``v`` == 1; the home equals the topic's home, itself a valid id; the day equals the
   round's day and the round equals the round's number, both checked valid once in ``RoundKey``;
   the report id matches ``[0-9a-f]{32}``; ``mag`` an int (not a bool) in 1..MAX_MAG; the vector
-  or the sealed blob decoded exactly as ``protocol.unb64`` / ``parse_mask_report`` decode it);
+  or the sealed blob decoded exactly as ``protocol_svc.unb64`` / ``parse_mask_report`` decode it);
 * the values returned are the ones the full parse returns on that object, and the checks that
   follow the parse in the services (home mismatch, round) pass on them by construction.
 
@@ -24,11 +24,11 @@ import binascii
 import re
 
 from backend.common import fastjson
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 __all__ = ["RoundKey", "fast_mask_report", "fast_plan_report", "valid_day"]
 
-#: ``protocol._report_id``: exactly REPORT_ID_HEX lowercase hex digits
+#: ``protocol_svc._report_id`` (its own check): exactly REPORT_ID_HEX lowercase hex digits
 REPORT_ID = re.compile(f"[0-9a-f]{{{protocol.REPORT_ID_HEX}}}")
 _a2b = binascii.a2b_base64
 _loads = fastjson.loads
@@ -37,9 +37,9 @@ _MAX_MAG = protocol.MAX_MAG
 
 
 def valid_day(day: object) -> bool:
-    """``protocol._day`` as a predicate."""
+    """``protocol.day_field`` as a predicate."""
     try:
-        protocol._day({"day": day})
+        protocol.day_field({"day": day})
     except ValueError:
         return False
     return True
@@ -60,7 +60,7 @@ class RoundKey:
         #: None when there is no safe template (a day or round nobody validated)
         self._parts: tuple[bytes, bytes] | None = None
         try:
-            full = fastjson.dumps(protocol.make_reply(day, rnd, marker[1:-1].decode(), True,
+            full = fastjson.dumps(protocol_svc.make_reply(day, rnd, marker[1:-1].decode(), True,
                                                       ok_reason))
         except (TypeError, ValueError):
             return
@@ -69,11 +69,11 @@ class RoundKey:
             self._parts = (head + b'"', b'"' + tail)
 
     def accepted_reply(self, rid: str) -> bytes:
-        """``fastjson.dumps(protocol.make_reply(day, round, rid, True, ok_reason))``; the
+        """``fastjson.dumps(protocol_svc.make_reply(day, round, rid, True, ok_reason))``; the
         template is used for a report id that matched ``REPORT_ID`` (hex: nothing to escape)."""
         parts = self._parts
         if parts is None or REPORT_ID.fullmatch(rid) is None:
-            return fastjson.dumps(protocol.make_reply(self.day, self.round, rid, True,
+            return fastjson.dumps(protocol_svc.make_reply(self.day, self.round, rid, True,
                                                       self._ok_reason))
         return parts[0] + rid.encode() + parts[1]
 
@@ -116,7 +116,7 @@ def fast_plan_report(payload: bytes, home: str, key: RoundKey,
         return None
     try:
         raw = _a2b(s)
-    except Exception:  # as protocol.unb64: anything a2b_base64 refuses
+    except Exception:  # as protocol_svc.unb64: anything a2b_base64 refuses
         return None
     if len(raw) != nbytes:
         return None
@@ -125,7 +125,7 @@ def fast_plan_report(payload: bytes, home: str, key: RoundKey,
 
 def fast_mask_report(payload: bytes, home: str, key: RoundKey) -> tuple[str, bytes] | None:
     """(report id, sealed blob) of a mask report of ``home`` (a valid id: the topic's) for
-    ``key``'s round that ``protocol.parse_mask_report(fastjson.decode(payload))`` would parse
+    ``key``'s round that ``protocol_svc.parse_mask_report(fastjson.decode(payload))`` would parse
     (and whose home and round the mask broker's checks would find right); else None."""
     r = _report(payload, home, key)
     if r is None:
@@ -136,6 +136,6 @@ def fast_mask_report(payload: bytes, home: str, key: RoundKey) -> tuple[str, byt
         return None
     try:
         blob = _a2b(s)
-    except Exception:  # as protocol.parse_mask_report
+    except Exception:  # as protocol_svc.parse_mask_report
         return None
     return rid, blob

@@ -44,5 +44,5 @@ def decode(payload: bytes, limit: int = protocol.MAX_PAYLOAD) -> Any:
         obj = loads(payload)
     except ValueError:
         raise ValueError("bad_json") from None
-    protocol._version(obj)  # the firmware's own check
+    protocol.check_version(obj)  # the firmware's own check
     return obj

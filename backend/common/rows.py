@@ -47,7 +47,7 @@ from functools import cached_property
 import numpy as np
 import numpy.typing as npt
 
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 __all__ = [
     "U32",
@@ -298,7 +298,7 @@ class PlanSink:
         except Exception:
             return home, "bad_json"
         try:
-            p_home, day, rnd, rid, mag, masked = protocol.parse_plan_report(obj, self.frames)
+            p_home, day, rnd, rid, mag, masked = protocol_svc.parse_plan_report(obj, self.frames)
         except ValueError as e:
             return home, str(e)
         if p_home != home:

@@ -133,7 +133,7 @@ def build_parser(prog: str = "python -m backend.coordinator") -> argparse.Argume
                    help="weight of the capacity message's target profile (0 = ignore it)")
     c = p.add_argument_group("inputs and timeouts")
     c.add_argument("--capacity-file", type=Path, default=None,
-                   help="capacity JSON (protocol.make_capacity) for every day, instead of "
+                   help="capacity JSON (protocol_svc.make_capacity) for every day, instead of "
                    "hems/v1/capacity[/<day>]")
     c.add_argument("--capacity-wait-s", type=bounded_float(0.0), default=10.0,
                    help="how long to wait for the day's capacity after collection")
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m backend.coordinat
         p.exit(2, f"{prog}: error: --capacity-file {args.capacity_file}: {e.strerror or e}\n")
     except ValueError as e:
         p.exit(2, f"{prog}: error: --capacity-file {args.capacity_file}: {e} (expected "
-                  f"protocol.make_capacity JSON for {args.frames} frames)\n")
+                  f"protocol_svc.make_capacity JSON for {args.frames} frames)\n")
     if args.status or args.check:
         return show_status(args)
     logging.basicConfig(

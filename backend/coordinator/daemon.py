@@ -49,7 +49,7 @@ from backend.coordinator.record import round_record
 from backend.coordinator.round import IntakePool, Round, RoundFailed, RoundSettings
 from backend.coordinator.schedule import RoundTime, Schedule
 from backend.coordinator.supply import SupplyBook
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 __all__ = ["Daemon", "DaemonConfig", "Replies"]
 
@@ -206,7 +206,7 @@ class Daemon:
                 cur.take_plan(topic, payload, retained, out, flush=not batch)
         elif topic.startswith(_GROUPSUM):
             self._route_groupsum(topic, payload)
-        elif topic.startswith(protocol.t_capacity()):
+        elif topic.startswith(protocol_svc.t_capacity()):
             why = self.supply.offer(topic, payload, self.clock.now())
             if why is not None and cur is not None:
                 cur.rejections.reject("capacity", why, topic)

@@ -8,7 +8,7 @@ Rules, in the order they are checked (reason codes as in docs/protocol.md):
 
 * the topic must be ``hems/v1/plan/<home>`` with a valid home id: else ``bad_topic`` (no reply:
   there is nobody to reply to);
-* the payload must decode and parse (``protocol.decode``, ``protocol.parse_plan_report``):
+* the payload must decode and parse (``protocol.decode``, ``protocol_svc.parse_plan_report``):
   ``too_large``, ``bad_json``, ``bad_version``, ``bad_home``, ``bad_day``, ``bad_round``,
   ``bad_report_id``, ``bad_mag``, ``bad_vector``, ``bad_length``.  A vector of the wrong length
   for a *different* round is reported as ``unknown_round`` (the likelier cause);
@@ -52,7 +52,7 @@ from backend.common.fastcheck import RoundKey, fast_plan_report
 from backend.common.rejects import Rejections
 from backend.common.rows import Arranged, PlanSink
 from backend.coordinator.journal import Journal
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 __all__ = ["Intake", "IntakeFailed", "PlanReport", "Reports", "RoundConfig", "RoundState",
            "Verdict"]
@@ -60,7 +60,7 @@ __all__ = ["Intake", "IntakeFailed", "PlanReport", "Reports", "RoundConfig", "Ro
 
 @dataclass(frozen=True)
 class RoundConfig:
-    """The round as announced on ``hems/v1/round`` (protocol.make_round)."""
+    """The round as announced on ``hems/v1/round`` (protocol_svc.make_round)."""
 
     day: str
     round: int
@@ -73,7 +73,7 @@ class RoundConfig:
 
     def announcement(self) -> dict[str, Any]:
         return dict(
-            protocol.make_round(
+            protocol_svc.make_round(
                 self.day, self.round, self.frames, self.frame_s, self.quantum_wh, self.start,
                 self.deadline, list(self.brokers),
             )
@@ -117,7 +117,8 @@ class Verdict:
         topic = _REPLY_TOPIC + self.home  # protocol.t_reply("coordinator", home)
         if self.accepted and self.report_id is not None:
             return topic, cfg.key.accepted_reply(self.report_id)  # the same bytes, pre-built
-        msg = protocol.make_reply(cfg.day, cfg.round, self.report_id, self.accepted, self.reason)
+        msg = protocol_svc.make_reply(cfg.day, cfg.round, self.report_id, self.accepted,
+                                      self.reason)
         return topic, fastjson.dumps(msg)
 
 
@@ -223,7 +224,8 @@ class RoundState:
         except ValueError as e:
             return no(str(e), None)
         try:
-            p_home, day, rnd, p_rid, mag, masked = protocol.parse_plan_report(obj, self.cfg.frames)
+            p_home, day, rnd, p_rid, mag, masked = protocol_svc.parse_plan_report(
+                obj, self.cfg.frames)
         except ValueError as e:
             reason = str(e)
             if reason in ("bad_length", "bad_vector") and _is_other_round(obj, self.cfg):

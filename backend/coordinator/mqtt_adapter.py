@@ -32,14 +32,14 @@ from backend.common.bulk_mqtt import BulkClient, BulkMqttError, Message
 from backend.common.mqtt import MqttSettings
 from backend.coordinator.link import Conn, Link, LinkError
 from backend.coordinator.supply import capacity_topic
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 __all__ = ["BULK_TOPIC", "TOPICS", "AdapterError", "Dispatcher", "MqttAdapter"]
 
 log = logging.getLogger("hems.coordinator")
 
 #: on aiomqtt (link.py); the plan reports come on the lean connection (BULK_TOPIC)
-TOPICS = (protocol.t_groupsum("+"), capacity_topic(), capacity_topic("+"),
+TOPICS = (protocol_svc.t_groupsum("+"), capacity_topic(), capacity_topic("+"),
           protocol.t_status("+"))
 BULK_TOPIC = protocol.t_plan("+")
 PUBLISH_TIMEOUT_S = 60.0

@@ -70,7 +70,7 @@ from backend.coordinator.sums import (
 )
 from backend.coordinator.supply import Capacity, SupplyBook
 from backend.mask_broker.release import Partition
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 __all__ = ["MAX_REGROUP", "Round", "RoundFailed", "RoundSettings"]
 
@@ -81,6 +81,9 @@ PUBLISH_TIMEOUT_S = 60.0
 GRACE_STEP_S = 1.0  # one missing-members retry per second of missing_grace_s
 
 Replies = list[tuple[str, bytes]]
+
+
+_ADJUST = protocol.t_adjust("")  # the adjustment topic's prefix: home ids follow it
 
 
 class RoundFailed(Exception):
@@ -489,8 +492,9 @@ class Round:
             if cap is None:
                 _, why = self.supply.for_day(self.s.day, self.s.frames)
                 raise RoundFailed(
-                    f"no capacity profile for {self.s.day}: none on {protocol.t_capacity()} "
-                    f"or {protocol.t_capacity()}/{self.s.day} (retained, {self.s.frames} frames)"
+                    f"no capacity profile for {self.s.day}: none on "
+                    f"{protocol_svc.t_capacity()} or {protocol_svc.t_day_capacity(self.s.day)} "
+                    f"(retained, {self.s.frames} frames)"
                     f" within {self.s.capacity_wait_s}s and no --capacity-file"
                     + (f" ({why})" if why else ""))
             self.capacity = cap
@@ -611,11 +615,11 @@ class Round:
         value (docs/grid-feed.md)."""
         res, cap, c = self.solution, self.capacity, self.cfg
         assert res is not None and cap is not None
-        msg = protocol.make_outcome(
+        msg = protocol_svc.make_outcome(
             c.day, c.round, c.frames, c.frame_s, c.start, cap.capacity_wh.tolist(),
             [int(x) for x in res.load_before], [int(x) for x in res.load_after],
             [0] * c.frames, int(res.residual_overload_wh), int(res.curtailed_wh))
-        return protocol.t_outcome(c.day), protocol.encode(msg), True
+        return protocol_svc.t_outcome(c.day), protocol.encode(msg), True
 
     async def _serving(self) -> None:
         """Until the day is over: a home that comes back gets its adjustment again
@@ -779,8 +783,8 @@ class Round:
         fut: asyncio.Future[dict[str, Answer]] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         c = self.cfg
-        topic = protocol.t_groupreq(broker)
-        payload = protocol.encode(protocol.make_group_request(
+        topic = protocol_svc.t_groupreq(broker)
+        payload = protocol.encode(protocol_svc.make_group_request(
             req, c.day, c.round, [tuple(e) for e in entries]))
         self._open[key] = (topic, payload)
         deadline = time.monotonic() + self.s.answer_timeout_s
@@ -816,7 +820,7 @@ class Round:
             self._replied.add(h)
             log.error("home %s excluded: %s (group %s, broker %s%s)", h, ex.reason, ex.group,
                       ex.broker, f", {ex.detail}" if ex.detail else "")
-            msg = protocol.make_reply(c.day, c.round, reports[h].report_id, False, ex.reason)
+            msg = protocol_svc.make_reply(c.day, c.round, reports[h].report_id, False, ex.reason)
             self.out.send(protocol.t_reply("coordinator", h), protocol.encode(msg))
 
     # ------------------------------------------------------------ adjustments
@@ -834,7 +838,7 @@ class Round:
         assert ledger is not None
         reports = self.intake.state.reports if self.intake is not None else {}
         for i, grp in enumerate(groups):
-            adj = protocol.make_adjustment(c.day, c.round, grp.id, sorted(moves[i]),
+            adj = protocol_svc.make_adjustment(c.day, c.round, grp.id, sorted(moves[i]),
                                            sorted(curtail[i]), c.expires)
             payload = protocol.encode(adj)
             # carried members did not report this round (or their report is not the one
@@ -842,7 +846,7 @@ class Round:
             out += [(protocol.t_adjust(h), payload) for h in ledger.current(grp)
                     if h in reports]
         self._adjustments = out
-        self._adjustment_of = {protocol.topic_tail(t, "adjust")[0]: p for t, p in out}
+        self._adjustment_of = {t[len(_ADJUST):]: p for t, p in out}
         pause = self.s.pause_at
         limit = len(out)
         if pause is not None and pause.startswith("adjust:"):

@@ -57,7 +57,7 @@ from backend.coordinator.grouping import Group, child_id, make_group
 from backend.coordinator.intake import RoundConfig
 from backend.coordinator.memory import Carried
 from backend.mask_broker.release import Partition
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 __all__ = ["MAX_PASSES", "Answer", "Exclusion", "Refusal", "SumLedger", "parse_answer", "settle",
            "split_mismatch"]
@@ -101,7 +101,7 @@ def parse_answer(
     tail = protocol.topic_tail(topic, "groupsum")
     if tail is None or len(tail) != 1 or not protocol.valid_id(tail[0]):
         raise ValueError("bad_topic")
-    req, broker, day, rnd, out = protocol.parse_group_sums(
+    req, broker, day, rnd, out = protocol_svc.parse_group_sums(
         protocol.decode(payload, protocol.MAX_GROUP_PAYLOAD), cfg.frames)
     if broker != tail[0]:
         raise ValueError("broker_mismatch")
@@ -145,7 +145,7 @@ class SumLedger:
         self._arranged = Arranged(list(homes), masked)
         self._row = self._arranged.pos
         # SHA-256 of each report id as 4 LE uint64 words: a group's checksum is their XOR
-        # (protocol.report_checksum, vectorised).
+        # (protocol_svc.report_checksum, vectorised).
         sha, unhex = hashlib.sha256, bytes.fromhex
         digests = b"".join([sha(unhex(report_ids[h])).digest() for h in homes])
         self._digest = np.frombuffer(digests, dtype="<u8").reshape(len(homes), 4)
@@ -192,7 +192,7 @@ class SumLedger:
         return sorted(h for h in g.members if h in self.carried)
 
     def checksum(self, g: Group) -> str:
-        """protocol.report_checksum of the report ids the members count with."""
+        """protocol_svc.report_checksum of the report ids the members count with."""
         cur = self.current(g)
         rows = np.fromiter((self._row[h] for h in cur), dtype=np.intp, count=len(cur))
         x = np.bitwise_xor.reduce(self._digest[rows], axis=0) if len(cur) else np.zeros(
@@ -202,7 +202,7 @@ class SumLedger:
         return bytes(x.astype("<u8").tobytes()).hex()
 
     def request_entry(self, g: Group) -> tuple[str, list[str], str, list[str]]:
-        """(id, members, checksum, carried members) as protocol.make_group_request takes it."""
+        """(id, members, checksum, carried members) as protocol_svc.make_group_request takes it."""
         return g.id, sorted(g.members), self.checksum(g), self.carried_in(g)
 
     def complete(self, g: Group) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 __all__ = ["Capacity", "SupplyBook", "capacity_topic", "parse_capacity", "valid_day"]
 
@@ -64,14 +64,14 @@ def valid_day(day: str) -> bool:
 
 def capacity_topic(day: str | None = None) -> str:
     """``hems/v1/capacity`` (the default profile) or ``hems/v1/capacity/<day>``."""
-    topic: str = protocol.t_capacity() if day is None else protocol.t_day_capacity(day)
+    topic: str = protocol_svc.t_capacity() if day is None else protocol_svc.t_day_capacity(day)
     return topic
 
 
 def parse_capacity(payload: bytes, frames: int) -> Capacity:
-    """A capacity message (protocol.make_capacity) for ``frames`` frames, else ValueError(reason)
-    (the parser's reasons, or ``frames_mismatch``)."""
-    n, cap, tgt = protocol.parse_capacity(protocol.decode(payload))
+    """A capacity message (protocol_svc.make_capacity) for ``frames`` frames, else
+    ValueError(reason) (the parser's reasons, or ``frames_mismatch``)."""
+    n, cap, tgt = protocol_svc.parse_capacity(protocol.decode(payload))
     if n != frames:
         raise ValueError("frames_mismatch")
     return Capacity(np.asarray(cap, dtype=np.int64),
@@ -108,7 +108,7 @@ class SupplyBook:
 
     def offer(self, topic: str, payload: bytes, now: float) -> str | None:
         """One message on a capacity topic; the rejection reason, or None when kept."""
-        head = protocol.t_capacity()
+        head = protocol_svc.t_capacity()
         if topic == head:
             day = None
         elif topic.startswith(head + "/"):
@@ -123,9 +123,9 @@ class SupplyBook:
         try:
             obj = protocol.decode(payload)
             if day is None:
-                n, _, _ = protocol.parse_capacity(obj)
+                n, _, _ = protocol_svc.parse_capacity(obj)
             else:  # the day's own profile names its day (protocol_svc.make_day_capacity)
-                _, n, _, _ = protocol.parse_day_capacity(obj, day)
+                _, n, _, _ = protocol_svc.parse_day_capacity(obj, day)
         except ValueError as e:
             return str(e)
         if self.frames is not None and n != self.frames:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from hemsfw import protocol
+from hemsfw import protocol_svc
 
 from . import mapping
 from .mapping import DayFrames, EventLimits, Limit, Rejected
@@ -137,7 +137,7 @@ class Feed:
         return self._recompute(set(self.published), "the default profile changed", now)
 
     def outcome(self, obj: Mapping[str, Any], now: float) -> list[Action]:
-        """A round's outcome (protocol.parse_outcome'd): report it, re-judge its events."""
+        """A round's outcome (protocol_svc.parse_outcome'd): report it, re-judge its events."""
         day = obj["day"]
         if self.outcomes.get(day) == obj:
             return []  # the retained outcome again (an MQTT reconnect): already reported
@@ -250,7 +250,7 @@ class Feed:
             if prev is not None and prev["capacity_wh"] == cap and prev["frames"] == geom.frames \
                     and [(x["id"], x["mod"]) for x in prev.get("events", [])] == ids:
                 continue
-            payload = protocol.make_day_capacity(day, geom.frames, cap, source=self.source,
+            payload = protocol_svc.make_day_capacity(day, geom.frames, cap, source=self.source,
                                                  events=ids, at=int(now))
             self.published[day] = payload
             acts.append(Publish(day, payload, reason))

@@ -39,7 +39,7 @@ from openleadr import OpenADRClient, objects
 from backend.common.backoff import Backoff
 from backend.common.files import write_atomic
 from backend.common.mqtt import MqttSettings
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 from .feed import REPORT_POINTS, Action, Feed, Opt, Publish, Report
 
@@ -300,7 +300,7 @@ class Ven:
 
     async def _mqtt(self) -> None:
         backoff = Backoff()
-        topics = (protocol.t_round(), protocol.t_capacity(), protocol.t_outcome("+"))
+        topics = (protocol.t_round(), protocol_svc.t_capacity(), protocol_svc.t_outcome("+"))
         while True:
             try:
                 async with self.settings.client() as client:
@@ -334,7 +334,7 @@ class Ven:
             for day in sorted(self._dirty_days):
                 payload = self.feed.published.get(day)
                 if payload is not None:
-                    await client.publish(protocol.t_day_capacity(day), protocol.encode(payload),
+                    await client.publish(protocol_svc.t_day_capacity(day), protocol.encode(payload),
                                          qos=1, retain=True)
                 self._dirty_days.discard(day)
 
@@ -345,13 +345,13 @@ class Ven:
             obj = protocol.decode(payload)
             if topic == protocol.t_round():
                 acts = self.feed.round(protocol.parse_round(obj), now)
-            elif topic == protocol.t_capacity():
-                acts = self.feed.set_default(protocol.parse_capacity(obj)[1], now)
+            elif topic == protocol_svc.t_capacity():
+                acts = self.feed.set_default(protocol_svc.parse_capacity(obj)[1], now)
             else:
                 tail = protocol.topic_tail(topic, "outcome")
                 if tail is None or len(tail) != 1:
                     raise ValueError("bad_topic")
-                out = protocol.parse_outcome(obj, tail[0])
+                out = protocol_svc.parse_outcome(obj, tail[0])
                 log.info("outcome of %s round %d: overload after %d Wh, curtailed %d Wh",
                          out["day"], out["round"], out["overload_after_wh"], out["curtailed_wh"])
                 self._change({"kind": "outcome", "day": out["day"], "round": out["round"]})

@@ -52,7 +52,7 @@ from backend.lab.outdir import OutDir, check_out, check_report
 from backend.lab.progress import Progress, Step, live
 from backend.lab.summary import print_table
 from backend.lab.timeline import ANNOUNCE, DAY_S, DEADLINE, Timeline
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 log = logging.getLogger("hems.lab")
 
@@ -409,8 +409,8 @@ def publish_capacity(run: Run, caps: dict[int, tuple[Any, float]]) -> Any:
     if o.grid_feed != "openadr":
         assert run.conn is not None
         publish_as(run.conn, GRID_USER, run.pw[GRID_USER], [
-            (protocol.t_day_capacity(tl.date(d).isoformat()), protocol.encode(
-                protocol.make_day_capacity(tl.date(d).isoformat(), o.frames, cap.tolist(),
+            (protocol_svc.t_day_capacity(tl.date(d).isoformat()), protocol.encode(
+                protocol_svc.make_day_capacity(tl.date(d).isoformat(), o.frames, cap.tolist(),
                                            source="lab")))
             for d, (cap, _) in caps.items()])
         return None

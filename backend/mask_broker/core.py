@@ -57,7 +57,7 @@ from backend.common import fastjson
 from backend.common.fastcheck import RoundKey, fast_mask_report
 from backend.common.rejects import Rejections
 from backend.common.vectors import U32
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 from . import unseal
 from .release import Partition
@@ -197,7 +197,7 @@ class RoundMasks:
         self._expanded = hi
 
     def checksum(self, rows: NDArray[np.int64]) -> str:
-        """protocol.report_checksum of the rows' report ids (XOR of SHA-256), vectorised."""
+        """protocol_svc.report_checksum of the rows' report ids (XOR of SHA-256), vectorised."""
         acc: NDArray[np.uint64] = np.bitwise_xor.reduce(self.digests[rows], axis=0)
         return acc.tobytes().hex()
 
@@ -288,7 +288,7 @@ class MaskBroker:
 
     def subscriptions(self) -> list[tuple[str, int]]:
         return [(protocol.t_round(), 1), (protocol.t_mask(self.id, "+"), 1),
-                (protocol.t_groupreq(self.id), 1)]
+                (protocol_svc.t_groupreq(self.id), 1)]
 
     # ------------------------------------------------------------ dispatch
 
@@ -304,7 +304,7 @@ class MaskBroker:
                     return []
                 self.rejections.reject("held", "unknown_round", topic)
                 return []
-            if topic == protocol.t_groupreq(self.id):
+            if topic == protocol_svc.t_groupreq(self.id):
                 return self._on_group_request(payload)
             tail = protocol.topic_tail(topic, "mask")
             if tail is not None:
@@ -316,7 +316,7 @@ class MaskBroker:
         return []
 
     def _is_held(self, topic: str) -> bool:
-        return topic == protocol.t_groupreq(self.id) or topic.startswith(
+        return topic == protocol_svc.t_groupreq(self.id) or topic.startswith(
             protocol.t_mask(self.id, ""))
 
     # ------------------------------------------------------------ rounds
@@ -379,7 +379,7 @@ class MaskBroker:
                 except ValueError as e:
                     reason = str(e)
                     self.rejections.reject("mask", reason, topic)
-                    reply = protocol.make_reply(key.day, key.round, rid, False, reason)
+                    reply = protocol_svc.make_reply(key.day, key.round, rid, False, reason)
                     return [Publish(self._reply_topic + home, fastjson.dumps(reply))]
                 self.stats.masks_accepted += 1
                 return [record, Publish(self._reply_topic + home, key.accepted_reply(rid))]
@@ -392,7 +392,7 @@ class MaskBroker:
         rid: str | None = None
         out: list[Output] = []
         try:
-            home, day, rnd, rid, blob = protocol.parse_mask_report(fastjson.decode(payload))
+            home, day, rnd, rid, blob = protocol_svc.parse_mask_report(fastjson.decode(payload))
             record = self._accept(tail[1], home, day, rnd, rid, blob)
             out.append(record)
             self.stats.masks_accepted += 1
@@ -400,7 +400,7 @@ class MaskBroker:
         except ValueError as e:
             ok, reason = False, str(e)
             self.rejections.reject("mask", reason, topic)
-        reply = protocol.make_reply(day, rnd, rid, ok, reason)
+        reply = protocol_svc.make_reply(day, rnd, rid, ok, reason)
         out.append(Publish(protocol.t_reply(self.id, tail[1]), fastjson.dumps(reply)))
         return out
 
@@ -430,9 +430,9 @@ class MaskBroker:
     # ------------------------------------------------------------ group requests
 
     def _on_group_request(self, payload: bytes) -> list[Output]:
-        topic = protocol.t_groupreq(self.id)
+        topic = protocol_svc.t_groupreq(self.id)
         try:
-            req, day, rnd, groups = protocol.parse_group_request(
+            req, day, rnd, groups = protocol_svc.parse_group_request(
                 decode_request(payload), MEMBERS_PER_HOME * max(1, len(self.homes)))
         except ValueError as e:
             self.rejections.reject("groupreq", str(e), topic)
@@ -461,8 +461,8 @@ class MaskBroker:
                 else:
                     self.log.info("group %s/%s refused: %s", req, gid, reason)
                 results.append(result)
-        reply = protocol.make_group_sums(req, self.id, day, rnd, results)
-        out.append(Publish(protocol.t_groupsum(self.id), protocol.encode(reply)))
+        reply = protocol_svc.make_group_sums(req, self.id, day, rnd, results)
+        out.append(Publish(protocol_svc.t_groupsum(self.id), protocol.encode(reply)))
         return out
 
     def _group(self, gid: str, members: list[str], checksum: str,

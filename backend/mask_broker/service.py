@@ -43,7 +43,7 @@ from backend.common.files import write_atomic
 from backend.common.metrics import Sample
 from backend.common.mqtt import MqttSettings
 from backend.common.sdnotify import notify, watchdog_interval_s
-from hemsfw import protocol
+from hemsfw import protocol, protocol_svc
 
 from .core import MaskBroker, Publish, Record
 from .state_dir import StateDir
@@ -212,7 +212,7 @@ class Service:
         p = message.payload
         payload = bytes(p) if isinstance(p, bytes | bytearray) else b""
         answered = False
-        groupsum = protocol.t_groupsum(self.core.id)
+        groupsum = protocol_svc.t_groupsum(self.core.id)
         t0 = time.perf_counter()
         outs = self.core.handle(message.topic.value, payload)
         self._observe(message.topic.value, time.perf_counter() - t0)
@@ -275,7 +275,7 @@ class Service:
         if key is not None and key != self._round:
             self._round, self._round_t0, self.round_latency_s = key, time.monotonic(), None
             self.rounds += 1
-        if topic == protocol.t_groupreq(self.core.id):
+        if topic == protocol_svc.t_groupreq(self.core.id):
             self.groupreq_s += seconds
             if self._round_t0 is not None:
                 self.round_latency_s = time.monotonic() - self._round_t0

@@ -29,7 +29,7 @@ try:  # hmac.digest's C core (OpenSSL) without its Python wrapper: one-shot, no 
     from _hashlib import hmac_digest as _hmac
 except ImportError:  # pragma: no cover - a Python built without OpenSSL
     _hmac = hmac.digest  # type: ignore[assignment]
-_DOMAIN: bytes = masking._DOMAIN  # the one definition of the expansion domain
+_DOMAIN: bytes = masking.DOMAIN  # the one definition of the expansion domain
 
 
 def derive(key: bytes) -> HomeKeys:

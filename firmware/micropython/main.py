@@ -9,11 +9,14 @@ import sys
 
 from hemsfw import app
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from hemsfw.interfaces import Log
 
-def make_log(name):
+
+def make_log(name: str) -> "Log":
     prefix = "[" + name + "]"
 
-    def log(*args):
+    def log(*args: object) -> None:
         print(prefix, *args)
 
     return log

@@ -16,17 +16,20 @@ import sys
 if sys.implementation.name == "micropython" and ".frozen" not in sys.path:
     sys.path.append(".frozen")   # asyncio (web page) is frozen into the unix port
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from hemsfw.interfaces import Log
 
-def main(argv):
+
+def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: run_home.py CONFIG.json", file=sys.stderr)
         return 2
     from hemsfw import app
 
-    def make_log(name):
+    def make_log(name: str) -> "Log":
         prefix = "[" + name + "]"
 
-        def log(*args):
+        def log(*args: object) -> None:
             print(prefix, *args, file=sys.stderr)
 
         return log

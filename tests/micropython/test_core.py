@@ -5,7 +5,7 @@ import binascii
 
 from fakes import CountingRandom, MemStore
 
-from hemsfw import home, masking, plan, protocol, seal
+from hemsfw import adjust, home, masking, plan, protocol, protocol_svc, seal
 
 M32 = 4294967296
 KEY = "c8" * 32
@@ -117,7 +117,8 @@ def _rt(obj):
 
 
 def test_round_make_parse():
-    ann = protocol.make_round("2026-11-28", 3, 96, 900, 10, 1795824000, 1795740000, ["mb1", "mb2"])
+    ann = protocol_svc.make_round("2026-11-28", 3, 96, 900, 10, 1795824000, 1795740000,
+                                  ["mb1", "mb2"])
     assert protocol.parse_round(_rt(ann)) == ann
     bad = dict(ann)
     bad["brokers"] = ["mb1", "mb1"]
@@ -130,23 +131,23 @@ def test_round_make_parse():
 def test_reports_make_parse():
     masked = masking.from_words([1, 2, M32 - 1])
     rep = protocol.make_plan_report("h1", "2026-11-28", 1, "0f" * 16, 2, masked)
-    h, d, r, rid, mag, got = protocol.parse_plan_report(_rt(rep), 3)
+    h, d, r, rid, mag, got = protocol_svc.parse_plan_report(_rt(rep), 3)
     assert (h, d, r, rid, mag) == ("h1", "2026-11-28", 1, "0f" * 16, 2)
     assert bytes(got) == bytes(masked)
-    _raises(lambda: protocol.parse_plan_report(_rt(rep), 4), "bad_length")
+    _raises(lambda: protocol_svc.parse_plan_report(_rt(rep), 4), "bad_length")
     mrep = protocol.make_mask_report("h1", "2026-11-28", 1, "0f" * 16, b"\x01\x02\x03")
-    assert protocol.parse_mask_report(_rt(mrep))[4] == b"\x01\x02\x03"
+    assert protocol_svc.parse_mask_report(_rt(mrep))[4] == b"\x01\x02\x03"
 
 
 def test_adjustment_make_parse():
-    adj = protocol.make_adjustment("2026-11-28", 1, "g1", [(0, 2), (1, 2)], [3], 1795910400)
-    day, rnd, group, moves, curtail, exp = protocol.parse_adjustment(_rt(adj), 4)
+    adj = protocol_svc.make_adjustment("2026-11-28", 1, "g1", [(0, 2), (1, 2)], [3], 1795910400)
+    day, rnd, group, moves, curtail, exp = adjust.parse_adjustment(_rt(adj), 4)
     assert (day, rnd, group, moves, curtail, exp) == (
         "2026-11-28", 1, "g1", [(0, 2), (1, 2)], [3], 1795910400)
-    dup = protocol.make_adjustment("2026-11-28", 1, "g1", [(0, 2), (0, 3)], [], 1)
-    _raises(lambda: protocol.parse_adjustment(_rt(dup), 4), "bad_moves")
-    out = protocol.make_adjustment("2026-11-28", 1, "g1", [(0, 4)], [], 1)
-    _raises(lambda: protocol.parse_adjustment(_rt(out), 4), "bad_moves")
+    dup = protocol_svc.make_adjustment("2026-11-28", 1, "g1", [(0, 2), (0, 3)], [], 1)
+    _raises(lambda: adjust.parse_adjustment(_rt(dup), 4), "bad_moves")
+    out = protocol_svc.make_adjustment("2026-11-28", 1, "g1", [(0, 4)], [], 1)
+    _raises(lambda: adjust.parse_adjustment(_rt(out), 4), "bad_moves")
     _raises(lambda: protocol.decode(b"{"), "bad_json")
     _raises(lambda: protocol.decode(b'{"v": 9}'), "bad_version")
 
@@ -168,7 +169,7 @@ def _cfg(keys=None):
 
 
 def _ann(rnd=1, brokers=None):
-    return protocol.make_round("2026-11-28", rnd, 8, 900, 100, 1795824000, 1795740000,
+    return protocol_svc.make_round("2026-11-28", rnd, 8, 900, 100, 1795824000, 1795740000,
                                brokers or ["mb1", "mb2"])
 
 
@@ -179,11 +180,11 @@ def _decoded(out):
 def _unmask(out, cfg, frames):
     """What the coordinator + mask brokers would learn together: the plan of this home."""
     plan_obj = protocol.decode(out[0][1])
-    _, day, rnd, rid, _, masked = protocol.parse_plan_report(plan_obj, frames)
+    _, day, rnd, rid, _, masked = protocol_svc.parse_plan_report(plan_obj, frames)
     mask = bytearray(4 * frames)
     for topic, payload in out[1:]:
         broker = protocol.topic_tail(topic, "mask")[0]
-        h, d, r, rid2, blob = protocol.parse_mask_report(protocol.decode(payload))
+        h, d, r, rid2, blob = protocol_svc.parse_mask_report(protocol.decode(payload))
         assert (h, d, r, rid2) == ("h1", day, rnd, rid)
         key = binascii.unhexlify(cfg["keys"][broker])
         s = seal.open_sealed(key, protocol.mask_ad(broker, h, d, r, rid), blob)
@@ -249,11 +250,11 @@ def test_home_without_key_reports_nothing():
 
 def test_home_adjustment_and_relay():
     h = home.Home(_cfg(), MemStore(), CountingRandom())
-    adj = protocol.make_adjustment("2026-11-28", 1, "g1", [(2, 5)], [7], 1795910400)
+    adj = protocol_svc.make_adjustment("2026-11-28", 1, "g1", [(2, 5)], [7], 1795910400)
     assert h.on_adjustment(adj) == "no_plan"
     assert h.relay_at(None, True)[0] is True and h.relay_at(1795824000, False)[0] is False
     h.on_round(_ann())
-    assert h.on_adjustment(protocol.make_adjustment("2026-11-28", 2, "g1", [], [], 1)) == \
+    assert h.on_adjustment(protocol_svc.make_adjustment("2026-11-28", 2, "g1", [], [], 1)) == \
         "other_round"
     bad = dict(adj)
     bad["moves"] = [[0, 99]]

@@ -3,7 +3,7 @@
 
 from fakes import CountingRandom, MemStore
 
-from hemsfw import history, home, protocol, resident
+from hemsfw import history, home, protocol, protocol_svc, resident
 
 KEY = "c8" * 32
 
@@ -89,7 +89,7 @@ def test_home_uses_the_planner_and_records():
     r = resident.Resident(_cfg(), st)
     r.on_plan_command({"plan_wh": [0, 0, 700, 0], "day": "2026-11-28"})
     h = home.Home(_cfg(), st, CountingRandom(), planner=r)
-    h.on_round(protocol.parse_round(protocol.make_round(
+    h.on_round(protocol.parse_round(protocol_svc.make_round(
         "2026-11-28", 1, 4, 900, 100, 1795824000, 1795823000, ["mb1"])))
     s = st.read(home.NEW)
     assert s["plan"] == [0, 0, 7, 0] and s["source"] == "resident_day"

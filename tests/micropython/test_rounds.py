@@ -3,7 +3,7 @@
 
 from fakes import CountingRandom, MemStore
 
-from hemsfw import home, protocol
+from hemsfw import home, protocol, protocol_svc
 
 KEY = "c8" * 32
 D1, D2, D3 = "2026-11-28", "2026-11-29", "2026-11-30"
@@ -20,12 +20,12 @@ def _cfg(plan=None):
 
 
 def _ann(day=D1, start=S1, rnd=1, deadline=None):
-    return protocol.parse_round(protocol.make_round(
+    return protocol.parse_round(protocol_svc.make_round(
         day, rnd, FR, FS, 100, start, start - 60 if deadline is None else deadline, ["mb1"]))
 
 
 def _adj(day=D1, rnd=1, moves=((1, 2),), curtail=(), expires=None):
-    return protocol.make_adjustment(day, rnd, "g1", list(moves), list(curtail),
+    return protocol_svc.make_adjustment(day, rnd, "g1", list(moves), list(curtail),
                                     (S1 if day == D1 else S2) + FR * FS
                                     if expires is None else expires)
 

@@ -5,7 +5,7 @@ import json
 
 from fakes import CountingRandom, FakeClient, FakeClock, FakeRelay, MemStore, Ticks
 
-from hemsfw import clock, config, link, protocol, relay, runner
+from hemsfw import clock, config, link, protocol, protocol_svc, relay, runner
 
 KEY = "c8" * 32
 START = 1795824000
@@ -23,11 +23,12 @@ def _cfg(**kw):
 
 
 def _round(rnd=1):
-    return protocol.encode(protocol.make_round(DAY, rnd, 4, 900, 100, START, START - 60, ["mb1"]))
+    return protocol.encode(protocol_svc.make_round(DAY, rnd, 4, 900, 100, START, START - 60,
+                                                   ["mb1"]))
 
 
 def _adj(moves, rnd=1):
-    return protocol.encode(protocol.make_adjustment(DAY, rnd, "g1", moves, [], START + 86400))
+    return protocol.encode(protocol_svc.make_adjustment(DAY, rnd, "g1", moves, [], START + 86400))
 
 
 def _setup(**kw):

@@ -4,7 +4,7 @@
 import binascii
 import json
 
-from hemsfw import masking, plan, protocol, seal
+from hemsfw import adjust, masking, plan, protocol, protocol_svc, seal
 
 _HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 _VEC = _HERE + "/../vectors/"
@@ -36,7 +36,7 @@ def test_wrap_around():
     masked = masking.add_plan(masking.from_words(v["mask"]), v["plan"])
     assert masking.words(masked) == v["masked"]
     assert protocol.b64(masked) == v["masked_b64"]
-    assert bytes(protocol.unb64(v["masked_b64"], 16)) == bytes(masked)
+    assert bytes(protocol_svc.unb64(v["masked_b64"], 16)) == bytes(masked)
 
 
 def test_seed_expansion():
@@ -76,10 +76,10 @@ def test_sealing():
 
 def test_checksum():
     v = _load("masking.json")["checksum"]
-    assert protocol.report_checksum(v["report_ids"]) == v["checksum"]
+    assert protocol_svc.report_checksum(v["report_ids"]) == v["checksum"]
     rev = list(v["report_ids"])
     rev.reverse()
-    assert protocol.report_checksum(rev) == v["checksum"]
+    assert protocol_svc.report_checksum(rev) == v["checksum"]
 
 
 def test_adjustment():
@@ -92,19 +92,19 @@ def _parse(kind, obj, frames):
     if kind == "round":
         return protocol.parse_round(obj)
     if kind == "plan":
-        return protocol.parse_plan_report(obj, frames)
+        return protocol_svc.parse_plan_report(obj, frames)
     if kind == "mask":
-        return protocol.parse_mask_report(obj)
+        return protocol_svc.parse_mask_report(obj)
     if kind == "adjustment":
-        return protocol.parse_adjustment(obj, frames)
+        return adjust.parse_adjustment(obj, frames)
     if kind == "group_request":
-        return protocol.parse_group_request(obj, 1000)
+        return protocol_svc.parse_group_request(obj, 1000)
     if kind == "capacity":
-        return protocol.parse_capacity(obj)
+        return protocol_svc.parse_capacity(obj)
     if kind == "day_capacity":
-        return protocol.parse_day_capacity(obj, "2026-11-28")
+        return protocol_svc.parse_day_capacity(obj, "2026-11-28")
     if kind == "outcome":
-        return protocol.parse_outcome(obj, "2026-11-28")
+        return protocol_svc.parse_outcome(obj, "2026-11-28")
     raise AssertionError(kind)
 
 

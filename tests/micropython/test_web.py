@@ -5,7 +5,7 @@ import json
 
 from fakes import CountingRandom, FakeClient, FakeClock, FakeRelay, MemStore, Ticks
 
-from hemsfw import config, protocol, runner, web
+from hemsfw import config, protocol, protocol_svc, runner, web
 
 KEY = "c8" * 32
 START = 1795824000
@@ -29,11 +29,11 @@ def _runner(local=False):
 
 def _round_and_adjust(r, cl):
     r.step()
-    cl.inject("hems/v1/round", protocol.encode(protocol.make_round(
+    cl.inject("hems/v1/round", protocol.encode(protocol_svc.make_round(
         DAY, 1, 4, 900, 100, START, START - 60, ["mb1"])))
     r.step()
     r.step()
-    cl.inject("hems/v1/adjust/h1", protocol.encode(protocol.make_adjustment(
+    cl.inject("hems/v1/adjust/h1", protocol.encode(protocol_svc.make_adjustment(
         DAY, 1, "g1", [[1, 2]], [], START + 3600)))
     r.step()
 

@@ -4,17 +4,17 @@
 import time
 
 
-def ticks_ms():
+def ticks_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
-def ticks_diff(a, b):
+def ticks_diff(a: int, b: int) -> int:
     return a - b
 
 
-def ticks_add(a, b):
+def ticks_add(a: int, b: int) -> int:
     return a + b
 
 
-def sleep_ms(ms):
+def sleep_ms(ms: float) -> None:
     time.sleep(ms / 1000)

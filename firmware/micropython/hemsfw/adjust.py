@@ -2,19 +2,25 @@
 # apply it to the stored round it is for.  Once a day, so this code is loaded only while an
 # adjustment is handled (hemsfw.home.Home.on_adjustment) and dropped right after: it is never in
 # the heap during the round's report, the firmware's heap peak.  parse_adjustment is part of
-# the wire protocol all the same: the services and the test vectors reach it as
-# protocol.parse_adjustment (hemsfw.protocol's module __getattr__).  MicroPython subset only.
+# the wire protocol all the same (docs/protocol.md): the tests and the vectors call it here.
+# MicroPython subset only.
 
 from hemsfw import plan
-from hemsfw.protocol import _day, _id, _int, _version, int_list
+from hemsfw.protocol import check_version, day_field, id_field, int_field, int_list
+
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from typing import Any
+
+    from hemsfw.interfaces import HomeView, Json
 
 
-def parse_adjustment(obj, frames):
+def parse_adjustment(obj: "Any", frames: int
+                     ) -> tuple[str, int, str, list[tuple[int, int]], list[int], int]:
     """Returns (day, round, group, moves [(from, to)], curtail [frames], expires)."""
-    _version(obj)
-    day = _day(obj)
-    rnd = _int(obj, "round", 1, 1 << 30)
-    group = _id(obj, "group")
+    check_version(obj)
+    day = day_field(obj)
+    rnd = int_field(obj, "round", 1, 1 << 30)
+    group = id_field(obj, "group")
     mv = obj.get("moves")
     if not isinstance(mv, list) or len(mv) > frames:
         raise ValueError("bad_moves")
@@ -30,10 +36,10 @@ def parse_adjustment(obj, frames):
     if not isinstance(cu, list) or len(cu) > frames:
         raise ValueError("bad_curtail")
     int_list(cu, len(cu), 0, frames - 1, "bad_curtail")
-    return day, rnd, group, moves, cu, _int(obj, "expires", 0, 1 << 40)
+    return day, rnd, group, moves, cu, int_field(obj, "expires", 0, 1 << 40)
 
 
-def apply(home, obj, now):
+def apply(home: "HomeView", obj: "Json", now: float | None) -> str | None:
     """Home.on_adjustment: a decoded adjustment for one of home's two rounds (hemsfw/home.py);
     returns a reason string if ignored, else None (applied and persisted, or a redelivery)."""
     slots = [s for s in (home.new, home.prev) if s]

@@ -7,6 +7,11 @@ import gc
 
 from hemsfw import store
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Callable
+
+    from hemsfw.interfaces import Log
+
 # Collect after every GC_BOOT bytes allocated while the firmware loads, not only when the heap
 # is full: the loader's garbage is then freed while it is still packed together and the code
 # fills the holes near the bottom of the heap instead of being strewn over all of it, so the
@@ -22,7 +27,7 @@ GC_BOOT = 1024
 GC_LOOP = 4096
 
 
-def main(path, make_log):
+def main(path: str, make_log: "Callable[[str], Log]") -> int:
     """Load the config at `path`, build, run.  make_log(name) -> log(*args) (name: the home id).
     Returns the exit status (2: config error)."""
     threshold = getattr(gc, "threshold", None)   # MicroPython only
@@ -37,7 +42,7 @@ def main(path, make_log):
         make_log("hems")(str(e))
         return 2
     finally:
-        config = None
+        config = None  # type: ignore[assignment]  # (drops the module: unload below)
         unload("config")   # checked once: its code leaves the heap (before the rest loads)
         gc.collect()
     log = make_log(cfg["home_id"])

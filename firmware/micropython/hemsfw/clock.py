@@ -12,6 +12,12 @@ import time
 
 from hemsfw import protocol
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Callable
+    from typing import Any
+
+    from hemsfw.interfaces import Json
+
 # MicroPython boards before 1.22 (and some ports still) count from 2000-01-01: normalise to 1970
 # so the announcement's `start` (Unix epoch, docs/protocol.md) compares directly.
 _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
@@ -23,17 +29,22 @@ VALID_AFTER = 1704067200
 
 # ------------------------------------------------------------------ loop timing (monotonic)
 
+ticks_ms: "Callable[[], int]"                 # (declared for mypy: typeshed's time is
+ticks_diff: "Callable[[int, int], int]"       # CPython's, without these)
+ticks_add: "Callable[[int, int], int]"
+sleep_ms: "Callable[[float], None]"
+
 if hasattr(time, "ticks_ms"):
     ticks_ms = time.ticks_ms
-    ticks_diff = time.ticks_diff
-    ticks_add = time.ticks_add
-    sleep_ms = time.sleep_ms
+    ticks_diff = time.ticks_diff  # type: ignore[attr-defined]
+    ticks_add = time.ticks_add    # type: ignore[attr-defined]
+    sleep_ms = time.sleep_ms      # type: ignore[attr-defined]
     import sys
 
     if sys.platform == "linux":
         # The unix port's sleep_ms wakes up every millisecond (~4 % of a core for a 20 ms
         # sleep, per process); one nanosleep is ~1 %: it matters with 30 homes on 2 cores.
-        def sleep_ms(ms):
+        def sleep_ms(ms: float) -> None:
             time.sleep(ms / 1000)
 else:  # CPython
     from hemsfw._cpython import sleep_ms, ticks_add, ticks_diff, ticks_ms  # noqa: F401
@@ -47,10 +58,10 @@ class SystemClock:
 
     topic = None  # nothing to subscribe to
 
-    def __init__(self, valid_after=VALID_AFTER):
+    def __init__(self, valid_after: int = VALID_AFTER) -> None:
         self.valid_after = valid_after
 
-    def now(self):
+    def now(self) -> float | None:
         # Boards return an int (float is single precision there, useless for epoch seconds);
         # the unix port and CPython return a float.  Both work with plan.frame_at.
         t = time.time() + _EPOCH_OFFSET
@@ -58,7 +69,7 @@ class SystemClock:
 
     wall = now   # the frame clock is the wall clock
 
-    def update(self, obj):
+    def update(self, obj: "Json") -> None:
         raise ValueError("not_lab_clock")
 
 
@@ -72,17 +83,17 @@ class LabClock:
 
     topic = protocol.t_clock()
 
-    def __init__(self, real=time.time):
+    def __init__(self, real: "Callable[[], float]" = time.time) -> None:
         self.real = real
-        self.anchor = None
-        self.virtual = 0
+        self.anchor: float | None = None
+        self.virtual: float = 0
         self.speed = 1.0
 
-    def update(self, obj):
+    def update(self, obj: "Json") -> None:
         """A decoded lab/clock message; raises ValueError(reason) if malformed."""
-        a = obj.get("anchor")
-        v = obj.get("virtual")
-        s = obj.get("speed")
+        a: Any = obj.get("anchor")   # (numbers once checked below)
+        v: Any = obj.get("virtual")
+        s: Any = obj.get("speed")
         for x in (a, v, s):
             if not isinstance(x, (int, float)) or isinstance(x, bool):
                 raise ValueError("bad_clock")
@@ -92,7 +103,7 @@ class LabClock:
         self.virtual = v
         self.speed = s
 
-    def now(self):
+    def now(self) -> float | None:
         if self.anchor is None:
             return None
         return self.virtual + (self.real() - self.anchor) * self.speed

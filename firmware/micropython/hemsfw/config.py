@@ -33,12 +33,17 @@ BOARDS = ("unix", "esp32", "picow", "rpi")
 CLOCKS = ("lab", "system")
 PASSWORD_ENV = "HEMS_MQTT_PASSWORD"
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from typing import Any
+
+    from hemsfw.interfaces import Json
+
 
 class ConfigError(ValueError):
     pass
 
 
-def _need(d, key, kinds, where=""):
+def _need(d: object, key: str, kinds: "tuple[type, ...]", where: str = "") -> "Any":
     if not isinstance(d, dict) or key not in d:
         raise ConfigError("config: missing key " + where + key)
     v = d[key]
@@ -47,27 +52,28 @@ def _need(d, key, kinds, where=""):
     return v
 
 
-def _int(d, key, lo, hi, default, where=""):
+def _int(d: "Json", key: str, lo: int, hi: int, default: int, where: str = "") -> int:
     if key not in d:
         return default
-    v = _need(d, key, (int,), where)
+    v: int = _need(d, key, (int,), where)
     if not lo <= v <= hi:
         raise ConfigError(f"config: {where}{key} must be in {lo}..{hi}")
     return v
 
 
-def _bool(d, key, default):
+def _bool(d: "Json", key: str, default: bool) -> bool:
     if key not in d:
         return default
-    return _need(d, key, (bool,))
+    v: bool = _need(d, key, (bool,))
+    return v
 
 
-def _getenv(name):
+def _getenv(name: str) -> str | None:
     getenv = getattr(os, "getenv", None)  # absent on boards
     return getenv(name) if getenv is not None else None
 
 
-def check(cfg):
+def check(cfg: object) -> "Json":
     """Validate `cfg` (a dict) in place, fill defaults, return it; raise ConfigError."""
     if not isinstance(cfg, dict):
         raise ConfigError("config: top level must be a JSON object")
@@ -168,7 +174,7 @@ def check(cfg):
     return cfg
 
 
-def load(path):
+def load(path: str) -> "Json":
     """Read and check a config file; ConfigError (a ValueError) on any problem."""
     try:
         with open(path) as f:

@@ -13,26 +13,30 @@ import json
 
 from hemsfw.clock import sleep_ms
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from hemsfw.interfaces import Json, Log
+
 
 class Debug:
-    def __init__(self, cfg, log):
+    def __init__(self, cfg: "Json", log: "Log") -> None:
         self.log = log
         p = cfg.get("debug_pause_at")
-        self.pause_at, self.pause_ms = p, None
+        self.pause_at: str | None = p
+        self.pause_ms: int | None = None
         if p and ":" in p:
             self.pause_at, ms = p.split(":")
             self.pause_ms = int(ms)
-        self.trace = None
+        self.trace: Json | None = None
         if cfg.get("debug_memtrace"):
             self.trace = {"path": cfg["debug_memtrace"], "peak": 0, "peak_at": None,
                           "baseline": None, "turns": 0, "samples": {}}
 
-    def mem(self, tag, online=False):
+    def mem(self, tag: str, online: bool = False) -> None:
         m = self.trace
         if m is None:
             return
         gc.collect()
-        live = gc.mem_alloc()
+        live = gc.mem_alloc()   # type: ignore[attr-defined]  # (MicroPython's gc)
         if tag == "idle" and m["baseline"] is None and online:
             m["baseline"] = live
         if live > m["peak"]:
@@ -40,16 +44,16 @@ class Debug:
         if tag != "idle":
             m["samples"][tag] = live
 
-    def dump(self, turns):
+    def dump(self, turns: int) -> None:
         m = self.trace
         if m is None:
             return
         m["turns"] = turns
-        m["free_at_exit"] = gc.mem_free()
+        m["free_at_exit"] = gc.mem_free()   # type: ignore[attr-defined]
         with open(m["path"], "w") as f:
             json.dump(m, f)
 
-    def phase(self, name):
+    def phase(self, name: str) -> None:
         self.mem(name)
         if name != self.pause_at:
             return

@@ -19,12 +19,17 @@ import json
 
 from hemsfw.link import Link
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from typing import Any
+
+    from hemsfw.interfaces import Json, MqttClient, RunnerView, Slot
+
 
 class HA:
-    def __init__(self, runner, client, lcfg):
+    def __init__(self, runner: "RunnerView", client: "MqttClient", lcfg: "Json") -> None:
         self.r = runner
-        base = lcfg["base"]
-        self.pre = lcfg["discovery_prefix"]
+        base: str = lcfg["base"]
+        self.pre: str = lcfg["discovery_prefix"]
         self.node = "hems_" + runner.id
         self.t_avail = base + "/availability"
         self.t_relay = base + "/relay"
@@ -34,23 +39,23 @@ class HA:
         self.t_plan_set = base + "/plan/set"
         self.t_birth = self.pre + "/status"
         subs = [(self.t_relay_set, 0), (self.t_plan_set, 0), (self.t_birth, 0)]
-        self.link = Link("local", client, self.t_avail, subs, runner._on_msg, runner.urandom,
+        self.link = Link("local", client, self.t_avail, subs, runner.on_msg, runner.urandom,
                          runner.ticks, runner.log, lcfg["keepalive"], 1000 * lcfg["timeout_s"],
                          on_up=self._up, clean=True)
         self.announced = 0
 
-    def _pub(self, topic, obj, retain=True):
+    def _pub(self, topic: str, obj: "Any", retain: bool = True) -> bool:
         if not isinstance(obj, (bytes, str)):
             obj = json.dumps(obj)
         if isinstance(obj, str):
             obj = obj.encode()
         return self.link.publish(topic, obj, retain, 0)
 
-    def _device(self):
+    def _device(self) -> "Json":
         return {"identifiers": [self.node], "name": "HEMS " + self.r.id,
                 "manufacturer": "hems", "model": self.r.cfg.get("board", "unix")}
 
-    def announce(self):
+    def announce(self) -> None:
         """Retained discovery configs for the relay switch and the plan sensor."""
         dev = self._device()
         self._pub(self.pre + "/switch/" + self.node + "/relay/config", {
@@ -65,18 +70,18 @@ class HA:
             "icon": "mdi:chart-bar", "device": dev})
         self.announced += 1
 
-    def _up(self, link):
+    def _up(self, link: Link) -> None:
         self.announce()
         self.relay_changed()
         self.plan_changed()
 
     # ------------------------------------------------------------ state
 
-    def _slot(self):
+    def _slot(self) -> "Slot | None":
         h = self.r.home
         return h.slot_at(self.r.clock.now()) or h.new
 
-    def relay_changed(self):
+    def relay_changed(self) -> None:
         if not self.link.online:
             return
         on, frame = self.r.state
@@ -86,7 +91,7 @@ class HA:
             p = st.get("adjusted") or st["plan"]
             self._pub(self.t_plan, str(p[frame] * st["quantum_wh"]))
 
-    def plan_changed(self):
+    def plan_changed(self) -> None:
         if not self.link.online:
             return
         st = self._slot()
@@ -100,7 +105,7 @@ class HA:
 
     # ------------------------------------------------------------ commands
 
-    def handle(self, topic, msg):
+    def handle(self, topic: str, msg: bytes) -> bool:
         """A message from the local broker; False if the topic is not ours."""
         if topic == self.t_birth:
             if bytes(msg) == b"online":

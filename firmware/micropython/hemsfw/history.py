@@ -27,8 +27,11 @@ N_MAX = 10000
 
 _T = (0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2, 4)
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from hemsfw.interfaces import Storage
 
-def weekday(day):
+
+def weekday(day: str) -> int:
     """ISO date 'YYYY-MM-DD' -> 0 (Monday) .. 6 (Sunday), like datetime.date.weekday()."""
     y, m, d = int(day[0:4]), int(day[5:7]), int(day[8:10])
     if m < 3:
@@ -37,7 +40,7 @@ def weekday(day):
     return (sunday0 + 6) % 7
 
 
-def update(h, x, alpha_pct):
+def update(h: list[int], x: list[int], alpha_pct: int) -> list[int]:
     """One EWMA step in place: h (scaled ints) towards x (Wh ints); returns h."""
     for i in range(len(h)):
         d = x[i] * SCALE - h[i]
@@ -45,11 +48,11 @@ def update(h, x, alpha_pct):
     return h
 
 
-def _file(w):
+def _file(w: int) -> str:
     return "history%d.json" % w
 
 
-def record(store, day, wh, alpha_pct=25):
+def record(store: "Storage", day: str, wh: list[int], alpha_pct: int = 25) -> bool:
     """Add day's plan (Wh per frame) to its weekday's average; False if already recorded."""
     name = _file(weekday(day))
     e = store.read(name)
@@ -65,7 +68,7 @@ def record(store, day, wh, alpha_pct=25):
     return True
 
 
-def predict(store, day, frames, min_days=1):
+def predict(store: "Storage", day: str, frames: int, min_days: int = 1) -> list[int] | None:
     """The predicted plan for `day` (Wh per frame, `frames` values), or None without enough
     history for its weekday (fewer than min_days recorded) or at another frame resolution."""
     e = store.read(_file(weekday(day)))
@@ -75,7 +78,7 @@ def predict(store, day, frames, min_days=1):
     return [(v + half) // SCALE if v > 0 else 0 for v in e["h"]]
 
 
-def migrate(store):
+def migrate(store: "Storage") -> None:
     """Split an old all-weekdays history.json into the per-weekday files (a weekday file that
     exists already is newer and wins), then remove it.  Nothing to do without the old file."""
     hs = store.read(OLD_FILE)

@@ -26,15 +26,27 @@ import sys
 
 from hemsfw import plan, protocol
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Callable
+    from typing import Protocol
+
+    from hemsfw.interfaces import Json, Log, Slot, Storage, Urandom
+
+    class Planner(Protocol):
+        """hemsfw.resident.Resident, as Home uses it."""
+
+        def plan_for(self, day: str, frames: int) -> tuple[list[int], str]: ...
+        def record(self, day: str, wh: list[int], source: str) -> None: ...
+
 NEW = "round.json"
 PREV = "prev.json"
 
 
-def _hex(b):
+def _hex(b: bytes) -> str:
     return binascii.hexlify(b).decode()
 
 
-def unload(*names):
+def unload(*names: str) -> None:
     """Drop once-a-day modules after use on MicroPython (their code leaves the heap)."""
     if sys.implementation.name != "micropython":
         return
@@ -46,18 +58,19 @@ def unload(*names):
             delattr(hemsfw, n)
 
 
-def _service_of(topic):
+def _service_of(topic: str) -> str:
     # hems/v1/plan/<home> goes to the coordinator, hems/v1/mask/<broker>/<home> to that broker
     tail = protocol.topic_tail(topic, "mask")
     return "coordinator" if tail is None else tail[0]
 
 
-def day_end(st):
+def day_end(st: "Slot") -> int:
     return st["start"] + st["frames"] * st["frame_s"]
 
 
 class Home:
-    def __init__(self, cfg, store, urandom, log=None, planner=None):
+    def __init__(self, cfg: "Json", store: "Storage", urandom: "Urandom", log: "Log | None" = None,
+                 planner: "Planner | None" = None) -> None:
         """cfg: dict with home_id, magnification, plan_wh (list), keys {broker: hex key}.
         planner: object with plan_for(day, frames) -> (Wh list, source) and record(day, wh,
         source) (hemsfw.resident.Resident); None = the config's plan_wh every day."""
@@ -73,9 +86,9 @@ class Home:
         self.urandom = urandom
         self.log = log or (lambda *a: None)
         self.planner = planner
-        self.phase = lambda name: None   # test hook (runner: debug_pause_at)
-        self.new = store.read(NEW)
-        self.prev = store.read(PREV)
+        self.phase: Callable[[str], None] = lambda name: None   # test hook (runner: debug_pause_at)
+        self.new: Slot | None = store.read(NEW)
+        self.prev: Slot | None = store.read(PREV)
         if self.new is None and self.prev is not None:
             # cut between moving round.json to prev.json and writing the new round.json
             store.rename(PREV, NEW)
@@ -83,7 +96,7 @@ class Home:
 
     # ------------------------------------------------------------ the round
 
-    def _plan_for(self, day, frames, quantum_wh):
+    def _plan_for(self, day: str, frames: int, quantum_wh: int) -> tuple[list[int], str]:
         # (the day's plan in quanta, its source), the plan recorded in the history.  A function
         # of its own: once it has returned, no stack slot (which the collector scans
         # conservatively) still points at the Wh list or the history it read while the report
@@ -95,7 +108,8 @@ class Home:
             self.planner.record(day, wh, source)
         return plan.to_quanta(wh, quantum_wh), source
 
-    def on_round(self, ann, wall=None, now=None):
+    def on_round(self, ann: "Json", wall: float | None = None, now: float | None = None
+                 ) -> list[tuple[str, bytes]]:
         """A validated round announcement -> [(topic, payload)] still to publish (maybe none;
         the runner publishes pending() one by one and ack()s each).
 
@@ -119,10 +133,11 @@ class Home:
             for b in brokers:
                 if b not in self.keys:
                     status = "no_key"
-        new = {"day": day, "round": rnd, "start": ann["start"], "frame_s": ann["frame_s"],
-               "frames": frames, "quantum_wh": ann["quantum_wh"], "deadline": ann["deadline"],
-               "source": source, "status": status, "report_id": None, "plan": values,
-               "outbox": [], "acked": [], "sent": True, "adjustment": None, "adjusted": None}
+        new: Slot = {"day": day, "round": rnd, "start": ann["start"], "frame_s": ann["frame_s"],
+                     "frames": frames, "quantum_wh": ann["quantum_wh"],
+                     "deadline": ann["deadline"], "source": source, "status": status,
+                     "report_id": None, "plan": values, "outbox": [], "acked": [], "sent": True,
+                     "adjustment": None, "adjusted": None}
         if status == "reported":
             self._report(new, brokers)
         else:
@@ -142,10 +157,10 @@ class Home:
         self.new = new
         return self._out(wall)
 
-    def _out(self, wall):
+    def _out(self, wall: float | None) -> list[tuple[str, bytes]]:
         return [(t, p.encode()) for _i, t, p in self.pending(wall)]
 
-    def _report(self, new, brokers):
+    def _report(self, new: "Slot", brokers: list[str]) -> None:
         # masking and seal are needed once a day: each is loaded only for its step and dropped
         # right after it, so their code is never in the heap at the same time.
         from hemsfw import masking
@@ -178,7 +193,8 @@ class Home:
         new["acked"] = [0] * len(out)
         new["sent"] = False
 
-    def pending(self, wall=None, resend=False):
+    def pending(self, wall: float | None = None, resend: bool = False
+                ) -> list[tuple[int, str, str]]:
         """[(index, topic, payload text)] of the newest round's messages the broker has not
         acknowledged yet; with resend, also those it acknowledged but whose service has not
         replied.  None once the deadline has passed (the round is marked late if the report
@@ -203,7 +219,7 @@ class Home:
                 out.append((i, t, m))
         return out
 
-    def ack(self, i):
+    def ack(self, i: int) -> None:
         """Message i of the newest round's outbox was acknowledged (PUBACK): persist that."""
         st = self.new
         if not st or not st.get("outbox") or st["acked"][i]:
@@ -211,7 +227,7 @@ class Home:
         st["acked"][i] = 1
         self._settle(st)
 
-    def on_reply(self, service, obj):
+    def on_reply(self, service: str, obj: "Json") -> bool:
         """A service's reply on hems/v1/reply/<service>/<home>: the messages of this report
         addressed to that service need no re-sending any more, whatever the status (accepted;
         `replay`: it already holds them; any other reason: re-sending cannot change it).
@@ -228,14 +244,14 @@ class Home:
             self._settle(st)
         return hit
 
-    def _settle(self, st):
+    def _settle(self, st: "Slot") -> None:
         if 0 not in st["acked"]:
             st["sent"] = True          # every message is with the broker
         if min(st["acked"]) == 2:
             st["outbox"] = []          # every service has it: drop the payloads (sealed seeds)
         self.store.write(NEW, st)
 
-    def on_adjustment(self, obj, now=None):
+    def on_adjustment(self, obj: "Json", now: float | None = None) -> str | None:
         """A decoded adjustment; returns a reason string if ignored, else None.  Once a day:
         hemsfw/adjust.py is in the heap only while it runs."""
         from hemsfw import adjust
@@ -247,7 +263,7 @@ class Home:
 
     # ------------------------------------------------------------ the relay
 
-    def slot_at(self, now):
+    def slot_at(self, now: float | None) -> "Slot | None":
         if now is None:
             return None
         for st in (self.new, self.prev):
@@ -255,11 +271,11 @@ class Home:
                 return st
         return None
 
-    def relay_at(self, now, safe_state=False):
+    def relay_at(self, now: float | None, safe_state: bool = False) -> tuple[bool, int | None]:
         """(relay on?, frame index or None) at `now` (None = time unknown): the stored plan of the
         slot whose day contains now (adjusted while the adjustment holds), else the safe state."""
         st = self.slot_at(now)
-        if st is None:
+        if st is None or now is None:   # (no slot without a time: for mypy)
             return safe_state, None
         k = int((now - st["start"]) // st["frame_s"])
         p = st.get("adjusted")
@@ -268,18 +284,19 @@ class Home:
             p = st["plan"]
         return p[k] > 0, k
 
-    def frame_end(self, now):
+    def frame_end(self, now: float | None) -> float | None:
         """End (epoch s) of the frame containing now, None outside any planned day."""
         st = self.slot_at(now)
-        if st is None:
+        if st is None or now is None:
             return None
         fs = st["frame_s"]
         return st["start"] + (int((now - st["start"]) // fs) + 1) * fs
 
-    def day_end_at(self, now):
+    def day_end_at(self, now: float | None) -> int | None:
         st = self.slot_at(now)
         return None if st is None else day_end(st)
 
-    def day_over(self, now):
+    def day_over(self, now: float | None) -> bool:
         """The newest round's day has been played out (lab: exit_after_day)."""
-        return now is not None and bool(self.new) and now >= day_end(self.new)
+        st = self.new
+        return now is not None and st is not None and bool(st) and now >= day_end(st)

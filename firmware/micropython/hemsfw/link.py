@@ -14,6 +14,11 @@
 
 from hemsfw.clock import ticks_add, ticks_diff
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Callable
+
+    from hemsfw.interfaces import Log, MqttClient, OnMsg, Ticks, Urandom
+
 POLL_MAX = 8              # messages taken per turn while they keep arriving
 BACKOFF_MIN_MS = 1000
 BACKOFF_MAX_MS = 60000
@@ -21,9 +26,11 @@ STABLE_MS = 30000         # a link up this long resets the backoff (a kick-loop 
 
 
 class Link:
-    def __init__(self, name, client, status_topic, subs, on_msg, urandom, ticks, log,
-                 keepalive_s=30, budget_ms=5000, on_up=None, clean=False,
-                 backoff_max_ms=BACKOFF_MAX_MS):
+    def __init__(self, name: str, client: "MqttClient", status_topic: str,
+                 subs: list[tuple[str, int]], on_msg: "OnMsg", urandom: "Urandom",
+                 ticks: "Ticks", log: "Log", keepalive_s: int = 30, budget_ms: int = 5000,
+                 on_up: "Callable[[Link], None] | None" = None, clean: bool = False,
+                 backoff_max_ms: int = BACKOFF_MAX_MS) -> None:
         self.name = name
         self.client = client
         self.status = status_topic
@@ -44,17 +51,17 @@ class Link:
         self.backoff_max = max(backoff_max_ms, BACKOFF_MIN_MS)
         self.retry_at = ticks()        # connect on the first turn
         self.rx = 0
-        self._budget = getattr(client, "set_budget", None)
+        self._budget: Callable[[int], None] | None = getattr(client, "set_budget", None)
 
-    def _arm(self):
+    def _arm(self) -> None:
         if self._budget is not None:
             self._budget(self.budget_ms)
 
-    def _got(self, topic, msg):
+    def _got(self, topic: bytes, msg: bytes) -> None:
         self.rx += 1
         self.on_msg(topic, msg)
 
-    def connect(self):
+    def connect(self) -> bool:
         c = self.client
         self._arm()
         try:
@@ -77,7 +84,7 @@ class Link:
             self.on_up(self)
         return True
 
-    def lost(self, e):
+    def lost(self, e: Exception) -> None:
         now = self.ticks()
         if self.online and ticks_diff(now, self.up_since) >= STABLE_MS:
             self.backoff = BACKOFF_MIN_MS
@@ -96,7 +103,7 @@ class Link:
             except Exception as e2:
                 self.log(self.name, "close:", e2)
 
-    def turn(self, net_up=True):
+    def turn(self, net_up: bool = True) -> bool:
         """One loop turn: poll (online) or, when due and the network is up, one connect attempt.
         Returns True when the link is up after the turn."""
         if self.online and not net_up:
@@ -122,7 +129,7 @@ class Link:
             self.connect()
         return self.online
 
-    def publish(self, topic, payload, retain=False, qos=1):
+    def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> bool:
         """Publish (QoS 1: returns once the broker acknowledged); False = link lost (not sent)."""
         if not self.online:
             return False
@@ -134,7 +141,7 @@ class Link:
             return False
         return True
 
-    def close(self):
+    def close(self) -> None:
         """Graceful stop: `offline` (retained), then DISCONNECT (the broker drops the will)."""
         if not self.online:
             return

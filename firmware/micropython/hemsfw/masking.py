@@ -9,14 +9,18 @@
 # (psi(P1) + psi(P2) = psi(P1 + P2)); DESIGN.md decision 1 makes it exact: masks are uniform in
 # Z/2^32 per frame, so a masked plan is independent of the plan (one-time pad over Z/2^32).
 #
-# MicroPython subset only: no typing, no dataclasses.
+# MicroPython subset only: no dataclasses, and types only as annotations.
 
 import hashlib
 
-_DOMAIN = b"hems/v1 mask expand"
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Iterable, Sequence
+
+# The expansion's domain separation (backend/mask_broker/unseal.py expands with it too).
+DOMAIN = b"hems/v1 mask expand"
 
 
-def expand_seed(seed, frames):
+def expand_seed(seed: bytes, frames: int) -> bytearray:
     """Expand a secret seed into `frames` uniform uint32 words (4*frames bytes).
 
     SHA-256 in counter mode: block i = SHA-256(domain | seed | i as 4-byte LE).  The mask broker
@@ -25,7 +29,7 @@ def expand_seed(seed, frames):
     pos = 0
     ctr = 0
     while pos < len(out):
-        h = hashlib.sha256(_DOMAIN)
+        h = hashlib.sha256(DOMAIN)
         h.update(seed)
         h.update(bytes((ctr & 0xFF, (ctr >> 8) & 0xFF, (ctr >> 16) & 0xFF, (ctr >> 24) & 0xFF)))
         block = h.digest()
@@ -36,7 +40,7 @@ def expand_seed(seed, frames):
     return out
 
 
-def add_words(acc, other):
+def add_words(acc: bytearray, other: bytes | bytearray) -> bytearray:
     """acc += other (mod 2^32 per LE word), in place; both bytearray/bytes of equal length."""
     if len(acc) != len(other) or len(acc) % 4:
         raise ValueError("length")
@@ -50,7 +54,7 @@ def add_words(acc, other):
     return acc
 
 
-def add_plan(mask, plan):
+def add_plan(mask: bytes | bytearray, plan: list[int]) -> bytearray:
     """Return bytearray masked = mask + plan (mod 2^32 per frame); plan values 0 <= v < 2^30."""
     if len(mask) != 4 * len(plan):
         raise ValueError("length")
@@ -69,7 +73,7 @@ def add_plan(mask, plan):
     return out
 
 
-def mask_from_seeds(seeds, frames):
+def mask_from_seeds(seeds: "Iterable[bytes]", frames: int) -> bytearray:
     """The home's mask: the sum of every mask broker's expanded seed (one share per broker)."""
     acc = bytearray(4 * frames)
     for s in seeds:
@@ -77,7 +81,7 @@ def mask_from_seeds(seeds, frames):
     return acc
 
 
-def words(buf):
+def words(buf: bytes | bytearray) -> list[int]:
     """LE uint32 words as a list of ints (for tests and small vectors; allocates)."""
     out = []
     for i in range(0, len(buf), 4):
@@ -85,7 +89,7 @@ def words(buf):
     return out
 
 
-def from_words(values):
+def from_words(values: "Sequence[int]") -> bytearray:
     """Pack ints (taken mod 2^32) into LE uint32 bytes (for tests and vectors)."""
     out = bytearray(4 * len(values))
     for k in range(len(values)):

@@ -27,13 +27,18 @@ from umqtt.simple import MQTTClient, MQTTException
 
 from hemsfw.clock import ticks_add, ticks_diff, ticks_ms
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from typing import Any
+
+    from hemsfw.interfaces import Json
+
 ETIMEDOUT = 110
 
 
 class _TimedSock:
     """The stream umqtt reads and writes, with setblocking(True) mapped to a bounded timeout."""
 
-    def __init__(self, raw, stream, owner):
+    def __init__(self, raw: "Any", stream: "Any", owner: "Client") -> None:
         self.raw = raw          # the TCP socket (owns the timeout)
         self.stream = stream    # raw itself, or the TLS socket wrapping it
         self.owner = owner      # the Client: timeout_s and the shared deadline
@@ -41,9 +46,9 @@ class _TimedSock:
         self.last_rx = ticks_ms()
         self._arm()
 
-    def _arm(self):
+    def _arm(self) -> None:
         """Blocking mode: the next operation waits at most min(timeout_s, budget left)."""
-        t = self.owner.timeout_s
+        t: float = self.owner.timeout_s
         d = self.owner.deadline
         if d is not None:
             left = ticks_diff(d, ticks_ms())
@@ -53,15 +58,15 @@ class _TimedSock:
                 t = left / 1000
         self.raw.settimeout(t)
 
-    def read(self, n):
+    def read(self, n: int) -> bytes | None:
         if self.blocking:
             self._arm()
-        b = self.stream.read(n)
+        b: bytes | None = self.stream.read(n)
         if b:
             self.last_rx = ticks_ms()
         return b
 
-    def write(self, buf, n=None):
+    def write(self, buf: bytes, n: int | None = None) -> "Any":
         self._arm()
         try:
             if n is None:
@@ -71,14 +76,14 @@ class _TimedSock:
             if not self.blocking:
                 self.raw.settimeout(0)
 
-    def setblocking(self, flag):
+    def setblocking(self, flag: bool) -> None:
         self.blocking = flag
         if flag:
             self._arm()
         else:
             self.raw.settimeout(0)
 
-    def close(self):
+    def close(self) -> None:
         try:
             self.stream.close()
         finally:
@@ -86,7 +91,7 @@ class _TimedSock:
                 self.raw.close()
 
 
-def _str(s):
+def _str(s: bytes | str) -> bytes:
     if isinstance(s, str):
         s = s.encode()
     return struct.pack("!H", len(s)) + s
@@ -95,25 +100,27 @@ def _str(s):
 class Client(MQTTClient):
     """umqtt.simple.MQTTClient with bounded waits, reconnectable with connect(), optional TLS."""
 
-    def __init__(self, client_id, server, port=1883, user=None, password=None, keepalive=30,
-                 timeout_s=5, cadata=None):
+    def __init__(self, client_id: str, server: str, port: int = 1883, user: str | None = None,
+                 password: str | None = None, keepalive: int = 30, timeout_s: int = 5,
+                 cadata: bytes | None = None) -> None:
         MQTTClient.__init__(self, client_id, server, port, user, password, keepalive)
         self.timeout_s = timeout_s
         self.cadata = cadata  # DER bytes of the CA that signed the broker's certificate, or None
-        self.deadline = None  # ticks_ms by which the current turn's network work must be done
-        self.addr = None      # resolved once (DNS has no timeout), again after a failure
+        # ticks_ms by which the current turn's network work must be done
+        self.deadline: int | None = None
+        self.addr: Any = None      # resolved once (DNS has no timeout), again after a failure
 
-    def set_budget(self, ms):
+    def set_budget(self, ms: int | None) -> None:
         """Bound every socket operation from now on to `ms` in total (None: no budget)."""
         self.deadline = None if ms is None else ticks_add(ticks_ms(), ms)
 
-    def _open(self):
+    def _open(self) -> _TimedSock:
         if self.addr is None:
             self.addr = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0][-1]
         addr = self.addr
         raw = socket.socket()
         try:
-            t = self.timeout_s
+            t: float = self.timeout_s
             if self.deadline is not None:
                 t = min(t, max(ticks_diff(self.deadline, ticks_ms()), 1) / 1000)
             raw.settimeout(t)
@@ -132,7 +139,7 @@ class Client(MQTTClient):
             raise
         return _TimedSock(raw, stream, self)
 
-    def connect(self, clean_session=True):
+    def connect(self, clean_session: bool = True) -> int:
         """CONNECT and wait for CONNACK (bounded); returns the session-present flag."""
         self.close()
         self.sock = self._open()
@@ -140,10 +147,10 @@ class Client(MQTTClient):
         payload = _str(self.client_id)
         if self.lw_topic:
             flags |= 0x04 | (self.lw_qos << 3) | ((self.lw_retain and 0x20) or 0)
-            payload += _str(self.lw_topic) + _str(self.lw_msg)
+            payload += _str(self.lw_topic) + _str(self.lw_msg)  # type: ignore[arg-type]  # (set)
         if self.user is not None:
             flags |= 0xC0
-            payload += _str(self.user) + _str(self.pswd)
+            payload += _str(self.user) + _str(self.pswd)  # type: ignore[arg-type]  # (with user)
         var = b"\x00\x04MQTT\x04" + bytes((flags, self.keepalive >> 8, self.keepalive & 0xFF))
         body = var + payload
         n = len(body)
@@ -155,7 +162,7 @@ class Client(MQTTClient):
             if not n:
                 break
         self.sock.write(bytes(head) + body)
-        resp = self.sock.read(4)
+        resp: bytes | None = self.sock.read(4)
         if not resp or len(resp) != 4 or resp[0] != 0x20 or resp[1] != 0x02:
             raise OSError("bad CONNACK")
         if resp[3] != 0:
@@ -163,13 +170,13 @@ class Client(MQTTClient):
         self.pid = 0
         return resp[2] & 1
 
-    def ping(self):
+    def ping(self) -> None:
         """PINGREQ; OSError if the broker has been silent for 1.5 keepalives (dead link)."""
         if self.keepalive and ticks_diff(ticks_ms(), self.sock.last_rx) > 1500 * self.keepalive:
             raise OSError("keepalive timeout")
         MQTTClient.ping(self)
 
-    def close(self):
+    def close(self) -> OSError | None:
         """Drop the socket without DISCONNECT (keeps the last will armed on a link failure)."""
         s = self.sock
         self.sock = None
@@ -180,7 +187,7 @@ class Client(MQTTClient):
                 return e
         return None
 
-    def disconnect(self):
+    def disconnect(self) -> None:
         """Graceful DISCONNECT (the broker then discards the last will), then close."""
         try:
             self.sock.write(b"\xe0\x00")
@@ -188,7 +195,7 @@ class Client(MQTTClient):
             self.close()
 
 
-def make_client(mcfg, client_id):
+def make_client(mcfg: "Json", client_id: str) -> Client:
     """Client from the config's "mqtt" section (hemsfw.config)."""
     cadata = None
     if mcfg.get("cafile_der"):

@@ -6,8 +6,11 @@
 # backend/coordinator/adjust/model.py): moves apply simultaneously to the original plan, each
 # from-frame at most once; curtailment then zeroes the named frames.  MicroPython subset only.
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Iterable, Sequence
 
-def to_quanta(plan_wh, quantum_wh):
+
+def to_quanta(plan_wh: list[int], quantum_wh: int) -> list[int]:
     """Wh per frame -> integer quanta of the round's `quantum_wh` (the wire unit).
 
     Rounds the running total rather than each frame, so the day's energy is kept to within half
@@ -23,7 +26,7 @@ def to_quanta(plan_wh, quantum_wh):
     return out
 
 
-def resample(values, frames):
+def resample(values: list[int], frames: int) -> list[int]:
     """Stretch a plan given at a coarser step (e.g. 24 hourly values) onto `frames` frames.
 
     Each value is split evenly over its sub-frames, the remainder going to the first ones, so
@@ -42,7 +45,8 @@ def resample(values, frames):
     return out
 
 
-def apply_adjustment(plan, moves, curtail):
+def apply_adjustment(plan: list[int], moves: "Iterable[Sequence[int]]",
+                     curtail: "Iterable[int]") -> list[int]:
     """Adjusted plan: moves (from, to) applied simultaneously to `plan`, then curtailed frames 0."""
     out = list(plan)
     for f, t in moves:
@@ -53,7 +57,7 @@ def apply_adjustment(plan, moves, curtail):
     return out
 
 
-def frame_at(now, start, frame_s, frames):
+def frame_at(now: float | None, start: int, frame_s: int, frames: int) -> int | None:
     """Index of the frame containing `now`, or None outside the planned day (or time unknown)."""
     if now is None or now < start:
         return None

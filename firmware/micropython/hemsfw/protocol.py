@@ -5,15 +5,20 @@
 # pin it down.  Every parser raises ValueError(reason) with a short machine-readable reason code;
 # the services log and count rejections by that code.
 #
-# What only the services need (group requests and sums, capacity, replies, parsing the homes'
-# reports, building rounds and adjustments) lives in protocol_svc.py and is reached through this
-# module all the same (`protocol.make_group_request`, module __getattr__ below): a home
-# controller never loads it, which keeps ~4 KB of code out of a board's RAM.  The adjustment's
-# parser is reached the same way; it lives in adjust.py, which the home loads only while it
-# handles its daily adjustment.
+# This is the home's half.  What only the services need (group requests and sums, capacity,
+# replies, parsing the homes' reports, building rounds and adjustments) is protocol_svc.py,
+# which the services import themselves (`from hemsfw import protocol_svc`): a home controller
+# never loads it, which keeps ~4 KB of code out of a board's RAM.  The adjustment's parser is
+# adjust.parse_adjustment, loaded by the home only while it handles its daily adjustment.  Both
+# check their fields with the checks below (int_field, id_field, day_field, check_version).
 
 import binascii
 import json
+
+if False:  # types for mypy only (docs/firmware.md, "Types"): no code on a board
+    from typing import TypeGuard
+
+    from hemsfw.interfaces import Json
 
 VERSION = 1
 PREFIX = "hems/v1"
@@ -30,36 +35,36 @@ MAX_GROUP_PAYLOAD = 16 << 20
 # ---------------------------------------------------------------- topics
 
 
-def t_round():
+def t_round() -> str:
     return PREFIX + "/round"
 
 
-def t_plan(home):
+def t_plan(home: str) -> str:
     return PREFIX + "/plan/" + home
 
 
-def t_mask(broker, home):
+def t_mask(broker: str, home: str) -> str:
     return PREFIX + "/mask/" + broker + "/" + home
 
 
-def t_adjust(home):
+def t_adjust(home: str) -> str:
     return PREFIX + "/adjust/" + home
 
 
-def t_reply(service, home):
+def t_reply(service: str, home: str) -> str:
     return PREFIX + "/reply/" + service + "/" + home
 
 
-def t_status(home):
+def t_status(home: str) -> str:
     return PREFIX + "/status/" + home
 
 
-def t_clock():
+def t_clock() -> str:
     # Lab only: the accelerated clock's anchor (the lab's stand-in for NTP).
     return PREFIX + "/lab/clock"
 
 
-def topic_tail(topic, family):
+def topic_tail(topic: str, family: str) -> list[str] | None:
     """For 'hems/v1/<family>/<a>[/<b>]' return the list of segments after family, else None."""
     head = PREFIX + "/" + family + "/"
     if not topic.startswith(head):
@@ -69,7 +74,7 @@ def topic_tail(topic, family):
 # ---------------------------------------------------------------- field checks
 
 
-def valid_id(s):
+def valid_id(s: object) -> "TypeGuard[str]":
     """Home, broker and group ids: 1..32 chars of [a-z0-9_-] (safe as a topic level and %u)."""
     if not isinstance(s, str) or not 0 < len(s) <= ID_MAX:
         return False
@@ -79,21 +84,24 @@ def valid_id(s):
     return True
 
 
-def _int(obj, key, lo, hi):
+def int_field(obj: "Json", key: str, lo: int, hi: int) -> int:
+    """obj[key], an int in lo..hi (not a bool); else ValueError("bad_<key>")."""
     v = obj.get(key)
     if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
         raise ValueError("bad_" + key)
     return v
 
 
-def _id(obj, key):
+def id_field(obj: "Json", key: str) -> str:
+    """obj[key], a valid id (valid_id); else ValueError("bad_<key>")."""
     v = obj.get(key)
     if not valid_id(v):
         raise ValueError("bad_" + key)
     return v
 
 
-def _day(obj):
+def day_field(obj: "Json") -> str:
+    """obj["day"], an ISO date YYYY-MM-DD; else ValueError("bad_day")."""
     d = obj.get("day")
     # ISO date YYYY-MM-DD; the exact calendar check is not needed for safety, only the shape.
     if not isinstance(d, str) or len(d) != 10 or d[4] != "-" or d[7] != "-":
@@ -104,36 +112,37 @@ def _day(obj):
     return d
 
 
-def _version(obj):
+def check_version(obj: object) -> None:
+    """obj is a dict of protocol VERSION; else ValueError("bad_json" | "bad_version")."""
     if not isinstance(obj, dict):
         raise ValueError("bad_json")
     if obj.get("v") != VERSION:
         raise ValueError("bad_version")
 
 
-def decode(payload, limit=MAX_PAYLOAD):
+def decode(payload: bytes | str, limit: int = MAX_PAYLOAD) -> "Json":
     """bytes -> dict, or ValueError('too_large' | 'bad_json' | 'bad_version')."""
     if len(payload) > limit:
         raise ValueError("too_large")
     try:
-        obj = json.loads(payload)
+        obj: Json = json.loads(payload)
     except Exception:
         raise ValueError("bad_json")
-    _version(obj)
+    check_version(obj)
     return obj
 
 
-def encode(obj):
+def encode(obj: "Json") -> bytes:
     return json.dumps(obj).encode()
 
 # ---------------------------------------------------------------- vectors
 
 
-def b64(buf):
+def b64(buf: bytes | bytearray) -> str:
     return binascii.b2a_base64(buf).decode().strip()
 
 
-def int_list(v, n, lo, hi, reason):
+def int_list(v: object, n: int, lo: int, hi: int, reason: str) -> list[int]:
     if not isinstance(v, list) or len(v) != n:
         raise ValueError(reason)
     for x in v:
@@ -144,22 +153,22 @@ def int_list(v, n, lo, hi, reason):
 # ---------------------------------------------------------------- checksums and AD
 
 
-def mask_ad(broker, home, day, rnd, report_id):
+def mask_ad(broker: str, home: str, day: str, rnd: int, report_id: str) -> bytes:
     """Associated data a sealed seed is bound to (seal.py)."""
     return ("hems/v1|mask|%s|%s|%s|%d|%s" % (broker, home, day, rnd, report_id)).encode()
 
 # ---------------------------------------------------------------- round announcement (retained)
 
 
-def parse_round(obj):
-    _version(obj)
-    _day(obj)
-    _int(obj, "round", 1, 1 << 30)
-    _int(obj, "frames", 1, MAX_FRAMES)
-    _int(obj, "frame_s", 1, 86400)
-    _int(obj, "quantum_wh", 1, 1 << 20)
-    _int(obj, "start", 0, 1 << 40)
-    _int(obj, "deadline", 0, 1 << 40)
+def parse_round(obj: "Json") -> "Json":
+    check_version(obj)
+    day_field(obj)
+    int_field(obj, "round", 1, 1 << 30)
+    int_field(obj, "frames", 1, MAX_FRAMES)
+    int_field(obj, "frame_s", 1, 86400)
+    int_field(obj, "quantum_wh", 1, 1 << 20)
+    int_field(obj, "start", 0, 1 << 40)
+    int_field(obj, "deadline", 0, 1 << 40)
     b = obj.get("brokers")
     if not isinstance(b, list) or not 0 < len(b) <= 8:
         raise ValueError("bad_brokers")
@@ -173,7 +182,8 @@ def parse_round(obj):
 # ---------------------------------------------------------------- home -> coordinator
 
 
-def make_plan_report(home, day, rnd, report_id, mag, masked):
+def make_plan_report(home: str, day: str, rnd: int, report_id: str, mag: int,
+                     masked: bytes | bytearray) -> "Json":
     return {"v": VERSION, "home": home, "day": day, "round": rnd, "report_id": report_id,
             "mag": mag, "masked": b64(masked)}
 
@@ -181,29 +191,11 @@ def make_plan_report(home, day, rnd, report_id, mag, masked):
 # ---------------------------------------------------------------- home -> mask broker
 
 
-def make_mask_report(home, day, rnd, report_id, sealed):
+def make_mask_report(home: str, day: str, rnd: int, report_id: str,
+                     sealed: bytes) -> "Json":
     return {"v": VERSION, "home": home, "day": day, "round": rnd, "report_id": report_id,
             "sealed": b64(sealed)}
 
 
 SEED_LEN = 32
 
-
-# ---------------------------------------------------------------- kept elsewhere
-
-
-def __getattr__(name):
-    """Names kept out of this module (protocol_svc.py: the services' half; adjust.py: the
-    adjustment parser, which the home loads only while it handles one), loaded on first use and
-    then cached here.  The home firmware never comes through here: it imports adjust itself and
-    drops it after use (a name cached here would keep its module in the heap)."""
-    if name == "parse_adjustment":
-        from hemsfw import adjust as mod
-    else:
-        from hemsfw import protocol_svc as mod
-    try:
-        v = getattr(mod, name)
-    except AttributeError:
-        raise AttributeError(name)
-    globals()[name] = v
-    return v

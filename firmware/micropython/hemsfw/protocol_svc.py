@@ -1,7 +1,7 @@
 # Wire protocol hems/v1, the services' half: what only the coordinator and the mask brokers (and
-# the tests) need.  Reached through hemsfw.protocol (its module __getattr__), so callers write
-# `protocol.make_group_request(...)` as before; the home firmware never loads this module.
-# MicroPython subset only (the vectors test it under both interpreters).
+# the tests) need.  The services import it themselves (`from hemsfw import protocol_svc`); the
+# home firmware never loads it (hemsfw/protocol.py is the home's half, whose field checks this
+# module shares).  MicroPython subset only (the vectors test it under both interpreters).
 
 import binascii
 import hashlib
@@ -12,28 +12,37 @@ from hemsfw.protocol import (
     PREFIX,
     REPORT_ID_HEX,
     VERSION,
-    _day,
-    _id,
-    _int,
-    _version,
+    check_version,
+    day_field,
+    id_field,
+    int_field,
     int_list,
     valid_id,
 )
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Iterable, Sequence
+    from typing import Any
 
-def t_capacity():
+    from hemsfw.interfaces import Json
+
+    # a group's result: its sum (released) or (reason, missing homes) (refused)
+    GroupResult = bytes | tuple[str, list[str]]
+
+
+def t_capacity() -> str:
     return PREFIX + "/capacity"
 
 
-def t_groupreq(broker):
+def t_groupreq(broker: str) -> str:
     return PREFIX + "/groupreq/" + broker
 
 
-def t_groupsum(broker):
+def t_groupsum(broker: str) -> str:
     return PREFIX + "/groupsum/" + broker
 
 
-def _report_id(obj):
+def _report_id(obj: "Json") -> str:
     r = obj.get("report_id")
     if not isinstance(r, str) or len(r) != REPORT_ID_HEX:
         raise ValueError("bad_report_id")
@@ -43,7 +52,7 @@ def _report_id(obj):
     return r
 
 
-def unb64(s, nbytes):
+def unb64(s: object, nbytes: int) -> bytes:
     """Base64 of exactly `nbytes` bytes: 'bad_length' for a wrong size, 'bad_vector' for
     anything that is not canonical base64 of that size."""
     if not isinstance(s, str):
@@ -59,7 +68,7 @@ def unb64(s, nbytes):
     return raw
 
 
-def report_checksum(report_ids):
+def report_checksum(report_ids: "Iterable[str]") -> str:
     """XOR of SHA-256(report id bytes) over a member set (DAP's batch checksum): order-free."""
     acc = bytearray(32)
     for rid in report_ids:
@@ -69,20 +78,22 @@ def report_checksum(report_ids):
     return binascii.hexlify(acc).decode()
 
 
-def make_round(day, rnd, frames, frame_s, quantum_wh, start, deadline, brokers):
+def make_round(day: str, rnd: int, frames: int, frame_s: int, quantum_wh: int, start: int,
+               deadline: int, brokers: list[str]) -> "Json":
     return {"v": VERSION, "day": day, "round": rnd, "frames": frames, "frame_s": frame_s,
             "quantum_wh": quantum_wh, "start": start, "deadline": deadline, "brokers": brokers}
 
 
-def parse_plan_report(obj, frames):
+def parse_plan_report(obj: "Any", frames: int) -> tuple[str, str, int, str, int, bytes]:
     """Returns (home, day, round, report_id, mag, masked bytes of 4*frames)."""
-    _version(obj)
-    return (_id(obj, "home"), _day(obj), _int(obj, "round", 1, 1 << 30), _report_id(obj),
-            _int(obj, "mag", 1, MAX_MAG), unb64(obj.get("masked"), 4 * frames))
+    check_version(obj)
+    return (id_field(obj, "home"), day_field(obj), int_field(obj, "round", 1, 1 << 30),
+            _report_id(obj), int_field(obj, "mag", 1, MAX_MAG),
+            unb64(obj.get("masked"), 4 * frames))
 
-def parse_mask_report(obj):
+def parse_mask_report(obj: "Any") -> tuple[str, str, int, str, bytes]:
     """Returns (home, day, round, report_id, sealed blob)."""
-    _version(obj)
+    check_version(obj)
     s = obj.get("sealed")
     if not isinstance(s, str) or len(s) > 200:
         raise ValueError("bad_sealed")
@@ -90,21 +101,25 @@ def parse_mask_report(obj):
         blob = binascii.a2b_base64(s)
     except Exception:
         raise ValueError("bad_sealed")
-    return (_id(obj, "home"), _day(obj), _int(obj, "round", 1, 1 << 30), _report_id(obj), blob)
+    return (id_field(obj, "home"), day_field(obj), int_field(obj, "round", 1, 1 << 30),
+            _report_id(obj), blob)
 
-def make_adjustment(day, rnd, group, moves, curtail, expires):
+def make_adjustment(day: str, rnd: int, group: str, moves: "Iterable[Sequence[int]]",
+                    curtail: "Iterable[int]", expires: int) -> "Json":
     return {"v": VERSION, "day": day, "round": rnd, "group": group,
             "moves": [[f, t] for f, t in moves], "curtail": list(curtail), "expires": expires}
 
 
-def make_reply(day, rnd, report_id, ok, reason):
+def make_reply(day: str | None, rnd: int | None, report_id: str | None, ok: bool,
+               reason: str | None) -> "Json":
     return {"v": VERSION, "day": day, "round": rnd, "report_id": report_id,
             "status": "accepted" if ok else "rejected", "reason": reason}
 
-def make_group_request(req, day, rnd, groups):
-    """groups: list of (group id, [member home ids], checksum hex[, [carried members]]).
-    Carried members count with their latest released report of an earlier round (the
-    checksum covers that report's id): docs/privacy.md, "Over time"."""
+def make_group_request(req: str, day: str, rnd: int,
+                       groups: "Iterable[Sequence[Any]]") -> "Json":
+    """groups: (group id, [member home ids], checksum hex[, [carried members]]).  Carried
+    members count with their latest released report of an earlier round (the checksum covers
+    that report's id): docs/privacy.md, "Over time"."""
     out = []
     for g in groups:
         d = {"id": g[0], "members": g[1], "checksum": g[2]}
@@ -114,12 +129,13 @@ def make_group_request(req, day, rnd, groups):
     return {"v": VERSION, "req": req, "day": day, "round": rnd, "groups": out}
 
 
-def parse_group_request(obj, max_members):
+def parse_group_request(obj: "Any", max_members: int
+                        ) -> tuple[str, str, int, list[tuple[str, list[str], str, list[str]]]]:
     """Returns (req, day, round, [(group id, members, checksum, carried members)])."""
-    _version(obj)
-    req = _id(obj, "req")
-    day = _day(obj)
-    rnd = _int(obj, "round", 1, 1 << 30)
+    check_version(obj)
+    req = id_field(obj, "req")
+    day = day_field(obj)
+    rnd = int_field(obj, "round", 1, 1 << 30)
     gs = obj.get("groups")
     if not isinstance(gs, list) or not gs:
         raise ValueError("bad_groups")
@@ -129,7 +145,7 @@ def parse_group_request(obj, max_members):
     for g in gs:
         if not isinstance(g, dict):
             raise ValueError("bad_groups")
-        gid = _id(g, "id")
+        gid = id_field(g, "id")
         if gid in ids:
             raise ValueError("duplicate_group")
         ids.add(gid)
@@ -157,28 +173,30 @@ def parse_group_request(obj, max_members):
     return req, day, rnd, out
 
 
-def make_group_sums(req, broker, day, rnd, results):
+def make_group_sums(req: str, broker: str, day: str, rnd: int,
+                    results: "list[Json]") -> "Json":
     """results: list of dicts {"id", "status": "released", "sum": b64} or
     {"id", "status": "refused", "reason", "missing": [...]}."""
     return {"v": VERSION, "req": req, "broker": broker, "day": day, "round": rnd,
             "results": results}
 
 
-def parse_group_sums(obj, frames):
+def parse_group_sums(obj: "Any", frames: int
+                     ) -> "tuple[str, str, str, int, dict[str, GroupResult]]":
     """Returns (req, broker, day, round, {gid: bytes sum or (reason, missing)})."""
-    _version(obj)
-    req = _id(obj, "req")
-    broker = _id(obj, "broker")
-    day = _day(obj)
-    rnd = _int(obj, "round", 1, 1 << 30)
+    check_version(obj)
+    req = id_field(obj, "req")
+    broker = id_field(obj, "broker")
+    day = day_field(obj)
+    rnd = int_field(obj, "round", 1, 1 << 30)
     rs = obj.get("results")
     if not isinstance(rs, list):
         raise ValueError("bad_results")
-    out = {}
+    out: dict[str, GroupResult] = {}
     for r in rs:
         if not isinstance(r, dict):
             raise ValueError("bad_results")
-        gid = _id(r, "id")
+        gid = id_field(r, "id")
         st = r.get("status")
         if st == "released":
             out[gid] = unb64(r.get("sum"), 4 * frames)
@@ -192,16 +210,17 @@ def parse_group_sums(obj, frames):
             raise ValueError("bad_results")
     return req, broker, day, rnd, out
 
-def make_capacity(frames, capacity_wh, target_wh=None):
+def make_capacity(frames: int, capacity_wh: "Sequence[int]",
+                  target_wh: "Sequence[int] | None" = None) -> "Json":
     obj = {"v": VERSION, "frames": frames, "capacity_wh": capacity_wh}
     if target_wh is not None:
         obj["target_wh"] = target_wh
     return obj
 
 
-def parse_capacity(obj):
-    _version(obj)
-    n = _int(obj, "frames", 1, MAX_FRAMES)
+def parse_capacity(obj: "Any") -> tuple[int, list[int], list[int] | None]:
+    check_version(obj)
+    n = int_field(obj, "frames", 1, MAX_FRAMES)
     cap = int_list(obj.get("capacity_wh"), n, 0, 1 << 50, "bad_capacity")
     tgt = obj.get("target_wh")
     if tgt is not None:
@@ -214,12 +233,14 @@ def parse_capacity(obj):
 # hems/v1/capacity stays the default profile of every day without one.
 
 
-def t_day_capacity(day):
+def t_day_capacity(day: str) -> str:
     return PREFIX + "/capacity/" + day
 
 
-def make_day_capacity(day, frames, capacity_wh, target_wh=None, source=None, events=None,
-                      at=None):
+def make_day_capacity(day: str, frames: int, capacity_wh: "Sequence[int]",
+                      target_wh: "Sequence[int] | None" = None, source: str | None = None,
+                      events: "Iterable[tuple[str, int]] | None" = None,
+                      at: int | None = None) -> "Json":
     """events: [(event id, modification number)] the profile was built from; at: epoch s."""
     obj = make_capacity(frames, capacity_wh, target_wh)
     obj["day"] = day
@@ -232,11 +253,12 @@ def make_day_capacity(day, frames, capacity_wh, target_wh=None, source=None, eve
     return obj
 
 
-def parse_day_capacity(obj, topic_day):
+def parse_day_capacity(obj: "Any", topic_day: str
+                       ) -> tuple[str, int, list[int], list[int] | None]:
     """Returns (day, frames, capacity, target or None); 'day_mismatch' if the payload's day is
     not `topic_day` (the day its topic names)."""
     n, cap, tgt = parse_capacity(obj)
-    day = _day(obj)
+    day = day_field(obj)
     if day != topic_day:
         raise ValueError("day_mismatch")
     src = obj.get("source")
@@ -255,7 +277,7 @@ def parse_day_capacity(obj, topic_day):
                     or isinstance(m, bool) or m < 0 or m > 1 << 30):
                 raise ValueError("bad_events")
     if "at" in obj:
-        _int(obj, "at", 0, 1 << 40)
+        int_field(obj, "at", 0, 1 << 40)
     return day, n, cap, tgt
 
 
@@ -263,15 +285,17 @@ def parse_day_capacity(obj, topic_day):
 # the grid only): aggregates only, sums of released group totals, never one home's value.
 
 
-def t_outcome(day):
+def t_outcome(day: str) -> str:
     return PREFIX + "/outcome/" + day
 
 
 OUTCOME_VECTORS = ("capacity_wh", "load_before_wh", "load_after_wh", "reserve_wh")
 
 
-def make_outcome(day, rnd, frames, frame_s, start, capacity_wh, load_before_wh, load_after_wh,
-                 reserve_wh, overload_after_wh, curtailed_wh):
+def make_outcome(day: str, rnd: int, frames: int, frame_s: int, start: int,
+                 capacity_wh: "Sequence[int]", load_before_wh: "Sequence[int]",
+                 load_after_wh: "Sequence[int]", reserve_wh: "Sequence[int]",
+                 overload_after_wh: int, curtailed_wh: int) -> "Json":
     """reserve_wh: load of homes outside every released total, reserved at their cap."""
     return {"v": VERSION, "day": day, "round": rnd, "frames": frames, "frame_s": frame_s,
             "start": start, "capacity_wh": list(capacity_wh),
@@ -280,17 +304,17 @@ def make_outcome(day, rnd, frames, frame_s, start, capacity_wh, load_before_wh, 
             "curtailed_wh": curtailed_wh}
 
 
-def parse_outcome(obj, topic_day):
+def parse_outcome(obj: "Any", topic_day: str) -> "Any":
     """Returns obj, checked; 'day_mismatch' if its day is not `topic_day`."""
-    _version(obj)
-    if _day(obj) != topic_day:
+    check_version(obj)
+    if day_field(obj) != topic_day:
         raise ValueError("day_mismatch")
-    _int(obj, "round", 1, 1 << 30)
-    n = _int(obj, "frames", 1, MAX_FRAMES)
-    _int(obj, "frame_s", 1, 86400)
-    _int(obj, "start", 0, 1 << 40)
+    int_field(obj, "round", 1, 1 << 30)
+    n = int_field(obj, "frames", 1, MAX_FRAMES)
+    int_field(obj, "frame_s", 1, 86400)
+    int_field(obj, "start", 0, 1 << 40)
     for k in OUTCOME_VECTORS:
         int_list(obj.get(k), n, 0, 1 << 50, "bad_" + k)
-    _int(obj, "overload_after_wh", 0, 1 << 60)
-    _int(obj, "curtailed_wh", 0, 1 << 60)
+    int_field(obj, "overload_after_wh", 0, 1 << 60)
+    int_field(obj, "curtailed_wh", 0, 1 << 60)
     return obj

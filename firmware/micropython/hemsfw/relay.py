@@ -9,16 +9,20 @@
 # MicroPython subset, no hardware: the GPIO drivers live with their boards (hemsfw/boards/), the
 # only modules that import `machine`.
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from hemsfw.interfaces import Clock
+    from hemsfw.store import Store
+
 
 class Relay:
     """Base driver: tracks the state; subclasses implement _drive(on) and may _record()."""
 
-    def __init__(self, safe_state=False):
-        self.on = None
+    def __init__(self, safe_state: bool = False) -> None:
+        self.on: bool | None = None
         self.switches = 0
         self.set(bool(safe_state), None)
 
-    def set(self, on, frame):
+    def set(self, on: bool, frame: int | None) -> bool:
         on = bool(on)
         if on == self.on:
             return False
@@ -28,10 +32,10 @@ class Relay:
         self._record(on, frame)
         return True
 
-    def _drive(self, on):
+    def _drive(self, on: bool) -> None:
         pass
 
-    def _record(self, on, frame):
+    def _record(self, on: bool, frame: int | None) -> None:
         pass
 
 
@@ -42,12 +46,12 @@ class LabRelay(Relay):
 
     LOG = "relay.log"
 
-    def __init__(self, store, clock, safe_state=False):
+    def __init__(self, store: "Store", clock: "Clock", safe_state: bool = False) -> None:
         self.store = store
         self.clock = clock
         Relay.__init__(self, safe_state)
 
-    def _record(self, on, frame):
+    def _record(self, on: bool, frame: int | None) -> None:
         rec = {"frame": frame, "on": on, "t": self.clock.now()}
         if self.switches == 1:
             rec["boot"] = True

@@ -18,11 +18,16 @@
 from hemsfw import plan, protocol
 from hemsfw.home import unload
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from typing import Any, TypeGuard
+
+    from hemsfw.interfaces import Json, Log, Override, Storage
+
 FILE = "resident.json"
 MAX_DAYS = 7   # future day plans kept
 
 
-def _plan_ok(p):
+def _plan_ok(p: object) -> "TypeGuard[list[int]]":
     if not isinstance(p, list) or not 0 < len(p) <= protocol.MAX_FRAMES:
         return False
     for v in p:
@@ -32,7 +37,7 @@ def _plan_ok(p):
 
 
 class Resident:
-    def __init__(self, cfg, store, log=None):
+    def __init__(self, cfg: "Json", store: "Storage", log: "Log | None" = None) -> None:
         self.store = store
         self.log = log or (lambda *a: None)
         self.cfg_plan = cfg["plan_wh"]
@@ -41,17 +46,17 @@ class Resident:
         self.alpha = pl.get("alpha_pct", 25)
         self.min_days = pl.get("min_days", 1)
         d = store.read(FILE) or {}
-        self.default = d.get("default")
-        self.days = d.get("days") or {}
-        self.ovr = d.get("override")   # {"on": bool, "until": epoch s or None}
+        self.default: list[int] | None = d.get("default")
+        self.days: dict[str, list[int]] = d.get("days") or {}
+        self.ovr: Override | None = d.get("override")   # {"on": bool, "until": epoch s or None}
 
-    def _save(self):
+    def _save(self) -> None:
         self.store.write(FILE, {"default": self.default, "days": self.days,
                                 "override": self.ovr})
 
     # ------------------------------------------------------------ plans
 
-    def plan_for(self, day, frames):
+    def plan_for(self, day: str, frames: int) -> tuple[list[int], str]:
         """(plan in Wh per frame, source) for `day` at `frames` frames."""
         p = self.days.get(day)
         if p:
@@ -67,7 +72,7 @@ class Resident:
             return plan.resample(self.default, frames), "resident"
         return plan.resample(self.cfg_plan, frames), "config"
 
-    def record(self, day, wh, source):
+    def record(self, day: str, wh: list[int], source: str) -> None:
         """The plan for `day` is fixed (its round was planned): learn from it, forget older
         day plans."""
         old = [d for d in self.days if d <= day]
@@ -81,7 +86,7 @@ class Resident:
             history.record(self.store, day, wh, self.alpha)
             unload("history")
 
-    def on_plan_command(self, obj):
+    def on_plan_command(self, obj: "Any") -> str | None:
         """{"plan_wh": [...], "day": "YYYY-MM-DD" (optional)}; returns None or a reason."""
         if not isinstance(obj, dict):
             return "bad_json"
@@ -93,7 +98,7 @@ class Resident:
             self.default = p
         else:
             try:
-                protocol._day(obj)
+                protocol.day_field(obj)
             except ValueError as e:
                 return str(e)
             self.days[day] = p
@@ -104,13 +109,13 @@ class Resident:
 
     # ------------------------------------------------------------ override
 
-    def set_override(self, on, until):
+    def set_override(self, on: bool | None, until: float | None) -> None:
         """Hold the relay `on` (bool) until epoch `until` (None: until the time is known);
         on=None clears the override."""
         self.ovr = None if on is None else {"on": bool(on), "until": until}
         self._save()
 
-    def override(self, now):
+    def override(self, now: float | None) -> bool | None:
         """The overriding relay state at `now`, or None (follow the plan)."""
         o = self.ovr
         if o is None:

@@ -32,6 +32,21 @@ from hemsfw.home import Home
 from hemsfw.link import Link
 from hemsfw.resident import Resident
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from hemsfw import debug, ha
+    from hemsfw.interfaces import (
+        Board,
+        Clock,
+        Json,
+        Log,
+        MqttClient,
+        RelayDriver,
+        Storage,
+        Ticks,
+        Urandom,
+        Watchdog,
+    )
+
 INBOX_MAX = 16            # messages held between two loop turns (a home gets only a handful)
 MAX_ERRORS = 20           # consecutive failed turns before the watchdog is starved
 HEAP_FLOOR = 4096         # bytes free below which the loop counts as unhealthy (boards)
@@ -43,22 +58,24 @@ REPLY_WAIT_MS = 5000
 REPLY_WAIT_MAX_MS = 900000
 
 
-def _mem_free():
+def _mem_free() -> int | None:
     try:
         import gc
 
-        return gc.mem_free()
+        return gc.mem_free()   # type: ignore[attr-defined, no-any-return]  # (MicroPython's gc)
     except (ImportError, AttributeError):
         return None   # CPython
 
 
 class Runner:
-    def __init__(self, cfg, client, clock, relay, store, log=None, urandom=None, watchdog=None,
-                 ticks=None, board=None, local=None):
+    def __init__(self, cfg: "Json", client: "MqttClient", clock: "Clock", relay: "RelayDriver",
+                 store: "Storage", log: "Log | None" = None, urandom: "Urandom | None" = None,
+                 watchdog: "Watchdog | None" = None, ticks: "Ticks | None" = None,
+                 board: "Board | None" = None, local: "MqttClient | None" = None) -> None:
         """cfg: checked config (hemsfw.config.check).  watchdog: object with feed(), fed once
         per healthy turn (machine.WDT on boards).  ticks: ms counter (tests)."""
         self.cfg = cfg
-        self.id = cfg["home_id"]
+        self.id: str = cfg["home_id"]
         self.clock = clock
         self.relay = relay
         self.store = store
@@ -70,10 +87,10 @@ class Runner:
         self.resident = Resident(cfg, store, self.log)
         self.home = Home(cfg, store, self.urandom, self.log, self.resident)
         self.home.phase = self._phase
-        self.safe = cfg.get("safe_state", False)
-        self.loop_ms = cfg.get("loop_ms", 20)
-        self.exit_after_day = cfg.get("exit_after_day", False)
-        self.dbg = None
+        self.safe: bool = cfg.get("safe_state", False)
+        self.loop_ms: int = cfg.get("loop_ms", 20)
+        self.exit_after_day: bool = cfg.get("exit_after_day", False)
+        self.dbg: debug.Debug | None = None
         if cfg.get("debug_pause_at") or cfg.get("debug_memtrace"):
             from hemsfw.debug import Debug
 
@@ -86,38 +103,39 @@ class Runner:
         subs = [(self.t_round, 1), (self.t_adjust, 1), (protocol.t_reply("+", self.id), 1)]
         if clock.topic:
             subs.append((clock.topic, 1))
-        self.main = Link("mqtt", client, protocol.t_status(self.id), subs, self._on_msg,
+        self.main = Link("mqtt", client, protocol.t_status(self.id), subs, self.on_msg,
                          self.urandom, self.ticks, self.log, mq.get("keepalive", 30),
                          1000 * mq.get("timeout_s", 5),
                          backoff_max_ms=1000 * mq.get("backoff_max_s", 60), on_up=self._link_up)
-        self.resend_at = None           # ticks when unconfirmed report messages are re-sent
+        self.resend_at: int | None = None   # ticks when unconfirmed report messages are re-sent
         self.reply_wait = REPLY_WAIT_MS
-        self.resent = []                # indices re-sent in the current cycle
-        self.ha = None
+        self.resent: list[int] = []     # indices re-sent in the current cycle
+        self.ha: ha.HA | None = None
         self.links = [self.main]
         if local is not None:
             from hemsfw.ha import HA
 
             self.ha = HA(self, local, cfg["local"])
             self.links.append(self.ha.link)
-        self.inbox = []
-        self.state = (None, None)       # (relay on, frame) last driven
+        self.inbox: list[tuple[bytes | str, bytes]] = []
+        self.state: tuple[bool | None, int | None] = (None, None)   # (relay on, frame) driven
         self.errors = 0
-        self.relay_error = None
-        self.starved = None
+        self.relay_error: Exception | None = None
+        self.starved: str | None = None
         self.turns = 0
 
     # ------------------------------------------------------------------ helpers
 
-    def _phase(self, name):
+    def _phase(self, name: str) -> None:
         if self.dbg is not None:   # test hooks (hemsfw/debug.py)
             self.dbg.phase(name)
 
-    def _wall(self):
+    def _wall(self) -> float | None:
         w = getattr(self.clock, "wall", None)
         return w() if w is not None else self.clock.now()
 
-    def _on_msg(self, topic, msg):
+    def on_msg(self, topic: bytes | str, msg: bytes) -> None:
+        """A message from a link (Link.on_msg): queued, handled after the poll."""
         if len(self.inbox) >= INBOX_MAX:
             self.log("inbox full, dropped a message on", topic)
             return
@@ -125,7 +143,7 @@ class Runner:
 
     # ------------------------------------------------------------------ messages
 
-    def _handle(self, topic, msg):
+    def _handle(self, topic: bytes | str, msg: bytes) -> None:
         if isinstance(topic, bytes):
             topic = topic.decode()
         try:
@@ -165,17 +183,17 @@ class Runner:
         except Exception as e:    # a bug must not stop the relay loop
             self.log("error handling", topic + ":", type(e).__name__, e)
 
-    def _handle_inbox(self):
+    def _handle_inbox(self) -> None:
         while self.inbox:
             topic, msg = self.inbox.pop(0)
             self._handle(topic, msg)
 
-    def _link_up(self, _link):
+    def _link_up(self, _link: Link) -> None:
         self.resend_at = ticks_add(self.ticks(), REPLY_GRACE_MS)
         self.reply_wait = REPLY_WAIT_MS
         self.resent = []
 
-    def _flush(self):
+    def _flush(self) -> None:
         """Publish the next report message the broker has not acknowledged (QoS 1, never
         retained) and persist its acknowledgement; or, when a re-send is due, the next one whose
         service has not replied.  One per turn, so the relay is driven between two PUBACK waits."""
@@ -192,11 +210,12 @@ class Runner:
             self._phase("acked")
             if self.resend_at is None:
                 self.resend_at = ticks_add(self.ticks(), self.reply_wait)
-            if self.home.new.get("sent"):
+            new = self.home.new
+            if new is not None and new.get("sent"):
                 self.log("report acknowledged by the broker")
                 self._phase("sent")
 
-    def _resend(self, wall):
+    def _resend(self, wall: float | None) -> None:
         if self.resend_at is None or ticks_diff(self.ticks(), self.resend_at) < 0:
             return
         out = self.home.pending(wall, True)
@@ -218,7 +237,7 @@ class Runner:
 
     # ------------------------------------------------------------------ relay and override
 
-    def override(self, state, until="frame"):
+    def override(self, state: str, until: str = "frame") -> None:
         """Resident override: state "on" | "off" | "toggle" | "auto" (back to the plan); until
         "frame" (end of the current frame) or "day" (end of the planned day)."""
         if state == "auto":
@@ -238,7 +257,7 @@ class Runner:
         self.log("override:", "on" if on else "off", "until", u)
         self._drive()
 
-    def _drive(self):
+    def _drive(self) -> float | None:
         now = self.clock.now()
         try:
             on, frame = self.home.relay_at(now, self.safe)
@@ -260,13 +279,13 @@ class Runner:
                 self.ha.relay_changed()
         return now
 
-    def day_over(self, now):
+    def day_over(self, now: float | None) -> bool:
         """Lab: the newest round's day has been played out (relay back in the safe state)."""
         return self.home.day_over(now)
 
     # ------------------------------------------------------------------ health and loop
 
-    def healthy(self):
+    def healthy(self) -> bool:
         """Checked before every watchdog feed: the relay output is where it was driven, the
         loop is not failing turn after turn, and the heap is not nearly exhausted."""
         ok = getattr(self.relay, "ok", None)
@@ -281,7 +300,7 @@ class Runner:
                 import gc
 
                 gc.collect()
-                if gc.mem_free() < HEAP_FLOOR:
+                if gc.mem_free() < HEAP_FLOOR:   # type: ignore[attr-defined]
                     why = "heap exhausted"
         if why != self.starved:
             self.starved = why
@@ -289,7 +308,7 @@ class Runner:
                 self.log("unhealthy:", why, "- not feeding the watchdog")
         return why is None
 
-    def step(self):
+    def step(self) -> bool:
         """One loop turn; returns True when the loop should stop (exit_after_day)."""
         self.turns += 1
         self._drive()
@@ -316,7 +335,7 @@ class Runner:
             self.dbg.mem("idle", self.main.online)
         return self.exit_after_day and self.day_over(now)
 
-    def _tick(self):
+    def _tick(self) -> float | None:
         # After every segment that may block: drive the relay (so it is never more than one
         # segment late, whatever the turn does) and feed the watchdog if the loop is healthy
         # (the longest gap between two feeds is one segment: the RP2040's watchdog is 8.3 s).
@@ -324,20 +343,20 @@ class Runner:
         self._feed()
         return now
 
-    def _feed(self):
+    def _feed(self) -> None:
         if self.watchdog is not None and self.healthy():
             self.watchdog.feed()
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """Graceful stop: say offline (retained) and DISCONNECT, on every link."""
         for lk in self.links:
             lk.close()
 
-    def start(self):
+    def start(self) -> None:
         self.log("starting; relay safe state", "on" if self.safe else "off")
         self._phase("boot")
 
-    def turn(self):
+    def turn(self) -> int:
         """One guarded loop turn: returns -1 to stop (day over), else the ms left to sleep."""
         t0 = self.ticks()
         try:
@@ -353,7 +372,7 @@ class Runner:
             self.log("turn failed:", type(e).__name__, e)
         return max(0, self.loop_ms - ticks_diff(self.ticks(), t0))
 
-    def run(self):
+    def run(self) -> int:
         """Loop forever (boards) or until the day is over (lab exit_after_day); returns 0."""
         self.start()
         while True:

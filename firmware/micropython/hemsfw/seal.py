@@ -17,7 +17,7 @@ TAG_LEN = 32
 NONCE_LEN = 16
 
 
-def hmac_sha256(key, msg):
+def hmac_sha256(key: bytes, msg: bytes) -> bytes:
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
     k = bytearray(64)
@@ -34,11 +34,11 @@ def hmac_sha256(key, msg):
     return outer.digest()
 
 
-def _keys(key):
+def _keys(key: bytes) -> tuple[bytes, bytes]:
     return hmac_sha256(key, b"hems/v1 enc"), hmac_sha256(key, b"hems/v1 mac")
 
 
-def _xor_stream(k_enc, nonce, data):
+def _xor_stream(k_enc: bytes, nonce: bytes, data: bytes) -> bytearray:
     out = bytearray(data)
     i = 0
     ctr = 0
@@ -52,12 +52,12 @@ def _xor_stream(k_enc, nonce, data):
     return out
 
 
-def _tag(k_mac, ad, nonce, ct):
+def _tag(k_mac: bytes, ad: bytes, nonce: bytes, ct: bytes | bytearray) -> bytes:
     n = len(ad)
     return hmac_sha256(k_mac, bytes((n & 0xFF, (n >> 8) & 0xFF)) + ad + nonce + ct)
 
 
-def equal_ct(a, b):
+def equal_ct(a: bytes, b: bytes) -> bool:
     """Constant-time comparison (no early exit on the first differing byte)."""
     if len(a) != len(b):
         return False
@@ -67,7 +67,7 @@ def equal_ct(a, b):
     return d == 0
 
 
-def seal(key, ad, plaintext, nonce):
+def seal(key: bytes, ad: bytes, plaintext: bytes, nonce: bytes) -> bytes:
     """Return nonce | ciphertext | tag.  `nonce` must be NONCE_LEN fresh random bytes."""
     if len(nonce) != NONCE_LEN:
         raise ValueError("nonce")
@@ -76,7 +76,7 @@ def seal(key, ad, plaintext, nonce):
     return bytes(nonce) + bytes(ct) + _tag(k_mac, ad, nonce, ct)
 
 
-def open_sealed(key, ad, blob):
+def open_sealed(key: bytes, ad: bytes, blob: bytes) -> bytes:
     """Inverse of seal(); raises ValueError('bad_mac') on any tampering or wrong key/ad."""
     if len(blob) < NONCE_LEN + TAG_LEN:
         raise ValueError("bad_mac")

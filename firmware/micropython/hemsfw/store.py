@@ -8,19 +8,22 @@
 import json
 import os
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from typing import Any
+
 
 class Store:
-    def __init__(self, root):
+    def __init__(self, root: str) -> None:
         self.root = root
         try:
             os.mkdir(root)
         except OSError:
             pass  # exists
 
-    def path(self, name):
+    def path(self, name: str) -> str:
         return self.root + "/" + name
 
-    def write(self, name, obj):
+    def write(self, name: str, obj: "Any") -> None:
         p = self.path(name)
         tmp = p + ".tmp"
         with open(tmp, "w") as f:
@@ -31,7 +34,7 @@ class Store:
                 fsync(f.fileno())
         os.rename(tmp, p)
 
-    def read(self, name, default=None):
+    def read(self, name: str, default: "Any" = None) -> "Any":
         try:
             with open(self.path(name)) as f:
                 return json.load(f)
@@ -40,17 +43,17 @@ class Store:
             # means the storage itself is corrupt; start from the default rather than crash.
             return default
 
-    def rename(self, old, new):
+    def rename(self, old: str, new: str) -> None:
         """Atomically replace `new` by `old` (both names in this store)."""
         os.rename(self.path(old), self.path(new))
 
-    def remove(self, name):
+    def remove(self, name: str) -> None:
         try:
             os.remove(self.path(name))
         except OSError:
             pass  # already gone
 
-    def append_line(self, name, obj):
+    def append_line(self, name: str, obj: "Any") -> None:
         # Append-only log (the lab relay log): one JSON object per line.
         with open(self.path(name), "a") as f:
             f.write(json.dumps(obj) + "\n")

@@ -18,24 +18,30 @@ import json
 try:
     import asyncio
 except ImportError:   # very old ports
-    import uasyncio as asyncio
+    import uasyncio as asyncio  # type: ignore[import-not-found, no-redef]
 
 W = 720          # chart width (px)
 H = 160          # chart height (px)
 REQ_S = 5
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Iterable, Iterator
 
-def _slot(r):
+    from hemsfw.interfaces import Json, Slot
+    from hemsfw.runner import Runner
+
+
+def _slot(r: "Runner") -> "Slot | None":
     h = r.home
     return h.slot_at(r.clock.now()) or h.new
 
 
-def state(r):
+def state(r: "Runner") -> "Json":
     """What the page shows, as a dict (also GET /state.json)."""
     st = _slot(r)
     on, frame = r.state
-    out = {"home": r.id, "relay": "on" if on else "off", "frame": frame,
-           "online": r.main.online, "override": r.resident.ovr, "day": None}
+    out: Json = {"home": r.id, "relay": "on" if on else "off", "frame": frame,
+                 "online": r.main.online, "override": r.resident.ovr, "day": None}
     if st:
         q = st["quantum_wh"]
         adj = st.get("adjusted") or st["plan"]
@@ -47,7 +53,7 @@ def state(r):
     return out
 
 
-def svg(planned, adjusted, frame):
+def svg(planned: list[int], adjusted: list[int], frame: int | None) -> "Iterator[str]":
     """The bar chart, as small strings yielded one at a time: per frame a grey outline bar
     (planned) and a filled bar (adjusted, class "a", with data-k / data-wh), the current frame
     marked."""
@@ -74,14 +80,14 @@ def svg(planned, adjusted, frame):
     yield "</svg>"
 
 
-def _button(token, state, until, label):
+def _button(token: str | None, state: str, until: str, label: str) -> str:
     t = '<input type="hidden" name="token" value="%s">' % token if token else ""
     return ('<form method="post" action="/override" style="display:inline">%s'
             '<input type="hidden" name="state" value="%s"><input type="hidden" name="until" '
             'value="%s"><button>%s</button></form> ' % (t, state, until, label))
 
 
-def page(r, token=None):
+def page(r: "Runner", token: str | None = None) -> "Iterator[str]":
     """The page as small strings yielded one at a time (the state is taken once, first)."""
     s = state(r)
     yield ('<!doctype html><html><head><meta charset="utf-8"><title>HEMS %s</title><meta '
@@ -107,7 +113,7 @@ def page(r, token=None):
     yield "</p></body></html>"
 
 
-def _form(body):
+def _form(body: str) -> dict[str, str]:
     out = {}
     for part in body.split("&"):
         if "=" in part:
@@ -116,7 +122,8 @@ def _form(body):
     return out
 
 
-async def _send(w, status, ctype, chunks, extra=""):
+async def _send(w: "asyncio.StreamWriter", status: str, ctype: str, chunks: "Iterable[str]",
+                extra: str = "") -> None:
     w.write(("HTTP/1.0 %s\r\nContent-Type: %s\r\nCache-Control: no-store\r\n%s"
              "Connection: close\r\n\r\n" % (status, ctype, extra)).encode())
     n = 0
@@ -129,7 +136,8 @@ async def _send(w, status, ctype, chunks, extra=""):
     await w.drain()
 
 
-async def _serve(r, hcfg, rd, w):
+async def _serve(r: "Runner", hcfg: "Json", rd: "asyncio.StreamReader",
+                 w: "asyncio.StreamWriter") -> None:
     try:
         line = await asyncio.wait_for(rd.readline(), REQ_S)
         parts = line.decode().split()
@@ -172,7 +180,7 @@ async def _serve(r, hcfg, rd, w):
             pass
 
 
-async def _main(r, hcfg):
+async def _main(r: "Runner", hcfg: "Json") -> int:
     srv = await asyncio.start_server(lambda rd, w: _serve(r, hcfg, rd, w), hcfg["bind"],
                                      hcfg["port"])
     r.log("web page on port", hcfg["port"])
@@ -185,6 +193,6 @@ async def _main(r, hcfg):
         await asyncio.sleep(rest / 1000)
 
 
-def run(r, hcfg):
+def run(r: "Runner", hcfg: "Json") -> int:
     """Run the control loop and the page together; returns the loop's exit status."""
     return asyncio.run(_main(r, hcfg))

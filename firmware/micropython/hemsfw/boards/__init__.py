@@ -12,8 +12,14 @@
 #   watchdog(ms)     a hardware watchdog with feed(), or None where the board has none
 # Only esp32 / picow (hemsfw/boards/mcu.py) import `machine` and `network`.  MicroPython subset.
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Callable
 
-def load(name):
+    from hemsfw.interfaces import Board, Json, Log
+    from hemsfw.store import Store
+
+
+def load(name: str) -> "Callable[[Json, Store, Log], Board]":
     """The Board class of board `name` (imported on demand: a board never loads another's)."""
     mod = __import__("hemsfw.boards." + name, None, None, ("Board",))
-    return mod.Board
+    return mod.Board  # type: ignore[no-any-return]  # (a dynamic import)

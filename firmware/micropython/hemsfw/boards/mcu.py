@@ -13,6 +13,12 @@ import network
 from hemsfw import clock, relay
 from hemsfw.clock import ticks_add, ticks_diff, ticks_ms
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from typing import Any
+
+    from hemsfw.interfaces import Clock, Json, Log, MqttClient, Urandom
+    from hemsfw.store import Store
+
 WIFI_MIN_MS = 5000          # first Wi-Fi retry; doubles up to WIFI_MAX_MS, jittered
 WIFI_MAX_MS = 300000
 NTP_MIN_MS = 2000           # NTP retry while the time is unknown; doubles up to NTP_MAX_MS
@@ -22,7 +28,7 @@ DEBOUNCE_MS = 30
 LONG_PRESS_MS = 2000
 
 
-def _jitter(ms, urandom):
+def _jitter(ms: int, urandom: "Urandom") -> int:
     return ms // 2 + (ms // 2) * urandom(1)[0] // 255
 
 
@@ -31,18 +37,18 @@ class PinRelay(relay.Relay):
     safe level (Pin(..., value=...)), so the output never glitches to the wrong state between
     pin setup and the first set(); ok() reads the pad back (a shorted or stuck output)."""
 
-    def __init__(self, pin, active_low=False, safe_state=False):
+    def __init__(self, pin: "Any", active_low: bool = False, safe_state: bool = False) -> None:
         self.active_low = bool(active_low)
         self.pin = machine.Pin(pin, machine.Pin.OUT, value=self._level(bool(safe_state)))
         relay.Relay.__init__(self, safe_state)
 
-    def _level(self, on):
+    def _level(self, on: bool) -> int:
         return 0 if on == self.active_low else 1
 
-    def _drive(self, on):
+    def _drive(self, on: bool) -> None:
         self.pin.value(self._level(on))
 
-    def ok(self):
+    def ok(self) -> bool:
         return self.on is None or self.pin.value() == self._level(self.on)
 
 
@@ -50,15 +56,15 @@ class Button:
     """A push button to ground (pull-up) or to 3V3 (active_low false, pull-down): debounced,
     reported on release as "short" or "long" (held >= 2 s)."""
 
-    def __init__(self, pin, active_low=True):
+    def __init__(self, pin: "Any", active_low: bool = True) -> None:
         pull = machine.Pin.PULL_UP if active_low else machine.Pin.PULL_DOWN
         self.pin = machine.Pin(pin, machine.Pin.IN, pull)
         self.active_low = active_low
-        self.down_at = None
+        self.down_at: int | None = None
         self.last = False
         self.changed = 0
 
-    def poll(self):
+    def poll(self) -> str | None:
         now = ticks_ms()
         pressed = self.pin.value() == (0 if self.active_low else 1)
         if pressed != self.last:
@@ -78,9 +84,10 @@ class Button:
 class McuBoard:
     name = "mcu"
     wdt_max_ms = 30000
-    led_default = None
+    led_default: "Any" = None
 
-    def __init__(self, cfg, store, log, urandom=None):
+    def __init__(self, cfg: "Json", store: "Store", log: "Log",
+                 urandom: "Urandom | None" = None) -> None:
         r = cfg["relay"]
         self.relay = PinRelay(r["pin"], r["active_low"], cfg.get("safe_state", False))  # first
         self.cfg = cfg
@@ -93,11 +100,11 @@ class McuBoard:
         b = r.get("button")
         self.btn = Button(b, r.get("button_active_low", True)) if b is not None else None
         led = r.get("led", self.led_default)
-        self.led = None
+        self.led: machine.Pin | None = None
         self.led_low = r.get("led_active_low", False)
         if led is not None:
             self.led = machine.Pin(led, machine.Pin.OUT, value=1 if self.led_low else 0)
-        self.clock = clock.LabClock() if cfg.get("clock") == "lab" else clock.SystemClock()
+        self.clock: Clock = clock.LabClock() if cfg.get("clock") == "lab" else clock.SystemClock()
         w = cfg["wifi"]
         self.ssid, self.wpass = w["ssid"], w["password"]
         self._wifi_pre(w)
@@ -114,7 +121,7 @@ class McuBoard:
         self.ntp_backoff = NTP_MIN_MS
         self.ntp_at = ticks_ms()
 
-    def _wifi_pre(self, w):
+    def _wifi_pre(self, w: "Json") -> None:
         h = w.get("hostname")
         if h:
             try:
@@ -122,20 +129,20 @@ class McuBoard:
             except Exception as e:   # older ports: per-interface config only
                 self.log("wifi: hostname not set:", e)
 
-    def _wifi_post(self, w):
+    def _wifi_post(self, w: "Json") -> None:
         pass
 
-    def make_client(self, mcfg, client_id):
+    def make_client(self, mcfg: "Json", client_id: str) -> "MqttClient":
         from hemsfw import net_umqtt
 
         return net_umqtt.make_client(mcfg, client_id)
 
     # ------------------------------------------------------------ Wi-Fi and time
 
-    def net_up(self):
+    def net_up(self) -> bool:
         return self.wifi_up
 
-    def _wifi(self):
+    def _wifi(self) -> None:
         up = self.wlan.isconnected()
         if up != self.wifi_up:
             self.wifi_up = up
@@ -159,7 +166,7 @@ class McuBoard:
         self.wifi_at = ticks_add(ticks_ms(), wait)
         self.wifi_backoff = min(2 * self.wifi_backoff, WIFI_MAX_MS)
 
-    def _ntp(self):
+    def _ntp(self) -> None:
         if not self.wifi_up or ticks_diff(ticks_ms(), self.ntp_at) < 0:
             return
         try:
@@ -183,17 +190,17 @@ class McuBoard:
             self.ntp_at = ticks_add(ticks_ms(), _jitter(self.ntp_backoff, self.urandom))
             self.ntp_backoff = min(2 * self.ntp_backoff, NTP_MAX_MS)
 
-    def service(self, runner):
+    def service(self, runner: object) -> None:
         self._wifi()
         if self.cfg.get("clock") != "lab":
             self._ntp()
 
     # ------------------------------------------------------------ resident interface
 
-    def button(self):
+    def button(self) -> str | None:
         return self.btn.poll() if self.btn is not None else None
 
-    def show(self, on, online, override):
+    def show(self, on: bool | None, online: bool, override: bool) -> None:
         """LED: steady = the relay's state; slow blink = no broker link; fast = override."""
         if self.led is None:
             return
@@ -205,5 +212,5 @@ class McuBoard:
             lit = bool(on)
         self.led.value(1 if lit != self.led_low else 0)
 
-    def watchdog(self, ms):
+    def watchdog(self, ms: int) -> machine.WDT:
         return machine.WDT(timeout=min(ms, self.wdt_max_ms))

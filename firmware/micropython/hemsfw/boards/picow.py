@@ -8,13 +8,16 @@
 
 from hemsfw.boards.mcu import McuBoard
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from hemsfw.interfaces import Json
+
 
 class Board(McuBoard):
     name = "picow"
     wdt_max_ms = 8388
     led_default = "LED"
 
-    def _wifi_pre(self, w):
+    def _wifi_pre(self, w: "Json") -> None:
         country = w.get("country")   # regulatory domain, before the radio is up
         if country:
             import rp2
@@ -22,7 +25,7 @@ class Board(McuBoard):
             rp2.country(country)
         McuBoard._wifi_pre(self, w)
 
-    def _wifi_post(self, w):
+    def _wifi_post(self, w: "Json") -> None:
         try:
             self.wlan.config(pm=0xA11140)
         except Exception as e:

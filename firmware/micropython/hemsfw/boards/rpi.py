@@ -21,6 +21,12 @@ import time
 from hemsfw import relay
 from hemsfw.boards.unix import HostBoard
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from typing import Any
+
+    from hemsfw.interfaces import Json, Log
+    from hemsfw.store import Store
+
 DEBOUNCE_S = 0.03
 LONG_PRESS_S = 2.0
 
@@ -28,15 +34,15 @@ LONG_PRESS_S = 2.0
 class _GpiodLines:
     """Output/input lines through libgpiod (v2 API, else v1)."""
 
-    def __init__(self, chip, gpiod=None):
+    def __init__(self, chip: str, gpiod: "Any" = None) -> None:
         if gpiod is None:
-            import gpiod
+            import gpiod  # type: ignore[no-redef]  # (the parameter: tests pass a stand-in)
         self.g = gpiod
         self.chip = chip
         self.v2 = hasattr(gpiod, "request_lines")
-        self.reqs = {}
+        self.reqs: dict[int, Any] = {}
 
-    def output(self, line, level):
+    def output(self, line: int, level: int) -> None:
         g = self.g
         if self.v2:
             from gpiod.line import Direction, Value
@@ -50,7 +56,7 @@ class _GpiodLines:
             req.request(consumer="hems", type=g.LINE_REQ_DIR_OUT, default_vals=[level])
         self.reqs[line] = req
 
-    def input(self, line):
+    def input(self, line: int) -> None:
         g = self.g
         if self.v2:
             from gpiod.line import Direction
@@ -62,7 +68,7 @@ class _GpiodLines:
             req.request(consumer="hems", type=g.LINE_REQ_DIR_IN)
         self.reqs[line] = req
 
-    def set(self, line, level):
+    def set(self, line: int, level: int) -> None:
         req = self.reqs[line]
         if self.v2:
             from gpiod.line import Value
@@ -71,22 +77,22 @@ class _GpiodLines:
         else:
             req.set_value(level)
 
-    def get(self, line):
+    def get(self, line: int) -> int:
         req = self.reqs[line]
         if self.v2:
             from gpiod.line import Value
 
             return 1 if req.get_value(line) == Value.ACTIVE else 0
-        return req.get_value()
+        return int(req.get_value())
 
 
 class _SysfsLines:
     """Legacy /sys/class/gpio (root may be a test directory)."""
 
-    def __init__(self, root="/sys/class/gpio"):
+    def __init__(self, root: str = "/sys/class/gpio") -> None:
         self.root = root
 
-    def _export(self, line):
+    def _export(self, line: int) -> str:
         d = self.root + "/gpio" + str(line)
         if not os.path.exists(d):
             with open(self.root + "/export", "w") as f:
@@ -97,46 +103,47 @@ class _SysfsLines:
                 time.sleep(0.01)
         return d
 
-    def output(self, line, level):
+    def output(self, line: int, level: int) -> None:
         # "high"/"low" set the direction and the level in one write: no glitch.
         with open(self._export(line) + "/direction", "w") as f:
             f.write("high" if level else "low")
 
-    def input(self, line):
+    def input(self, line: int) -> None:
         with open(self._export(line) + "/direction", "w") as f:
             f.write("in")
 
-    def set(self, line, level):
+    def set(self, line: int, level: int) -> None:
         with open(self.root + "/gpio" + str(line) + "/value", "w") as f:
             f.write("1" if level else "0")
 
-    def get(self, line):
+    def get(self, line: int) -> int:
         with open(self.root + "/gpio" + str(line) + "/value") as f:
             return 1 if f.read(1) == "1" else 0
 
 
 class LineRelay(relay.Relay):
-    def __init__(self, lines, line, active_low=False, safe_state=False):
+    def __init__(self, lines: "_GpiodLines | _SysfsLines", line: int, active_low: bool = False,
+                 safe_state: bool = False) -> None:
         self.lines = lines
         self.line = line
         self.active_low = bool(active_low)
         lines.output(line, self._level(bool(safe_state)))   # created at the safe level
         relay.Relay.__init__(self, safe_state)
 
-    def _level(self, on):
+    def _level(self, on: bool) -> int:
         return 0 if on == self.active_low else 1
 
-    def _drive(self, on):
+    def _drive(self, on: bool) -> None:
         self.lines.set(self.line, self._level(on))
 
-    def ok(self):
+    def ok(self) -> bool:
         return self.on is None or self.lines.get(self.line) == self._level(self.on)
 
 
 class _SdWatchdog:
     """systemd's software watchdog: WATCHDOG=1 datagrams to $NOTIFY_SOCKET."""
 
-    def __init__(self, path):
+    def __init__(self, path: str) -> None:
         if path.startswith("@"):
             path = "\0" + path[1:]
         self.path = path
@@ -144,7 +151,7 @@ class _SdWatchdog:
         self.last = 0.0
         self.sock.sendto(b"READY=1", path)
 
-    def feed(self):
+    def feed(self) -> None:
         now = time.monotonic()
         if now - self.last >= 1.0:   # at most once a second
             self.last = now
@@ -154,16 +161,18 @@ class _SdWatchdog:
 class Board(HostBoard):
     name = "rpi"
 
-    def __init__(self, cfg, store, log, gpiod=None):
+    def __init__(self, cfg: "Json", store: "Store", log: "Log", gpiod: "Any" = None) -> None:
         HostBoard.__init__(self, cfg, store, log)
         r = cfg.get("relay")
         safe = cfg.get("safe_state", False)
-        self.btn_line = self.led_line = None
+        self.btn_line: int | None = None
+        self.led_line: int | None = None
         if not r:
-            self.relay = relay.LabRelay(store, self.clock, safe)
+            self.relay: relay.Relay = relay.LabRelay(store, self.clock, safe)
             return
         if r.get("driver", "gpiod") == "sysfs":
-            self.lines = _SysfsLines(r.get("sysfs_root", "/sys/class/gpio"))
+            self.lines: _GpiodLines | _SysfsLines = _SysfsLines(r.get("sysfs_root",
+                                                                      "/sys/class/gpio"))
         else:
             self.lines = _GpiodLines(r.get("chip", "/dev/gpiochip0"), gpiod)
         self.relay = LineRelay(self.lines, r["pin"], r.get("active_low", False), safe)  # first
@@ -173,14 +182,15 @@ class Board(HostBoard):
             self.lines.input(self.btn_line)
             self.btn_last = False
             self.btn_since = 0.0
-            self.btn_down = None
+            self.btn_down: float | None = None
         if r.get("led") is not None:
             self.led_line = r["led"]
             self.led_low = r.get("led_active_low", False)
             self.lines.output(self.led_line, 1 if self.led_low else 0)
             self.led_lit = False
 
-    def button(self):
+    # (HostBoard's are one shared no-op taking any arguments: these take fewer)
+    def button(self) -> str | None:  # type: ignore[override]
         if self.btn_line is None:
             return None
         now = time.monotonic()
@@ -195,7 +205,8 @@ class Board(HostBoard):
         held = now - (self.btn_down or now)
         return "long" if held >= LONG_PRESS_S else "short"
 
-    def show(self, on, online, override):
+    def show(self, on: bool | None, online: bool,  # type: ignore[override]
+             override: bool) -> None:
         if self.led_line is None:
             return
         t = time.monotonic()
@@ -209,7 +220,7 @@ class Board(HostBoard):
             self.led_lit = lit
             self.lines.set(self.led_line, 1 if lit != self.led_low else 0)
 
-    def watchdog(self, ms):
+    def watchdog(self, ms: int) -> "_SdWatchdog | None":  # type: ignore[override]
         path = os.environ.get("NOTIFY_SOCKET")
         if not path:
             return None

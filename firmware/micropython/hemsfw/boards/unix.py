@@ -13,8 +13,14 @@ import sys
 
 from hemsfw import clock, relay
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from typing import Any
 
-def _nothing(*_args):
+    from hemsfw.interfaces import Clock, Json, Log, MqttClient
+    from hemsfw.store import Store
+
+
+def _nothing(*_args: object) -> "Any":   # (returns None: Any stands for each one's type)
     return None
 
 
@@ -24,33 +30,33 @@ class HostBoard:
     # (every method is a function object and its bytecode in a MicroPython heap).
     service = button = show = watchdog = _nothing
 
-    def __init__(self, cfg, store, log):
+    def __init__(self, cfg: "Json", store: "Store", log: "Log") -> None:
         self.cfg = cfg
         self.store = store
         self.log = log
-        self.clock = clock.LabClock() if cfg.get("clock") == "lab" else clock.SystemClock()
+        self.clock: Clock = clock.LabClock() if cfg.get("clock") == "lab" else clock.SystemClock()
 
-    def make_client(self, mcfg, client_id):
+    def make_client(self, mcfg: "Json", client_id: str) -> "MqttClient":
         if sys.implementation.name == "micropython":
             from hemsfw import net_umqtt as net
         else:
-            from hemsfw import net_paho as net
+            from hemsfw import net_paho as net  # type: ignore[no-redef]  # (same interface)
         return net.make_client(mcfg, client_id)
 
-    def net_up(self):
+    def net_up(self) -> bool:
         return True
 
 
 class Board(HostBoard):
     name = "unix"
 
-    def __init__(self, cfg, store, log):
+    def __init__(self, cfg: "Json", store: "Store", log: "Log") -> None:
         HostBoard.__init__(self, cfg, store, log)
         self.relay = relay.LabRelay(store, self.clock, cfg.get("safe_state", False))
-        self.wifi_file = (cfg.get("unix") or {}).get("wifi_file")
-        self.wifi = None
+        self.wifi_file: str | None = (cfg.get("unix") or {}).get("wifi_file")
+        self.wifi: bool | None = None
 
-    def net_up(self):
+    def net_up(self) -> bool:
         if self.wifi_file is None:
             return True
         try:

@@ -57,6 +57,14 @@ class FleetMosquitto(Mosquitto):
         conf = super().write()
         acl = self.data_dir / "hems.acl"
         acl.write_text(acl_text(self.mask_brokers) + fleet_acl_text(self.fleet_user))
+        # The fleet identity stands in for thousands of homes at once, each connection with a
+        # client id of its own: binding client ids to user names would make them kick each
+        # other off.  Test and benchmark brokers only (the shipped template keeps it on).
+        text = conf.read_text()
+        if "\nuse_username_as_clientid true\n" not in text:
+            raise RuntimeError("broker template: expected use_username_as_clientid true")
+        conf.write_text(text.replace("\nuse_username_as_clientid true\n",
+                                     "\nuse_username_as_clientid false\n"))
         if self.extra_conf:
             conf.write_text(conf.read_text() + "\n" + self.extra_conf.strip() + "\n")
         return conf

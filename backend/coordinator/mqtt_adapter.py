@@ -93,8 +93,9 @@ class MqttAdapter:
         self.link = Link(self.settings, TOPICS, self._on_message, self._on_up,
                          give_up_s=reconnect_s, inflight=INFLIGHT)
         s = self.settings
+        # its own identity: mosquitto binds client ids to user names (broker.connection_users)
         self.bulk = BulkClient(
-            s.host, s.port, f"{client_id}-ingest", s.username, s.password,
+            s.host, s.port, f"{client_id}-ingest", f"{s.username}-ingest", s.password,
             [(bulk_topic, 1)], self.on_plan_batch, tls=s.tls_context(),
             max_packet=protocol.MAX_PAYLOAD + 1024, reconnect_max_s=5.0, log=log)
         self._sem = asyncio.Semaphore(INFLIGHT)

@@ -271,7 +271,8 @@ async def _serve(spec: _Spec, conn: multiprocessing.connection.Connection) -> No
         conn.send(("accepted", intake.accepted))
 
     bulk = BulkClient(
-        s.host, s.port, f"{spec.client_id}-ingest-w{spec.index}", s.username, s.password,
+        s.host, s.port, f"{spec.client_id}-ingest-w{spec.index}",
+        f"{s.username}-ingest-w{spec.index}", s.password,
         [(shared_topic(protocol.t_plan("+")), 1)], on_batch, tls=s.tls_context(),
         max_packet=protocol.MAX_PAYLOAD + 1024, reconnect_max_s=5.0, log=log)
 

@@ -204,7 +204,8 @@ class Recorder:
         self.path = path
         self.f = path.open("w")
         self.lock = threading.Lock()
-        self.c = conn.client(user, password, f"recorder-{user}")
+        # Its own identity (broker.connection_users): the service's would take over its session.
+        self.c = conn.client(f"{user}-rec", password, f"{user}-rec")
         self.c.on_message = self._on_message
         self.c.connect(conn.host, conn.port)
         self.c.subscribe("#", qos=1)
@@ -313,7 +314,7 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
               procs.Procs(out.path("logs")))
     caps = {d: day_capacity(homes, run.absent[d], d, o.frames) for d in range(1, o.days + 1)}
     pki = make_pki(out.path("pki")) if o.tls else None
-    broker = Mosquitto(out.path("mosquitto"), pw, brokers, tls=pki)
+    broker = Mosquitto(out.path("mosquitto"), pw, brokers, tls=pki, recorder=o.record)
     observer: Observer | None = None
     recorders: list[Recorder] = []
     vtn: Any = None

@@ -100,7 +100,7 @@ class Service:
         self.bulk_topic = protocol.t_mask(core.id, "+")
         s = self.settings
         self.ingest = BulkClient(
-            s.host, s.port, f"{core.id}-ingest", s.username, s.password,
+            s.host, s.port, f"{core.id}-ingest", f"{s.username}-ingest", s.password,
             [(self.bulk_topic, 1)], self._on_batch, tls=s.tls_context(),
             max_packet=protocol.MAX_PAYLOAD + 1024, log=log)
 

@@ -209,3 +209,56 @@ def test_frame_and_day_ends():
     assert h.day_end_at(S1 + 10) == S1 + FR * FS
     assert h.frame_end(S1 - 1) is None and h.day_end_at(None) is None
     assert not h.day_over(S1 + FR * FS - 1) and h.day_over(S1 + FR * FS)
+
+
+# ------------------------------------------------------------------ who decides a round
+# (docs/privacy.md: the broker set is the home's, days follow the home's clock)
+
+
+def _ann_brokers(brokers, rnd=1, start=S1):
+    return protocol.parse_round(protocol_svc.make_round(D1, rnd, FR, FS, 100, start,
+                                                        start - 60, brokers))
+
+
+def _two_broker_home(st, logs):
+    cfg = _cfg()
+    cfg["keys"] = {"mb1": KEY, "mb2": "d9" * 32}
+    return home.Home(cfg, st, CountingRandom(), lambda *a: logs.append(a))
+
+
+def test_a_round_naming_fewer_brokers_than_provisioned_is_refused():
+    st, logs = MemStore(), []
+    h = _two_broker_home(st, logs)
+    assert h.on_round(_ann_brokers(["mb1"])) == []            # one broker would see every seed
+    assert st.read(home.NEW) is None
+    assert any("too_few_brokers" in " ".join(str(x) for x in a) for a in logs)
+    # the genuine announcement of the same day and round still counts afterwards
+    assert len(h.on_round(_ann_brokers(["mb1", "mb2"]))) == 3
+
+
+def test_a_round_naming_a_broker_not_provisioned_is_refused():
+    st, logs = MemStore(), []
+    h = _two_broker_home(st, logs)
+    assert h.on_round(_ann_brokers(["mb1", "evil"])) == []
+    assert st.read(home.NEW) is None
+    assert any("brokers_not_provisioned" in " ".join(str(x) for x in a) for a in logs)
+
+
+def test_a_round_outside_the_homes_day_window_is_refused():
+    st, logs = MemStore(), []
+    h = home.Home(_cfg(), st, CountingRandom(), lambda *a: logs.append(a))
+    far = S1 + 3 * 86400                                   # three days ahead of now
+    assert h.on_round(_ann(D3, far), now=S1 - 3600) == []
+    over = _ann(D1, S1)                                    # a day that has ended
+    assert h.on_round(over, now=S1 + FR * FS + 1) == []
+    assert st.read(home.NEW) is None
+    assert len(h.on_round(_ann(D1, S1), now=S1 - 3600)) == 2   # tomorrow: fine
+
+
+def test_a_round_beyond_the_days_limit_is_refused():
+    st = MemStore()
+    cfg = _cfg()
+    cfg["max_rounds_per_day"] = 2
+    h = home.Home(cfg, st, CountingRandom())
+    assert h.on_round(_ann(rnd=3)) == []
+    assert len(h.on_round(_ann(rnd=2))) == 2

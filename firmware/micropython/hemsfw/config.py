@@ -5,6 +5,8 @@
 #             "keepalive": 30, "cafile_der": null, "timeout_s": 5,
 #             "backoff_max_s": 60},
 #    "magnification": 2, "plan_wh": [...], "keys": {"mb1": "<64 hex>"},
+#    "mask_brokers": ["mb1"], "min_mask_brokers": 1,   (default: the brokers of `keys`, all)
+#    "days_ahead": 1, "max_rounds_per_day": 8,
 #    "state_dir": "/path", "board": "unix"|"esp32"|"picow"|"rpi", "clock": "lab"|"system",
 #    "safe_state": false, "exit_after_day": false, "loop_ms": 20, "watchdog_ms": 30000,
 #    "relay": {"pin": 5, "active_low": false, "button": 0, "button_active_low": true,
@@ -118,6 +120,21 @@ def check(cfg: object) -> "Json":
         for c in k:
             if c not in "0123456789abcdefABCDEF":
                 raise ConfigError("config: keys." + b + " must be 64 hex digits")
+
+    # The mask brokers this home must use are provisioned, not announced: an announcement
+    # naming fewer or others is refused (docs/privacy.md, "The broker set is the home's").
+    mb = cfg.get("mask_brokers")
+    if mb is None:
+        mb = sorted(keys)
+    if not isinstance(mb, list) or not mb:
+        raise ConfigError("config: mask_brokers must be a non-empty list of broker ids")
+    for b in mb:
+        if b not in keys:
+            raise ConfigError("config: mask_brokers." + str(b) + " has no key in keys")
+    cfg["mask_brokers"] = mb
+    cfg["min_mask_brokers"] = _int(cfg, "min_mask_brokers", 1, len(mb), len(mb))
+    cfg["days_ahead"] = _int(cfg, "days_ahead", 0, 7, 1)
+    cfg["max_rounds_per_day"] = _int(cfg, "max_rounds_per_day", 1, 96, 8)
 
     _need(cfg, "state_dir", (str,))
     board = cfg.get("board", "unix")

@@ -82,6 +82,11 @@ class Home:
         self.keys = {}
         for b, k in cfg.get("keys", {}).items():
             self.keys[b] = binascii.unhexlify(k)
+        # provisioned, not announced (config.py checks them; these are its defaults)
+        self.brokers: list[str] = cfg.get("mask_brokers") or sorted(self.keys)
+        self.min_brokers: int = cfg.get("min_mask_brokers") or len(self.brokers)
+        self.max_rounds: int = cfg.get("max_rounds_per_day", 8)
+        self.days_ahead: int = cfg.get("days_ahead", 1)
         self.store = store
         self.urandom = urandom
         self.log = log or (lambda *a: None)
@@ -123,6 +128,11 @@ class Home:
                 return []
             if day == st["day"] and rnd == st["round"]:
                 return self._out(wall)   # a repeat (retained, reconnect): nothing new
+        why = self._refuse(ann, now)
+        if why:
+            # not stored: a genuine announcement of the same day and round still counts
+            self.log("round", day, rnd, "refused:", why, "(following the own plan)")
+            return []
         frames = ann["frames"]
         values, source = self._plan_for(day, frames, ann["quantum_wh"])
         brokers = ann["brokers"]
@@ -156,6 +166,27 @@ class Home:
         self.store.write(NEW, new)   # persisted before anything is published
         self.new = new
         return self._out(wall)
+
+    def _refuse(self, ann: "Json", now: float | None) -> str | None:
+        """Why this home will not take part in an announced round, or None.  The broker set is
+        the home's own (provisioned), not the announcer's: every named broker must be one of
+        the home's, and at least ``min_mask_brokers`` of them (else one colluding broker would
+        see every seed).  The day follows the home's clock: a day already over, or more than
+        ``days_ahead`` days ahead, is refused, and so is a round beyond the day's limit."""
+        brokers = ann["brokers"]
+        for b in brokers:
+            if b not in self.brokers:
+                return "brokers_not_provisioned"
+        if len(brokers) < self.min_brokers:
+            return "too_few_brokers"
+        if ann["round"] > self.max_rounds:
+            return "too_many_rounds"
+        if now is not None:
+            start = ann["start"]
+            if start + ann["frames"] * ann["frame_s"] <= now or \
+                    start > now + (self.days_ahead + 1) * 86400:
+                return "day_window"
+        return None
 
     def _out(self, wall: float | None) -> list[tuple[str, bytes]]:
         return [(t, p.encode()) for _i, t, p in self.pending(wall)]

@@ -19,6 +19,13 @@ class MqttSettings:
     #: CA certificate (PEM) to verify the broker's TLS certificate; None = plain MQTT.
     cafile: str | None = None
     client_id: str | None = None
+    #: "mosquitto" (one broker, MQTT 5 $share for the services' bulk intake) or "rabbitmq" (a
+    #: cluster: the bulk intake over AMQP, backend/common/transport.py)
+    broker: str = "mosquitto"
+    #: RabbitMQ: every node's AMQP port on ``host`` (the intake fails over between them)
+    amqp_ports: tuple[int, ...] = ()
+    #: RabbitMQ: the virtual host
+    vhost: str = "hems"
 
     def with_identity(self, username: str, password: str) -> MqttSettings:
         return replace(self, username=username, password=password)
@@ -55,6 +62,21 @@ def add_mqtt_args(p: argparse.ArgumentParser, default_user: str) -> None:
         "line so it does not show in ps)",
     )
     g.add_argument("--cafile", default=os.environ.get("HEMS_MQTT_CAFILE"), help="TLS CA (PEM)")
+    g.add_argument("--broker", choices=["mosquitto", "rabbitmq"],
+                   default=os.environ.get("HEMS_BROKER", "mosquitto"),
+                   help="the broker's kind: rabbitmq takes the bulk intake over AMQP")
+    g.add_argument("--amqp-ports", type=_ports, default=os.environ.get("HEMS_AMQP_PORTS", ""),
+                   help="rabbitmq: the cluster nodes' AMQP ports on --host, comma-separated")
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of ports: {text!r}") from None
+    if any(not 0 < p < 65536 for p in out):
+        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
+    return out
 
 
 def settings_from_args(a: argparse.Namespace) -> MqttSettings:
@@ -64,4 +86,6 @@ def settings_from_args(a: argparse.Namespace) -> MqttSettings:
         username=a.user,
         password=os.environ.get(a.password_env),
         cafile=a.cafile,
+        broker=a.broker,
+        amqp_ports=_ports(a.amqp_ports) if isinstance(a.amqp_ports, str) else a.amqp_ports,
     )

@@ -122,12 +122,12 @@ def _rules(acl: str) -> list[_Rule]:
 
 
 def intake_queues(mask_brokers: list[str]) -> dict[str, tuple[str, str]]:
-    """The services' bulk intake queues: queue -> (reading user, MQTT topic filter).  The
-    coordinator's ingest connections share one queue (competing consumers); each mask broker
-    has its own."""
-    q = {f"hems.{COORDINATOR_USER}.plan": (f"{COORDINATOR_USER}-ingest", protocol.t_plan("+"))}
+    """The services' bulk intake queues: queue -> (service, MQTT topic filter).  The
+    coordinator's ingest connections (``coordinator-ingest``, ``-ingest-w<i>``) share one queue
+    (competing consumers); each mask broker has its own."""
+    q = {f"hems.{COORDINATOR_USER}.plan": (COORDINATOR_USER, protocol.t_plan("+"))}
     for b in mask_brokers:
-        q[f"hems.{b}.mask"] = (f"{b}-ingest", f"{protocol.PREFIX}/mask/{b}/+")
+        q[f"hems.{b}.mask"] = (b, f"{protocol.PREFIX}/mask/{b}/+")
     return q
 
 
@@ -159,7 +159,8 @@ def definitions(users: dict[str, str], mask_brokers: list[str],
         # An identity's MQTT subscriptions live in queues named after its client id, which
         # must be its user name (as mosquitto's use_username_as_clientid makes it).
         own = rf"mqtt-subscription-{re.escape(u)}qos[01]"
-        consume = [re.escape(q) for q, (reader, _) in queues.items() if reader == u]
+        consume = [re.escape(q) for q, (svc, _) in queues.items()
+                   if u == f"{svc}-ingest" or u.startswith(f"{svc}-ingest-w")]
         # an intake reader declares and binds its queue itself (once the cluster is formed:
         # a quorum queue's members are the nodes at its declaration)
         perms.append({"user": u, "vhost": VHOST, "configure": _alt([own, *consume]),

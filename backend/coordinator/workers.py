@@ -1,4 +1,5 @@
-"""``--workers N``: the plan ingest shared by N processes over an MQTT 5 shared subscription.
+"""``--workers N``: the plan ingest shared by N processes over an MQTT 5 shared subscription
+(mosquitto) or as competing consumers of one quorum queue (RabbitMQ; backend/common/transport.py).
 
 Every process (the main coordinator process is worker 0, ``N - 1`` more are started here)
 subscribes to ``$share/coordinator/hems/v1/plan/+`` on its own lean connection
@@ -41,9 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from backend.common.bulk_mqtt import BulkClient, Message
+from backend.common.bulk_mqtt import Message
 from backend.common.mqtt import MqttSettings
 from backend.common.rejects import Rejections
+from backend.common.transport import bulk_transport
 from backend.coordinator.intake import Intake, IntakeFailed, RoundConfig
 from backend.coordinator.journal import Journal
 from backend.coordinator.ports import Clock
@@ -270,11 +272,10 @@ async def _serve(spec: _Spec, conn: multiprocessing.connection.Connection) -> No
             bulk.publish(topic, payload)
         conn.send(("accepted", intake.accepted))
 
-    bulk = BulkClient(
-        s.host, s.port, f"{spec.client_id}-ingest-w{spec.index}",
-        f"{s.username}-ingest-w{spec.index}", s.password,
-        [(shared_topic(protocol.t_plan("+")), 1)], on_batch, tls=s.tls_context(),
-        max_packet=protocol.MAX_PAYLOAD + 1024, reconnect_max_s=5.0, log=log)
+    bulk = bulk_transport(
+        s, f"{spec.client_id}-ingest-w{spec.index}", f"{s.username}-ingest-w{spec.index}",
+        protocol.t_plan("+"), on_batch, queue=f"hems.{s.username}.plan", share_group=SHARE_GROUP,
+        tls=s.tls_context(), max_packet=protocol.MAX_PAYLOAD + 1024, log=log)
 
     def on_pipe() -> None:
         try:

@@ -38,11 +38,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from backend.common import metrics
 from backend.common.backoff import Backoff
-from backend.common.bulk_mqtt import BulkClient, BulkMqttError, Message
+from backend.common.bulk_mqtt import BulkMqttError, Message
 from backend.common.files import write_atomic
 from backend.common.metrics import Sample
 from backend.common.mqtt import MqttSettings
 from backend.common.sdnotify import notify, watchdog_interval_s
+from backend.common.transport import BulkTransport, bulk_transport
 from hemsfw import protocol, protocol_svc
 
 from .core import MaskBroker, Publish, Record
@@ -99,9 +100,9 @@ class Service:
         self._stop = asyncio.Event()
         self.bulk_topic = protocol.t_mask(core.id, "+")
         s = self.settings
-        self.ingest = BulkClient(
-            s.host, s.port, f"{core.id}-ingest", f"{s.username}-ingest", s.password,
-            [(self.bulk_topic, 1)], self._on_batch, tls=s.tls_context(),
+        self.ingest: BulkTransport = bulk_transport(
+            s, f"{core.id}-ingest", f"{s.username}-ingest", self.bulk_topic, self._on_batch,
+            queue=f"hems.{core.id}.mask", tls=s.tls_context(),
             max_packet=protocol.MAX_PAYLOAD + 1024, log=log)
 
     # ------------------------------------------------------------ lifecycle

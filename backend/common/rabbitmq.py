@@ -142,18 +142,19 @@ def password_hash(password: str, salt: bytes | None = None) -> str:
 
 
 def definitions(users: dict[str, str], mask_brokers: list[str],
-                recorder: bool = False) -> dict[str, object]:
+                recorder: bool = False, extra_acl: str = "") -> dict[str, object]:
     """RabbitMQ definitions equivalent to ``acl_text(mask_brokers)`` for ``users`` (identity ->
-    password; every name not a service identity is a home)."""
+    password; every name not a service identity is a home).  ``extra_acl``: more mosquitto
+    ACL lines (the benchmarks' TEST-ONLY fleet identity, backend/common/fleet_acl.py)."""
     everyone = with_connection_users(users, mask_brokers, recorder=recorder)
-    rules = _rules(acl_text(mask_brokers, recorder=recorder))
-    services = {r.user for r in rules if r.user is not None}
+    rules = _rules(acl_text(mask_brokers, recorder=recorder) + extra_acl)
     queues = intake_queues(mask_brokers)
     out_users, perms, topic_perms = [], [], []
     for u, pw in everyone.items():
         out_users.append({"name": u, "password_hash": password_hash(pw),
                           "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""})
-        mine = [r for r in rules if r.user == u or (r.user is None and u not in services)]
+        # mosquitto applies pattern lines to every user, services included
+        mine = [r for r in rules if r.user == u or r.user is None]
         read = [mqtt_filter_regex(r.topic, u) for r in mine if "read" in r.access]
         write = [mqtt_filter_regex(r.topic, u) for r in mine if "write" in r.access]
         # An identity's MQTT subscriptions live in queues named after its client id, which
@@ -212,6 +213,7 @@ class RabbitCluster:
     mask_brokers: list[str]
     nodes_n: int = 3
     recorder: bool = False
+    extra_acl: str = ""
     tag: str = field(default_factory=lambda: f"hems{os.getpid()}")
     nodes: list[RabbitNode] = field(init=False)
     epmd_port: int = field(init=False)
@@ -372,7 +374,8 @@ class RabbitCluster:
 
     def write_definitions(self) -> Path:
         path = self.base / "definitions.json"
-        path.write_text(json.dumps(definitions(self.users, self.mask_brokers, self.recorder)))
+        path.write_text(json.dumps(definitions(self.users, self.mask_brokers, self.recorder,
+                                               self.extra_acl)))
         path.chmod(0o600)
         return path
 

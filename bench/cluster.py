@@ -1,0 +1,338 @@
+"""Cluster: a whole round on an N-node RabbitMQ cluster, with a node killed mid-round.
+
+    .venv/bin/python bench/cluster.py --nodes 3 --homes 2000 --kill-node --json
+    .venv/bin/python bench/cluster.py --nodes 3 --homes 2000 --kill-node --kill-phase adjust
+
+One cluster (backend/common/rabbitmq.py: N nodes on loopback, users and topic permissions from
+the hems ACL plus the TEST-ONLY fleet identity), two rounds of the same fleet on it, each with
+fresh services and state:
+
+1. the reference: nothing disturbed;
+2. the same round (same fleet, same report ids and seeds) with node N killed (SIGKILL) once a
+   third of the plan reports are journaled (``--kill-phase collect``) or once collection closed
+   (``--kill-phase adjust``: while the group sums are asked for and the adjustments go out).
+   The services' intake queues are declared through node N first, so node N leads them: the
+   kill takes down the queues' leader, and whichever intake consumer was connected to it.
+
+Where things connect: the coordinator's MQTT link to node 1, the mask brokers' to node 2, the
+fleet (bench/fleet.py, the raw MQTT 3.1.1 publisher; each home's real firmware-core report)
+publishes half the homes through node 1 and half through node 2, and the services' bulk intake
+is AMQP (backend/common/amqp_intake.py) on every node, failing over between them.  Two
+``mosquitto_sub -q 1`` (MQTT 3.1.1) watch from outside: the plans as the coordinator's
+recorder identity on node 1 (the baseline: a plain subscriber on the same cluster in the same
+run) and the adjustments as the fleet on node 2.
+
+Figures (JSON on stdout; a table on stderr):
+
+``lost_reports``
+    homes - the reports the coordinator's journal says it accepted at the close of collection
+    (``closed.accepted``), in the run with the kill.
+``duplicate_reports``
+    reports counted twice: the journal's accepted plan records minus the distinct homes among
+    them (a redelivered report must be recognised by its report id and not counted again).
+``lost_adjustments``
+    homes whose adjustment the outside subscriber never received.
+``identical_to_reference``
+    the result file (groups, overload before and after, adjusted homes; timings left out) and
+    every home's adjustment payload are byte-for-byte those of the reference run.
+``ingest_msgs_per_s`` / ``baseline_msgs_per_s``
+    homes / (close of collection - first publish), from the journal, and homes / (the N-th plan
+    at the outside subscriber - first publish), in the reference run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from backend.common import rabbitmq  # noqa: E402
+from backend.common.broker import free_port  # noqa: E402
+from backend.common.fleet_acl import FLEET_USER, fleet_acl_text  # noqa: E402
+from bench import fleet as fl  # noqa: E402
+from bench.scale import (  # noqa: E402
+    PY,
+    ScaleError,
+    Service,
+    journal,
+    reap,
+    start,
+    stop,
+    wait_until,
+)
+from hemsfw import protocol, protocol_svc  # noqa: E402
+
+COORD = "coordinator"
+REC = f"{COORD}-rec"
+
+
+def _declare_queues(cluster: rabbitmq.RabbitCluster, node: int, users: dict[str, str],
+                    brokers: tuple[str, ...]) -> None:
+    """Declare the intake queues through ``node`` (it becomes their leader)."""
+    import aio_pika
+
+    async def go() -> None:
+        port = cluster.nodes[node - 1].amqp_port
+        for q, (svc, flt) in rabbitmq.intake_queues(list(brokers)).items():
+            user = f"{svc}-ingest"
+            conn = await aio_pika.connect(
+                f"amqp://{user}:{users[svc]}@127.0.0.1:{port}/{rabbitmq.VHOST}")
+            async with conn:
+                ch = await conn.channel()
+                qq = await ch.declare_queue(q, durable=True, arguments={
+                    "x-queue-type": "quorum",
+                    "x-quorum-initial-group-size": len(cluster.nodes)})
+                await qq.bind("amq.topic", rabbitmq.routing_key(flt))
+                await qq.purge()
+
+    asyncio.run(go())
+
+
+def _sub(port: int, user: str, pw: str, topic: str, out: Path, fmt: str) -> subprocess.Popen[bytes]:
+    with out.open("wb") as f:
+        return subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", pw,
+             "-i", user, "-t", topic, "-q", "1", "-F", fmt],
+            stdout=f, stderr=subprocess.DEVNULL)
+
+
+def _clear_retained(port: int, pw: str) -> None:
+    """The previous round's announcement is retained on node 1: clear it between runs."""
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", REC, "-P", pw,
+                    "-i", REC, "-t", protocol.t_round(), "-r", "-n", "-q", "1"],
+                   check=True, timeout=30, capture_output=True)
+
+
+def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSpec,
+              users: dict[str, str], brokers: tuple[str, ...], k: int, work: Path,
+              kill: str | None, window: int) -> dict[str, Any]:
+    homes = spec.homes
+    n = len(cluster.nodes)
+    ports = ",".join(str(x.amqp_port) for x in cluster.nodes)
+    m1, m2 = cluster.nodes[0].mqtt_port, cluster.nodes[1].mqtt_port
+    work.mkdir(parents=True)
+    _declare_queues(cluster, n, users, brokers)
+    _clear_retained(m1, users[COORD])
+    services: list[Service] = []
+    subs: list[subprocess.Popen[bytes]] = []
+    killed_at: float | None = None
+    try:
+        regs = fl.write_registry(spec, work)
+        for b in brokers:
+            port = free_port()
+            services.append(start(b, [
+                PY, "-m", "backend.mask_broker", "--broker-id", b, "--registry", str(regs[b]),
+                "--k", str(k), "--state-dir", str(work / f"state-{b}"),
+                "--metrics-port", str(port), "--port", str(m2), "--broker", "rabbitmq",
+                "--amqp-ports", ports], {"HEMS_MQTT_PASSWORD": users[b]}, work, port))
+        wait_until(lambda: all(s.metrics().get("hems_mask_broker_ingest_connected") == 1
+                               and s.metrics().get("hems_mask_broker_connected") == 1
+                               for s in services), 60, "the mask brokers' connections",
+                   services)
+        total = fleet.plans.sum(axis=0)
+        cap = np.maximum(1, np.ceil(0.8 * total.max())).astype(np.int64)
+        cap_file = work / "capacity.json"
+        cap_file.write_bytes(protocol.encode(protocol_svc.make_capacity(
+            spec.frames, [int(cap)] * spec.frames)))
+        port = free_port()
+        coord = start(COORD, [
+            PY, "-m", "backend.coordinator", "--day", spec.day, "--round", str(spec.round),
+            "--frames", str(spec.frames), "--frame-s", str(spec.frame_s),
+            "--quantum-wh", str(spec.quantum_wh), "--start", str(spec.start),
+            "--collect-s", "3600", "--expected-homes", str(homes),
+            "--missing-grace-s", "60", "--brokers", ",".join(brokers), "--k", str(k),
+            "--capacity-file", str(cap_file), "--result", str(work / "result.json"),
+            "--state-dir", str(work / "state-coordinator"), "--metrics-port", str(port),
+            "--port", str(m1), "--user", COORD, "--broker", "rabbitmq", "--amqp-ports", ports],
+            {"HEMS_MQTT_PASSWORD": users[COORD]}, work, port)
+        services.append(coord)
+        wait_until(lambda: coord.metrics().get("hems_coordinator_ingest_connected") == 1,
+                   60, "the coordinator's ingest connection", services)
+        wait_until(lambda: all(s.metrics().get("hems_mask_broker_rounds_total", 0) >= 1
+                               for s in services[:-1]), 60, "the round announcement", services)
+        base_out, adj_out = work / "sub-plan.txt", work / "sub-adjust.txt"
+        subs.append(_sub(m1, REC, users[COORD], protocol.t_plan("+"), base_out, "%U %t"))
+        subs.append(_sub(m2, FLEET_USER, users[FLEET_USER], protocol.t_adjust("+"), adj_out,
+                         "%t %x"))
+        time.sleep(1.0)  # the subscriptions are in place
+        msgs = fleet.messages
+        per_home = 1 + len(brokers)
+        half = (homes // 2) * per_home
+        parts = [(msgs[:half], m1), (msgs[half:], m2)]
+        stats: list[fl.PublishStats | BaseException] = [ValueError("not run")] * 2
+
+        def pub(i: int) -> None:
+            part, p = parts[i]
+            try:
+                stats[i] = fl.publish_raw(part, "127.0.0.1", p, FLEET_USER, users[FLEET_USER],
+                                          window=window, timeout=900,
+                                          client_id=f"fleet-pub-{i}", ordered=False)
+            except BaseException as e:  # reported below
+                stats[i] = e
+
+        threads = [threading.Thread(target=pub, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        jpath = work / "state-coordinator" / f"round-{spec.day}-{spec.round}.jsonl"
+        if kill == "collect":
+            wait_until(lambda: coord.metrics().get(
+                "hems_coordinator_reports_accepted_total", 0) >= homes // 3, 600,
+                "a third of the reports", services)
+        elif kill == "adjust":
+            wait_until(lambda: jpath.exists() and b'"closed"' in jpath.read_bytes(), 600,
+                       "the close of collection", services)
+        if kill is not None:
+            killed_at = time.time()
+            cluster.stop_node(n, kill=True)
+        for t in threads:
+            t.join()
+        for st in stats:
+            if isinstance(st, BaseException):
+                raise ScaleError(f"publisher failed: {st}")
+        t0 = min(st.t_first for st in stats if isinstance(st, fl.PublishStats))
+        ru = reap(coord, 900)
+        if coord.proc.returncode != 0:
+            raise ScaleError(f"coordinator failed ({coord.proc.returncode}):\n{coord.tail()}")
+        time.sleep(2.0)  # the last adjustments reach the outside subscriber
+        result = json.loads((work / "result.json").read_text())
+        jr = journal(jpath)
+        records = [json.loads(x) for x in jpath.read_bytes().splitlines()]
+    finally:
+        for p in subs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        for s in reversed(services):
+            stop(s)
+    plan_recs = [r for r in records if r.get("kind") == "report"]
+    plan_homes = {r.get("home") for r in plan_recs}
+    base = sorted(float(x.split()[0]) for x in base_out.read_text().splitlines() if x)
+    adjust: dict[str, str] = {}
+    adjust_msgs = 0
+    for line in adj_out.read_text().splitlines():
+        if line:
+            topic, _, hexp = line.partition(" ")
+            adjust[topic.rsplit("/", 1)[1]] = hexp
+            adjust_msgs += 1
+    closed = float(jr["closed"]["at"])
+    return {
+        "accepted": int(jr["closed"]["accepted"]),
+        "plan_records": len(plan_recs),
+        "plan_homes": len(plan_homes),
+        "adjusted_homes": int(result["adjusted_homes"]),
+        "adjustments_received": len(adjust),
+        "adjustment_messages": adjust_msgs,
+        "adjustments": adjust,
+        "result": {k: v for k, v in result.items() if k not in ("timings", "ingest")},
+        "ingest": result.get("ingest", {}),
+        "ingest_msgs_per_s": homes / (closed - t0),
+        "baseline_msgs_per_s": homes / (base[homes - 1] - t0) if len(base) >= homes else None,
+        "baseline_received": len(base),
+        "killed_after_t0_s": None if killed_at is None else round(killed_at - t0, 3),
+        "round_latency_s": round(float(jr["done"]["at"]) - closed, 3),
+        "coordinator_cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+    }
+
+
+def run(nodes: int, homes: int, kill: str | None, brokers: tuple[str, ...], k: int,
+        window: int, keep: Path | None) -> dict[str, Any]:
+    spec = fl.FleetSpec(homes, brokers)
+    fleet = fl.load_or_build(spec, None)
+    users = {FLEET_USER: "fleet-pw", COORD: "coord-pw"} | {b: f"{b}-pw" for b in brokers}
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hems-cluster-")))
+        else:
+            keep.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix="hems-cluster-", dir=keep))
+        t = time.monotonic()
+        cluster = rabbitmq.RabbitCluster(work / "rabbit", users, list(brokers), nodes,
+                                         recorder=True, extra_acl=fleet_acl_text())
+        with cluster:
+            start_s = time.monotonic() - t
+            ref = run_round(cluster, fleet, spec, users, brokers, k, work / "reference", None,
+                            window)
+            hit = ref if kill is None else run_round(cluster, fleet, spec, users, brokers, k,
+                                                     work / "killed", kill, window)
+    identical = (hit["result"] == ref["result"] and hit["adjustments"] == ref["adjustments"])
+    return {
+        "nodes": nodes,
+        "homes": homes,
+        "brokers": list(brokers),
+        "killed_node": nodes if kill is not None else None,
+        "kill_phase": kill,
+        "killed_after_first_publish_s": hit["killed_after_t0_s"],
+        "lost_reports": homes - hit["accepted"],
+        "duplicate_reports": hit["plan_records"] - hit["plan_homes"],
+        "lost_adjustments": homes - hit["adjustments_received"],
+        "duplicate_adjustment_messages": hit["adjustment_messages"] - hit["adjustments_received"],
+        "identical_to_reference": identical,
+        "ingest_msgs_per_s": round(ref["ingest_msgs_per_s"]),
+        "baseline_msgs_per_s": (None if ref["baseline_msgs_per_s"] is None
+                                else round(ref["baseline_msgs_per_s"])),
+        "ingest_msgs_per_s_with_kill": round(hit["ingest_msgs_per_s"]),
+        "round_latency_s": ref["round_latency_s"],
+        "round_latency_s_with_kill": hit["round_latency_s"],
+        "coordinator_ingest_with_kill": hit["ingest"],
+        "cluster_start_s": round(start_s, 1),
+    }
+
+
+def table(r: dict[str, Any]) -> str:
+    rows = [(k, r[k]) for k in ("nodes", "homes", "killed_node", "kill_phase",
+                                "lost_reports", "duplicate_reports", "lost_adjustments",
+                                "identical_to_reference", "ingest_msgs_per_s",
+                                "baseline_msgs_per_s", "ingest_msgs_per_s_with_kill",
+                                "round_latency_s", "round_latency_s_with_kill")]
+    return "\n".join(f"{k:>30}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--homes", type=int, default=2000)
+    p.add_argument("--kill-node", action="store_true", help="kill -9 the last node mid-round")
+    p.add_argument("--kill-phase", choices=["collect", "adjust"], default="collect")
+    p.add_argument("--brokers", default="mb1", help="mask broker ids, comma-separated")
+    p.add_argument("--k", type=int, default=10, help="minimum group size")
+    p.add_argument("--window", type=int, default=1000)
+    p.add_argument("--keep", type=Path, help="keep the work directory (logs, journals) here")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    if not 3 <= a.nodes <= 9:
+        p.error("--nodes must be 3..9 (the MQTT plugin needs a quorum of 3)")
+    if not 10 <= a.homes <= 1_000_000:
+        p.error("--homes must be 10..1000000")
+    brokers = tuple(b for b in a.brokers.split(",") if b)
+    if not brokers:
+        p.error("--brokers needs at least one id")
+    why = rabbitmq.why_unavailable()
+    if why is not None:
+        print(f"cluster.py: {why}", file=sys.stderr)
+        return 2
+    r = run(a.nodes, a.homes, a.kill_phase if a.kill_node else None, brokers, a.k, a.window,
+            a.keep)
+    print(table(r), file=sys.stderr)
+    if a.json:
+        print(json.dumps(r))
+    ok = (r["lost_reports"] == 0 and r["duplicate_reports"] == 0 and r["lost_adjustments"] == 0
+          and r["identical_to_reference"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,7 +33,10 @@ Figures (JSON on stdout; a table on stderr):
 ``lost_adjustments``
     homes whose adjustment the outside subscriber never received.
 ``identical_to_reference``
-    the result file (groups, overload before and after, adjusted homes; timings left out) and
+    the result file (groups, sums, overload before and after, adjusted homes; left out: this
+    run's timings, phase times, deadline (the start time + --collect-s), state directory,
+    intake counters and rejection counts: redelivered copies the coordinator recognised and
+    dropped are ``plan:replay`` there, reported as ``redelivered_copies_dropped``) and
     every home's adjustment payload are byte-for-byte those of the reference run.
 ``ingest_msgs_per_s`` / ``baseline_msgs_per_s``
     homes / (close of collection - first publish), from the journal, and homes / (the N-th plan
@@ -122,7 +125,8 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
               kill: str | None, window: int) -> dict[str, Any]:
     homes = spec.homes
     n = len(cluster.nodes)
-    ports = ",".join(str(x.amqp_port) for x in cluster.nodes)
+    # the services' intake connects to node N (the one killed) first
+    ports = ",".join(str(x.amqp_port) for x in reversed(cluster.nodes))
     m1, m2 = cluster.nodes[0].mqtt_port, cluster.nodes[1].mqtt_port
     work.mkdir(parents=True)
     _declare_queues(cluster, n, users, brokers)
@@ -237,7 +241,11 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
         "adjustments_received": len(adjust),
         "adjustment_messages": adjust_msgs,
         "adjustments": adjust,
-        "result": {k: v for k, v in result.items() if k not in ("timings", "ingest")},
+        # what is the same round's outcome, not this run's clock or directories
+        "result": {k: v for k, v in result.items()
+                   if k not in ("timings", "ingest", "phases", "deadline", "state_dir",
+                                "rejections")},
+        "rejections": result.get("rejections", {}),
         "ingest": result.get("ingest", {}),
         "ingest_msgs_per_s": homes / (closed - t0),
         "baseline_msgs_per_s": homes / (base[homes - 1] - t0) if len(base) >= homes else None,
@@ -269,6 +277,9 @@ def run(nodes: int, homes: int, kill: str | None, brokers: tuple[str, ...], k: i
             hit = ref if kill is None else run_round(cluster, fleet, spec, users, brokers, k,
                                                      work / "killed", kill, window)
     identical = (hit["result"] == ref["result"] and hit["adjustments"] == ref["adjustments"])
+    if not identical:
+        diff = sorted(k for k in ref["result"] if ref["result"][k] != hit["result"].get(k))
+        print(f"cluster.py: differs from the reference: {diff}", file=sys.stderr)
     return {
         "nodes": nodes,
         "homes": homes,
@@ -281,6 +292,8 @@ def run(nodes: int, homes: int, kill: str | None, brokers: tuple[str, ...], k: i
         "lost_adjustments": homes - hit["adjustments_received"],
         "duplicate_adjustment_messages": hit["adjustment_messages"] - hit["adjustments_received"],
         "identical_to_reference": identical,
+        "redelivered_copies_dropped": hit["rejections"].get("plan:replay", 0),
+        "intake_redelivered": hit["ingest"].get("dup_received", 0),
         "ingest_msgs_per_s": round(ref["ingest_msgs_per_s"]),
         "baseline_msgs_per_s": (None if ref["baseline_msgs_per_s"] is None
                                 else round(ref["baseline_msgs_per_s"])),

@@ -11,8 +11,10 @@ consumes that queue (competing consumers; each message goes to one of them).  Th
 replica on every node: losing a node loses no message, and messages a consumer had not
 acknowledged are redelivered to another consumer.
 
-* Each connection tries the cluster's nodes in turn (``urls``), declares the queue (quorum,
-  replicated on every node) and its binding, and consumes with a prefetch window.
+* Each connection tries the cluster's nodes in turn (``urls``, the first first: list a service's
+  nearest node first, or spread the services by listing them in different orders), declares
+  the queue (quorum, replicated on every node) and its binding, and consumes with a prefetch
+  window.
 * Messages that arrive in one event-loop turn are handed to ``on_batch`` as one batch
   ``[(MQTT topic, payload), ...]``; once it returned, the whole batch is acknowledged with one
   ``basic.ack(multiple)``.  ``drop_connection()`` from ``on_batch`` closes the connection without
@@ -83,7 +85,7 @@ class AmqpIntake:
         self._pending: list[Any] = []  # aio-pika incoming messages of the current batch
         self._scheduled = False
         self._conn: Any = None
-        self._next = random.randrange(len(urls))
+        self._next = 0  # the first URL first (the operator's order), then the next ones
         self.session_present = True
         self.stats: dict[str, int] = dict.fromkeys(
             ("received", "batches", "acked", "dup_received", "handler_errors", "published",

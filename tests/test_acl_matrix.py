@@ -91,6 +91,8 @@ class Client:
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                              client_id=client_id or f"t-{uuid.uuid4().hex}")
         self.c.on_subscribe = lambda *_: self.suback.set()
+        # RabbitMQ answers a refused subscription by closing the connection
+        self.c.on_disconnect = lambda *_: self.suback.set()
         if user is not None:
             self.c.username_pw_set(user, password)
         self.c.on_message = self._msg
@@ -275,10 +277,11 @@ def test_rabbitmq_publish_matrix(rabbit: rabbitmq.RabbitCluster) -> None:
         time.sleep(0.5)
         tag = uuid.uuid4().hex.encode()
         for role in ROLES:
-            for i, t in enumerate(TOPICS):
-                c = _cell(port, role, f"{role}-p{i}")
+            cells = [(_cell(port, role, f"{role}-p{i}"), t) for i, t in enumerate(TOPICS)]
+            for c, t in cells:
                 c.c.publish(t, tag + b"|" + role.encode(), qos=0)
-                time.sleep(0.02)  # QoS 0: written before the DISCONNECT, in order
+            time.sleep(0.3)  # QoS 0: written before the DISCONNECT, in order
+            for c, _t in cells:
                 c.close()
         _settle(list(readers.values()))
         allowed: dict[str, set[str]] = {r: set() for r in ROLES}

@@ -38,6 +38,9 @@ Figures (JSON on stdout; a table on stderr):
     intake counters and rejection counts: redelivered copies the coordinator recognised and
     dropped are ``plan:replay`` there, reported as ``redelivered_copies_dropped``) and
     every home's adjustment payload are byte-for-byte those of the reference run.
+``announcement_retained_on_every_node``
+    a client connecting to each node after the announcement gets it (retained; RabbitMQ keeps
+    retained messages per node, backend/common/retained.py copies them).
 ``ingest_msgs_per_s`` / ``baseline_msgs_per_s``
     homes / (close of collection - first publish), from the journal, and homes / (the N-th plan
     at the outside subscriber - first publish), in the reference run.
@@ -113,6 +116,14 @@ def _sub(port: int, user: str, pw: str, topic: str, out: Path, fmt: str) -> subp
             stdout=f, stderr=subprocess.DEVNULL)
 
 
+def _retained_round(port: int, pw: str) -> bool:
+    """Does a home connecting to the node on ``port`` now get the round announcement?"""
+    r = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-u", FLEET_USER,
+                        "-P", pw, "-i", FLEET_USER, "-t", protocol.t_round(), "-C", "1",
+                        "-W", "10"], capture_output=True, timeout=30)
+    return r.returncode == 0 and len(r.stdout) > 1
+
+
 def _clear_retained(port: int, pw: str) -> None:
     """The previous round's announcement is retained on node 1: clear it between runs."""
     subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", REC, "-P", pw,
@@ -161,13 +172,15 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
             "--missing-grace-s", "60", "--brokers", ",".join(brokers), "--k", str(k),
             "--capacity-file", str(cap_file), "--result", str(work / "result.json"),
             "--state-dir", str(work / "state-coordinator"), "--metrics-port", str(port),
-            "--port", str(m1), "--user", COORD, "--broker", "rabbitmq", "--amqp-ports", ports],
+            "--port", str(m1), "--user", COORD, "--broker", "rabbitmq", "--amqp-ports", ports,
+            "--mqtt-ports", ",".join(str(x.mqtt_port) for x in cluster.nodes)],
             {"HEMS_MQTT_PASSWORD": users[COORD]}, work, port)
         services.append(coord)
         wait_until(lambda: coord.metrics().get("hems_coordinator_ingest_connected") == 1,
                    60, "the coordinator's ingest connection", services)
         wait_until(lambda: all(s.metrics().get("hems_mask_broker_rounds_total", 0) >= 1
                                for s in services[:-1]), 60, "the round announcement", services)
+        announced = [_retained_round(x.mqtt_port, users[FLEET_USER]) for x in cluster.nodes]
         base_out, adj_out = work / "sub-plan.txt", work / "sub-adjust.txt"
         subs.append(_sub(m1, REC, users[COORD], protocol.t_plan("+"), base_out, "%U %t"))
         subs.append(_sub(m2, FLEET_USER, users[FLEET_USER], protocol.t_adjust("+"), adj_out,
@@ -234,6 +247,7 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
             adjust_msgs += 1
     closed = float(jr["closed"]["at"])
     return {
+        "announced_on_nodes": announced,
         "accepted": int(jr["closed"]["accepted"]),
         "plan_records": len(plan_recs),
         "plan_homes": len(plan_homes),
@@ -292,6 +306,7 @@ def run(nodes: int, homes: int, kill: str | None, brokers: tuple[str, ...], k: i
         "lost_adjustments": homes - hit["adjustments_received"],
         "duplicate_adjustment_messages": hit["adjustment_messages"] - hit["adjustments_received"],
         "identical_to_reference": identical,
+        "announcement_retained_on_every_node": all(ref["announced_on_nodes"]),
         "redelivered_copies_dropped": hit["rejections"].get("plan:replay", 0),
         "intake_redelivered": hit["ingest"].get("dup_received", 0),
         "ingest_msgs_per_s": round(ref["ingest_msgs_per_s"]),

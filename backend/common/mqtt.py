@@ -26,6 +26,9 @@ class MqttSettings:
     amqp_ports: tuple[int, ...] = ()
     #: RabbitMQ: the virtual host
     vhost: str = "hems"
+    #: RabbitMQ: every node's MQTT port on ``host`` (retained messages are node-local there:
+    #: backend/common/retained.py copies the services' retained messages to every node)
+    mqtt_ports: tuple[int, ...] = ()
 
     def with_identity(self, username: str, password: str) -> MqttSettings:
         return replace(self, username=username, password=password)
@@ -67,6 +70,9 @@ def add_mqtt_args(p: argparse.ArgumentParser, default_user: str) -> None:
                    help="the broker's kind: rabbitmq takes the bulk intake over AMQP")
     g.add_argument("--amqp-ports", type=_ports, default=os.environ.get("HEMS_AMQP_PORTS", ""),
                    help="rabbitmq: the cluster nodes' AMQP ports on --host, comma-separated")
+    g.add_argument("--mqtt-ports", type=_ports, default=os.environ.get("HEMS_MQTT_PORTS", ""),
+                   help="rabbitmq: every node's MQTT port on --host, comma-separated (retained "
+                   "messages are copied to each)")
 
 
 def _ports(text: str) -> tuple[int, ...]:
@@ -88,4 +94,5 @@ def settings_from_args(a: argparse.Namespace) -> MqttSettings:
         cafile=a.cafile,
         broker=a.broker,
         amqp_ports=_ports(a.amqp_ports) if isinstance(a.amqp_ports, str) else a.amqp_ports,
+        mqtt_ports=_ports(a.mqtt_ports) if isinstance(a.mqtt_ports, str) else a.mqtt_ports,
     )

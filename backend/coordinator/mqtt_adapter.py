@@ -31,6 +31,7 @@ import aiomqtt
 
 from backend.common.bulk_mqtt import BulkMqttError, Message
 from backend.common.mqtt import MqttSettings
+from backend.common.retained import RetainFanout
 from backend.common.transport import BulkTransport, bulk_transport
 from backend.coordinator.link import Conn, Link, LinkError
 from backend.coordinator.supply import capacity_topic
@@ -104,6 +105,7 @@ class MqttAdapter:
             s, f"{client_id}-ingest", f"{s.username}-ingest", BULK_TOPIC, self.on_plan_batch,
             queue=INTAKE_QUEUE, share_group=share_group, tls=s.tls_context(),
             max_packet=protocol.MAX_PAYLOAD + 1024, log=log)
+        self.fanout = RetainFanout(self.settings, client_id)
         self._sem = asyncio.Semaphore(INFLIGHT)
         self._unacked: list[tuple[Conn, aiomqtt.Message, Replies]] = []
         self._wake = asyncio.Event()
@@ -142,6 +144,7 @@ class MqttAdapter:
         finally:
             for t in list(self._background):
                 t.cancel()
+            await self.fanout.close()
 
     def fail(self, message: str) -> None:
         """Stop everything with ``message`` (from a callback that cannot raise)."""
@@ -232,6 +235,8 @@ class MqttAdapter:
     async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         async with self._sem:
             await self.link.publish(topic, payload, retain, timeout=PUBLISH_TIMEOUT_S)
+        if retain:  # a cluster keeps retained messages per node: a copy on every other one
+            self.fanout.publish(topic, payload)
 
     def send(self, topic: str, payload: bytes) -> None:
         self.bulk.publish(topic, payload)

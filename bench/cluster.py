@@ -22,6 +22,12 @@ is AMQP (backend/common/amqp_intake.py) on every node, failing over between them
 recorder identity on node 1 (the baseline: a plain subscriber on the same cluster in the same
 run) and the adjustments as the fleet on node 2.
 
+``--sessions N`` measures instead what the homes cost the cluster: N home identities, each
+holding the firmware's session (MQTT 3.1.1, clean session off, a QoS 1 subscription to its
+adjustment topic: one quorum queue per home with ``mqtt.durable_queue_type = quorum``), spread
+over the nodes; it reports the nodes' resident memory before and after (VmRSS of each node's
+Erlang VM, 5 s after the last session was set up) and the set-up rate.
+
 Figures (JSON on stdout; a table on stderr):
 
 ``lost_reports``
@@ -52,6 +58,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import socket
 import subprocess
 import sys
 import tempfile
@@ -68,6 +75,7 @@ import numpy as np  # noqa: E402
 
 from backend.common import rabbitmq  # noqa: E402
 from backend.common.broker import free_port  # noqa: E402
+from backend.common.bulk_mqtt import mqtt_string, varlen  # noqa: E402
 from backend.common.fleet_acl import FLEET_USER, fleet_acl_text  # noqa: E402
 from bench import fleet as fl  # noqa: E402
 from bench.scale import (  # noqa: E402
@@ -320,6 +328,75 @@ def run(nodes: int, homes: int, kill: str | None, brokers: tuple[str, ...], k: i
     }
 
 
+def _session(port: int, home: str, pw: str) -> socket.socket:
+    """One home's MQTT session as the firmware holds it: CONNECT (3.1.1, clean session off,
+    client id = home id) and a QoS 1 subscription to its adjustment topic; returns the open
+    socket once the SUBACK granted it."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    body = (mqtt_string(b"MQTT") + bytes((4, 0xC0)) + (0).to_bytes(2, "big")
+            + mqtt_string(home.encode()) + mqtt_string(home.encode()) + mqtt_string(pw.encode()))
+    s.sendall(b"\x10" + varlen(len(body)) + body)
+    if _read(s, 4)[3] != 0:
+        raise ScaleError(f"{home}: CONNACK refused")
+    sub = (1).to_bytes(2, "big") + mqtt_string(protocol.t_adjust(home).encode()) + b"\x01"
+    s.sendall(b"\x82" + varlen(len(sub)) + sub)
+    if _read(s, 5)[4] != 1:
+        raise ScaleError(f"{home}: SUBACK refused")
+    return s
+
+
+def _read(s: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        more = s.recv(n - len(out))
+        if not more:
+            raise ScaleError("connection closed")
+        out += more
+    return out
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def sessions(nodes: int, n: int, keep: Path | None) -> dict[str, Any]:
+    """Memory and set-up time of ``n`` home sessions (module docstring of --sessions), spread
+    over the nodes as the lab spreads homes."""
+    spec = fl.FleetSpec(n, ("mb1",))
+    pws = fl.home_passwords(spec)
+    with contextlib.ExitStack() as stack:
+        base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hems-sessions-",
+                                                                    dir=keep)))
+        cluster = stack.enter_context(rabbitmq.RabbitCluster(base / "rabbit", pws, ["mb1"],
+                                                             nodes))
+        time.sleep(5.0)  # the nodes settle after the boot
+        pids = [x.proc.pid for x in cluster.nodes if x.proc is not None]
+        before = [_rss_kib(p) for p in pids]
+        t = time.monotonic()
+        socks = [stack.enter_context(_session(cluster.nodes[i % nodes].mqtt_port, h, pw))
+                 for i, (h, pw) in enumerate(pws.items())]
+        setup_s = time.monotonic() - t
+        time.sleep(5.0)
+        after = [_rss_kib(p) for p in pids]
+        queues = cluster.ctl(cluster.nodes[0], "list_queues", "-p", rabbitmq.VHOST, "-q",
+                             "name", "type").stdout.split()
+        del socks
+    grown = [a - b for a, b in zip(after, before, strict=True)]
+    return {
+        "nodes": nodes,
+        "sessions": n,
+        "quorum_queues": queues.count("quorum"),
+        "sessions_per_s": round(n / setup_s, 1),
+        "rss_before_mib": [round(b / 1024, 1) for b in before],
+        "rss_after_mib": [round(a / 1024, 1) for a in after],
+        "kib_per_session_cluster": round(sum(grown) / n, 1),
+        "kib_per_session_per_node": round(sum(grown) / n / nodes, 1),
+    }
+
+
 def table(r: dict[str, Any]) -> str:
     rows = [(k, r[k]) for k in ("nodes", "homes", "killed_node", "kill_phase",
                                 "lost_reports", "duplicate_reports", "lost_adjustments",
@@ -339,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=10, help="minimum group size")
     p.add_argument("--window", type=int, default=1000)
     p.add_argument("--keep", type=Path, help="keep the work directory (logs, journals) here")
+    p.add_argument("--sessions", type=int, default=0, metavar="N",
+                   help="instead of a round: hold N home sessions (QoS 1 subscription, clean "
+                   "session off: one quorum queue each) spread over the nodes, and report the "
+                   "nodes' memory per session")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     if not 3 <= a.nodes <= 9:
@@ -348,10 +429,18 @@ def main(argv: list[str] | None = None) -> int:
     brokers = tuple(b for b in a.brokers.split(",") if b)
     if not brokers:
         p.error("--brokers needs at least one id")
+    if not 0 <= a.sessions <= 100_000:
+        p.error("--sessions must be 0..100000")
     why = rabbitmq.why_unavailable()
     if why is not None:
         print(f"cluster.py: {why}", file=sys.stderr)
         return 2
+    if a.sessions:
+        s = sessions(a.nodes, a.sessions, a.keep)
+        print("\n".join(f"{k:>26}  {v}" for k, v in s.items()), file=sys.stderr)
+        if a.json:
+            print(json.dumps(s))
+        return 0
     r = run(a.nodes, a.homes, a.kill_phase if a.kill_node else None, brokers, a.k, a.window,
             a.keep)
     print(table(r), file=sys.stderr)

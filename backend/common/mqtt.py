@@ -75,6 +75,15 @@ def add_mqtt_args(p: argparse.ArgumentParser, default_user: str) -> None:
                    "messages are copied to each)")
 
 
+def mqtt_args_problem(a: argparse.Namespace) -> str | None:
+    """What is wrong with the MQTT arguments taken together (a usage error), or None."""
+    if a.broker == "rabbitmq" and not a.amqp_ports:
+        return "--broker rabbitmq needs --amqp-ports (the cluster nodes' AMQP ports)"
+    if a.broker != "rabbitmq" and (a.amqp_ports or a.mqtt_ports):
+        return "--amqp-ports and --mqtt-ports need --broker rabbitmq"
+    return None
+
+
 def _ports(text: str) -> tuple[int, ...]:
     try:
         out = tuple(int(p) for p in text.split(",") if p.strip())

@@ -29,7 +29,7 @@ from typing import Any
 
 from backend.common.files import write_atomic
 from backend.common.metrics import serve
-from backend.common.mqtt import add_mqtt_args, settings_from_args
+from backend.common.mqtt import add_mqtt_args, mqtt_args_problem, settings_from_args
 from backend.common.sdnotify import notify, watchdog_interval_s
 from backend.common.usage import Parser, UsageError, bounded_float, bounded_int, port
 from backend.coordinator import metrics
@@ -228,6 +228,8 @@ def status_problem(st: dict[str, Any], now: float) -> str | None:
 def main(argv: list[str] | None = None, prog: str = "python -m backend.coordinator") -> int:
     p = build_parser(prog)
     args = p.parse_args(argv)
+    if (problem := mqtt_args_problem(args)) is not None:
+        p.error(problem)
     try:
         check(args)
         capacity = None

@@ -31,8 +31,8 @@ Erlang VM, 5 s after the last session was set up) and the set-up rate.
 Figures (JSON on stdout; a table on stderr):
 
 ``lost_reports``
-    homes - the reports the coordinator's journal says it accepted at the close of collection
-    (``closed.accepted``), in the run with the kill.
+    homes - the homes whose report the round counted (the result file's ``homes``: after the
+    merge of the ``--workers``), in the run with the kill.
 ``duplicate_reports``
     reports counted twice: the journal's accepted plan records minus the distinct homes among
     them (a redelivered report must be recognised by its report id and not counted again).
@@ -141,7 +141,7 @@ def _clear_retained(port: int, pw: str) -> None:
 
 def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSpec,
               users: dict[str, str], brokers: tuple[str, ...], k: int, work: Path,
-              kill: str | None, window: int) -> dict[str, Any]:
+              kill: str | None, window: int, workers: int = 1) -> dict[str, Any]:
     homes = spec.homes
     n = len(cluster.nodes)
     # the services' intake connects to node N (the one killed) first
@@ -178,6 +178,7 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
             "--quantum-wh", str(spec.quantum_wh), "--start", str(spec.start),
             "--collect-s", "3600", "--expected-homes", str(homes),
             "--missing-grace-s", "60", "--brokers", ",".join(brokers), "--k", str(k),
+            "--workers", str(workers),
             "--capacity-file", str(cap_file), "--result", str(work / "result.json"),
             "--state-dir", str(work / "state-coordinator"), "--metrics-port", str(port),
             "--port", str(m1), "--user", COORD, "--broker", "rabbitmq", "--amqp-ports", ports,
@@ -257,6 +258,7 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
     return {
         "announced_on_nodes": announced,
         "accepted": int(jr["closed"]["accepted"]),
+        "counted": int(result["homes"]),
         "plan_records": len(plan_recs),
         "plan_homes": len(plan_homes),
         "adjusted_homes": int(result["adjusted_homes"]),
@@ -279,7 +281,7 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
 
 
 def run(nodes: int, homes: int, kill: str | None, brokers: tuple[str, ...], k: int,
-        window: int, keep: Path | None) -> dict[str, Any]:
+        window: int, keep: Path | None, workers: int = 1) -> dict[str, Any]:
     spec = fl.FleetSpec(homes, brokers)
     fleet = fl.load_or_build(spec, None)
     users = {FLEET_USER: "fleet-pw", COORD: "coord-pw"} | {b: f"{b}-pw" for b in brokers}
@@ -295,9 +297,9 @@ def run(nodes: int, homes: int, kill: str | None, brokers: tuple[str, ...], k: i
         with cluster:
             start_s = time.monotonic() - t
             ref = run_round(cluster, fleet, spec, users, brokers, k, work / "reference", None,
-                            window)
+                            window, workers)
             hit = ref if kill is None else run_round(cluster, fleet, spec, users, brokers, k,
-                                                     work / "killed", kill, window)
+                                                     work / "killed", kill, window, workers)
     identical = (hit["result"] == ref["result"] and hit["adjustments"] == ref["adjustments"])
     if not identical:
         diff = sorted(k for k in ref["result"] if ref["result"][k] != hit["result"].get(k))
@@ -306,10 +308,11 @@ def run(nodes: int, homes: int, kill: str | None, brokers: tuple[str, ...], k: i
         "nodes": nodes,
         "homes": homes,
         "brokers": list(brokers),
+        "workers": workers,
         "killed_node": nodes if kill is not None else None,
         "kill_phase": kill,
         "killed_after_first_publish_s": hit["killed_after_t0_s"],
-        "lost_reports": homes - hit["accepted"],
+        "lost_reports": homes - hit["counted"],
         "duplicate_reports": hit["plan_records"] - hit["plan_homes"],
         "lost_adjustments": homes - hit["adjustments_received"],
         "duplicate_adjustment_messages": hit["adjustment_messages"] - hit["adjustments_received"],
@@ -415,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--brokers", default="mb1", help="mask broker ids, comma-separated")
     p.add_argument("--k", type=int, default=10, help="minimum group size")
     p.add_argument("--window", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=1,
+                   help="the coordinator's ingest processes (competing consumers), 1-8")
     p.add_argument("--keep", type=Path, help="keep the work directory (logs, journals) here")
     p.add_argument("--sessions", type=int, default=0, metavar="N",
                    help="instead of a round: hold N home sessions (QoS 1 subscription, clean "
@@ -429,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     brokers = tuple(b for b in a.brokers.split(",") if b)
     if not brokers:
         p.error("--brokers needs at least one id")
+    if not 1 <= a.workers <= 8:
+        p.error("--workers must be 1..8")
+    if not 1 <= a.window <= 65535:
+        p.error("--window must be 1..65535")
     if not 0 <= a.sessions <= 100_000:
         p.error("--sessions must be 0..100000")
     why = rabbitmq.why_unavailable()
@@ -442,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(s))
         return 0
     r = run(a.nodes, a.homes, a.kill_phase if a.kill_node else None, brokers, a.k, a.window,
-            a.keep)
+            a.keep, a.workers)
     print(table(r), file=sys.stderr)
     if a.json:
         print(json.dumps(r))

@@ -8,19 +8,22 @@ the hems ACL plus the TEST-ONLY fleet identity), two rounds of the same fleet on
 fresh services and state:
 
 1. the reference: nothing disturbed;
-2. the same round (same fleet, same report ids and seeds) with node N killed (SIGKILL) once a
-   third of the plan reports are journaled (``--kill-phase collect``) or once collection closed
-   (``--kill-phase adjust``: while the group sums are asked for and the adjustments go out).
-   The services' intake queues are declared through node N first, so node N leads them: the
-   kill takes down the queues' leader, and whichever intake consumer was connected to it.
+2. the same round (same fleet, same report ids and seeds) with one node (``--victim``, default
+   node N) killed (SIGKILL) once a third of the plan reports are journaled (``--kill-phase
+   collect``) or once collection closed (``--kill-phase adjust``: while the group sums are asked
+   for and the adjustments go out).  The services' intake queues are declared through the
+   victim first, so it leads them, and both services' intake connections start on it: the kill
+   takes down the queues' leader and the consumers at once.
 
-Where things connect: the coordinator's MQTT link to node 1, the mask brokers' to node 2, the
-fleet (bench/fleet.py, the raw MQTT 3.1.1 publisher; each home's real firmware-core report)
-publishes half the homes through node 1 and half through node 2, and the services' bulk intake
+Where things connect: the coordinator's MQTT link to node 1 and the mask brokers' to node 2
+(both fail over to the other nodes: ``--mqtt-ports``), so ``--victim 1`` also takes the
+coordinator's control link down; the fleet (bench/fleet.py, the raw MQTT 3.1.1 publisher; each
+home's real firmware-core report) publishes half the homes through each of the first two nodes
+that are not the victim (it does not fail over; real homes do), and the services' bulk intake
 is AMQP (backend/common/amqp_intake.py) on every node, failing over between them.  Two
-``mosquitto_sub -q 1`` (MQTT 3.1.1) watch from outside: the plans as the coordinator's
-recorder identity on node 1 (the baseline: a plain subscriber on the same cluster in the same
-run) and the adjustments as the fleet on node 2.
+``mosquitto_sub -q 1`` (MQTT 3.1.1) watch from outside, on those two nodes: the plans as the
+coordinator's recorder identity (the baseline: a plain subscriber on the same cluster in the
+same run) and the adjustments as the fleet.
 
 ``--sessions N`` measures instead what the homes cost the cluster: N home identities, each
 holding the firmware's session (MQTT 3.1.1, clean session off, a QoS 1 subscription to its
@@ -41,8 +44,9 @@ Figures (JSON on stdout; a table on stderr):
 ``identical_to_reference``
     the result file (groups, sums, overload before and after, adjusted homes; left out: this
     run's timings, phase times, deadline (the start time + --collect-s), state directory,
-    intake counters and rejection counts: redelivered copies the coordinator recognised and
-    dropped are ``plan:replay`` there, reported as ``redelivered_copies_dropped``) and
+    intake and control-link connection counters and rejection counts: redelivered copies the
+    coordinator recognised and dropped are ``plan:replay`` there, reported as
+    ``redelivered_copies_dropped``) and
     every home's adjustment payload are byte-for-byte those of the reference run.
 ``announcement_retained_on_every_node``
     a client connecting to each node after the announcement gets it (retained; RabbitMQ keeps
@@ -141,14 +145,21 @@ def _clear_retained(port: int, pw: str) -> None:
 
 def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSpec,
               users: dict[str, str], brokers: tuple[str, ...], k: int, work: Path,
-              kill: str | None, window: int, workers: int = 1) -> dict[str, Any]:
+              kill: str | None, window: int, workers: int = 1,
+              victim: int = 0) -> dict[str, Any]:
     homes = spec.homes
     n = len(cluster.nodes)
     # the services' intake connects to node N (the one killed) first
-    ports = ",".join(str(x.amqp_port) for x in reversed(cluster.nodes))
-    m1, m2 = cluster.nodes[0].mqtt_port, cluster.nodes[1].mqtt_port
+    victim = victim or n
+    # the services' intake connects to the victim first; the fleet and the outside
+    # subscribers use the other nodes (the fleet publisher does not fail over: real homes do)
+    order = [victim, *(i for i in range(1, n + 1) if i != victim)]
+    ports = ",".join(str(cluster.nodes[i - 1].amqp_port) for i in order)
+    mqtt_ports = ",".join(str(x.mqtt_port) for x in cluster.nodes)
+    m1, m2 = cluster.nodes[0].mqtt_port, cluster.nodes[1].mqtt_port  # the services' links
+    o1, o2 = (cluster.nodes[i - 1].mqtt_port for i in order[1:3])  # fleet, subscribers
     work.mkdir(parents=True)
-    _declare_queues(cluster, n, users, brokers)
+    _declare_queues(cluster, victim, users, brokers)
     _clear_retained(m1, users[COORD])
     services: list[Service] = []
     subs: list[subprocess.Popen[bytes]] = []
@@ -161,7 +172,8 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
                 PY, "-m", "backend.mask_broker", "--broker-id", b, "--registry", str(regs[b]),
                 "--k", str(k), "--state-dir", str(work / f"state-{b}"),
                 "--metrics-port", str(port), "--port", str(m2), "--broker", "rabbitmq",
-                "--amqp-ports", ports], {"HEMS_MQTT_PASSWORD": users[b]}, work, port))
+                "--amqp-ports", ports, "--mqtt-ports", mqtt_ports],
+                {"HEMS_MQTT_PASSWORD": users[b]}, work, port))
         wait_until(lambda: all(s.metrics().get("hems_mask_broker_ingest_connected") == 1
                                and s.metrics().get("hems_mask_broker_connected") == 1
                                for s in services), 60, "the mask brokers' connections",
@@ -182,7 +194,7 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
             "--capacity-file", str(cap_file), "--result", str(work / "result.json"),
             "--state-dir", str(work / "state-coordinator"), "--metrics-port", str(port),
             "--port", str(m1), "--user", COORD, "--broker", "rabbitmq", "--amqp-ports", ports,
-            "--mqtt-ports", ",".join(str(x.mqtt_port) for x in cluster.nodes)],
+            "--mqtt-ports", mqtt_ports],
             {"HEMS_MQTT_PASSWORD": users[COORD]}, work, port)
         services.append(coord)
         wait_until(lambda: coord.metrics().get("hems_coordinator_ingest_connected") == 1,
@@ -191,14 +203,14 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
                                for s in services[:-1]), 60, "the round announcement", services)
         announced = [_retained_round(x.mqtt_port, users[FLEET_USER]) for x in cluster.nodes]
         base_out, adj_out = work / "sub-plan.txt", work / "sub-adjust.txt"
-        subs.append(_sub(m1, REC, users[COORD], protocol.t_plan("+"), base_out, "%U %t"))
-        subs.append(_sub(m2, FLEET_USER, users[FLEET_USER], protocol.t_adjust("+"), adj_out,
+        subs.append(_sub(o1, REC, users[COORD], protocol.t_plan("+"), base_out, "%U %t"))
+        subs.append(_sub(o2, FLEET_USER, users[FLEET_USER], protocol.t_adjust("+"), adj_out,
                          "%t %x"))
         time.sleep(1.0)  # the subscriptions are in place
         msgs = fleet.messages
         per_home = 1 + len(brokers)
         half = (homes // 2) * per_home
-        parts = [(msgs[:half], m1), (msgs[half:], m2)]
+        parts = [(msgs[:half], o1), (msgs[half:], o2)]
         stats: list[fl.PublishStats | BaseException] = [ValueError("not run")] * 2
 
         def pub(i: int) -> None:
@@ -223,7 +235,7 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
                        "the close of collection", services)
         if kill is not None:
             killed_at = time.time()
-            cluster.stop_node(n, kill=True)
+            cluster.stop_node(victim, kill=True)
         for t in threads:
             t.join()
         for st in stats:
@@ -268,7 +280,8 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
         # what is the same round's outcome, not this run's clock or directories
         "result": {k: v for k, v in result.items()
                    if k not in ("timings", "ingest", "phases", "deadline", "state_dir",
-                                "rejections")},
+                                "rejections", "mqtt_connects")},
+        "mqtt_connects": result.get("mqtt_connects"),
         "rejections": result.get("rejections", {}),
         "ingest": result.get("ingest", {}),
         "ingest_msgs_per_s": homes / (closed - t0),
@@ -281,7 +294,7 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
 
 
 def run(nodes: int, homes: int, kill: str | None, brokers: tuple[str, ...], k: int,
-        window: int, keep: Path | None, workers: int = 1) -> dict[str, Any]:
+        window: int, keep: Path | None, workers: int = 1, victim: int = 0) -> dict[str, Any]:
     spec = fl.FleetSpec(homes, brokers)
     fleet = fl.load_or_build(spec, None)
     users = {FLEET_USER: "fleet-pw", COORD: "coord-pw"} | {b: f"{b}-pw" for b in brokers}
@@ -297,9 +310,10 @@ def run(nodes: int, homes: int, kill: str | None, brokers: tuple[str, ...], k: i
         with cluster:
             start_s = time.monotonic() - t
             ref = run_round(cluster, fleet, spec, users, brokers, k, work / "reference", None,
-                            window, workers)
+                            window, workers, victim)
             hit = ref if kill is None else run_round(cluster, fleet, spec, users, brokers, k,
-                                                     work / "killed", kill, window, workers)
+                                                     work / "killed", kill, window, workers,
+                                                     victim)
     identical = (hit["result"] == ref["result"] and hit["adjustments"] == ref["adjustments"])
     if not identical:
         diff = sorted(k for k in ref["result"] if ref["result"][k] != hit["result"].get(k))
@@ -309,7 +323,7 @@ def run(nodes: int, homes: int, kill: str | None, brokers: tuple[str, ...], k: i
         "homes": homes,
         "brokers": list(brokers),
         "workers": workers,
-        "killed_node": nodes if kill is not None else None,
+        "killed_node": (victim or nodes) if kill is not None else None,
         "kill_phase": kill,
         "killed_after_first_publish_s": hit["killed_after_t0_s"],
         "lost_reports": homes - hit["counted"],
@@ -327,6 +341,7 @@ def run(nodes: int, homes: int, kill: str | None, brokers: tuple[str, ...], k: i
         "round_latency_s": ref["round_latency_s"],
         "round_latency_s_with_kill": hit["round_latency_s"],
         "coordinator_ingest_with_kill": hit["ingest"],
+        "coordinator_mqtt_connects_with_kill": hit["mqtt_connects"],
         "cluster_start_s": round(start_s, 1),
     }
 
@@ -415,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--homes", type=int, default=2000)
     p.add_argument("--kill-node", action="store_true", help="kill -9 the last node mid-round")
     p.add_argument("--kill-phase", choices=["collect", "adjust"], default="collect")
+    p.add_argument("--victim", type=int, default=0, metavar="I",
+                   help="the node killed, 1..N (default N); node 1 carries the coordinator's "
+                   "MQTT link, node 2 the mask brokers'")
     p.add_argument("--brokers", default="mb1", help="mask broker ids, comma-separated")
     p.add_argument("--k", type=int, default=10, help="minimum group size")
     p.add_argument("--window", type=int, default=1000)
@@ -434,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     brokers = tuple(b for b in a.brokers.split(",") if b)
     if not brokers:
         p.error("--brokers needs at least one id")
+    if not 0 <= a.victim <= a.nodes:
+        p.error("--victim must be 1..--nodes")
     if not 1 <= a.workers <= 8:
         p.error("--workers must be 1..8")
     if not 1 <= a.window <= 65535:
@@ -451,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(s))
         return 0
     r = run(a.nodes, a.homes, a.kill_phase if a.kill_node else None, brokers, a.k, a.window,
-            a.keep, a.workers)
+            a.keep, a.workers, a.victim)
     print(table(r), file=sys.stderr)
     if a.json:
         print(json.dumps(r))

@@ -53,6 +53,16 @@ class MqttSettings:
         )
 
 
+def failover(settings: MqttSettings, attempt: int) -> MqttSettings:
+    """The node to try on connection ``attempt`` (0, 1, ...): ``settings.port`` first, then
+    the cluster's other nodes (``mqtt_ports``) in turn; unchanged without a cluster."""
+    others = [p for p in settings.mqtt_ports if p != settings.port]
+    if not others:
+        return settings
+    ports = [settings.port, *others]
+    return replace(settings, port=ports[attempt % len(ports)])
+
+
 def add_mqtt_args(p: argparse.ArgumentParser, default_user: str) -> None:
     g = p.add_argument_group("MQTT")
     g.add_argument("--host", default=os.environ.get("HEMS_MQTT_HOST", "127.0.0.1"))

@@ -41,7 +41,7 @@ from backend.common.backoff import Backoff
 from backend.common.bulk_mqtt import BulkMqttError, Message
 from backend.common.files import write_atomic
 from backend.common.metrics import Sample
-from backend.common.mqtt import MqttSettings
+from backend.common.mqtt import MqttSettings, failover
 from backend.common.sdnotify import notify, watchdog_interval_s
 from backend.common.transport import BulkTransport, bulk_transport
 from hemsfw import protocol, protocol_svc
@@ -154,8 +154,10 @@ class Service:
             log.error("%s", self.fatal)
 
     async def _mqtt(self) -> None:
-        s = self.settings
+        attempt = 0
         while True:
+            s = failover(self.settings, attempt)  # a cluster: the next node after a loss
+            attempt += 1
             try:
                 client = s.client(clean_session=False)
                 # PUBACK only after a message was handled and its records written: a crash in

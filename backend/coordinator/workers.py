@@ -6,11 +6,11 @@ subscribes to ``$share/coordinator/hems/v1/plan/+`` on its own lean connection
 (``<client id>-ingest`` for the main process, ``<client id>-ingest-w<i>`` for worker i); mosquitto
 hands each report to one of them.  A worker runs the coordinator's own intake (intake.py: the same
 checks, reason codes, journal records and replies) on its own journal
-(``round-<day>-<round>.w<i>.jsonl``); it tells the main process how many reports it holds after
-every batch (so ``--expected-homes`` counts every worker; the round is announced only once every
-worker is subscribed), and when collection closes it closes too (later reports are ``late``) and
-sends its rows.  The main process adds them to its own rows and goes on as with one process; at
-the end it stops the workers.
+(``round-<day>-<round>.w<i>.jsonl``); it tells the main process how many reports it holds, and
+which homes, after every batch (so ``--expected-homes`` counts every worker's distinct homes;
+the round is announced only once every worker is subscribed), and when collection closes it
+closes too (later reports are ``late``) and sends its rows.  The main process adds them to its
+own rows and goes on as with one process; at the end it stops the workers.
 
 Merging: a home whose report reached two workers (a redelivery or a resend landing elsewhere;
 mosquitto spreads a shared subscription round-robin) or a report id seen by two workers is kept
@@ -108,11 +108,16 @@ class WorkerPool:
         self.workers: list[WorkerHandle] = []
         self.on_count: Callable[[], None] = lambda: None
         self.failure: str | None = None
+        self._homes: set[str] = set()
+        self._new_homes: list[str] = []  # distinct, in arrival order
 
     # ------------------------------------------------------------ round.IntakePool
 
     def held(self) -> int:
         return sum(w.accepted for w in self.workers)
+
+    def homes(self) -> list[str]:
+        return self._new_homes
 
     @property
     def up(self) -> bool:
@@ -205,6 +210,10 @@ class WorkerPool:
                 msg = w.conn.recv()
                 if msg[0] == "accepted":
                     w.accepted = int(msg[1])
+                    for h in msg[2]:
+                        if h not in self._homes:
+                            self._homes.add(h)
+                            self._new_homes.append(h)
                     self.on_count()
                 elif msg[0] == "up":
                     w.up.set()
@@ -252,6 +261,15 @@ async def _serve(spec: _Spec, conn: multiprocessing.connection.Connection) -> No
     intake = _open_intake(spec)
     s = spec.settings
     stop = asyncio.Event()
+    sent = 0
+
+    def send_count() -> None:
+        """The count, and the homes accepted since the last one (the main process counts
+        distinct homes across the processes)."""
+        nonlocal sent
+        keys = intake.state.sink.store.keys
+        conn.send(("accepted", intake.accepted, keys[sent:]))
+        sent = len(keys)
 
     def on_batch(batch: list[Message]) -> None:
         out: list[tuple[str, bytes]] = []
@@ -270,7 +288,7 @@ async def _serve(spec: _Spec, conn: multiprocessing.connection.Connection) -> No
                 return
         for topic, payload in out:
             bulk.publish(topic, payload)
-        conn.send(("accepted", intake.accepted))
+        send_count()
 
     bulk = bulk_transport(
         s, f"{spec.client_id}-ingest-w{spec.index}", f"{s.username}-ingest-w{spec.index}",
@@ -290,7 +308,7 @@ async def _serve(spec: _Spec, conn: multiprocessing.connection.Connection) -> No
 
     loop = asyncio.get_running_loop()
     loop.add_reader(conn.fileno(), on_pipe)
-    conn.send(("accepted", intake.accepted))
+    send_count()
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(bulk.run(), name="bulk")

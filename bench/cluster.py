@@ -80,6 +80,7 @@ import numpy as np  # noqa: E402
 from backend.common import rabbitmq  # noqa: E402
 from backend.common.broker import free_port  # noqa: E402
 from backend.common.bulk_mqtt import mqtt_string, varlen  # noqa: E402
+from backend.common.children import Stopped, stop_on_signals  # noqa: E402
 from backend.common.fleet_acl import FLEET_USER, fleet_acl_text  # noqa: E402
 from bench import fleet as fl  # noqa: E402
 from bench.scale import (  # noqa: E402
@@ -222,7 +223,7 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
             except BaseException as e:  # reported below
                 stats[i] = e
 
-        threads = [threading.Thread(target=pub, args=(i,)) for i in range(2)]
+        threads = [threading.Thread(target=pub, args=(i,), daemon=True) for i in range(2)]
         for t in threads:
             t.start()
         jpath = work / "state-coordinator" / f"round-{spec.day}-{spec.round}.jsonl"
@@ -464,6 +465,16 @@ def main(argv: list[str] | None = None) -> int:
     if why is not None:
         print(f"cluster.py: {why}", file=sys.stderr)
         return 2
+    try:
+        with stop_on_signals():  # SIGTERM / SIGHUP / SIGINT: every node and service stopped
+            return _main(a, brokers)
+    except Stopped as e:
+        print(f"cluster.py: stopped by {e}; every process it started was stopped",
+              file=sys.stderr)
+        return e.exit_status
+
+
+def _main(a: argparse.Namespace, brokers: tuple[str, ...]) -> int:
     if a.sessions:
         s = sessions(a.nodes, a.sessions, a.keep)
         print("\n".join(f"{k:>26}  {v}" for k, v in s.items()), file=sys.stderr)

@@ -86,6 +86,9 @@ class LabOptions:
     days: int = 1
     #: share of the homes absent (no network over their round) on each day from day 2
     dropout: float = 0.1
+    #: homes that join late (absent before a day drawn in 2..days) and as many that leave
+    #: (absent from such a day on): the coordinator's carry-forward and new-group paths
+    churn: int = 0
     out_dir: Path | None = None
     keep: bool = False
     python_homes: bool = False  # run the firmware under CPython (paho) instead of micropython
@@ -125,8 +128,9 @@ def choose_capacity(homes: list[scenario.HomeSpec], frames: int) -> tuple[int, f
 
 
 def absent_homes(homes: list[scenario.HomeSpec], o: LabOptions) -> dict[int, list[str]]:
-    """Day -> the homes without network over that day's round (none on day 1; at least one on
-    every later day when ``dropout`` > 0 and enough homes remain to form a group)."""
+    """Day -> the homes without network over that day's round (none on day 1 but the late
+    joiners; at least one on every later day when ``dropout`` > 0 and enough homes remain to
+    form a group), plus the ``churn`` homes that join late and leave early."""
     rng = random.Random(f"absent:{o.seed}")
     out: dict[int, list[str]] = {1: []}
     for d in range(2, o.days + 1):
@@ -135,6 +139,32 @@ def absent_homes(homes: list[scenario.HomeSpec], o: LabOptions) -> dict[int, lis
             n = max(1, n)
         n = min(n, len(homes) - o.k)
         out[d] = sorted(h.home_id for h in rng.sample(homes, max(0, n)))
+    for d, hs in churn_absent(homes, o).items():
+        out[d] = sorted(set(out[d]) | hs)
+    return out
+
+
+def churn_days(homes: list[scenario.HomeSpec], o: LabOptions
+               ) -> tuple[dict[str, int], dict[str, int]]:
+    """(home -> the day it joins, home -> the day it leaves) for ``churn`` homes each."""
+    if o.churn == 0 or o.days < 2:
+        return {}, {}
+    rng = random.Random(f"churn:{o.seed}")
+    picked = rng.sample([h.home_id for h in homes], 2 * o.churn)
+    joins = {h: rng.randint(2, o.days) for h in picked[: o.churn]}
+    leaves = {h: rng.randint(2, o.days) for h in picked[o.churn:]}
+    return joins, leaves
+
+
+def churn_absent(homes: list[scenario.HomeSpec], o: LabOptions) -> dict[int, set[str]]:
+    joins, leaves = churn_days(homes, o)
+    out: dict[int, set[str]] = {d: set() for d in range(1, o.days + 1)}
+    for h, j in joins.items():
+        for d in range(1, j):
+            out[d].add(h)
+    for h, left in leaves.items():
+        for d in range(left, o.days + 1):
+            out[d].add(h)
     return out
 
 
@@ -397,6 +427,7 @@ def start_mask_brokers(run: Run) -> None:
              "--registry", str(out.root / f"registry-{b}.json"), "--k", str(run.o.k),
              "--stats-file", str(out.path(f"stats-{b}.json")),
              "--stats-interval", "0.2", "--state-dir", str(out.path(f"state-{b}")),
+             "--release-log", str(out.path(f"releases-{b}.jsonl")),
              "--timezone", "UTC", "--accelerate", f"{run.anchor},{run.tl.begin},{run.tl.speed}",
              "--port", str(run.port), "--user", b, *run.tls_args],
             env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": run.pw[b]},
@@ -698,6 +729,9 @@ def summarise(run: Run, caps: dict[int, Any], failures: list[str]) -> dict[str, 
         "schedule": {"announce": Timeline.hhmm(ANNOUNCE), "deadline": Timeline.hhmm(DEADLINE),
                      "timezone": "UTC", "day_real_s": round(o.frames * o.frame_real_s, 2)},
         "absent": {tl.date(d).isoformat(): hs for d, hs in run.absent.items() if hs},
+        "churn": {kind: {h: tl.date(d).isoformat() for h, d in days_of.items()}
+                  for kind, days_of in zip(("joined", "left"), churn_days(run.homes, o),
+                                           strict=True)},
         "mask_broker_stats": stats,
     }
 
@@ -741,6 +775,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=bounded_float(0.0, 0.5), default=None,
                    help="share of the homes that miss each day's round from day 2 (no "
                    "network over it), 0-0.5 (default 0.1 with --days > 1)")
+    p.add_argument("--churn", type=bounded_int(0), default=0, metavar="N",
+                   help="N homes join on a later day and N others leave on a later day "
+                   "(with --days > 1; default 0)")
     p.add_argument("--seed", type=bounded_int(0), default=d.seed, help="scenario seed (default 1)")
     p.add_argument("--frames", type=bounded_int(1, protocol.MAX_FRAMES), default=d.frames,
                    help="frames per day, a divisor of 86400 s (default 96)")
@@ -794,6 +831,11 @@ def check_args(a: argparse.Namespace) -> None:
                          f"{MIN_DAY_REAL_S:g} real seconds: raise --frame-real-s")
     if a.dropout is None:
         a.dropout = 0.1 if a.days > 1 else 0.0
+    if a.churn and a.days < 2:
+        raise UsageError(f"--churn {a.churn}: homes join and leave between days: give --days")
+    if a.homes - 2 * a.churn - round(a.dropout * a.homes) < a.k:
+        raise UsageError(f"--churn {a.churn} with --dropout {a.dropout:g}: fewer than --k "
+                         f"{a.k} homes would be left on some day")
     for item in filter(None, a.kill_coordinator.split(",")):
         kind, _, rest = item.partition(":")
         ok = (kind == "boundary" and rest.isdigit() and 2 <= int(rest) <= a.days) or (
@@ -843,7 +885,7 @@ def main(a: argparse.Namespace) -> int:
 def _run(a: argparse.Namespace) -> int:
     o = LabOptions(homes=a.homes, seed=a.seed, frames=a.frames, frame_s=DAY_S // a.frames,
                    frame_real_s=a.frame_real_s, k=a.k, mask_brokers=a.mask_brokers,
-                   solver=a.solver, days=a.days, dropout=a.dropout, out_dir=a.out,
+                   solver=a.solver, days=a.days, dropout=a.dropout, churn=a.churn, out_dir=a.out,
                    python_homes=a.python_homes, tls=a.tls, grid_feed=a.grid_feed,
                    kill_coordinator=tuple(filter(None, a.kill_coordinator.split(","))))
     rpath = report_path(a)

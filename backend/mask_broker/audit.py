@@ -27,6 +27,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 Row = dict[int, Fraction]
 
@@ -106,7 +107,7 @@ def audit(sets: Iterable[Collection[str]]) -> Span:
     return span
 
 
-def verdict(span: Span) -> dict[str, object]:
+def verdict(span: Span) -> dict[str, Any]:
     single, pairs = span.isolated()
     exposed = sorted(set(single) | {h for p in pairs for h in p})
     return {"sets": span.sets, "homes": len(span.homes), "rank": span.rank,

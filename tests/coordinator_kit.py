@@ -121,10 +121,13 @@ class Homes:
     def mag(self, h: str) -> int:
         return self.mags.get(h, 2)
 
-    def reports(self, day: str = DAY, rnd: int = 1, homes: Iterable[str] | None = None
+    def reports(self, day: str = DAY, rnd: int = 1, homes: Iterable[str] | None = None,
+                mismatched: Iterable[str] = ()
                 ) -> tuple[list[tuple[str, bytes]], dict[str, list[tuple[str, bytes]]]]:
-        """(plan messages, {broker: mask messages}) for ``homes`` (default all)."""
+        """(plan messages, {broker: mask messages}) for ``homes`` (default all); the homes in
+        ``mismatched`` seal their seeds under another report id than their plan's."""
         plans, masks = [], {b: [] for b in self.brokers}  # type: ignore[var-annotated]
+        rogue = set(mismatched)
         for h in homes if homes is not None else self.ids:
             rid = os.urandom(16).hex()
             self.report_ids[h] = rid
@@ -135,11 +138,12 @@ class Homes:
             masked = (self.plans[h].astype(np.uint32) + mask).astype("<u4").tobytes()
             plans.append((protocol.t_plan(h), protocol.encode(
                 protocol.make_plan_report(h, day, rnd, rid, self.mag(h), masked))))
+            mrid = os.urandom(16).hex() if h in rogue else rid
             for b, sd in seeds.items():
-                blob = seal.seal(self.keys[h][b], protocol.mask_ad(b, h, day, rnd, rid), sd,
+                blob = seal.seal(self.keys[h][b], protocol.mask_ad(b, h, day, rnd, mrid), sd,
                                  os.urandom(seal.NONCE_LEN))
                 masks[b].append((protocol.t_mask(b, h), protocol.encode(
-                    protocol.make_mask_report(h, day, rnd, rid, blob))))
+                    protocol.make_mask_report(h, day, rnd, mrid, blob))))
         return plans, masks
 
     def broker_keys(self, b: str) -> dict[str, bytes]:

@@ -1,7 +1,8 @@
 """Nobody is invisible load: the reserve for homes outside every released total.
 
 The coordinator sees only the totals of released groups.  A registered home that is in none of
-them (absent this round, excluded, refused, late) still draws what it likes within its contract,
+them with this round's report (absent, excluded, refused, late; and a *carried* member, counted
+with an earlier report but given no adjustment) still draws what it likes within its contract,
 so the adjustment keeps room for it: its **cap per frame**, the circuit's rated power times the
 frame's length (Wh, rounded up).  ``reserve_wh`` is the sum of those caps per frame; the solver
 plans the released groups against ``capacity - reserve`` (never below 0), so the grid stays

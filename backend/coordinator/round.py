@@ -745,14 +745,18 @@ class Round:
 
     def _reserve(self, groups: Sequence[Group]) -> Reserve:
         """Every home the round knows of (registered, reported, late, excluded, in an earlier
-        group) that is in no released total, at its cap."""
+        group) that is in no released total with this round's report, at its cap."""
         known: set[str] = set(self.excluded) | self.late_homes
         if self.intake is not None:
             known.update(self.intake.state.reports)
         if self.basis is not None:
             known.update(h for _, ms in self.basis.groups for h in ms)
             known.update(self.basis.carried)
-        counted = {h for g in groups for h in g.members}
+        # a carried member is in its group's total with an earlier plan, but gets no
+        # adjustment and follows its own plan: reserved as well (counted twice: conservative)
+        ledger = self.ledger
+        counted = {h for g in groups
+                   for h in (ledger.current(g) if ledger is not None else g.members)}
         return self.s.caps.reserve(known, counted, self.s.frames, self.s.frame_s)
 
     def _problem(self, ledger: SumLedger, groups: Sequence[Group], capacity: Capacity,

@@ -5,7 +5,7 @@ alone and re-forms the rest of its group within the release rule.
 
 Stepped without MQTT: the round's driver, a list for a network, the mask broker's own core
 (tests/coordinator_kit.py); the same over mosquitto with real firmware is in
-tests/test_integrity_services.py.
+tests/test_lab_rogue.py.
 """
 
 from __future__ import annotations

@@ -785,8 +785,9 @@ class Round:
         finally:
             self.timings["sums_s"] += time.monotonic() - t
             for r in ledger.refused[self._refused_logged:]:
+                named = next((f" ({k} {r[k]})" for k in ("missing", "mismatched") if k in r), "")
                 log.error("mask broker %s refused group %s: %s%s", r["broker"], r["id"],
-                          r["reason"], f" (missing {r['missing']})" if "missing" in r else "")
+                          r["reason"], named)
             self._refused_logged = len(ledger.refused)
 
     async def _ask(self, broker: str, groups: list[Group], ledger: SumLedger

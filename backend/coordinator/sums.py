@@ -261,7 +261,7 @@ class SumLedger:
             self._refusals.setdefault(g.id, {})[broker] = ref
             rec: dict[str, Any] = {"id": g.id, "broker": broker, "reason": ref.reason}
             if ref.missing:
-                rec["missing"] = list(ref.missing)
+                rec["mismatched" if ref.reason == MISMATCH else "missing"] = list(ref.missing)
             self.refused.append(rec)
 
     # ------------------------------------------------------------ what the answers change

@@ -202,3 +202,18 @@ async def until_phase(kit: Kit, *phases: Any, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.001)
 
     await asyncio.wait_for(wait(), timeout)
+
+
+async def play(kit: Kit, homes: Homes, k: int = 3, mismatched: Iterable[str] = ()) -> None:
+    """Run the kit's round to its end against mask broker cores (one per broker of the round):
+    every home of ``homes`` reports once the round collects (``mismatched``: Homes.reports)."""
+    mbs = {b: MaskBroker(b, homes.broker_keys(b), k) for b in kit.round.s.brokers}
+    wire(kit, mbs)
+    task = asyncio.create_task(kit.round.run())
+    await until_phase(kit, Phase.COLLECTING)
+    plans, masks = homes.reports(mismatched=mismatched)
+    for b, msgs in masks.items():
+        for topic, payload in msgs:
+            mbs[b].handle(topic, payload)
+    take_all(kit, plans)
+    await task

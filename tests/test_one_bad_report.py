@@ -14,9 +14,8 @@ import asyncio
 from typing import Any
 
 import numpy as np
-from coordinator_kit import Homes, capacity_message, new_round, take_all, until_phase, wire
+from coordinator_kit import Homes, capacity_message, new_round, play
 
-from backend.coordinator.lifecycle import Phase
 from backend.coordinator.record import round_record
 from backend.mask_broker.core import MaskBroker
 from hemsfw import protocol, protocol_svc
@@ -30,16 +29,7 @@ async def round_with(homes: Homes, rogue: list[str], brokers: tuple[str, ...] = 
     total = sum(homes.plans.values())
     kit = new_round(None, capacity=capacity_message(F, cap or int(total.max()) * 2),
                     expected_homes=len(homes.ids), brokers=brokers)
-    mbs = {b: MaskBroker(b, homes.broker_keys(b), 3) for b in brokers}
-    wire(kit, mbs)
-    task = asyncio.create_task(kit.round.run())
-    await until_phase(kit, Phase.COLLECTING)
-    plans, masks = homes.reports(mismatched=rogue)
-    for b, msgs in masks.items():
-        for topic, payload in msgs:
-            mbs[b].handle(topic, payload)
-    take_all(kit, plans)
-    await task
+    await play(kit, homes, mismatched=rogue)
     rec = round_record(kit.round, "completed")
     rec["_sent"] = kit.out.sent
     return rec

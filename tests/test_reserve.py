@@ -17,12 +17,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from coordinator_kit import Homes, capacity_message, new_round, take_all, until_phase, wire
+from coordinator_kit import Homes, capacity_message, new_round, play
 
-from backend.coordinator.lifecycle import Phase
 from backend.coordinator.record import round_record
 from backend.coordinator.reserve import DEFAULT_RATED_W, HomeCaps
-from backend.mask_broker.core import MaskBroker
 from hemsfw import adjust, plan, protocol
 
 F = 8
@@ -34,18 +32,9 @@ RATED = {**{h: 400 for h in HOMES}, ABSENT: 800}  # W: 100 Wh per frame, 200 for
 
 async def day(homes: Homes, cap: list[int], rogue: list[str]) -> tuple[dict[str, Any],
                                                                       dict[str, list[int]]]:
-    caps = HomeCaps(RATED)
     kit = new_round(None, capacity=capacity_message(F, cap), expected_homes=len(HOMES),
-                    caps=caps)
-    mb = MaskBroker("mb1", {**homes.broker_keys("mb1")}, 3)
-    wire(kit, {"mb1": mb})
-    task = asyncio.create_task(kit.round.run())
-    await until_phase(kit, Phase.COLLECTING)
-    plans, masks = homes.reports(mismatched=rogue)
-    for topic, payload in masks["mb1"]:
-        mb.handle(topic, payload)
-    take_all(kit, plans)
-    await task
+                    caps=HomeCaps(RATED))
+    await play(kit, homes, mismatched=rogue)
     adjusted: dict[str, list[int]] = {}
     for topic, payload in kit.out.sent:
         if topic.startswith(protocol.t_adjust("")):

@@ -25,11 +25,12 @@ HOMES = [f"h{i}" for i in range(9)]
 
 
 async def round_with(homes: Homes, rogue: list[str], brokers: tuple[str, ...] = ("mb1",),
-                     cap: int | None = None) -> dict[str, Any]:
+                     cap: int | None = None, bad_seal: list[str] | None = None
+                     ) -> dict[str, Any]:
     total = sum(homes.plans.values())
     kit = new_round(None, capacity=capacity_message(F, cap or int(total.max()) * 2),
                     expected_homes=len(homes.ids), brokers=brokers)
-    await play(kit, homes, mismatched=rogue)
+    await play(kit, homes, mismatched=rogue, bad_seal=bad_seal or [])
     rec = round_record(kit.round, "completed")
     rec["_sent"] = kit.out.sent
     return rec
@@ -60,6 +61,15 @@ def test_with_two_mask_brokers_the_offender_alone_leaves() -> None:
     rec = asyncio.run(round_with(homes, ["h2"], brokers=("mb1", "mb2")))
     assert [(e["home"], e["reason"]) for e in rec["excluded"]] == [("h2", "report_mismatch")]
     assert rec["adjusted_homes"] == len(HOMES) - 1
+
+
+def test_a_bad_seal_excludes_its_sender_alone() -> None:
+    homes = Homes(HOMES, F, seed=8)
+    rec = asyncio.run(round_with(homes, [], bad_seal=["h7"]))
+    assert [(e["home"], e["reason"]) for e in rec["excluded"]] == [("h7", "mask_missing")]
+    assert rec["adjusted_homes"] == len(HOMES) - 1
+    counted = sorted(h for g in rec["groups"] for h in g["members"])
+    assert counted == sorted(set(HOMES) - {"h7"})
 
 
 def test_the_broker_names_only_the_members_whose_report_id_differs() -> None:

@@ -5,8 +5,6 @@
 # backoff), NTP, the watchdog and the same runner the lab runs.  Files on the device:
 # /config.json, /hemsfw/ (.mpy), /lib/umqtt/simple.mpy, /main.py.  docs/firmware.md.
 
-import sys
-
 from hemsfw import app
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
@@ -24,5 +22,9 @@ def make_log(name: str) -> "Log":
 
 rc = app.main("/config.json", make_log)
 if rc == 2:
-    # No usable config: there is no relay pin to make safe; stop here (no reboot loop).
-    sys.exit(2)
+    # No usable config: blink the LED and fall through to the REPL.  Never sys.exit(): from
+    # MicroPython 1.24 the ESP32 and rp2 ports soft-reset on SystemExit (a reboot loop).
+    from hemsfw import halt
+
+    halt.start("/config.json")
+    make_log("hems")("stopped: fix /config.json (mpremote cp), then reset the board")

@@ -45,6 +45,41 @@ class ConfigError(ValueError):
     pass
 
 
+# Every key the firmware reads, per section: any other key is refused with its name, so a typo
+# ("safe_stat") is an error at boot, not a silently ignored setting.
+KEYS = {
+    "": ("home_id", "mqtt", "magnification", "plan_wh", "keys", "mask_brokers",
+         "min_mask_brokers", "days_ahead", "max_rounds_per_day", "state_dir", "board", "clock",
+         "safe_state", "exit_after_day", "loop_ms", "watchdog_ms", "relay", "wifi", "ntp",
+         "planner", "http", "local", "unix", "debug_pause_at", "debug_memtrace"),
+    "mqtt": ("host", "port", "user", "password", "keepalive", "cafile_der", "timeout_s",
+             "backoff_max_s"),
+    "relay": ("pin", "active_low", "button", "button_active_low", "led", "led_active_low",
+              "driver", "chip", "sysfs_root"),
+    "wifi": ("ssid", "password", "hostname", "country"),
+    "ntp": ("host", "every_s"),
+    "planner": ("mode", "alpha_pct", "min_days"),
+    "http": ("port", "bind", "token"),
+    "local": ("host", "port", "user", "password", "keepalive", "timeout_s", "cafile_der",
+              "client_id", "discovery_prefix", "base"),
+    "unix": ("wifi_file",),
+}
+
+
+def _known(cfg: "Json") -> None:
+    """Refuse any key the firmware does not read (top level and every section)."""
+    for sec, names in KEYS.items():
+        d = cfg.get(sec) if sec else cfg
+        if d is None:
+            continue
+        if not isinstance(d, dict):
+            raise ConfigError("config: " + sec + " must be a JSON object")
+        where = sec + "." if sec else ""
+        for k in d:
+            if k not in names:
+                raise ConfigError("config: unknown key " + where + str(k))
+
+
 def _need(d: object, key: str, kinds: "tuple[type, ...]", where: str = "") -> "Any":
     if not isinstance(d, dict) or key not in d:
         raise ConfigError("config: missing key " + where + key)
@@ -79,6 +114,7 @@ def check(cfg: object) -> "Json":
     """Validate `cfg` (a dict) in place, fill defaults, return it; raise ConfigError."""
     if not isinstance(cfg, dict):
         raise ConfigError("config: top level must be a JSON object")
+    _known(cfg)
     hid = _need(cfg, "home_id", (str,))
     if not protocol.valid_id(hid):
         raise ConfigError("config: home_id must be 1-32 chars of a-z 0-9 _ -")

@@ -20,6 +20,7 @@ docs/firmware.md is the manual (flashing MicroPython itself with esptool / picot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -30,10 +31,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from firmware.romfs import image as romfs_image
+from hemsfw import config as fwconfig
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE / "micropython"
@@ -48,6 +51,12 @@ _RESERVED_RE = re.compile(r"^mb[0-9]+$")
 _ID_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 #: The bundle's ROMFS image (firmware/romfs.py), next to its hemsfw/.
 ROMFS_IMAGE = "romfs.img"
+#: What provision writes where only the resident can fill in (Wi-Fi): flash refuses it.
+PLACEHOLDER = "CHANGE-ME"
+#: The broker CA beside config.json (provision --cafile-der) and at the board's root.
+CA_NAME = "ca.der"
+#: Default relay pins: not an ESP32 strapping pin (docs/firmware.md, "Wiring").
+RELAY_PIN: dict[str, int] = {"esp32": 26, "picow": 5}
 
 
 class ToolError(Exception):
@@ -190,11 +199,24 @@ def register_password(passwd: Path, user: str, password: str) -> None:
 
 def provision(home_id: str, out: Path, mask_brokers: dict[str, Path], passwd: Path,
               acl: Path | None = None, mqtt_host: str = "127.0.0.1", mqtt_port: int = 1883,
-              board: str = "esp32", cafile_der: str | None = None, force: bool = False,
-              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+              board: str = "esp32", cafile_der: Path | None = None, force: bool = False,
+              extra: dict[str, Any] | None = None, relay_pin: int | str | None = None,
+              warn: Any = None) -> dict[str, Any]:
     """Create and register a home; returns its config (also written to out/config.json).
 
-    mask_brokers: {mask broker id: path of its registry JSON}."""
+    mask_brokers: {mask broker id: path of its registry JSON}.  cafile_der: the broker's CA
+    (DER) on this host: copied to out/ca.der, which `flash` puts on the board (/ca.der).
+    relay_pin: default RELAY_PIN[board]; an unusable pin is refused, a risky one is a warning
+    line on `warn` (default stderr)."""
+    if not 1 <= mqtt_port <= 65535:
+        raise ToolError(f"--mqtt-port must be in 1..65535, not {mqtt_port}")
+    mcu = board in ("esp32", "picow")
+    pin = RELAY_PIN.get(board) if relay_pin is None else relay_pin
+    if pin is not None:
+        _check_pin(board, "pin", pin, warn)
+    ca = None
+    if cafile_der is not None:
+        ca = _read_der(cafile_der)
     if not mask_brokers:
         raise ToolError("name at least one mask broker (--mask-broker ID=REGISTRY.json)")
     for b in mask_brokers:
@@ -218,15 +240,93 @@ def provision(home_id: str, out: Path, mask_brokers: dict[str, Path], passwd: Pa
         "home_id": home_id, "board": board,
         "clock": "system", "state_dir": "/state" if board in ("esp32", "picow") else "state",
         "mqtt": {"host": mqtt_host, "port": mqtt_port, "user": home_id, "password": password,
-                 "keepalive": 30, "cafile_der": cafile_der, "timeout_s": 5},
+                 "keepalive": 30, "cafile_der": None, "timeout_s": 5},
         "magnification": 1, "plan_wh": [0] * 24, "keys": keys, "safe_state": False,
     }
-    if board in ("esp32", "picow"):
-        cfg["relay"] = {"pin": 5, "active_low": False}
-        cfg["wifi"] = {"ssid": "CHANGE-ME", "password": "CHANGE-ME"}
+    if ca is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CA_NAME).write_bytes(ca)
+        cfg["mqtt"]["cafile_der"] = "/" + CA_NAME if mcu else str((out / CA_NAME).resolve())
+    if mcu:
+        cfg["relay"] = {"pin": pin, "active_low": False}
+        cfg["wifi"] = {"ssid": PLACEHOLDER, "password": PLACEHOLDER}
     if extra:
         cfg.update(extra)
     _write_private(cfg_path, json.dumps(cfg, indent=1) + "\n")
+    return cfg
+
+
+def _check_pin(board: str, role: str, pin: object, warn: Any = None) -> None:
+    bad = fwconfig.pin_problem(board, role, pin)
+    if bad is None:
+        return
+    if bad[0]:
+        raise ToolError(f"relay.{role}: {bad[1]}")
+    print(f"warning: relay.{role}: {bad[1]}", file=warn or sys.stderr, flush=True)
+
+
+def _read_der(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ToolError(f"cannot read the CA {path}: {e.strerror}") from None
+    if not data.startswith(b"\x30"):   # DER: an ASN.1 SEQUENCE
+        raise ToolError(f"{path} is not a DER certificate (PEM? convert it: openssl x509 -in "
+                        f"{path} -outform der -out ca.der)")
+    return data
+
+
+def _strings(obj: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _strings(v, f"{where}{k}.")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _strings(v, f"{where}{i}.")
+    elif isinstance(obj, str):
+        yield where[:-1], obj
+
+
+def ca_of(cfg: dict[str, Any], config_path: Path) -> tuple[Path, str] | None:
+    """(the CA file beside config.json, its path on the board) when the config names one."""
+    dev = (cfg.get("mqtt") or {}).get("cafile_der")
+    if not isinstance(dev, str) or not dev:
+        return None
+    return config_path.parent / Path(dev).name, dev
+
+
+def check_for_board(config_path: Path, warn: Any = None) -> dict[str, Any]:
+    """The config `flash` will put on a board, checked as the board will (hemsfw.config.check)
+    and more: no provisioning placeholder left, a plan that is not all zero, the CA it names
+    present beside it; risky pins are warnings.  ToolError (exit 2, one line) otherwise."""
+    try:
+        raw = json.loads(config_path.read_text())
+    except OSError as e:
+        raise ToolError(f"cannot read {config_path}: {e.strerror}") from None
+    except ValueError:
+        raise ToolError(f"{config_path} is not valid JSON") from None
+    for where, v in _strings(raw):
+        if PLACEHOLDER in v:
+            raise ToolError(f"{config_path}: {where} is still {v!r}: fill it in first")
+    try:
+        cfg = fwconfig.check(json.loads(json.dumps(raw)))
+    except fwconfig.ConfigError as e:
+        raise ToolError(f"{config_path}: {e}") from None
+    if not any(cfg["plan_wh"]):
+        raise ToolError(f"{config_path}: plan_wh is all zero (the relay would never switch on): "
+                        "set the circuit's plan")
+    for role in ("pin", "button", "led"):
+        pin = (cfg.get("relay") or {}).get(role)
+        if pin is not None:
+            _check_pin(cfg["board"], role, pin, warn)
+    ca = ca_of(cfg, config_path)
+    if ca is not None:
+        if (cfg.get("local") or {}).get("cafile_der"):
+            raise ToolError(f"{config_path}: local.cafile_der: flash copies only mqtt's CA")
+        if not ca[0].is_file():
+            raise ToolError(f"{config_path}: mqtt.cafile_der names {ca[1]} but there is no "
+                            f"{ca[0]} to copy (provision --cafile-der puts it there)")
+        _read_der(ca[0])
     return cfg
 
 
@@ -278,6 +378,11 @@ def flash_commands(port: str, bundle: Path, config: Path, mpremote: str = "mprem
         # port (it does on a board's VFS; on the unix port the modules would land in the root).
         cmds.append([*c, "cp", "-r", str(bundle / "hemsfw"), ":hemsfw"])
     cmds.append([*c, "cp", str(bundle / "main.py"), ":main.py"])
+    ca = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        ca = ca_of(json.loads(config.read_text()), config)
+    if ca is not None:   # relative to the board's cwd (its root on a board)
+        cmds.append([*c, "cp", str(ca[0]), ":" + ca[1].lstrip("/")])
     cmds.append([*c, "cp", str(config), ":config.json"])
     if reset:
         cmds.append([*c, "reset"])
@@ -294,6 +399,7 @@ def flash(port: str, bundle: Path, config: Path, dry_run: bool = False,
     """Run (or with dry_run only print) flash_commands(); 0 on success, 1 when a step fails or
     times out (the remaining steps are not run)."""
     out = out or sys.stdout
+    check_for_board(config)
     exe = "mpremote"
     if not dry_run:
         cand = Path(sys.prefix) / "bin" / "mpremote"
@@ -328,6 +434,10 @@ def _mask_broker_arg(s: str) -> tuple[str, Path]:
     return b, Path(path)
 
 
+def _pin_arg(s: str) -> int | str:
+    return int(s) if s.lstrip("-").isdigit() else s
+
+
 def build_parser(prog: str = "hems firmware") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -347,7 +457,12 @@ def build_parser(prog: str = "hems firmware") -> argparse.ArgumentParser:
     pr.add_argument("--acl", help="mosquitto ACL file (written if absent)")
     pr.add_argument("--mqtt-host", default="127.0.0.1")
     pr.add_argument("--mqtt-port", type=int, default=1883)
-    pr.add_argument("--cafile-der", help="path of the broker CA (DER) on the device")
+    pr.add_argument("--cafile-der", type=Path,
+                    help="the broker's CA certificate (DER) on this host: copied beside "
+                         "config.json as ca.der, and by `flash` to the board")
+    pr.add_argument("--relay-pin", type=_pin_arg,
+                    help="the relay's GPIO (default: esp32 26, picow 5); a risky pin is warned "
+                         "about, an unusable one refused")
     pr.add_argument("--board", default="esp32", choices=["esp32", "picow", "rpi", "unix"])
     pr.add_argument("--force", action="store_true", help="re-key an existing home")
     f = sub.add_parser("flash", help="copy bundle + config to a board with mpremote")
@@ -387,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "provision":
             cfg = provision(a.home_id, Path(a.out), dict(a.mask_broker), Path(a.passwd),
                             Path(a.acl) if a.acl else None, a.mqtt_host, a.mqtt_port, a.board,
-                            a.cafile_der, a.force)
+                            a.cafile_der, a.force, relay_pin=a.relay_pin)
             print(json.dumps({"home_id": cfg["home_id"], "config": str(Path(a.out) /
                                                                        "config.json"),
                               "mask_brokers": sorted(cfg["keys"])}))

@@ -124,7 +124,12 @@ def check_relay(state: Path, want_values: list[int], safe: bool, start: int = ST
                 frame_s: float = FRAME_S, late_s: float = 0.0) -> list[list[dict[str, Any]]]:
     """Every boot starts in the safe state; every logged state is the plan's for its frame
     (in time, up to late_s late); the last process made every switch of the frames it lived
-    through and left the relay safe.  Returns the records split per boot."""
+    through and left the relay safe.  Returns the records split per boot.
+
+    Before its first round a home on the system clock follows its own plan (PLAN_WH) for the
+    UTC day (docs/firmware.md, "No round for today"): such records come before `start`, on
+    that day's grid of 96 x 15 min."""
+    own = [v > 0 for v in plan.resample(PLAN_WH, 96)]
     want = [v > 0 for v in want_values]
     frames = len(want)
     end = start + frames * frame_s
@@ -138,11 +143,13 @@ def check_relay(state: Path, want_values: list[int], safe: bool, start: int = ST
         k, t = r["frame"], r["t"]
         if k is None:
             assert r["on"] == safe and (t < start + late_s or t >= end), r
+        elif t < start:
+            assert r["on"] == own[k] and k == int(t % 86400 // 900), ("not the own plan", r)
         else:
             assert r["on"] == want[k], ("wrong state for frame", r)
             assert start + k * frame_s <= t < start + (k + 1) * frame_s + late_s, r
     last = segs[-1]
-    framed = [r for r in last if r["frame"] is not None]
+    framed = [r for r in last if r["frame"] is not None and r["t"] >= start]
     first = framed[0]["frame"] if framed else 0
     got = {r["frame"] for r in framed}
     for k in range(first + 1, frames):

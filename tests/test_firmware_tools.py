@@ -19,6 +19,7 @@ import tty
 from pathlib import Path
 
 import pytest
+from firmware_kit import write_board_config
 from pty_board import PtyBoard, run_bounded
 from test_firmware_mqtt import (
     DAY_REAL_S,
@@ -203,8 +204,7 @@ def test_provision_registers_a_home_that_connects(tmp_path: Path) -> None:
 def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
     bundle = tmp_path / "b"
     host.build(bundle)
-    cfg = tmp_path / "config.json"
-    cfg.write_text("{}")
+    cfg = write_board_config(tmp_path / "config.json")
     out = io.StringIO()
     assert host.flash("/dev/ttyUSB0", bundle, cfg, dry_run=True, out=out) == 0
     lines = out.getvalue().splitlines()
@@ -341,8 +341,7 @@ def test_flash_to_a_serial_board_then_run_a_round(lab: Lab, tmp_path: Path) -> N
 def test_flash_fails_in_bounded_time_when_no_board_answers(tmp_path: Path) -> None:
     bundle = tmp_path / "b"
     host.build(bundle)
-    cfg = tmp_path / "config.json"
-    cfg.write_text("{}")
+    cfg = write_board_config(tmp_path / "config.json")
     common = ["--bundle", str(bundle), "--config", str(cfg), "--no-mip"]
     # No such port: each step fails at once; `rm -r :hemsfw` may (a fresh board has none), the
     # copy may not, and nothing runs after it.
@@ -394,8 +393,7 @@ def test_flash_romfs_to_a_board_without_romfs_fails_and_changes_nothing(tmp_path
     deploy step fails, the flash stops there with exit 1, and the board's files are untouched."""
     bundle = tmp_path / "bundle"
     host.build(bundle)
-    cfg = tmp_path / "config.json"
-    cfg.write_text("{}")
+    cfg = write_board_config(tmp_path / "config.json")
     board = tmp_path / "board"
     (board / "hemsfw").mkdir(parents=True)
     (board / "hemsfw" / "home.mpy").write_bytes(b"M\x06\x00\x1f")

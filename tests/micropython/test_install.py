@@ -113,3 +113,24 @@ def test_halt_blinks_the_configured_led_pattern():
         t.cb(t)
     lit = [1 - v for v in pin.levels[1:]]
     assert lit == list(halt.PATTERN)
+
+
+def test_a_missing_ca_at_boot_is_a_config_error_naming_it():
+    import json
+
+    path = "/tmp/hems-ca-cfg.json"
+    c = _cfg(mqtt={"host": "h", "user": "h1", "password": "p",
+                   "cafile_der": "/nonexistent/ca.der"})
+    with open(path, "w") as f:
+        f.write(json.dumps(c))
+    try:
+        config.load(path)
+    except config.ConfigError as e:
+        assert "mqtt.cafile_der: no file /nonexistent/ca.der" in str(e), str(e)
+        return
+    raise AssertionError("booted without its CA")
+
+
+def test_an_input_only_relay_pin_is_refused_on_esp32():
+    c = _cfg(board="esp32", relay={"pin": 35}, wifi={"ssid": "s", "password": "p"})
+    assert "relay.pin: GPIO35 is input-only" in _refused(c)

@@ -50,8 +50,8 @@ class ConfigError(ValueError):
 KEYS = {
     "": ("home_id", "mqtt", "magnification", "plan_wh", "keys", "mask_brokers",
          "min_mask_brokers", "days_ahead", "max_rounds_per_day", "state_dir", "board", "clock",
-         "safe_state", "exit_after_day", "loop_ms", "watchdog_ms", "relay", "wifi", "ntp",
-         "planner", "http", "local", "unix", "debug_pause_at", "debug_memtrace"),
+         "safe_state", "utc_offset_min", "exit_after_day", "loop_ms", "watchdog_ms", "relay",
+         "wifi", "ntp", "planner", "http", "local", "unix", "debug_pause_at", "debug_memtrace"),
     "mqtt": ("host", "port", "user", "password", "keepalive", "cafile_der", "timeout_s",
              "backoff_max_s"),
     "relay": ("pin", "active_low", "button", "button_active_low", "led", "led_active_low",
@@ -64,6 +64,37 @@ KEYS = {
               "client_id", "discovery_prefix", "base"),
     "unix": ("wifi_file",),
 }
+
+
+# ESP32 (the classic chip) pins: wired to the SPI flash (never usable), input-only (no output,
+# no internal pull resistors), strapping (sampled at reset, pulled by the chip: an output there
+# may glitch at every boot), the REPL's UART0.  docs/firmware.md, "Wiring".
+ESP32_FLASH = (6, 7, 8, 9, 10, 11)
+ESP32_INPUT_ONLY = (34, 35, 36, 37, 38, 39)
+ESP32_STRAPPING = (0, 2, 5, 12, 15)
+ESP32_UART0 = (1, 3)
+
+
+def pin_problem(board: str, role: str, pin: object) -> "tuple[bool, str] | None":
+    """(fatal, why) when `pin` is unusable (fatal) or risky for `role` ("pin": the relay,
+    "button", "led") on `board`; None when it is fine.  Only ESP32 has such pins here (all
+    RP2040 GPIOs come out of reset as inputs with pull-downs)."""
+    if board != "esp32" or not isinstance(pin, int):
+        return None
+    if pin in ESP32_FLASH:
+        return True, "GPIO%d is wired to the ESP32's flash chip" % pin
+    if pin in ESP32_INPUT_ONLY:
+        if role == "button":
+            return False, ("GPIO%d has no internal pull resistor: fit an external 10k pull-up "
+                           "(or pull-down)" % pin)
+        return True, "GPIO%d is input-only on the ESP32" % pin
+    if role == "pin" and pin in ESP32_STRAPPING:
+        return False, ("GPIO%d is an ESP32 strapping pin: its level at reset is set by the chip, "
+                       "so the relay may switch at every boot; use GPIO 16-33 (e.g. 26) or fit "
+                       "a pull resistor that holds it off" % pin)
+    if pin in ESP32_UART0:
+        return False, "GPIO%d is the serial console (UART0): the REPL and flashing use it" % pin
+    return None
 
 
 def _known(cfg: "Json") -> None:
@@ -182,6 +213,7 @@ def check(cfg: object) -> "Json":
         raise ConfigError("config: clock must be one of " + ", ".join(CLOCKS))
     cfg["clock"] = ck
     cfg["safe_state"] = _bool(cfg, "safe_state", False)
+    cfg["utc_offset_min"] = _int(cfg, "utc_offset_min", -720, 840, 0)
     cfg["exit_after_day"] = _bool(cfg, "exit_after_day", False)
     cfg["loop_ms"] = _int(cfg, "loop_ms", 1, 1000, 20)
 
@@ -197,6 +229,10 @@ def check(cfg: object) -> "Json":
             if k in r:
                 _need(r, k, (bool,), "relay.")
         r["active_low"] = _bool(r, "active_low", False)
+        for role in ("pin", "button", "led"):
+            bad = pin_problem(board, role, r.get(role))
+            if bad is not None and bad[0]:
+                raise ConfigError("config: relay." + role + ": " + bad[1])
         if r.get("driver", "gpiod") not in ("gpiod", "sysfs"):
             raise ConfigError("config: relay.driver must be gpiod or sysfs")
     if mcu:
@@ -238,4 +274,14 @@ def load(path: str) -> "Json":
         cfg = json.loads(text)
     except ValueError:
         raise ConfigError(f"config: {path} is not valid JSON") from None
-    return check(cfg)
+    cfg = check(cfg)
+    for sec in ("mqtt", "local"):   # files the config names, on this device
+        ca = (cfg.get(sec) or {}).get("cafile_der")
+        if ca:
+            try:
+                os.stat(ca)
+            except OSError:
+                raise ConfigError("config: " + sec + ".cafile_der: no file " + ca + " (copy the"
+                                  " broker's CA there: hems firmware flash copies the one "
+                                  "beside config.json)") from None
+    return cfg

@@ -15,7 +15,7 @@
 #    "wifi": {"ssid": "...", "password": "...", "hostname": "...", "country": "JP"},
 #    "ntp": {"host": "pool.ntp.org", "every_s": 3600},   (esp32/picow)
 #    "planner": {"mode": "config"|"history", "alpha_pct": 25, "min_days": 1},
-#    "http": {"port": 80, "bind": "0.0.0.0", "token": null},       (the resident's page)
+#    "http": {"port": 80, "bind": "0.0.0.0"},   (the resident's page; password: hemsfw/auth.py)
 #    "local": {"host": ..., "port": 1883, "user": ..., "password": ..., "client_id": ...,
 #              "discovery_prefix": "homeassistant", "base": "hems/<home_id>"},  (Home Assistant)
 #    "unix": {"wifi_file": null}, "debug_pause_at": null}                   (tests only)
@@ -59,7 +59,7 @@ KEYS = {
     "wifi": ("ssid", "password", "hostname", "country"),
     "ntp": ("host", "every_s"),
     "planner": ("mode", "alpha_pct", "min_days"),
-    "http": ("port", "bind", "token"),
+    "http": ("port", "bind"),
     "local": ("host", "port", "user", "password", "keepalive", "timeout_s", "cafile_der",
               "client_id", "discovery_prefix", "base"),
     "unix": ("wifi_file",),
@@ -108,7 +108,9 @@ def _known(cfg: "Json") -> None:
         where = sec + "." if sec else ""
         for k in d:
             if k not in names:
-                raise ConfigError("config: unknown key " + where + str(k))
+                hint = " (gone: the page asks for the password the resident sets)" \
+                    if where + str(k) == "http.token" else ""
+                raise ConfigError("config: unknown key " + where + str(k) + hint)
 
 
 def _need(d: object, key: str, kinds: "tuple[type, ...]", where: str = "") -> "Any":

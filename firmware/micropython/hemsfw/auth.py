@@ -1,0 +1,141 @@
+# Who may see the resident's page and switch the relay from it: whoever knows the password the
+# resident set (a PIN of 4 digits will do).  Loaded with the page only (hemsfw/web.py).
+#
+#   auth.json   {"salt": hex, "hash": hex, "iter": n}: PBKDF2-HMAC-SHA256 of the password
+#               (RFC 8018; the HMAC is hemsfw.seal's), never the password itself
+#
+# Setting it: while no password is set, the page offers to set one during the first SETUP_S
+# after boot only (power-cycling the controller is the physical proof of being the resident);
+# later, only a logged-in resident can change it.  Forgotten: `mpremote rm :state/auth.json`
+# (the state_dir), then power-cycle.  A login gives a random session token (a cookie, HttpOnly,
+# SameSite=Strict: another site cannot make the browser use it), valid SESSION_S, at most
+# MAX_SESSIONS at once, all in RAM (a reboot logs everyone out).  Wrong passwords: from the
+# FREE_FAILS-th on, each one locks logins for twice as long as the last, up to LOCK_MAX_S.
+# MicroPython subset only.
+
+import binascii
+
+from hemsfw.clock import ticks_add, ticks_diff
+
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from hemsfw.interfaces import Log, Storage, Ticks, Urandom
+
+FILE = "auth.json"
+ITER = 1000      # ~17 ms on the x86 unix port, well under a second on an RP2040
+SETUP_S = 600
+SESSION_S = 12 * 3600
+MAX_SESSIONS = 4
+FREE_FAILS = 3
+LOCK_MAX_S = 300
+MIN_LEN = 4
+MAX_LEN = 64
+
+
+def pbkdf2(password: bytes, salt: bytes, n: int) -> bytes:
+    """PBKDF2-HMAC-SHA256, one 32-byte block (RFC 8018, section 5.2)."""
+    from hemsfw.seal import hmac_pads, hmac_sha256
+
+    pads = hmac_pads(password)
+    u = hmac_sha256(password, salt + b"\x00\x00\x00\x01", pads)
+    out = bytearray(u)
+    for _ in range(n - 1):
+        u = hmac_sha256(password, u, pads)
+        for i in range(32):
+            out[i] ^= u[i]
+    return bytes(out)
+
+
+def _same(a: bytes, b: bytes) -> bool:
+    d = len(a) ^ len(b)
+    for i in range(min(len(a), len(b))):
+        d |= a[i] ^ b[i]
+    return d == 0
+
+
+class Auth:
+    def __init__(self, store: "Storage", ticks: "Ticks", urandom: "Urandom",
+                 log: "Log | None" = None) -> None:
+        self.store = store
+        self.ticks = ticks
+        self.urandom = urandom
+        self.log = log or (lambda *a: None)
+        self.rec = store.read(FILE)
+        self.boot = ticks()
+        self.setup_over = False               # latched: ticks wrap after ~12 days
+        self.sessions: dict[str, int] = {}    # token -> expiry (ticks)
+        self.fails = 0
+        self.lock_s = 1
+        self.locked_until: int | None = None
+
+    def is_set(self) -> bool:
+        return bool(self.rec)
+
+    def setup_open(self) -> bool:
+        """No password yet and still within SETUP_S of boot."""
+        if self.rec or self.setup_over:
+            return False
+        d = ticks_diff(self.ticks(), self.boot)
+        if not 0 <= d < 1000 * SETUP_S:
+            self.setup_over = True
+        return not self.setup_over
+
+    def set_password(self, pw: str) -> str | None:
+        """Store a new password (hashed); None, or why not."""
+        if not MIN_LEN <= len(pw) <= MAX_LEN:
+            return "the password needs %d to %d characters" % (MIN_LEN, MAX_LEN)
+        salt = self.urandom(16)
+        h = pbkdf2(pw.encode(), salt, ITER)
+        self.rec = {"salt": binascii.hexlify(salt).decode(),
+                    "hash": binascii.hexlify(h).decode(), "iter": ITER}
+        self.store.write(FILE, self.rec)
+        self.sessions = {}        # a new password logs everyone else out
+        self.log("page: password set")
+        return None
+
+    def locked(self) -> bool:
+        u = self.locked_until
+        return u is not None and ticks_diff(u, self.ticks()) > 0
+
+    def login(self, pw: str) -> str | None:
+        """A new session token for the right password; None otherwise (or while locked)."""
+        rec = self.rec
+        if not rec or self.locked():
+            return None
+        h = pbkdf2(pw.encode(), binascii.unhexlify(rec["salt"]), rec["iter"])
+        if not _same(h, binascii.unhexlify(rec["hash"])):
+            self.fails += 1
+            if self.fails >= FREE_FAILS:
+                self.locked_until = ticks_add(self.ticks(), 1000 * self.lock_s)
+                self.lock_s = min(2 * self.lock_s, LOCK_MAX_S)
+            self.log("page: wrong password (" + str(self.fails) + ")")
+            return None
+        self.fails = 0
+        self.lock_s = 1
+        return self.new_session()
+
+    def new_session(self) -> str:
+        tok = binascii.hexlify(self.urandom(16)).decode()
+        now = self.ticks()
+        for t in list(self.sessions):
+            if ticks_diff(self.sessions[t], now) <= 0:
+                del self.sessions[t]
+        while len(self.sessions) >= MAX_SESSIONS:
+            oldest = ""
+            for t in self.sessions:
+                if not oldest or ticks_diff(self.sessions[t], self.sessions[oldest]) < 0:
+                    oldest = t
+            del self.sessions[oldest]
+        self.sessions[tok] = ticks_add(now, 1000 * SESSION_S)
+        return tok
+
+    def valid(self, tok: str | None) -> bool:
+        if not tok or tok not in self.sessions:
+            return False
+        if ticks_diff(self.sessions[tok], self.ticks()) <= 0:
+            del self.sessions[tok]
+            return False
+        return True
+
+    def logout(self, tok: str | None) -> None:
+        if tok:
+            self.sessions.pop(tok, None)

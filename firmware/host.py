@@ -8,9 +8,12 @@
              register it: mosquitto password file (mosquitto_passwd), ACL (homes need no
              per-home line: the %u patterns cover them; the file is written if missing), and
              each mask broker's registry {"homes": {"<home id>": {"key": "<64 hex>"}}}
-  flash      copy the bundle and the config to a board with mpremote and install umqtt.simple
-             with mip, then reset the board (--romfs: deploy romfs.img to the board's ROMFS
-             partition instead); --dry-run prints the exact commands, --resume
+  flash      check the config as the board will (and no placeholder, a non-zero plan, the CA it
+             names beside it: exit 2 otherwise), put the board in safe mode (flag file + reset:
+             no app, no watchdog), copy the bundle, the CA and the config with mpremote and
+             install umqtt.simple with mip, leave safe mode, then reset the board (--romfs:
+             deploy romfs.img to the board's ROMFS partition instead); --dry-run prints the
+             exact commands, --resume
              skips mpremote's soft reset, --no-reset leaves out the final reset, a step still
              running after --step-timeout seconds is killed and the flash fails
 
@@ -31,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,13 @@ ROMFS_IMAGE = "romfs.img"
 PLACEHOLDER = "CHANGE-ME"
 #: The broker CA beside config.json (provision --cafile-der) and at the board's root.
 CA_NAME = "ca.der"
+#: Safe mode's flag file at the board's root (firmware/micropython/hemsfw/halt.py FLAG).
+SAFE_FLAG = "safemode"
+SAFE_MODE_ON = f'open("{SAFE_FLAG}", "w").close()'
+#: After the safe-mode reset: how long the port may take to come back (USB re-enumeration) and
+#: the board to reach its REPL.
+REBOOT_WAIT_S = 10.0
+REBOOT_SETTLE_S = 2.0
 #: Default relay pins: not an ESP32 strapping pin (docs/firmware.md, "Wiring").
 RELAY_PIN: dict[str, int] = {"esp32": 26, "picow": 5}
 
@@ -358,7 +369,12 @@ def flash_commands(port: str, bundle: Path, config: Path, mpremote: str = "mprem
     c = [mpremote, "connect", port]
     if resume:
         c.append("resume")
-    cmds = []
+    # Safe mode first (hemsfw/halt.py): the flag file makes any boot during the flash (the
+    # reset below, a watchdog that fires because the app was interrupted) stop at the REPL
+    # without the app or its watchdog.  The reset is what stops a running watchdog.
+    cmds = [[*c, "exec", SAFE_MODE_ON]]
+    if reset:
+        cmds.append([*c, "reset"])
     if romfs:
         # umqtt.simple is in the image (/rom/lib): no mip.  mpremote refuses a board without a
         # ROMFS partition ("ROMFS is not enabled on this device") or an image too big for it.
@@ -384,13 +400,15 @@ def flash_commands(port: str, bundle: Path, config: Path, mpremote: str = "mprem
     if ca is not None:   # relative to the board's cwd (its root on a board)
         cmds.append([*c, "cp", str(ca[0]), ":" + ca[1].lstrip("/")])
     cmds.append([*c, "cp", str(config), ":config.json"])
+    cmds.append([*c, "rm", ":" + SAFE_FLAG])
     if reset:
         cmds.append([*c, "reset"])
     return cmds
 
 
 def _may_fail(cmd: list[str]) -> bool:
-    return cmd[-3:] in (["rm", "-r", ":hemsfw"], ["rm", "-r", ":lib/umqtt"])
+    return cmd[-3:] in (["rm", "-r", ":hemsfw"], ["rm", "-r", ":lib/umqtt"]) or \
+        cmd[-1] == "reset"   # mpremote may see the line drop as the board resets
 
 
 def flash(port: str, bundle: Path, config: Path, dry_run: bool = False,
@@ -406,11 +424,14 @@ def flash(port: str, bundle: Path, config: Path, dry_run: bool = False,
         exe = str(cand) if cand.exists() else (shutil.which("mpremote") or "")
         if not exe:
             raise ToolError("mpremote not found (pip install mpremote)")
-    for cmd in flash_commands(port, bundle, config, exe, install_umqtt, resume, reset, romfs):
+    cmds = flash_commands(port, bundle, config, exe, install_umqtt, resume, reset, romfs)
+    for i, cmd in enumerate(cmds):
         # flushed: the line comes before mpremote's own output when both go to one pipe
         print(shlex.join(cmd), file=out, flush=True)
         if dry_run:
             continue
+        if i > 0 and cmds[i - 1][-1] == "reset":
+            _wait_reboot(port)
         try:
             p = subprocess.run(cmd, timeout=step_timeout)
         except subprocess.TimeoutExpired:   # run() has killed and reaped mpremote
@@ -422,6 +443,15 @@ def flash(port: str, bundle: Path, config: Path, dry_run: bool = False,
                   file=sys.stderr)
             return 1
     return 0
+
+
+def _wait_reboot(port: str) -> None:
+    """After the safe-mode reset: the serial port may vanish and come back (USB CDC)."""
+    deadline = time.monotonic() + REBOOT_WAIT_S
+    time.sleep(0.5)
+    while not os.path.exists(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(REBOOT_SETTLE_S)
 
 
 # ------------------------------------------------------------------ CLI
@@ -476,8 +506,8 @@ def build_parser(prog: str = "hems firmware") -> argparse.ArgumentParser:
                         "(the running program is only interrupted; also for boards or ports "
                         "where a soft reset misbehaves, e.g. the MicroPython unix port)")
     f.add_argument("--no-reset", action="store_true",
-                   help="leave out the final `reset` (machine.reset()); reset the board "
-                        "yourself to start the new firmware")
+                   help="leave out the resets (machine.reset(): into safe mode first, the "
+                        "new firmware last); reset the board yourself to start it")
     f.add_argument("--romfs", action="store_true",
                    help="deploy the bundle's romfs.img (hemsfw + umqtt.simple) to the board's "
                         "ROMFS partition instead of copying hemsfw: the code runs from flash, "

@@ -378,3 +378,56 @@ def test_rpi_systemd_watchdog():
         os.environ.clear()
         os.environ.update(saved)
         srv.close()
+
+
+class _IrqPin(_Pin):
+    IRQ_FALLING = 2
+    IRQ_RISING = 1
+
+    def irq(self, handler=None, trigger=0, hard=False):
+        self.handler = handler
+        self.trigger = trigger
+
+    def edge(self, level):
+        self.input = level
+        self.handler(self)
+
+
+def _irq_button(events):
+    """A board whose button pin has interrupts; `events` [(ms, level)] happen while the loop
+    is blocked (no poll); returns what the polls after them report."""
+    saved = _install()
+    _Machine.Pin = _IrqPin
+    try:
+        from hemsfw.boards import mcu
+
+        b = load("esp32")(_mcu_cfg("esp32", button=4), MemStore(), _logs()[1])
+        pin = _Pin.pins[4]
+        assert pin.trigger == _IrqPin.IRQ_FALLING | _IrqPin.IRQ_RISING
+        t = [0]
+        real = mcu.ticks_ms
+        mcu.ticks_ms = lambda: t[0]
+        try:
+            for ms, level in events:
+                t[0] = ms
+                pin.edge(level)
+            t[0] += 5000
+            return [b.button(), b.button()]
+        finally:
+            mcu.ticks_ms = real
+    finally:
+        _Machine.Pin = _Pin
+        _restore(saved)
+
+
+def test_a_press_while_the_loop_is_blocked_is_not_lost():
+    assert _irq_button([(100, 0), (400, 1)]) == ["short", None]
+
+
+def test_a_long_press_while_the_loop_is_blocked_is_long():
+    assert _irq_button([(100, 0), (2600, 1)]) == ["long", None]
+
+
+def test_contact_bounce_is_one_press():
+    assert _irq_button([(100, 0), (103, 1), (105, 0), (400, 1), (404, 0), (406, 1)]) == \
+        ["short", None]

@@ -134,3 +134,130 @@ def test_a_missing_ca_at_boot_is_a_config_error_naming_it():
 def test_an_input_only_relay_pin_is_refused_on_esp32():
     c = _cfg(board="esp32", relay={"pin": 35}, wifi={"ssid": "s", "password": "p"})
     assert "relay.pin: GPIO35 is input-only" in _refused(c)
+
+
+class _Rp2:
+    pressed = False
+
+    @staticmethod
+    def bootsel_button():
+        return 1 if _Rp2.pressed else 0
+
+
+class _InPin(_Pin):
+    IN = 0
+    PULL_UP = 2
+    PULL_DOWN = 3
+    level = 1
+
+    def value(self, v=None):
+        if v is None and self.levels == [None]:
+            return _InPin.level
+        return _Pin.value(self, v)
+
+
+class _Machine2:
+    Pin = _InPin
+    Timer = _Timer
+
+
+def _write(path, obj):
+    import json
+
+    with open(path, "w") as f:
+        f.write(json.dumps(obj))
+    return path
+
+
+def test_safe_mode_when_the_flag_file_exists():
+    flag = "/tmp/hems-test-safemode"
+    with open(flag, "w") as f:
+        f.write("")
+    try:
+        _Timer.made.clear()
+        assert halt.safe_mode(flag, "/nonexistent.json", _Machine2, lambda ms: None)
+    finally:
+        import os
+
+        os.remove(flag)
+
+
+def test_safe_mode_when_the_button_is_pressed_after_boot():
+    cfg = _write("/tmp/hems-safe-cfg.json", {"relay": {"pin": 26, "button": 4, "led": 2}})
+    slept = []
+    _InPin.level = 1                            # released (pull-up)
+
+    def sleep(ms):
+        slept.append(ms)
+        if len(slept) == 10:
+            _InPin.level = 0                    # pressed 200 ms after boot
+
+    _Timer.made.clear()
+    try:
+        assert halt.safe_mode("/tmp/hems-no-flag", cfg, _Machine2, sleep)
+    finally:
+        _InPin.level = 1
+    assert sum(slept) == 200
+    t = _Timer.made[-1]                         # the safe-mode blink
+    pin = _Pin.made[-1]
+    for _ in range(4):
+        t.cb(t)
+    assert pin.levels[-4:] == [1, 0, 1, 0]
+
+
+def test_no_safe_mode_without_flag_or_press_costs_the_window_only():
+    cfg = _write("/tmp/hems-safe-cfg.json", {"relay": {"pin": 26, "button": 4}})
+    slept = []
+    _InPin.level = 1
+    assert not halt.safe_mode("/tmp/hems-no-flag", cfg, _Machine2, slept.append)
+    assert sum(slept) == halt.WINDOW_MS
+
+
+def test_safe_mode_reads_the_pico_bootsel_button():
+    saved = sys.modules.get("rp2")
+    sys.modules["rp2"] = _Rp2
+    _Rp2.pressed = True
+    try:
+        assert halt.safe_mode("/tmp/hems-no-flag", "/nonexistent.json", _Machine, lambda ms: 0)
+    finally:
+        _Rp2.pressed = False
+        if saved is None:
+            del sys.modules["rp2"]
+        else:
+            sys.modules["rp2"] = saved
+
+
+def test_main_in_safe_mode_starts_neither_the_app_nor_the_watchdog():
+    saved = {n: sys.modules.get(n) for n in ("rp2", "machine", "hemsfw.app")}
+    sys.modules["rp2"] = _Rp2
+    sys.modules["machine"] = _Machine
+    sys.modules.pop("hemsfw.app", None)
+    _Rp2.pressed = True                         # BOOTSEL pressed just after boot
+    try:
+        with open(MAIN) as f:
+            exec(f.read(), {"__name__": "__main__"})
+        assert "hemsfw.app" not in sys.modules  # app.main (and its watchdog) never ran
+    finally:
+        _Rp2.pressed = False
+        for n, m in saved.items():
+            if m is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = m
+
+
+def test_the_flashed_umqtt_comes_before_the_frozen_one():
+    p = ["", ".frozen", "/lib"]                 # the stock ESP32 image's sys.path
+    halt.filesystem_first(p)
+    assert p == ["", "/lib", ".frozen"]
+
+
+def test_main_puts_the_filesystem_first_on_sys_path():
+    saved = list(sys.path)
+    sys.path.insert(0, ".frozen")
+    try:
+        with open(MAIN) as f:
+            exec(f.read(), {"__name__": "__main__"})
+        assert sys.path[-1] == ".frozen" and sys.path.count(".frozen") == 1
+    finally:
+        sys.path[:] = saved

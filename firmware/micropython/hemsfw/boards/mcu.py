@@ -54,7 +54,12 @@ class PinRelay(relay.Relay):
 
 class Button:
     """A push button to ground (pull-up) or to 3V3 (active_low false, pull-down): debounced,
-    reported on release as "short" or "long" (held >= 2 s)."""
+    reported as "short" or "long" (held >= 2 s) once released.
+
+    Latched by a pin interrupt where the port has one, so a press made while the loop is
+    blocked (an MQTT connect, up to timeout_s) is not lost: the handler only stores the ticks
+    of the press and of the release (no allocation: it may run as a hard IRQ), poll() reads
+    them later.  Without interrupts (a stand-in pin), the level is polled every turn."""
 
     def __init__(self, pin: "Any", active_low: bool = True) -> None:
         pull = machine.Pin.PULL_UP if active_low else machine.Pin.PULL_DOWN
@@ -63,8 +68,42 @@ class Button:
         self.down_at: int | None = None
         self.last = False
         self.changed = 0
+        self.up_at: int | None = None      # latched release (IRQ)
+        self.released: int | None = None   # the last release edge (IRQ)
+        self.latched = self._irq()
+
+    def _irq(self) -> bool:
+        irq = getattr(self.pin, "irq", None)
+        if irq is None:
+            return False
+        trig = machine.Pin.IRQ_FALLING | machine.Pin.IRQ_RISING
+        try:
+            irq(handler=self._edge, trigger=trig, hard=True)
+        except TypeError:              # a port without hard IRQs on pins
+            irq(handler=self._edge, trigger=trig)
+        return True
+
+    def _edge(self, _pin: object) -> None:
+        # contacts bounce: a release within DEBOUNCE_MS of the press, and a press within
+        # DEBOUNCE_MS of a release, are the same press still going on
+        t = ticks_ms()
+        if self.pin.value() == (0 if self.active_low else 1):
+            r = self.released
+            if self.down_at is None and (r is None or ticks_diff(t, r) >= DEBOUNCE_MS):
+                self.down_at = t
+        else:
+            d = self.down_at
+            if d is not None and self.up_at is None and ticks_diff(t, d) >= DEBOUNCE_MS:
+                self.up_at = t
+            self.released = t
 
     def poll(self) -> str | None:
+        if self.latched:
+            d, u = self.down_at, self.up_at
+            if d is None or u is None:
+                return None
+            self.down_at = self.up_at = None
+            return "long" if ticks_diff(u, d) >= LONG_PRESS_MS else "short"
         now = ticks_ms()
         pressed = self.pin.value() == (0 if self.active_low else 1)
         if pressed != self.last:

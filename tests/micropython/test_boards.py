@@ -431,3 +431,30 @@ def test_a_long_press_while_the_loop_is_blocked_is_long():
 def test_contact_bounce_is_one_press():
     assert _irq_button([(100, 0), (103, 1), (105, 0), (400, 1), (404, 0), (406, 1)]) == \
         ["short", None]
+
+
+def test_wifi_failure_reasons_are_logged_by_name():
+    saved = _install()
+    _Network.STAT_WRONG_PASSWORD = 202        # ESP32's values (rp2: -3, -2)
+    _Network.STAT_NO_AP_FOUND = 201
+    _WLAN.status = lambda self: self.st
+    try:
+        logs, log = _logs()
+        b = load("esp32")(_mcu_cfg("esp32"), MemStore(), log, urandom=lambda n: b"\x00" * n)
+        b.wlan.st = 1001
+        b.service(None)                        # the first attempt: nothing failed yet
+        b.wlan.st = 202
+        b.wifi_at -= 100000
+        b.service(None)
+        assert "wifi: not connected to 's': wrong password (202) - retry in 5 s" in logs, logs
+        b.wlan.st = 201
+        b.wifi_at -= 100000
+        b.service(None)
+        assert "wifi: not connected to 's': no ap found (201) - retry in 10 s" in logs, logs
+        b.wlan.st = 15                         # a driver reason without a name
+        b.wifi_at -= 100000
+        b.service(None)
+        assert "wifi: not connected to 's': status 15 - retry in 20 s" in logs, logs
+    finally:
+        del _Network.STAT_WRONG_PASSWORD, _Network.STAT_NO_AP_FOUND, _WLAN.status
+        _restore(saved)

@@ -55,7 +55,7 @@ KEYS = {
     "mqtt": ("host", "port", "user", "password", "keepalive", "cafile_der", "timeout_s",
              "backoff_max_s"),
     "relay": ("pin", "active_low", "button", "button_active_low", "led", "led_active_low",
-              "driver", "chip", "sysfs_root"),
+              "driver", "chip", "sysfs_root", "min_on_s", "min_off_s"),
     "wifi": ("ssid", "password", "hostname", "country"),
     "ntp": ("host", "every_s"),
     "planner": ("mode", "alpha_pct", "min_days"),
@@ -226,7 +226,12 @@ def check(cfg: object) -> "Json":
     mcu = board in ("esp32", "picow")
     if mcu or "relay" in cfg:
         r = _need(cfg, "relay", (dict,))
-        _need(r, "pin", (int, str) if mcu else (int,), "relay.")
+        if board != "unix" or "pin" in r:   # unix: the lab relay, only the minimum times
+            _need(r, "pin", (int, str) if mcu else (int,), "relay.")
+        # minimum on / off times (compressor loads): a switch waits until the relay has
+        # been in its state this long (runner.py)
+        r["min_on_s"] = _int(r, "min_on_s", 0, 3600, 0, "relay.")
+        r["min_off_s"] = _int(r, "min_off_s", 0, 3600, 0, "relay.")
         for k in ("active_low", "button_active_low", "led_active_low"):
             if k in r:
                 _need(r, k, (bool,), "relay.")

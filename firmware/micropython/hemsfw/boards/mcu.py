@@ -151,6 +151,7 @@ class McuBoard:
         self.wlan.active(True)
         self._wifi_post(w)
         self.wifi_up = False
+        self.wifi_tries = 0
         self.wifi_backoff = WIFI_MIN_MS
         self.wifi_at = ticks_ms()          # first attempt now (connect() does not block)
         ntp = cfg.get("ntp") or {}
@@ -178,6 +179,18 @@ class McuBoard:
 
     # ------------------------------------------------------------ Wi-Fi and time
 
+    def wifi_reason(self) -> str:
+        """WLAN.status() by name ("wrong password", "no AP found", ...; ESP32 may also give a
+        bare reason number from its Wi-Fi driver)."""
+        try:
+            st = self.wlan.status()
+        except Exception as e:
+            return "status unknown (" + str(e) + ")"
+        for name in dir(network):
+            if name.startswith("STAT_") and getattr(network, name) == st:
+                return name[5:].lower().replace("_", " ") + " (" + str(st) + ")"
+        return "status " + str(st)
+
     def net_up(self) -> bool:
         return self.wifi_up
 
@@ -187,21 +200,27 @@ class McuBoard:
             self.wifi_up = up
             if up:
                 self.wifi_backoff = WIFI_MIN_MS
+                self.wifi_tries = 0
                 self.log("wifi up", self.wlan.ifconfig()[0])
             else:
-                self.log("wifi down")
+                self.log("wifi down:", self.wifi_reason())
                 self.wifi_at = ticks_ms()
         if up or ticks_diff(ticks_ms(), self.wifi_at) < 0:
             return
-        # Not connected and due: (re)start an association.  WLAN.connect() returns at once; the
-        # next check comes after a jittered, doubling backoff so a dead access point costs
-        # nothing per turn and a fleet does not retry in step.
+        # Not connected and due: say why the last attempt failed, then (re)start an association.
+        # WLAN.connect() returns at once; the next check comes after a jittered, doubling
+        # backoff so a dead access point costs nothing per turn and a fleet does not retry in
+        # step.
+        wait = _jitter(self.wifi_backoff, self.urandom)
+        if self.wifi_tries:
+            self.log("wifi: not connected to", repr(self.ssid) + ":", self.wifi_reason(),
+                     "- retry in", wait // 1000, "s")
+        self.wifi_tries += 1
         try:
             self.wlan.disconnect()
             self.wlan.connect(self.ssid, self.wpass)
         except Exception as e:
             self.log("wifi connect:", e)
-        wait = _jitter(self.wifi_backoff, self.urandom)
         self.wifi_at = ticks_add(ticks_ms(), wait)
         self.wifi_backoff = min(2 * self.wifi_backoff, WIFI_MAX_MS)
 

@@ -48,9 +48,18 @@ class _WDT:
         self.feeds += 1
 
 
+class _RTC:
+    set_to = []  # noqa: RUF012
+
+    def datetime(self, t=None):
+        if t is not None:
+            _RTC.set_to.append(t)
+
+
 class _Machine:
     Pin = _Pin
     WDT = _WDT
+    RTC = _RTC
 
 
 class _WLAN:
@@ -89,21 +98,28 @@ class _Network:
 
 
 class _Ntp:
-    host = "pool.ntp.org"
-    timeout = 5
+    """Stands in for hemsfw.sntp (board.sntp): one DNS and one SNTP query, each bounded."""
     ok = False
     calls = 0
+    resolved = []  # noqa: RUF012
 
     @staticmethod
-    def settime():
+    def resolve(host, server, timeout_s):
+        _Ntp.resolved.append((host, server, timeout_s))
+        return "192.0.2.123"
+
+    @staticmethod
+    def query(addr, timeout_s):
         _Ntp.calls += 1
+        assert addr == "192.0.2.123" and timeout_s <= 1
         if not _Ntp.ok:
             raise OSError("timeout")
+        return 1795824000   # 2026-11-28T00:00:00Z (a Saturday)
 
 
 def _install():
     saved = {}
-    for name, mod in (("machine", _Machine), ("network", _Network), ("ntptime", _Ntp)):
+    for name, mod in (("machine", _Machine), ("network", _Network)):
         saved[name] = sys.modules.get(name)
         sys.modules[name] = mod
     return saved
@@ -158,6 +174,7 @@ def test_esp32_board_boot_wifi_backoff_and_ntp():
         logs, log = _logs()
         cfg = _mcu_cfg("esp32", active_low=True, button=0, led=2)
         b = load("esp32")(cfg, MemStore(), log, urandom=lambda n: b"\xff" * n)
+        b.sntp = _Ntp
         # the relay pin exists at its safe level (off, active-low = high) before anything else
         assert _Pin.pins[5].levels[0] == 1 and b.relay.on is False
         assert _Network.names[-1] == "hems-h1"
@@ -180,6 +197,9 @@ def test_esp32_board_boot_wifi_backoff_and_ntp():
         _Ntp.ok = True
         b.service(None)
         assert _Ntp.calls == 2 and b.ntp_ok and "ntp: time set" in logs
+        # resolved with the DHCP resolver (ifconfig()[3]) within 1 s, again after the failure
+        assert _Ntp.resolved[-2:] == [("pool.ntp.org", "", 1)] * 2
+        assert _RTC.set_to[-1] == (2026, 11, 28, 6, 0, 0, 0, 0)   # weekday 1..7 (Sat = 6)
         wdt = b.watchdog(200000)
         assert wdt.timeout == 120000           # clamped to the board's maximum
     finally:

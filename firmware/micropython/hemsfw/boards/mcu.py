@@ -24,6 +24,7 @@ WIFI_MAX_MS = 300000
 NTP_MIN_MS = 2000           # NTP retry while the time is unknown; doubles up to NTP_MAX_MS
 NTP_MAX_MS = 300000
 NTP_EVERY_MS = 3600000      # re-sync hourly once known (ESP32/RP2040 RTCs drift s per day)
+NTP_TIMEOUT_S = 1           # the DNS query and the SNTP query: each at most this
 DEBOUNCE_MS = 30
 LONG_PRESS_MS = 2000
 
@@ -155,7 +156,11 @@ class McuBoard:
         self.wifi_backoff = WIFI_MIN_MS
         self.wifi_at = ticks_ms()          # first attempt now (connect() does not block)
         ntp = cfg.get("ntp") or {}
-        self.ntp_host = ntp.get("host")
+        self.ntp_host = ntp.get("host") or "pool.ntp.org"
+        self.ntp_addr: str | None = None   # resolved once, again after a failure
+        from hemsfw import sntp
+
+        self.sntp = sntp
         self.ntp_every = 1000 * ntp.get("every_s", NTP_EVERY_MS // 1000)
         self.ntp_ok = False
         self.ntp_backoff = NTP_MIN_MS
@@ -227,16 +232,17 @@ class McuBoard:
     def _ntp(self) -> None:
         if not self.wifi_up or ticks_diff(ticks_ms(), self.ntp_at) < 0:
             return
+        # hemsfw/sntp.py, not ntptime: its getaddrinfo has no timeout.  One DNS query (first
+        # time, or after a failure) and one SNTP query, each bounded by NTP_TIMEOUT_S.
         try:
-            import ntptime
-
-            if self.ntp_host:
-                ntptime.host = self.ntp_host
-            ntptime.timeout = 1
-            ntptime.settime()   # the RTC in UTC; blocks at most ~1 s
+            if self.ntp_addr is None:
+                self.ntp_addr = self.sntp.resolve(self.ntp_host, self.wlan.ifconfig()[3],
+                                                  NTP_TIMEOUT_S)
+            self._set_rtc(self.sntp.query(self.ntp_addr, NTP_TIMEOUT_S))
             ok = True
         except Exception as e:   # no answer: the clock stays unknown (relay safe) or drifts on
             self.log("ntp failed:", e)
+            self.ntp_addr = None
             ok = False
         if ok:
             if not self.ntp_ok:
@@ -247,6 +253,13 @@ class McuBoard:
         else:
             self.ntp_at = ticks_add(ticks_ms(), _jitter(self.ntp_backoff, self.urandom))
             self.ntp_backoff = min(2 * self.ntp_backoff, NTP_MAX_MS)
+
+    def _set_rtc(self, unix_s: int) -> None:
+        """The RTC in UTC (as ntptime.settime sets it), from Unix seconds."""
+        import time
+
+        tm = time.gmtime(unix_s - clock.EPOCH_OFFSET)
+        machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
 
     def service(self, runner: object) -> None:
         self._wifi()

@@ -478,3 +478,19 @@ def test_wifi_failure_reasons_are_logged_by_name():
     finally:
         del _Network.STAT_WRONG_PASSWORD, _Network.STAT_NO_AP_FOUND, _WLAN.status
         _restore(saved)
+
+
+def test_board_diagnostics_signal_and_reset_cause():
+    saved = _install()
+    _Machine.PWRON_RESET, _Machine.WDT_RESET = 1, 3
+    _Machine.reset_cause = staticmethod(lambda: 3)
+    _WLAN.status = lambda self, param=None: -67 if param == "rssi" else 1010
+    try:
+        b = load("esp32")(_mcu_cfg("esp32"), MemStore(), _logs()[1])
+        assert b.diag() == {"rssi": None, "reset": "wdt"}      # no signal without Wi-Fi
+        b.wlan.up = True
+        b.service(None)
+        assert b.diag() == {"rssi": -67, "reset": "wdt"}
+    finally:
+        del _Machine.PWRON_RESET, _Machine.WDT_RESET, _Machine.reset_cause, _WLAN.status
+        _restore(saved)

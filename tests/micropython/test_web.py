@@ -122,7 +122,8 @@ def test_home_assistant_discovery_and_commands():
     n = len([t for t, _, _, _ in lc.published if t.endswith("/config")])
     lc.inject("homeassistant/status", b"online")
     r.step()
-    assert len([t for t, _, _, _ in lc.published if t.endswith("/config")]) == n + 2
+    # again: the switch, the plan, the mode selector and the 4 diagnostics
+    assert len([t for t, _, _, _ in lc.published if t.endswith("/config")]) == n + 7
     # the switch: an override until the end of the frame
     lc.inject("hems/h1/relay/set", b"ON")
     r.step()

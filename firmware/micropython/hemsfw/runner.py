@@ -282,6 +282,8 @@ class Runner:
                 self._phase("frame")
             if self.ha is not None:
                 self.ha.relay_changed()
+        if self.ha is not None:
+            self.ha.poll()
         return now
 
     def _min_time(self, on: bool) -> bool:

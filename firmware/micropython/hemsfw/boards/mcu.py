@@ -121,6 +121,18 @@ class Button:
         return None
 
 
+def _reset_cause() -> str | None:
+    """machine.reset_cause() by name ("pwron", "hard", "wdt", "deepsleep", "soft")."""
+    try:
+        c = machine.reset_cause()
+    except Exception:
+        return None
+    for name in dir(machine):
+        if name.endswith("_RESET") and getattr(machine, name) == c:
+            return name[:-6].lower()
+    return str(c)
+
+
 class McuBoard:
     name = "mcu"
     wdt_max_ms = 30000
@@ -145,6 +157,7 @@ class McuBoard:
         if led is not None:
             self.led = machine.Pin(led, machine.Pin.OUT, value=1 if self.led_low else 0)
         self.clock: Clock = clock.LabClock() if cfg.get("clock") == "lab" else clock.SystemClock()
+        self.reset_cause = _reset_cause()
         w = cfg["wifi"]
         self.ssid, self.wpass = w["ssid"], w["password"]
         self._wifi_pre(w)
@@ -198,6 +211,16 @@ class McuBoard:
 
     def net_up(self) -> bool:
         return self.wifi_up
+
+    def diag(self) -> "Json":
+        """Home Assistant diagnostics (hemsfw/ha.py): Wi-Fi signal, the last reset's cause."""
+        rssi = None
+        if self.wifi_up:
+            try:
+                rssi = self.wlan.status("rssi")
+            except Exception:
+                pass
+        return {"rssi": rssi, "reset": self.reset_cause}
 
     def _wifi(self) -> None:
         up = self.wlan.isconnected()

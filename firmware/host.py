@@ -40,7 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from firmware.romfs import image as romfs_image
+from hemsfw import VERSION as FW_VERSION
 from hemsfw import config as fwconfig
+from hemsfw.seal import hmac_sha256
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE / "micropython"
@@ -144,7 +146,8 @@ def build(out: Path, march: str | None = None, opt: int = 0, source_lines: bool 
     # run_home compiled too, for the ROMFS image (a ROMFS holds .mpy only; firmware/romfs.py)
     _compile(exe, SRC / "run_home.py", "run_home.py", out / "run_home.mpy", opt)
     ver = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
-    manifest = {"mpy_cross": ver.stdout.strip(), "march": march, "opt": opt, "files": files,
+    manifest = {"version": FW_VERSION, "mpy_cross": ver.stdout.strip(), "march": march,
+                "opt": opt, "files": files,
                 "total_bytes": sum(f["bytes"] for f in files.values())}
     # The same code as a ROMFS image (`flash --romfs`): on a board with a ROMFS partition the
     # bytecode then runs from flash instead of the heap (firmware/romfs.py, docs/firmware.md).
@@ -153,6 +156,47 @@ def build(out: Path, march: str | None = None, opt: int = 0, source_lines: bool 
     manifest["romfs"] = {"file": ROMFS_IMAGE, "bytes": img.stat().st_size,
                          "sha256": _sha256(img)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+# ------------------------------------------------------------------ publish (over-the-air)
+
+
+def read_key(path: Path) -> bytes:
+    """An update key file: 64 hex digits (the same as every home's config ota.key)."""
+    try:
+        text = path.read_text().strip()
+    except OSError as e:
+        raise ToolError(f"cannot read the key {path}: {e.strerror}") from None
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise ToolError(f"{path}: an update key is 64 hex digits (python -c 'import secrets; "
+                        "print(secrets.token_hex(32))')")
+    return bytes.fromhex(text)
+
+
+def publish(bundle: Path, key: bytes, out: Path) -> dict[str, Any]:
+    """Put the bundle's hemsfw/ in `out` (replaced) as an over-the-air update
+    (firmware/micropython/hemsfw/ota.py): manifest.json (version, files with size and
+    SHA-256), manifest.mac (hex HMAC-SHA256 of manifest.json's bytes with the update key) and
+    the files.  Serve `out` over HTTP at the homes' ota.url.  Returns the manifest."""
+    bm = bundle / "manifest.json"
+    if not (bundle / "hemsfw").is_dir() or not bm.is_file():
+        raise ToolError(f"{bundle} is not a bundle (run `hems firmware build` first)")
+    version = json.loads(bm.read_text()).get("version")
+    if not isinstance(version, str):
+        raise ToolError(f"{bundle} has no version (build it again)")
+    if out.exists():
+        shutil.rmtree(out)
+    files = []
+    for src in sorted((bundle / "hemsfw").rglob("*.mpy")):
+        rel = src.relative_to(bundle).as_posix()
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, out / rel)
+        files.append({"path": rel, "size": src.stat().st_size, "sha256": _sha256(src)})
+    manifest = {"version": version, "files": files}
+    text = json.dumps(manifest, indent=1).encode()
+    (out / "manifest.json").write_bytes(text)
+    (out / "manifest.mac").write_text(hmac_sha256(key, text).hex() + "\n")
     return manifest
 
 
@@ -495,6 +539,12 @@ def build_parser(prog: str = "hems firmware") -> argparse.ArgumentParser:
                          "about, an unusable one refused")
     pr.add_argument("--board", default="esp32", choices=["esp32", "picow", "rpi", "unix"])
     pr.add_argument("--force", action="store_true", help="re-key an existing home")
+    pu = sub.add_parser("publish", help="the bundle as an over-the-air update (MAC'd manifest)")
+    pu.add_argument("--bundle", default="build/firmware")
+    pu.add_argument("--key-file", required=True, type=Path,
+                    help="the update key: 64 hex digits, the homes' config ota.key")
+    pu.add_argument("--out", required=True, type=Path,
+                    help="directory to serve over HTTP as the homes' ota.url (replaced)")
     f = sub.add_parser("flash", help="copy bundle + config to a board with mpremote")
     f.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or /dev/ttyACM0")
     f.add_argument("--bundle", default="build/firmware")
@@ -536,6 +586,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"home_id": cfg["home_id"], "config": str(Path(a.out) /
                                                                        "config.json"),
                               "mask_brokers": sorted(cfg["keys"])}))
+            return 0
+        if a.cmd == "publish":
+            m = publish(Path(a.bundle), read_key(a.key_file), a.out)
+            print(json.dumps({"version": m["version"], "files": len(m["files"]),
+                              "out": str(a.out)}))
             return 0
         if a.step_timeout <= 0:
             raise ToolError("--step-timeout must be positive")

@@ -15,6 +15,14 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
     from hemsfw.interfaces import Log
 
 
+def halt_trial() -> bool:
+    try:
+        open("/ota_trial").close()
+        return True
+    except OSError:
+        return False
+
+
 def make_log(name: str) -> "Log":
     prefix = "[" + name + "]"
 
@@ -28,13 +36,24 @@ def make_log(name: str) -> "Log":
 # button pressed within 1.5 s of boot: neither the app nor its watchdog starts.
 rc = 0
 if not halt.safe_mode("/" + halt.FLAG, "/config.json"):
+    # Over-the-air updates (hemsfw/ota.py): the slot to run, "" for the flashed code; a trial
+    # that never came up is rolled back here.
+    slot = halt.ota_slot(make_log("hems"))
     del halt
-    from hemsfw.home import unload
-
-    unload("halt")   # its code leaves the heap before the app loads
+    for name in [n for n in sys.modules if n == "hemsfw" or n.startswith("hemsfw.")]:
+        del sys.modules[name]   # (their code leaves the heap; the slot's hemsfw loads next)
+    if slot:
+        sys.path.insert(0, slot)
     from hemsfw import app
 
-    rc = app.main("/config.json", make_log)
+    try:
+        rc = app.main("/config.json", make_log)
+    except Exception:
+        if slot and halt_trial():
+            import machine  # the update on trial crashed: reset, the next boot rolls back
+
+            machine.reset()
+        raise
 if rc == 2:
     # No usable config: blink the LED and fall through to the REPL.  Never sys.exit(): from
     # MicroPython 1.24 the ESP32 and rp2 ports soft-reset on SystemExit (a reboot loop).

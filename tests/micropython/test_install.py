@@ -261,3 +261,12 @@ def test_main_puts_the_filesystem_first_on_sys_path():
         assert sys.path[-1] == ".frozen" and sys.path.count(".frozen") == 1
     finally:
         sys.path[:] = saved
+
+
+def test_the_update_settings_are_checked():
+    assert "ota.url must be an http:// URL" in _refused(_cfg(ota={"url": "ftp://x/",
+                                                                  "key": KEY}))
+    assert "ota.key must be 64 hex digits" in _refused(_cfg(ota={"url": "http://x/",
+                                                                 "key": "zz"}))
+    c = config.check(_cfg(ota={"url": "http://192.0.2.5:8000/fw/", "key": KEY}))
+    assert c["ota"]["every_s"] == 21600 and c["ota"]["timeout_s"] == 3

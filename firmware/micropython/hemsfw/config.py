@@ -51,7 +51,8 @@ KEYS = {
     "": ("home_id", "mqtt", "magnification", "plan_wh", "keys", "mask_brokers",
          "min_mask_brokers", "days_ahead", "max_rounds_per_day", "state_dir", "board", "clock",
          "safe_state", "utc_offset_min", "exit_after_day", "loop_ms", "watchdog_ms", "relay",
-         "wifi", "ntp", "planner", "http", "local", "unix", "debug_pause_at", "debug_memtrace"),
+         "wifi", "ntp", "planner", "http", "local", "unix", "ota", "debug_pause_at",
+         "debug_memtrace"),
     "mqtt": ("host", "port", "user", "password", "keepalive", "cafile_der", "timeout_s",
              "backoff_max_s"),
     "relay": ("pin", "active_low", "button", "button_active_low", "led", "led_active_low",
@@ -63,6 +64,7 @@ KEYS = {
     "local": ("host", "port", "user", "password", "keepalive", "timeout_s", "cafile_der",
               "client_id", "discovery_prefix", "base"),
     "unix": ("wifi_file",),
+    "ota": ("url", "key", "every_s", "timeout_s"),
 }
 
 
@@ -256,6 +258,15 @@ def check(cfg: object) -> "Json":
     if h:
         h["port"] = _int(h, "port", 1, 65535, 80, "http.")
         h["bind"] = h.get("bind") or "0.0.0.0"
+    o = cfg.get("ota")
+    if o:
+        if not _need(o, "url", (str,), "ota.").startswith("http://"):
+            raise ConfigError("config: ota.url must be an http:// URL")
+        k = _need(o, "key", (str,), "ota.")
+        if len(k) != 64 or [c for c in k if c not in "0123456789abcdefABCDEF"]:
+            raise ConfigError("config: ota.key must be 64 hex digits")
+        o["every_s"] = _int(o, "every_s", 60, 604800, 21600, "ota.")
+        o["timeout_s"] = _int(o, "timeout_s", 1, 6 if board == "picow" else 30, 3, "ota.")
     lo = cfg.get("local")
     if lo:
         _need(lo, "host", (str,), "local.")

@@ -33,6 +33,22 @@ def filesystem_first(path: "list[str]") -> None:
     path.append(".frozen")
 
 
+def ota_slot(log: "Any" = None, root: str = ".") -> str:
+    """The code slot main.py runs (hemsfw/ota.py boot_slot); "" (the flashed code) when no
+    update was ever staged, without loading the update code at all."""
+    import os
+
+    for name in ("ota_pending", "ota_trial", "ota_active"):
+        try:
+            os.stat(root + "/" + name)
+        except OSError:
+            continue
+        from hemsfw import ota
+
+        return ota.boot_slot(root, log)
+    return ""
+
+
 def _relay_cfg(path: str) -> "dict[str, Any]":
     try:
         with open(path) as f:

@@ -2,6 +2,7 @@
 from typing import Any
 
 STA_IF: int
+AP_IF: int
 
 def hostname(name: str | None = ...) -> str: ...
 

@@ -168,7 +168,8 @@ def test_the_setup_form_only_in_the_window_after_boot():
 
 
 def test_form_values_are_url_decoded():
-    assert web._form("password=p%C3%A4ss+w%26rd&x=%zz") == {"password": "päss w&rd", "x": "%zz"}
+    f = web.form_fields("password=p%C3%A4ss+w%26rd&x=%zz")
+    assert f == {"password": "päss w&rd", "x": "%zz"}
 
 
 def test_the_old_token_key_is_refused_with_a_hint():

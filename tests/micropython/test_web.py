@@ -87,7 +87,7 @@ def test_page_is_drawn_a_small_piece_at_a_time():
 def test_page_without_plan():
     r, _, _, _ = _runner()
     assert "No plan yet" in "".join(web.page(r))
-    assert web._form("state=on&until=day&x") == {"state": "on", "until": "day"}
+    assert web.form_fields("state=on&until=day&x") == {"state": "on", "until": "day"}
 
 
 def test_home_assistant_discovery_and_commands():

@@ -93,6 +93,13 @@ def main(path: str, make_log: "Callable[[str], Log]") -> int:
     board = load_board(cfg["board"])(cfg, st, log)   # creates the relay at its safe level
     del load_board
     unload("boards")   # the package's loader is needed once (its board module stays)
+    if cfg["board"] in ("esp32", "picow") and not cfg["wifi"]["ssid"]:
+        # no Wi-Fi yet: the set-up access point and page (the relay stays safe), then reset
+        import machine
+
+        from hemsfw import setup_ap
+
+        return setup_ap.run(cfg, path, log, machine.reset)
     from hemsfw import runner
 
     client = board.make_client(cfg["mqtt"], cfg["home_id"])

@@ -57,7 +57,7 @@ KEYS = {
              "backoff_max_s"),
     "relay": ("pin", "active_low", "button", "button_active_low", "led", "led_active_low",
               "driver", "chip", "sysfs_root", "min_on_s", "min_off_s"),
-    "wifi": ("ssid", "password", "hostname", "country"),
+    "wifi": ("ssid", "password", "hostname", "country", "ap_password"),
     "ntp": ("host", "every_s"),
     "planner": ("mode", "alpha_pct", "min_days"),
     "http": ("port", "bind"),

@@ -233,7 +233,7 @@ def unquote(s: str) -> str:
     return out.decode()
 
 
-def _form(body: str) -> dict[str, str]:
+def form_fields(body: str) -> dict[str, str]:
     out = {}
     for part in body.split("&"):
         if "=" in part:
@@ -303,7 +303,7 @@ async def _serve(r: "Runner", a: "Auth", rd: "asyncio.StreamReader",
                 await _send(w, "413 Payload Too Large", "text/plain", ["too large\n"])
                 return
             body = await asyncio.wait_for(rd.read(clen), REQ_S) if clen else b""
-            f = _form(body.decode())
+            f = form_fields(body.decode())
         if method == "GET" and path == "/":
             await _send(w, "200 OK", HTML, page(r) if authed else gate(r, a))
         elif method == "POST" and path == "/login":

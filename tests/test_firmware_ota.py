@@ -44,6 +44,14 @@ def serve(root: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def board(tmp_path: Path) -> Path:
+    """The board's filesystem root (main.py's cwd)."""
+    b = tmp_path / "board"
+    b.mkdir()
+    return b
+
+
+@pytest.fixture
 def site(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     www = tmp_path / "www"
     www.mkdir()
@@ -91,11 +99,9 @@ BOOT = ("import sys\n"
 
 
 def test_an_update_is_staged_beside_the_running_code(bundle: Path, site: tuple[Path, str],
-                                                     tmp_path: Path) -> None:
+                                                     board: Path) -> None:
     www, url = site
     publish(bundle, www, "0.9.0")
-    board = tmp_path / "board"
-    board.mkdir()
     out = stage(board, url, "0.2.0")
     assert out.splitlines()[-1] == "staged 0.9.0", out
     for f in json.loads((www / "manifest.json").read_text())["files"]:
@@ -104,44 +110,36 @@ def test_an_update_is_staged_beside_the_running_code(bundle: Path, site: tuple[P
 
 
 def test_the_same_version_is_not_staged(bundle: Path, site: tuple[Path, str],
-                                        tmp_path: Path) -> None:
+                                        board: Path) -> None:
     www, url = site
     publish(bundle, www, "0.9.0")
-    board = tmp_path / "board"
-    board.mkdir()
     assert stage(board, url, "0.9.0") == "staged None"
     assert not (board / "ota_pending").exists() and not (board / "s1").exists()
 
 
 def test_a_bundle_with_another_key_is_refused(bundle: Path, site: tuple[Path, str],
-                                              tmp_path: Path) -> None:
+                                              board: Path) -> None:
     www, url = site
     publish(bundle, www, "0.9.0", key="77" * 32)
-    board = tmp_path / "board"
-    board.mkdir()
     out = stage(board, url, "0.2.0")
     assert out == "refused ota: the manifest's MAC does not match (not ours)", out
     assert not (board / "ota_pending").exists() and not (board / "s1").exists()
 
 
 def test_a_tampered_file_is_refused_and_removed(bundle: Path, site: tuple[Path, str],
-                                                tmp_path: Path) -> None:
+                                                board: Path) -> None:
     www, url = site
     publish(bundle, www, "0.9.0")
     (www / "hemsfw" / "home.mpy").write_bytes(b"M\x06\x00\x1f evil")
-    board = tmp_path / "board"
-    board.mkdir()
     out = stage(board, url, "0.2.0")
     assert out == "refused ota: hemsfw/home.mpy does not match the manifest", out
     assert not (board / "ota_pending").exists() and not (board / "s1").exists()
 
 
 def test_the_next_boot_runs_the_update_and_confirming_keeps_it(
-        bundle: Path, site: tuple[Path, str], tmp_path: Path) -> None:
+        bundle: Path, site: tuple[Path, str], board: Path) -> None:
     www, url = site
     publish(bundle, www, "0.9.0")
-    board = tmp_path / "board"
-    board.mkdir()
     stage(board, url, "0.2.0")
     out = on_board(board, BOOT)
     assert out.startswith("running s1 s1/hemsfw/"), out       # the staged .mpy code
@@ -152,10 +150,8 @@ def test_the_next_boot_runs_the_update_and_confirming_keeps_it(
 
 
 def test_an_update_that_never_comes_up_is_rolled_back(bundle: Path, site: tuple[Path, str],
-                                                      tmp_path: Path) -> None:
+                                                      board: Path) -> None:
     www, url = site
-    board = tmp_path / "board"
-    board.mkdir()
     publish(bundle, www, "0.9.0")
     stage(board, url, "0.2.0")
     on_board(board, BOOT)

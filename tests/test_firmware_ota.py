@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,3 +174,41 @@ def test_publish_refuses_a_bad_key_file(tmp_path: Path, bundle: Path) -> None:
     rc = host.main(["publish", "--bundle", str(bundle), "--key-file", str(tmp_path / "k"),
                     "--out", str(tmp_path / "www")])
     assert rc == 2 and not (tmp_path / "www").exists()
+
+
+def test_the_running_firmware_confirms_its_trial_once_its_broker_link_is_up(
+        board: Path, tmp_path: Path) -> None:
+    """The real firmware process (run_home.py on the unix port, the board's root as its cwd)
+    with `ota` configured and an update on trial: the trial becomes the active slot when the
+    MQTT link comes up (app.py hooks ota.confirm on the link)."""
+    from backend.common.broker import Mosquitto
+
+    (board / "ota_trial").write_text(json.dumps({"slot": "s1", "version": "0.9.0"}))
+    pw = {"h1": "pw-h1", "coordinator": "c", "mb1": "m", "lab": "l"}
+    with Mosquitto(tmp_path / "broker", pw, ["mb1"]) as broker:
+        cfg = {"home_id": "h1", "board": "unix", "clock": "lab",
+               "state_dir": str(board / "state"),
+               "mqtt": {"host": "127.0.0.1", "port": broker.port, "user": "h1",
+                        "password": "pw-h1"},
+               "plan_wh": [1], "keys": {"mb1": KEY},
+               "ota": {"url": "http://127.0.0.1:9/", "key": KEY}}
+        (board / "config.json").write_text(json.dumps(cfg))
+        env = dict(os.environ, MICROPYPATH=f"{REPO / 'firmware' / 'micropython'}:"
+                                           f"{REPO / '.venv' / 'lib' / 'micropython'}")
+        with open(tmp_path / "log", "wb") as f:
+            proc = subprocess.Popen([str(MICROPYTHON), str(REPO / "firmware" / "micropython" /
+                                                           "run_home.py"), "config.json"],
+                                    cwd=board, env=env, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 20
+            while not (board / "ota_active").exists():
+                assert time.monotonic() < deadline and proc.poll() is None, \
+                    (tmp_path / "log").read_text()
+                time.sleep(0.05)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    assert json.loads((board / "ota_active").read_text())["slot"] == "s1"
+    assert not (board / "ota_trial").exists()
+    log = (tmp_path / "log").read_text()
+    assert log.index("mqtt connected") < log.index("ota: version 0.9.0 confirmed"), log

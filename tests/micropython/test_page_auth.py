@@ -150,20 +150,18 @@ def test_the_page_refreshes_itself():
 
 
 def test_an_unauthenticated_client_sees_no_plan_no_relay_and_no_secret():
-    r = _runner()
     a, _ = _auth()
     a.set_password("4711")
-    html = "".join(web.gate(r, a))
+    html = "".join(auth.gate("Special circuit of h1", a))
     assert 'action="/login"' in html and "<svg" not in html and "Relay" not in html
     assert "4711" not in html and "hash" not in html and "token" not in html
 
 
 def test_the_setup_form_only_in_the_window_after_boot():
-    r = _runner()
     a, tk = _auth()
-    assert 'action="/password"' in "".join(web.gate(r, a))
+    assert 'action="/password"' in "".join(auth.gate("Special circuit of h1", a))
     tk.ms += 1000 * auth.SETUP_S
-    html = "".join(web.gate(r, a))
+    html = "".join(auth.gate("Special circuit of h1", a))
     assert 'action="/password"' not in html and "off and on again" in html
 
 

@@ -1,5 +1,8 @@
 # Who may see the resident's page and switch the relay from it: whoever knows the password the
-# resident set (a PIN of 4 digits will do).  Loaded with the page only (hemsfw/web.py).
+# resident set (a PIN of 4 digits will do).  hemsfw/web.py loads this module only for a request
+# that needs it (log in, set the password, the log-in page) and drops it after: what lives
+# between requests is the state dict (new_state: sessions, failures, the set-up window) that
+# web.py keeps, and the session check (valid), which web.py does itself.
 #
 #   auth.json   {"salt": hex, "hash": hex, "iter": n}: PBKDF2-HMAC-SHA256 of the password
 #               (RFC 8018; the HMAC is hemsfw.seal's), never the password itself
@@ -18,6 +21,9 @@ import binascii
 from hemsfw.clock import ticks_add, ticks_diff
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Iterator
+    from typing import Any
+
     from hemsfw.interfaces import Log, Storage, Ticks, Urandom
 
 FILE = "auth.json"
@@ -33,8 +39,10 @@ MAX_LEN = 64
 
 def pbkdf2(password: bytes, salt: bytes, n: int) -> bytes:
     """PBKDF2-HMAC-SHA256, one 32-byte block (RFC 8018, section 5.2)."""
+    from hemsfw.home import unload
     from hemsfw.seal import hmac_pads, hmac_sha256
 
+    unload("seal")   # (the functions stay referenced here: the module leaves sys.modules)
     pads = hmac_pads(password)
     u = hmac_sha256(password, salt + b"\x00\x00\x00\x01", pads)
     out = bytearray(u)
@@ -52,32 +60,45 @@ def _same(a: bytes, b: bytes) -> bool:
     return d == 0
 
 
+def new_state(ticks: "Ticks") -> "dict[str, Any]":
+    """What lives between requests (web.py keeps it): sessions {token: expiry ticks}, wrong
+    passwords, the lock-out, boot time and whether the set-up window is over (latched: ticks
+    wrap after ~12 days)."""
+    return {"sessions": {}, "fails": 0, "lock_s": 1, "locked_until": None, "boot": ticks(),
+            "setup_over": False}
+
+
+def valid(state: "dict[str, Any]", tok: str | None, now: int) -> bool:
+    """tok is a live session (web.py has its own copy of these three lines, so that a logged-in
+    request does not load this module)."""
+    exp = state["sessions"].get(tok) if tok else None
+    return exp is not None and ticks_diff(exp, now) > 0
+
+
 class Auth:
+    """The password and sessions over `state` (new_state); cheap to make per request."""
+
     def __init__(self, store: "Storage", ticks: "Ticks", urandom: "Urandom",
-                 log: "Log | None" = None) -> None:
+                 log: "Log | None" = None, state: "dict[str, Any] | None" = None) -> None:
         self.store = store
         self.ticks = ticks
         self.urandom = urandom
         self.log = log or (lambda *a: None)
         self.rec = store.read(FILE)
-        self.boot = ticks()
-        self.setup_over = False               # latched: ticks wrap after ~12 days
-        self.sessions: dict[str, int] = {}    # token -> expiry (ticks)
-        self.fails = 0
-        self.lock_s = 1
-        self.locked_until: int | None = None
+        self.s = state if state is not None else new_state(ticks)
+        self.sessions: dict[str, int] = self.s["sessions"]
 
     def is_set(self) -> bool:
         return bool(self.rec)
 
     def setup_open(self) -> bool:
         """No password yet and still within SETUP_S of boot."""
-        if self.rec or self.setup_over:
+        if self.rec or self.s["setup_over"]:
             return False
-        d = ticks_diff(self.ticks(), self.boot)
+        d = ticks_diff(self.ticks(), self.s["boot"])
         if not 0 <= d < 1000 * SETUP_S:
-            self.setup_over = True
-        return not self.setup_over
+            self.s["setup_over"] = True
+        return not self.s["setup_over"]
 
     def set_password(self, pw: str) -> str | None:
         """Store a new password (hashed); None, or why not."""
@@ -88,12 +109,12 @@ class Auth:
         self.rec = {"salt": binascii.hexlify(salt).decode(),
                     "hash": binascii.hexlify(h).decode(), "iter": ITER}
         self.store.write(FILE, self.rec)
-        self.sessions = {}        # a new password logs everyone else out
+        self.sessions.clear()     # a new password logs everyone else out
         self.log("page: password set")
         return None
 
     def locked(self) -> bool:
-        u = self.locked_until
+        u = self.s["locked_until"]
         return u is not None and ticks_diff(u, self.ticks()) > 0
 
     def login(self, pw: str) -> str | None:
@@ -102,15 +123,16 @@ class Auth:
         if not rec or self.locked():
             return None
         h = pbkdf2(pw.encode(), binascii.unhexlify(rec["salt"]), rec["iter"])
+        s = self.s
         if not _same(h, binascii.unhexlify(rec["hash"])):
-            self.fails += 1
-            if self.fails >= FREE_FAILS:
-                self.locked_until = ticks_add(self.ticks(), 1000 * self.lock_s)
-                self.lock_s = min(2 * self.lock_s, LOCK_MAX_S)
-            self.log("page: wrong password (" + str(self.fails) + ")")
+            s["fails"] += 1
+            if s["fails"] >= FREE_FAILS:
+                s["locked_until"] = ticks_add(self.ticks(), 1000 * s["lock_s"])
+                s["lock_s"] = min(2 * s["lock_s"], LOCK_MAX_S)
+            self.log("page: wrong password (" + str(s["fails"]) + ")")
             return None
-        self.fails = 0
-        self.lock_s = 1
+        s["fails"] = 0
+        s["lock_s"] = 1
         return self.new_session()
 
     def new_session(self) -> str:
@@ -129,13 +151,30 @@ class Auth:
         return tok
 
     def valid(self, tok: str | None) -> bool:
-        if not tok or tok not in self.sessions:
-            return False
-        if ticks_diff(self.sessions[tok], self.ticks()) <= 0:
-            del self.sessions[tok]
-            return False
-        return True
+        return valid(self.s, tok, self.ticks())
 
     def logout(self, tok: str | None) -> None:
         if tok:
             self.sessions.pop(tok, None)
+
+
+def gate(title: str, a: Auth, msg: str = "") -> "Iterator[str]":
+    """What an unauthenticated client gets instead of the page: log in, or set the password
+    (only in the set-up window after boot), or how to open that window.  No state."""
+    yield ('<!doctype html><html><head><meta charset="utf-8"><title>%s</title><meta '
+           'name="viewport" content="width=device-width"></head><body style="font-family:'
+           'sans-serif"><h1>%s</h1>' % (title, title))
+    if msg:
+        yield '<p id="msg"><b>%s</b></p>' % msg
+    if a.is_set():
+        yield ('<form method="post" action="/login">Password: <input type="password" '
+               'name="password" autocomplete="current-password" autofocus> <button>Log in'
+               '</button></form>')
+    elif a.setup_open():
+        yield ('<p>Choose the password for this page (at least 4 characters; a PIN will do)'
+               '.</p><form method="post" action="/password"><input type="password" name="new" '
+               'minlength="4" autocomplete="new-password" autofocus> <button>Set</button></form>')
+    else:
+        yield ("<p>No password is set. Switch the controller off and on again, then set one "
+               "here within 10 minutes.</p>")
+    yield "</body></html>"

@@ -22,6 +22,9 @@
 
 import json
 
+from hemsfw.clock import ticks_diff
+from hemsfw.home import unload
+
 try:
     import asyncio
 except ImportError:   # very old ports
@@ -35,6 +38,7 @@ COOKIE = "hems"
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from collections.abc import Iterable, Iterator
+    from typing import Any
 
     from hemsfw.auth import Auth
     from hemsfw.interfaces import Json, Slot
@@ -193,27 +197,6 @@ def page(r: "Runner") -> "Iterator[str]":
            '</body></html>')
 
 
-def gate(r: "Runner", a: "Auth", msg: str = "") -> "Iterator[str]":
-    """What an unauthenticated client gets instead of the page: log in, or set the password
-    (only in the set-up window after boot), or how to open that window.  No state."""
-    yield _head("HEMS " + r.id)
-    yield "<h1>Special circuit of %s</h1>" % r.id
-    if msg:
-        yield '<p id="msg"><b>%s</b></p>' % msg
-    if a.is_set():
-        yield ('<form method="post" action="/login">Password: <input type="password" '
-               'name="password" autocomplete="current-password" autofocus> <button>Log in'
-               '</button></form>')
-    elif a.setup_open():
-        yield ('<p>Choose the password for this page (at least 4 characters; a PIN will do)'
-               '.</p><form method="post" action="/password"><input type="password" name="new" '
-               'minlength="4" autocomplete="new-password" autofocus> <button>Set</button></form>')
-    else:
-        yield ("<p>No password is set. Switch the controller off and on again, then set one "
-               "here within 10 minutes.</p>")
-    yield "</body></html>"
-
-
 def unquote(s: str) -> str:
     """application/x-www-form-urlencoded value -> text ("+" and %XX, UTF-8)."""
     b = s.replace("+", " ").encode()
@@ -275,7 +258,20 @@ def _set_cookie(tok: str) -> str:
             % (COOKIE, tok, SEE_HOME))
 
 
-async def _serve(r: "Runner", a: "Auth", rd: "asyncio.StreamReader",
+def _auth(r: "Runner", st: "dict[str, Any]") -> "Auth":
+    """The password logic, loaded for this request only (hemsfw/auth.py; unload after)."""
+    from hemsfw.auth import Auth
+
+    return Auth(r.store, r.ticks, r.urandom, r.log, st)
+
+
+def _gate(r: "Runner", a: "Auth", msg: str = "") -> "Iterator[str]":
+    from hemsfw.auth import gate
+
+    return gate("Special circuit of " + r.id, a, msg)
+
+
+async def _serve(r: "Runner", st: "dict[str, Any]", rd: "asyncio.StreamReader",
                  w: "asyncio.StreamWriter") -> None:
     try:
         line = await asyncio.wait_for(rd.readline(), REQ_S)
@@ -296,7 +292,9 @@ async def _serve(r: "Runner", a: "Auth", rd: "asyncio.StreamReader",
         if len(parts) < 2:
             return
         method, path = parts[0], parts[1].split("?")[0]
-        authed = a.valid(tok)
+        exp = st["sessions"].get(tok) if tok else None     # (auth.valid, without loading it)
+        authed = exp is not None and ticks_diff(exp, r.ticks()) > 0
+        a = None if authed and path in ("/", "/state.json", "/override") else _auth(r, st)
         f: dict[str, str] = {}
         if method == "POST":
             if not 0 <= clen <= 256:
@@ -305,29 +303,29 @@ async def _serve(r: "Runner", a: "Auth", rd: "asyncio.StreamReader",
             body = await asyncio.wait_for(rd.read(clen), REQ_S) if clen else b""
             f = form_fields(body.decode())
         if method == "GET" and path == "/":
-            await _send(w, "200 OK", HTML, page(r) if authed else gate(r, a))
-        elif method == "POST" and path == "/login":
+            await _send(w, "200 OK", HTML, page(r) if a is None else _gate(r, a))
+        elif a is not None and method == "POST" and path == "/login":
             if a.locked():
                 await _send(w, "429 Too Many Requests", HTML,
-                            gate(r, a, "Too many wrong passwords: wait a little."))
+                            _gate(r, a, "Too many wrong passwords: wait a little."))
                 return
             new = a.login(f.get("password", ""))
             if new is None:
-                await _send(w, "403 Forbidden", HTML, gate(r, a, "Wrong password."))
+                await _send(w, "403 Forbidden", HTML, _gate(r, a, "Wrong password."))
             else:
                 await _send(w, "303 See Other", "text/plain", ["ok\n"], _set_cookie(new))
-        elif method == "POST" and path == "/password":
+        elif a is not None and method == "POST" and path == "/password":
             if not (authed or a.setup_open()):
-                await _send(w, "401 Unauthorized", HTML, gate(r, a, "Log in first."))
+                await _send(w, "401 Unauthorized", HTML, _gate(r, a, "Log in first."))
                 return
             why = a.set_password(f.get("new", ""))
             if why is not None:
                 await _send(w, "400 Bad Request", HTML,
-                            page(r) if authed else gate(r, a, why))
+                            page(r) if authed else _gate(r, a, why))
             else:
                 await _send(w, "303 See Other", "text/plain", ["ok\n"],
                             _set_cookie(a.new_session()))
-        elif method == "POST" and path == "/logout":
+        elif a is not None and method == "POST" and path == "/logout":
             a.logout(tok)
             await _send(w, "303 See Other", "text/plain", ["ok\n"],
                         "Set-Cookie: %s=; Max-Age=0; Path=/\r\n%s" % (COOKIE, SEE_HOME))
@@ -346,6 +344,7 @@ async def _serve(r: "Runner", a: "Auth", rd: "asyncio.StreamReader",
     except Exception as e:   # a bad request must never reach the control loop
         r.log("web:", type(e).__name__, e)
     finally:
+        unload("auth")   # (its code leaves the heap with the request)
         try:
             w.close()
             await w.wait_closed()
@@ -354,12 +353,14 @@ async def _serve(r: "Runner", a: "Auth", rd: "asyncio.StreamReader",
 
 
 async def _main(r: "Runner", hcfg: "Json") -> int:
-    from hemsfw.auth import Auth
+    from hemsfw import auth
 
-    a = Auth(r.store, r.ticks, r.urandom, r.log)
-    if not a.is_set():
+    st = auth.new_state(r.ticks)
+    if r.store.read(auth.FILE) is None:
         r.log("web page: no password set; set one on the page within 10 minutes")
-    srv = await asyncio.start_server(lambda rd, w: _serve(r, a, rd, w), hcfg["bind"],
+    del auth
+    unload("auth")
+    srv = await asyncio.start_server(lambda rd, w: _serve(r, st, rd, w), hcfg["bind"],
                                      hcfg["port"])
     r.log("web page on port", hcfg["port"])
     r.start()

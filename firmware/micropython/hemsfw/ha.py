@@ -24,15 +24,11 @@ import json
 
 from hemsfw import VERSION
 from hemsfw.clock import ticks_diff
+from hemsfw.home import unload
 from hemsfw.link import Link
 
 DIAG_MS = 60000
 MODES = ("auto", "on", "off")
-# diagnostic sensors: (key in <base>/diag, name, unit, device class)
-DIAG = (("rssi", "Wi-Fi signal", "dBm", "signal_strength"),
-        ("uptime_s", "Uptime", "s", "duration"),
-        ("reset", "Last reset cause", None, None),
-        ("version", "Firmware version", None, None))
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from typing import Any
@@ -41,6 +37,7 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
 
 
 class HA:
+    MODES = MODES
     def __init__(self, runner: "RunnerView", client: "MqttClient", lcfg: "Json") -> None:
         self.r = runner
         base: str = lcfg["base"]
@@ -67,44 +64,23 @@ class HA:
         self.t_last = runner.ticks()
         self.diag_at = -DIAG_MS          # (ms of uptime) due at once
 
-    def _pub(self, topic: str, obj: "Any", retain: bool = True) -> bool:
+    def pub(self, topic: str, obj: "Any", retain: bool = True) -> bool:
         if not isinstance(obj, (bytes, str)):
             obj = json.dumps(obj)
         if isinstance(obj, str):
             obj = obj.encode()
         return self.link.publish(topic, obj, retain, 0)
 
-    def _device(self) -> "Json":
+    def device(self) -> "Json":
         return {"identifiers": [self.node], "name": "HEMS " + self.r.id,
                 "manufacturer": "hems", "model": self.r.cfg.get("board", "unix")}
 
     def announce(self) -> None:
-        """Retained discovery configs for the relay switch and the plan sensor."""
-        dev = self._device()
-        self._pub(self.pre + "/switch/" + self.node + "/relay/config", {
-            "name": "Special circuit relay", "unique_id": self.node + "_relay",
-            "command_topic": self.t_relay_set, "state_topic": self.t_relay,
-            "payload_on": "ON", "payload_off": "OFF", "availability_topic": self.t_avail,
-            "icon": "mdi:transmission-tower", "device": dev})
-        self._pub(self.pre + "/sensor/" + self.node + "/plan/config", {
-            "name": "Special circuit plan", "unique_id": self.node + "_plan",
-            "state_topic": self.t_plan, "unit_of_measurement": "Wh",
-            "json_attributes_topic": self.t_attr, "availability_topic": self.t_avail,
-            "icon": "mdi:chart-bar", "device": dev})
-        self._pub(self.pre + "/select/" + self.node + "/mode/config", {
-            "name": "Special circuit mode", "unique_id": self.node + "_mode",
-            "command_topic": self.t_mode_set, "state_topic": self.t_mode,
-            "options": list(MODES), "availability_topic": self.t_avail,
-            "icon": "mdi:toggle-switch-variant", "device": dev})
-        for key, name, unit, cls in DIAG:
-            c: Json = {"name": name, "unique_id": self.node + "_" + key,
-                 "state_topic": self.t_diag, "value_template": "{{ value_json." + key + " }}",
-                 "entity_category": "diagnostic", "availability_topic": self.t_avail,
-                 "device": dev}
-            if unit:
-                c["unit_of_measurement"] = unit
-                c["device_class"] = cls
-            self._pub(self.pre + "/sensor/" + self.node + "/" + key + "/config", c)
+        """Retained discovery configs (hemsfw/ha_disc.py: loaded for this, dropped after)."""
+        from hemsfw import ha_disc
+
+        ha_disc.announce(self)
+        unload("ha_disc")
         self.announced += 1
 
     def _up(self, link: Link) -> None:
@@ -124,8 +100,8 @@ class HA:
         out = d() if d is not None else {}
         out["uptime_s"] = self.uptime_ms // 1000
         out["version"] = VERSION
-        for key, _n, _u, _c in DIAG:
-            out.setdefault(key, None)
+        out.setdefault("rssi", None)
+        out.setdefault("reset", None)
         return out
 
     def poll(self) -> None:
@@ -137,11 +113,11 @@ class HA:
         if not self.link.online:
             return
         m = self.mode()
-        if m != self.mode_sent and self._pub(self.t_mode, m):
+        if m != self.mode_sent and self.pub(self.t_mode, m):
             self.mode_sent = m
         if self.uptime_ms - self.diag_at >= DIAG_MS:
             self.diag_at = self.uptime_ms
-            self._pub(self.t_diag, self.diag())
+            self.pub(self.t_diag, self.diag())
 
     # ------------------------------------------------------------ state
 
@@ -153,11 +129,11 @@ class HA:
         if not self.link.online:
             return
         on, frame = self.r.state
-        self._pub(self.t_relay, "ON" if on else "OFF")
+        self.pub(self.t_relay, "ON" if on else "OFF")
         st = self._slot()
         if st and frame is not None:
             p = st.get("adjusted") or st["plan"]
-            self._pub(self.t_plan, str(p[frame] * st["quantum_wh"]))
+            self.pub(self.t_plan, str(p[frame] * st["quantum_wh"]))
 
     def plan_changed(self) -> None:
         if not self.link.online:
@@ -167,7 +143,7 @@ class HA:
             return
         q = st["quantum_wh"]
         adj = st.get("adjusted") or st["plan"]
-        self._pub(self.t_attr, {"day": st["day"], "frame": self.r.state[1],
+        self.pub(self.t_attr, {"day": st["day"], "frame": self.r.state[1],
                                 "planned_wh": [v * q for v in st["plan"]],
                                 "adjusted_wh": [v * q for v in adj]})
 

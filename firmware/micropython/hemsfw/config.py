@@ -56,7 +56,7 @@ KEYS = {
          "wifi", "ntp", "planner", "http", "local", "unix", "ota", "debug_pause_at",
          "debug_memtrace"),
     "mqtt": ("host", "port", "user", "password", "keepalive", "cafile_der", "timeout_s",
-             "backoff_max_s"),
+             "backoff_max_s", "hosts"),
     "relay": ("pin", "active_low", "button", "button_active_low", "led", "led_active_low",
               "driver", "chip", "sysfs_root", "min_on_s", "min_off_s"),
     "wifi": ("ssid", "password", "hostname", "country", "ap_password"),

@@ -53,6 +53,9 @@ def apply(cfg: "Json", form: "dict[str, str]") -> "tuple[Json | None, str | None
     new["wifi"]["password"] = pw
     new["mqtt"]["host"] = host
     new["mqtt"]["port"] = port
+    # the broker typed in replaces a checked config's broker list (mqtt.hosts, which
+    # config.check fills in from host and port): one broker, the one the resident gave
+    new["mqtt"].pop("hosts", None)
     try:
         config.check(new)
     except config.ConfigError as e:

@@ -179,11 +179,17 @@ class Daemon:
             self._prune()
 
     def _phase_changed(self, r: Round) -> None:
+        # What the next rounds must know (the brokers' partitions, the reports they may
+        # carry, the grouping), fsync'ed.  As soon as the sums are in and the groups final
+        # (publishing), not only once every adjustment is acknowledged: the mask brokers took
+        # this round's reports as the homes' latest released ones when they answered, and a
+        # next round that closes before the adjustments are all out (a slow or disconnected
+        # broker) must carry the same reports, or its requests are refused (report_mismatch)
+        # and the divergence stays.  Absorbing the same round twice changes nothing.
+        if r.phase in (Phase.PUBLISHING, Phase.SERVING) and self.memory.absorb(
+                r.key, *r.settled()):
+            self.memory.save(self.cfg.state_dir)
         if r.phase is Phase.SERVING:
-            # what the next rounds must know (the brokers' partitions, the reports they may
-            # carry, the grouping): fsync'ed before the round counts as completed
-            if self.memory.absorb(r.key, *r.settled()):
-                self.memory.save(self.cfg.state_dir)
             self._record(r, None)  # completed: its record is there while it serves on
         self.write_status()
 

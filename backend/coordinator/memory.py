@@ -16,7 +16,8 @@ days and restarts:
 ``Memory`` is pure; ``load`` and ``save`` read and write ``memory.json`` in the state dir
 (atomic, fsync'ed).  A round takes a copy of what it uses when its collection closes and
 journals it (the ``basis`` record), so replaying a round after a crash uses exactly what the
-first run used; the memory absorbs a round once its adjustments are out.
+first run used; the memory absorbs a round once its sums are in and its groups final (the
+publishing phase), before the adjustments are out.
 """
 
 from __future__ import annotations

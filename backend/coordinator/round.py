@@ -361,8 +361,9 @@ class Round:
 
     def settled(self) -> tuple[dict[str, Partition], list[tuple[str, Carried]],
                                list[tuple[str, list[str]]]]:
-        """What the memory absorbs once the adjustments are out: the brokers' partitions, the
-        reports counted (each member's, this round's or carried), the final groups."""
+        """What the memory absorbs once the sums are in and the groups final: the brokers'
+        partitions, the reports counted (each member's, this round's or carried), the final
+        groups."""
         ledger, intake = self.ledger, self.intake
         assert ledger is not None and intake is not None
         reports = intake.state.reports

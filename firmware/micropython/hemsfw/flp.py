@@ -357,7 +357,6 @@ def prove(c: Circuit, meas: "Sequence[int]", r: int, prove_seed: bytes) -> list[
         ntt(b, w2)
         for i in range(2 * p):
             acc[i] = (acc[i] + a[i] * b[i]) % MODULUS
-        a = b = None
     intt(acc, w2)
     if acc[2 * p - 1]:
         raise ValueError("gadget degree")   # cannot happen: degree <= 2(P-1)

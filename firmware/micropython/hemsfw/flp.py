@@ -63,16 +63,28 @@ def inv(x: int) -> int:
 _GEN = _pow(GEN, (MODULUS - 1) >> GEN_ORDER_LOG)
 
 
+_ROOTS: "dict[int, tuple[int, int, int]]" = {}
+
+
+def _roots(n: int) -> tuple[int, int, int]:
+    """(w, 1/w, 1/n) for the primitive n-th root w = GEN^(2^66/n), n a power of two <= 2^66."""
+    got = _ROOTS.get(n)
+    if got is None:
+        w = _GEN
+        m = 1 << GEN_ORDER_LOG
+        while m > n:
+            w = w * w % MODULUS
+            m >>= 1
+        if m != n:
+            raise ValueError("n must be a power of two")
+        got = (w, inv(w), inv(n))
+        _ROOTS[n] = got
+    return got
+
+
 def root(n: int) -> int:
     """A primitive n-th root of unity, n a power of two up to 2^66 (the draft's GEN^(2^66/n))."""
-    w = _GEN
-    m = 1 << GEN_ORDER_LOG
-    while m > n:
-        w = w * w % MODULUS
-        m >>= 1
-    if m != n:
-        raise ValueError("n must be a power of two")
-    return w
+    return _roots(n)[0]
 
 
 def ntt(a: list[int], w: int) -> list[int]:
@@ -109,8 +121,9 @@ def ntt(a: list[int], w: int) -> list[int]:
 
 def intt(a: list[int], w: int) -> list[int]:
     """In place inverse of ntt(a, w): values at w^k -> coefficients."""
-    ntt(a, inv(w))
-    ni = inv(len(a))
+    n = len(a)
+    rw, wi, ni = _roots(n)
+    ntt(a, wi if rw == w else inv(w))
     for i in range(len(a)):
         a[i] = a[i] * ni % MODULUS
     return a
@@ -445,12 +458,45 @@ def query(c: Circuit, meas: "Sequence[int]", dshare: "Sequence[int]", proof: "Se
     for k in range(c.calls):
         out += gv[2 * (k + 1)]                  # alpha_P^(k+1) = alpha_2P^(2(k+1))
     out = (out + _linear(c, meas, dshare, s)) % MODULUS
-    v = [out]
-    wp = root(p)
-    for wire in range(c.arity):
-        v.append(horner(intt(_wire(c, meas, seeds, wire, r, c.shares), wp), t))
+    # wire_j(t) = sum_k wire_j[k] * L_k(t), L_k(t) = (t^P - 1) a^k / (P (t - a^k)), a = alpha_P
+    a, _, pinv = _roots(p)
+    lag = _lagrange_at(p, a, pinv, t)
+    sub = inv(c.shares)
+    v = [out] + [seeds[i] * lag[0] % MODULUS for i in range(c.arity)]
+    rc = _pow(r, c.chunk)
+    for j in range(c.chunk):
+        x = _pow(r, j + 1)
+        ev = 0
+        od = 0
+        for k in range(c.calls):
+            idx = k * c.chunk + j
+            e = meas[idx] if idx < c.meas_len else 0
+            lk = lag[k + 1]
+            ev += x * e % MODULUS * lk
+            od += (e - sub) * lk
+            x = x * rc % MODULUS
+        v[1 + 2 * j] = (v[1 + 2 * j] + ev) % MODULUS
+        v[2 + 2 * j] = (v[2 + 2 * j] + od) % MODULUS
     v.append(horner(g, t))
     return v
+
+
+def _lagrange_at(p: int, a: int, pinv: int, t: int) -> list[int]:
+    """The P Lagrange basis values at t for the points a^0..a^(P-1) (one batched inversion)."""
+    pts = [1] * p
+    for k in range(1, p):
+        pts[k] = pts[k - 1] * a % MODULUS
+    dif = [(t - x) % MODULUS for x in pts]
+    pre = [1] * (p + 1)
+    for k in range(p):
+        pre[k + 1] = pre[k] * dif[k] % MODULUS
+    acc = inv(pre[p])
+    invs = [0] * p
+    for k in range(p - 1, -1, -1):
+        invs[k] = acc * pre[k] % MODULUS
+        acc = acc * dif[k] % MODULUS
+    f = (_pow(t, p) - 1) * pinv % MODULUS
+    return [f * pts[k] % MODULUS * invs[k] % MODULUS for k in range(p)]
 
 
 def decide(c: Circuit, shares: "Sequence[Sequence[int]]") -> bool:

@@ -148,7 +148,7 @@ def test_field_valued_bit_refused():
     plan = [0, 0, 0, 0]
     c, seed, mask = _setup(plan)
     masked = masking.add_plan(mask, plan)
-    meas = c.encode(plan, flp.wraps(plan, masked, [mask]))
+    meas = list(c.encode(plan, flp.wraps(plan, masked, [mask])))
     meas[0] = flp.MODULUS - 1   # -1: sums stay consistent only if another term compensates
     meas[1] = 1
     meas[2] = 0

@@ -197,9 +197,9 @@ class Circuit:
         self.share_len = self.meas_len + self.proof_len
         self.verifier_len = self.arity + 2
 
-    def encode(self, plan: "Sequence[int]", wraps: "Sequence[int]") -> list[int]:
-        """The measurement: 0/1 small ints, frame by frame (value bits, then wrap bits)."""
-        out = [0] * self.meas_len
+    def encode(self, plan: "Sequence[int]", wraps: "Sequence[int]") -> bytearray:
+        """The measurement: 0/1 bytes, frame by frame (value bits, then wrap bits)."""
+        out = bytearray(self.meas_len)
         for k in range(self.frames):
             b = bits_of(plan[k], self.vw) + bits_of(wraps[k], self.ww)
             for j in range(self.per):
@@ -253,7 +253,8 @@ def helper_part(party: int, nonce_: bytes, seed: bytes) -> bytes:
     return h.digest()
 
 
-def leader_part(nonce_: bytes, blind: bytes, meas_share: bytes, masked: bytes) -> bytes:
+def leader_part(nonce_: bytes, blind: bytes, meas_share: "bytes | bytearray | memoryview",
+                masked: bytes | bytearray) -> bytes:
     """Joint-randomness part of the coordinator (party 0): hashes its measurement share and its
     share of the plan (the masked plan), hidden by the home's random blind."""
     h = hashlib.sha256(D_PART)
@@ -407,7 +408,7 @@ def share_measurement(c: Circuit, meas: "Sequence[int]", masked: bytes | bytearr
         for h in helpers:
             v -= h.elem()
         _put(out, i, v % MODULUS)
-    parts = [leader_part(nonce_, blind, bytes(out[:ENC * c.meas_len]), bytes(masked))]
+    parts = [leader_part(nonce_, blind, memoryview(out)[:ENC * c.meas_len], masked)]
     hparts = []
     for b in range(c.brokers):
         hparts.append(helper_part(b + 1, nonce_, seeds[b]))

@@ -139,7 +139,7 @@ def encode(obj: "Json") -> bytes:
 
 
 def b64(buf: bytes | bytearray) -> str:
-    return binascii.b2a_base64(buf).decode().strip()
+    return binascii.b2a_base64(buf, newline=False).decode()
 
 
 def int_list(v: object, n: int, lo: int, hi: int, reason: str) -> list[int]:

@@ -32,6 +32,9 @@ plan + sealed seed), adjusted, and the day is played out on an accelerated clock
 * cpu_ms_per_round       CPU time of one round's work (plan, masks, seal, persist, three
                          acknowledgements, adjustment) in-process on the unix port, mean of
                          --runs rounds; alloc_bytes_per_round: bytes allocated by it (gc off)
+* proof_cpu_ms           CPU time of the plan's range proof (hemsfw/flp.py: prove_report and
+                         its JSON field, 96 frames, cap PROOF_CAP quanta, one mask broker), mean
+                         of --runs, verified by the services' verifier (bench/integrity_cost.py)
 * idle_cpu_pct           CPU of an idle connected firmware process (loop_ms 10 as in the lab,
                          and the default 20)
 
@@ -60,6 +63,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.common.broker import Mosquitto, free_port, start_resident_broker
 from backend.common.tls import make_pki
+from bench.integrity_cost import prove_cost
 from firmware.host import ROMFS_IMAGE, build
 from firmware.romfs import IN_HEAP_LINE
 from hemsfw import protocol, protocol_svc
@@ -69,6 +73,7 @@ FW = REPO / "firmware" / "micropython"
 MPYLIB = Path(sys.prefix) / "lib" / "micropython"
 MICROPYTHON = Path(sys.prefix) / "bin" / "micropython"
 HOME = "h1"
+PROOF_CAP = 7       # quanta per frame: 3 bits, the board representation of docs/integrity.md
 DAY = "2026-11-28"
 START = 1795824000
 
@@ -411,6 +416,7 @@ def measure(frames: int, runs: int, mp: Path = MICROPYTHON, tls: bool = False) -
                                                                  full=True)}
                 whole[key]["heap_64k_ok"] = whole[key]["min_heapsize_bytes"] <= 64 * 1024
             ip = inproc(mp, bundle, frames, runs, work)
+            proof = prove_cost(mp, bundle, frames, PROOF_CAP, runs, heap=False)
             idle10 = b.idle_cpu(bundle, 10)
             idle20 = b.idle_cpu(bundle, 20)
         finally:
@@ -443,6 +449,9 @@ def measure(frames: int, runs: int, mp: Path = MICROPYTHON, tls: bool = False) -
         "whole_firmware": whole,
         "cpu_ms_per_round": round(ip["us_per_round"] / 1000, 2),
         "alloc_bytes_per_round": ip["alloc_bytes_per_round"],
+        "proof_cpu_ms": proof["prove_ms"],
+        "proof": {"cap_quanta": PROOF_CAP, "flp_field_bytes": proof["flp_field_bytes"],
+                  "verified": proof["verified"]},
         "process_cpu_s_per_day": round(big.get("cpu_s", 0.0), 3),
         "idle_cpu_pct": {"loop_ms_10": round(idle10, 2), "loop_ms_20": round(idle20, 2)},
     }
@@ -482,6 +491,8 @@ def table(r: dict[str, Any]) -> str:
         ("CPU per round (plan, masks, seal, persist, acks, adjust)",
          f"{r['cpu_ms_per_round']} ms"),
         ("bytes allocated per round", f"{r['alloc_bytes_per_round'] / 1024:.1f} KB"),
+        (f"CPU of the plan's range proof (cap {r['proof']['cap_quanta']} quanta, "
+         "docs/integrity.md)", f"{r['proof_cpu_ms']} ms"),
         ("process CPU for boot + round + played-out day", f"{r['process_cpu_s_per_day']} s"),
         ("idle CPU (loop_ms 10 / 20)",
          f"{r['idle_cpu_pct']['loop_ms_10']} % / {r['idle_cpu_pct']['loop_ms_20']} %"),

@@ -61,12 +61,16 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from backend.common.broker import Mosquitto, free_port, start_resident_broker
-from backend.common.tls import make_pki
-from bench.integrity_cost import prove_cost
-from firmware.host import ROMFS_IMAGE, build
-from firmware.romfs import IN_HEAP_LINE
-from hemsfw import protocol, protocol_svc
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from backend.common.broker import Mosquitto, free_port, start_resident_broker  # noqa: E402
+from backend.common.tls import make_pki  # noqa: E402
+from bench.integrity_cost import prove_cost  # noqa: E402
+from firmware.host import ROMFS_IMAGE, build  # noqa: E402
+from firmware.romfs import IN_HEAP_LINE  # noqa: E402
+from hemsfw import protocol, protocol_svc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FW = REPO / "firmware" / "micropython"

@@ -6,7 +6,9 @@ import binascii
 import hashlib
 import json
 
-from hemsfw import flp, masking
+from fakes import CountingRandom, MemStore
+
+from hemsfw import flp, home, masking, protocol, protocol_svc, seal
 
 _HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 _VEC = _HERE + "/../vectors/flp.json"
@@ -183,3 +185,54 @@ def test_helper_part_binds_report():
     a = flp.helper_part(1, flp.nonce("h1", "2026-12-05", 1, RID), seed)
     b = flp.helper_part(1, flp.nonce("h1", "2026-12-05", 1, "f" * 32), seed)
     assert a != b
+
+
+# ---------------------------------------------------------------- the home's report
+
+
+def _home_round(cap_wh, plan_wh):
+    keys = {"mb1": "c8" * 32, "mb2": "d1" * 32}
+    cfg = {"home_id": "h1", "magnification": 1, "plan_wh": plan_wh, "keys": keys,
+           "cap_wh": cap_wh}
+    h = home.Home(cfg, MemStore(), CountingRandom())
+    ann = protocol_svc.make_round("2026-11-28", 1, 8, 900, 100, 1795824000, 1795740000,
+                                  ["mb1", "mb2"])
+    out = h.on_round(ann)
+    obj = protocol.decode(out[0][1])
+    _, day, rnd, rid, _, masked = protocol_svc.parse_plan_report(obj, 8)
+    seeds = []
+    for topic, payload in out[1:]:
+        b = protocol.topic_tail(topic, "mask")[0]
+        hm, d, r, rid2, blob = protocol_svc.parse_mask_report(protocol.decode(payload))
+        seeds.append(seal.open_sealed(binascii.unhexlify(keys[b]),
+                                      protocol.mask_ad(b, hm, d, r, rid2), blob))
+    c = flp.Circuit(8, cap_wh // 100, 2)
+    share, blind, parts = protocol_svc.parse_flp(obj, flp.ENC * c.share_len, 2)
+    n = flp.nonce("h1", day, rnd, rid)
+    masks = [masking.expand_seed(x, 8) for x in seeds]
+    vs = _verifiers(c, seeds, masks, masked, n, share, blind, parts, b"z" * 32)[3]
+    return h, flp.decide(c, vs)
+
+
+def test_home_report_carries_a_proof_both_verifiers_accept():
+    h, ok = _home_round(300, [0, 200, 0, 200])
+    assert ok
+    assert h.new["plan"] == [0, 0, 1, 1, 0, 0, 1, 1]
+
+
+def test_home_clamps_its_plan_to_the_contracted_cap():
+    h, ok = _home_round(100, [0, 800, 0, 200])      # 4 quanta per frame planned, cap 1
+    assert ok
+    assert max(h.new["plan"]) == 1
+
+
+def test_home_without_cap_sends_no_proof():
+    cfg = {"home_id": "h1", "magnification": 1, "plan_wh": [0, 200], "keys": {"mb1": "c8" * 32}}
+    out = home.Home(cfg, MemStore(), CountingRandom()).on_round(
+        protocol_svc.make_round("2026-11-28", 1, 8, 900, 100, 1795824000, 1795740000, ["mb1"]))
+    try:
+        protocol_svc.parse_flp(protocol.decode(out[0][1]), 16, 1)
+    except ValueError as e:
+        assert str(e) == "no_flp"
+        return
+    raise AssertionError("a proof without a cap")

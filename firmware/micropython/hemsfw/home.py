@@ -86,6 +86,9 @@ class Home:
         self.brokers: list[str] = cfg.get("mask_brokers") or sorted(self.keys)
         self.min_brokers: int = cfg.get("min_mask_brokers") or len(self.brokers)
         self.max_rounds: int = cfg.get("max_rounds_per_day", 8)
+        # provisioned like the registry's entry: each report then proves its plan in
+        # [0, cap_wh // quantum_wh] per frame (hemsfw/flp.py, docs/integrity.md)
+        self.cap_wh: int | None = cfg.get("cap_wh")
         self.days_ahead: int = cfg.get("days_ahead", 1)
         self.store = store
         self.urandom = urandom
@@ -199,14 +202,30 @@ class Home:
         day, rnd, frames = new["day"], new["round"], new["frames"]
         rid = _hex(self.urandom(16))
         seeds = [self.urandom(protocol.SEED_LEN) for _ in brokers]
-        masked = masking.add_plan(masking.mask_from_seeds(seeds, frames), new["plan"])
+        proof = None
+        if self.cap_wh is not None:
+            cap = self.cap_wh // new["quantum_wh"]
+            p = new["plan"]
+            for k in range(frames):     # the relay cannot draw more than its circuit's rating
+                if p[k] > cap:
+                    p[k] = cap
+            masks = [masking.expand_seed(s, frames) for s in seeds]
+            acc = bytearray(4 * frames)
+            for m in masks:
+                masking.add_words(acc, m)
+            masked = masking.add_plan(acc, p)
+            del acc
+            proof = self._prove(day, rnd, rid, cap, p, masked, seeds, masks)
+            del masks
+        else:
+            masked = masking.add_plan(masking.mask_from_seeds(seeds, frames), new["plan"])
         del masking            # (the local name too: else the module stays referenced)
         unload("masking")
         # Stored as the encoded JSON text: a re-send after a reboot is byte for byte what was
         # sent first (a dict read back from the file would encode with another key order).
         out = [[protocol.t_plan(self.id), json.dumps(protocol.make_plan_report(
-            self.id, day, rnd, rid, self.mag, masked))]]
-        del masked
+            self.id, day, rnd, rid, self.mag, masked, proof))]]
+        del masked, proof
         from hemsfw import seal
 
         for b, s in zip(brokers, seeds):
@@ -223,6 +242,20 @@ class Home:
         new["outbox"] = out
         new["acked"] = [0] * len(out)
         new["sent"] = False
+
+    def _prove(self, day: str, rnd: int, rid: str, cap: int, plan_q: list[int],
+               masked: bytearray, seeds: list[bytes], masks: list[bytearray]) -> "Json":
+        """The plan report's "flp" field; flp is loaded only for this step."""
+        from hemsfw import flp
+
+        c = flp.Circuit(len(masked) // 4, cap, len(seeds))
+        share, blind, parts = flp.prove_report(
+            c, plan_q, masked, seeds, masks, flp.nonce(self.id, day, rnd, rid),
+            self.urandom(2 * flp.SEED_LEN))
+        del flp
+        unload("flp")
+        return {"share": protocol.b64(share), "blind": protocol.b64(blind),
+                "parts": [protocol.b64(x) for x in parts]}
 
     def pending(self, wall: float | None = None, resend: bool = False
                 ) -> list[tuple[int, str, str]]:

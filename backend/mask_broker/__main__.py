@@ -45,6 +45,22 @@ def load_registry(path: Path) -> dict[str, bytes]:
     return keys
 
 
+def load_caps(path: Path) -> dict[str, int]:
+    """The registry's optional ``"cap_wh"`` per home (contracted circuit capacity per frame, Wh):
+    the bound of the homes' range proofs (docs/integrity.md).  Homes without one are not
+    verified (``no_cap``)."""
+    obj = json.loads(path.read_text())
+    caps = {}
+    for home, entry in obj["homes"].items():
+        cap = entry.get("cap_wh") if isinstance(entry, dict) else None
+        if cap is None:
+            continue
+        if not isinstance(cap, int) or isinstance(cap, bool) or not 0 <= cap < 1 << 30:
+            raise ValueError(f"home {home!r}: cap_wh must be an integer 0..2^30-1")
+        caps[home] = cap
+    return caps
+
+
 def parser(prog: str = "python -m backend.mask_broker") -> argparse.ArgumentParser:
     p = Parser(
         prog=prog,
@@ -130,7 +146,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m backend.mask_brok
     clock = a.accelerate if a.accelerate is not None else SystemClock()
     try:
         core = MaskBroker(a.broker_id, load_registry(a.registry), a.k, clock=clock.now,
-                          window=DayWindow(a.timezone, a.days_ahead), max_rounds=a.max_rounds)
+                          window=DayWindow(a.timezone, a.days_ahead), max_rounds=a.max_rounds,
+                          caps=load_caps(a.registry))
     except (OSError, ValueError) as e:
         log.error("cannot start: %s", e)
         return 2

@@ -53,11 +53,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from numpy.typing import NDArray
 
-from backend.common import fastjson
+from backend.common import fastjson, flp_batch
 from backend.common.fastcheck import RoundKey, fast_mask_report
 from backend.common.rejects import Rejections
 from backend.common.vectors import U32
-from hemsfw import protocol, protocol_svc
+from hemsfw import flp, masking, protocol, protocol_svc
 
 from . import unseal
 from .release import Partition
@@ -252,10 +252,13 @@ MAX_ROUNDS = 8
 class MaskBroker:
     def __init__(self, broker_id: str, keys: Mapping[str, bytes], k: int,
                  logger: logging.Logger = log, clock: Callable[[], float] = time.time,
-                 window: DayWindow | None = None, max_rounds: int = MAX_ROUNDS) -> None:
+                 window: DayWindow | None = None, max_rounds: int = MAX_ROUNDS,
+                 caps: Mapping[str, int] | None = None) -> None:
         """keys: registered home id -> that home's 32-byte key for this broker.  clock: the
         deployment's time (epoch s); window: the days a round may be announced for (None: any,
-        for tests of other rules); max_rounds: rounds a day may have."""
+        for tests of other rules); max_rounds: rounds a day may have; caps: registered home
+        id -> contracted circuit capacity per frame in Wh (the range proofs' bound,
+        docs/integrity.md)."""
         if not protocol.valid_id(broker_id):
             raise ValueError(f"bad broker id {broker_id!r}")
         for h, key in keys.items():
@@ -285,10 +288,13 @@ class MaskBroker:
         self.used: dict[int, str] = {}
         self.version = 0  # bumped whenever the stats change
         self._pending: deque[tuple[str, bytes]] = deque()
+        self.caps = dict(caps or {})
+        #: home indices whose report's proof this broker has verified this round (once only)
+        self.flp_done: set[int] = set()
 
     def subscriptions(self) -> list[tuple[str, int]]:
         return [(protocol.t_round(), 1), (protocol.t_mask(self.id, "+"), 1),
-                (protocol_svc.t_groupreq(self.id), 1)]
+                (protocol_svc.t_groupreq(self.id), 1), (protocol_svc.t_flpreq(self.id), 1)]
 
     # ------------------------------------------------------------ dispatch
 
@@ -306,6 +312,8 @@ class MaskBroker:
                 return []
             if topic == protocol_svc.t_groupreq(self.id):
                 return self._on_group_request(payload)
+            if topic == protocol_svc.t_flpreq(self.id):
+                return self._on_flp_request(payload)
             tail = protocol.topic_tail(topic, "mask")
             if tail is not None:
                 return self._on_mask(topic, tail, payload)
@@ -316,14 +324,15 @@ class MaskBroker:
         return []
 
     def _is_held(self, topic: str) -> bool:
-        return topic == protocol_svc.t_groupreq(self.id) or topic.startswith(
-            protocol.t_mask(self.id, ""))
+        return topic in (protocol_svc.t_groupreq(self.id), protocol_svc.t_flpreq(self.id)) \
+            or topic.startswith(protocol.t_mask(self.id, ""))
 
     # ------------------------------------------------------------ rounds
 
     def _start_round(self, day: str, rnd: int, frames: int) -> None:
         self.round = Round(day, rnd, frames)
         self.used = {}
+        self.flp_done = set()
         self.key = RoundKey(day, rnd, "ok")
         self.masks = RoundMasks(len(self.homes), frames)
 
@@ -522,6 +531,63 @@ class MaskBroker:
         for i, r in zip(cur.tolist(), rows[~is_carried].tolist(), strict=True):
             self.carried[i] = self.masks.report(r)
 
+    def _on_flp_request(self, payload: bytes) -> list[Output]:
+        """The coordinator asks for this broker's verifier shares of the homes' range proofs
+        (docs/integrity.md).  Each report is verified at most once: a second evaluation point
+        would leak.  Per home: a verifier, or a reason (``unregistered``, ``no_cap``,
+        ``missing``: no mask this round, ``report_mismatch``: the plan's report id is not the
+        mask's, ``already_verified``, ``part_mismatch``, ``bad_flp``)."""
+        topic = protocol_svc.t_flpreq(self.id)
+        try:
+            req, day, rnd, party, quantum, qseed, homes = protocol_svc.parse_flp_request(
+                protocol.decode(payload, protocol.MAX_GROUP_PAYLOAD), max(1, len(self.homes)))
+        except ValueError as e:
+            self.rejections.reject("flpreq", str(e), topic)
+            return []
+        cur = self.round
+        if cur is None or (day, rnd) != (cur.day, cur.round):
+            self.rejections.reject("flpreq", "unknown_round", topic, req)
+            return []
+        results: list[dict[str, Any]] = []
+        items: list[flp_batch.HelperInput] = []
+        parts: dict[str, list[bytes]] = {}
+        done: list[str] = []
+        for home, rid, ps in homes:
+            i = self.index.get(home)
+            row = -1 if i is None else int(self.masks.row_of[i])
+            cap = self.caps.get(home)
+            why = ("unregistered" if i is None else "no_cap" if cap is None else
+                   "missing" if row < 0 else
+                   "report_mismatch" if self.masks.report(row)[0] != rid else
+                   "already_verified" if i in self.flp_done or home in parts else None)
+            if why is None:
+                try:
+                    c = flp.Circuit(cur.frames, cap // quantum, len(ps) - 1)  # type: ignore[operator]
+                except ValueError:
+                    why = "bad_flp"
+            if why is not None:
+                results.append({"home": home, "reason": why})
+                continue
+            assert i is not None
+            self.flp_done.add(i)
+            done.append(home)
+            seed = self.masks.report(row)[1]
+            items.append(flp_batch.HelperInput(home, flp.nonce(home, day, rnd, rid), c, party,
+                                               seed, bytes(masking.expand_seed(seed, cur.frames))))
+            parts[home] = ps
+        for home, v in flp_batch.helper_verify(items, parts, qseed).items():
+            if v.verifier is None:
+                results.append({"home": home, "reason": v.reason})
+            else:
+                results.append({"home": home, "verifier": protocol.b64(flp.encode_vec(
+                    list(v.verifier)))})
+        out: list[Output] = []
+        if done:
+            out.append(Record("flp", {"day": day, "round": rnd, "homes": done}))
+        out.append(Publish(protocol_svc.t_flpver(self.id), protocol.encode(
+            protocol_svc.make_flp_verifiers(req, self.id, day, rnd, results))))
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         """What outlives a round (the state dir's compaction): the release partition and each
         home's latest released report."""
@@ -562,6 +628,10 @@ class MaskBroker:
                                  for i, c in zip(idx, is_carried, strict=True)
                                  if c and int(i) in self.carried})
                     self._released(idx, rows, is_carried, rids)
+            elif kind == "flp":
+                if cur is not None and (day, rnd) == (cur.day, cur.round):
+                    self.flp_done.update(self.index[h] for h in data["homes"]
+                                         if h in self.index)
             elif kind == "mask":
                 if cur is None or (day, rnd) != (cur.day, cur.round):
                     raise ValueError("mask record of another round")

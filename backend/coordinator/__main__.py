@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.common.files import write_atomic
+from backend.common.flp_batch import registry_caps
 from backend.common.metrics import serve
 from backend.common.mqtt import add_mqtt_args, settings_from_args
 from backend.common.sdnotify import notify, watchdog_interval_s
@@ -121,6 +122,10 @@ def build_parser(prog: str = "python -m backend.coordinator") -> argparse.Argume
                    help="close collection early once this many homes were accepted")
     g.add_argument("--brokers", type=_brokers, default=None,
                    help="comma-separated mask broker ids, e.g. mb1,mb2")
+    g.add_argument("--registry", type=Path, default=None,
+                   help="the homes' registry (the mask brokers'): homes with a cap_wh there "
+                   "must prove their plans in [0, cap_wh // quantum_wh] per frame, checked with "
+                   "the mask brokers before grouping (docs/integrity.md); keys are not read")
     g.add_argument("--k", type=bounded_int(2), default=3,
                    help="minimum homes per group (>= 2; the same k as the mask brokers)")
     a = p.add_argument_group("adjustment")
@@ -171,6 +176,14 @@ def check(a: argparse.Namespace) -> None:
         return
     if a.brokers is None:
         raise UsageError("--brokers is required")
+    a.caps = None
+    if a.registry is not None:
+        if a.workers > 1:
+            raise UsageError("--registry (range proofs) needs --workers 1")
+        try:
+            a.caps = registry_caps(a.registry)
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise UsageError(f"--registry {a.registry}: {e}") from e
     if a.day is not None:
         if a.start is None or a.result is None:
             raise UsageError("one round (--day) needs --start and --result")
@@ -201,7 +214,7 @@ def settings_of(a: argparse.Namespace) -> RoundSettings:
         window=a.window, time_limit_s=a.time_limit, target_weight=a.target_weight,
         capacity_wait_s=a.capacity_wait_s, answer_timeout_s=a.answer_timeout_s,
         missing_grace_s=a.missing_grace_s, reask_s=a.reask_s, linger_s=a.linger_s,
-        pause_at=a.debug_pause_at)
+        pause_at=a.debug_pause_at, caps=getattr(a, "caps", None))
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:

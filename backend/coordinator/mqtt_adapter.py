@@ -39,8 +39,8 @@ __all__ = ["BULK_TOPIC", "TOPICS", "AdapterError", "Dispatcher", "MqttAdapter"]
 log = logging.getLogger("hems.coordinator")
 
 #: on aiomqtt (link.py); the plan reports come on the lean connection (BULK_TOPIC)
-TOPICS = (protocol_svc.t_groupsum("+"), capacity_topic(), capacity_topic("+"),
-          protocol.t_status("+"))
+TOPICS = (protocol_svc.t_groupsum("+"), protocol_svc.t_flpver("+"), capacity_topic(),
+          capacity_topic("+"), protocol.t_status("+"))
 BULK_TOPIC = protocol.t_plan("+")
 PUBLISH_TIMEOUT_S = 60.0
 INFLIGHT = 200  # concurrent QoS 1 publishes on the link

@@ -18,6 +18,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from backend.common.clock import AcceleratedClock, SystemClock
+from backend.common.flp_batch import registry_caps
 from backend.common.mqtt import add_mqtt_args, settings_from_args
 from backend.common.usage import Parser, bounded_int, port
 
@@ -43,22 +44,6 @@ def load_registry(path: Path) -> dict[str, bytes]:
             raise ValueError(f"home {home!r}: key must be 64 hex digits")
         keys[home] = bytes.fromhex(key)
     return keys
-
-
-def load_caps(path: Path) -> dict[str, int]:
-    """The registry's optional ``"cap_wh"`` per home (contracted circuit capacity per frame, Wh):
-    the bound of the homes' range proofs (docs/integrity.md).  Homes without one are not
-    verified (``no_cap``)."""
-    obj = json.loads(path.read_text())
-    caps = {}
-    for home, entry in obj["homes"].items():
-        cap = entry.get("cap_wh") if isinstance(entry, dict) else None
-        if cap is None:
-            continue
-        if not isinstance(cap, int) or isinstance(cap, bool) or not 0 <= cap < 1 << 30:
-            raise ValueError(f"home {home!r}: cap_wh must be an integer 0..2^30-1")
-        caps[home] = cap
-    return caps
 
 
 def parser(prog: str = "python -m backend.mask_broker") -> argparse.ArgumentParser:
@@ -147,7 +132,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m backend.mask_brok
     try:
         core = MaskBroker(a.broker_id, load_registry(a.registry), a.k, clock=clock.now,
                           window=DayWindow(a.timezone, a.days_ahead), max_rounds=a.max_rounds,
-                          caps=load_caps(a.registry))
+                          caps=registry_caps(a.registry))
     except (OSError, ValueError) as e:
         log.error("cannot start: %s", e)
         return 2

@@ -140,6 +140,21 @@ def _wait_retained(port: int, user: str, pw: str, topic: str, timeout: float = 3
         raise RuntimeError(f"nothing on {topic} within {timeout}s")
 
 
+def _wait_round(stats: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until the mask broker's stats file shows the announced round (it is subscribed)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if json.loads(stats.read_text()).get("round") is not None:
+                return
+        except (OSError, ValueError):
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError("the mask broker exited")
+        time.sleep(0.05)
+    raise RuntimeError("the mask broker never saw the round")
+
+
 def run_round(work: Path, n_homes: int, frames: int, attack: str | None,
               proofs: bool = True) -> dict[str, Any]:
     """One real round; the result JSON of the coordinator plus the inputs to score it."""
@@ -164,7 +179,8 @@ def run_round(work: Path, n_homes: int, frames: int, attack: str | None,
         mb_log = open(work / "mask_broker.log", "wb")  # noqa: SIM115 (closed with the process)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "backend.mask_broker", "--broker-id", B, "--registry",
-             str(reg), "--k", str(K), "--port", str(broker.port)],
+             str(reg), "--k", str(K), "--port", str(broker.port), "--stats-file",
+             str(work / "mb1-stats.json"), "--stats-interval", "0.1"],
             cwd=ROOT, env={**env, "HEMS_MQTT_PASSWORD": pw[B]}, stdout=mb_log, stderr=mb_log))
         result = work / "result.json"
         start = int(time.time()) // 86400 * 86400
@@ -182,7 +198,7 @@ def run_round(work: Path, n_homes: int, frames: int, attack: str | None,
                                  stdout=c_log, stderr=c_log)
         procs.append(coord)
         _wait_retained(broker.port, ATTACKER, pw[ATTACKER], protocol.t_round())
-        time.sleep(0.5)   # the mask broker has the announcement too
+        _wait_round(work / "mb1-stats.json", procs[0])  # the mask broker is subscribed
         for h in homes:
             _publish(broker.port, h, pw[h], home_messages(
                 h, day, frames, plans[h], keys[h], attack if h == ATTACKER else None))

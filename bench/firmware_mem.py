@@ -229,13 +229,16 @@ class Bench:
         rusage = None
         try:
             coord.get(protocol.t_status(HOME))
-            ann = protocol_svc.make_round(DAY, self.n, self.frames, 86400 // self.frames, 1, START,
-                                      int(time.time()) + 3600, ["mb1"])
+            # each run has a fresh state dir; the round number stays within the firmware's
+            # max_rounds_per_day (8 by default: a home refuses higher ones)
+            rnd = 1 + (self.n - 1) % 8
+            ann = protocol_svc.make_round(DAY, rnd, self.frames, 86400 // self.frames, 1, START,
+                                          int(time.time()) + 3600, ["mb1"])
             coord.publish(protocol.t_round(), protocol.encode(ann), retain=True)
             coord.get(protocol.t_plan(HOME))
             mb1.get(protocol.t_mask("mb1", HOME))
             moves = [[k, k + 1] for k in range(0, self.frames - 1, 12)]
-            adj = protocol_svc.make_adjustment(DAY, self.n, "g1", moves, [self.frames - 1],
+            adj = protocol_svc.make_adjustment(DAY, rnd, "g1", moves, [self.frames - 1],
                                            START + 86400)
             coord.publish(protocol.t_adjust(HOME), protocol.encode(adj))
             deadline = time.monotonic() + 20

@@ -34,7 +34,10 @@ plan + sealed seed), adjusted, and the day is played out on an accelerated clock
                          --runs rounds; alloc_bytes_per_round: bytes allocated by it (gc off)
 * proof_cpu_ms           CPU time of the plan's range proof (hemsfw/flp.py: prove_report and
                          its JSON field, 96 frames, cap PROOF_CAP quanta, one mask broker), mean
-                         of --runs, verified by the services' verifier (bench/integrity_cost.py)
+                         of --runs, verified by the services' verifier (bench/integrity_cost.py);
+                         proof.round: a real round whose report carries the proof (the home
+                         provisioned with cap_wh, the round's quantum 1/7 of it): heap_64k_ok,
+                         peak_heap_bytes, min_heapsize_bytes (files, ROMFS)
 * idle_cpu_pct           CPU of an idle connected firmware process (loop_ms 10 as in the lab,
                          and the default 20)
 
@@ -78,6 +81,7 @@ MPYLIB = Path(sys.prefix) / "lib" / "micropython"
 MICROPYTHON = Path(sys.prefix) / "bin" / "micropython"
 HOME = "h1"
 PROOF_CAP = 7       # quanta per frame: 3 bits, the board representation of docs/integrity.md
+PROOF_QUANTUM_WH = 107  # the bench's plan peaks at 750 Wh per frame: 7 quanta of 107 Wh
 DAY = "2026-11-28"
 START = 1795824000
 
@@ -139,6 +143,9 @@ class Bench:
         self.broker = Mosquitto(work / "broker", self.pw, ["mb1"],
                                 tls=make_pki(work / "pki") if tls else None).start()
         self.n = 0
+        #: the round's quantum and the home's cap_wh (None: no range proof in the report)
+        self.quantum = 1
+        self.cap_wh: int | None = None
         self.local: subprocess.Popen[bytes] | None = None
         self.local_port = 0
 
@@ -168,6 +175,8 @@ class Bench:
             assert isinstance(mq, dict)
             mq["port"] = self.broker.tls_port
             mq["cafile_der"] = str(self.work / "pki" / "ca.der")
+        if self.cap_wh is not None:
+            cfg["cap_wh"] = self.cap_wh
         cfg.update(extra)
         path = state.parent / (state.name + ".json")
         path.write_text(json.dumps(cfg))
@@ -232,8 +241,8 @@ class Bench:
             # each run has a fresh state dir; the round number stays within the firmware's
             # max_rounds_per_day (8 by default: a home refuses higher ones)
             rnd = 1 + (self.n - 1) % 8
-            ann = protocol_svc.make_round(DAY, rnd, self.frames, 86400 // self.frames, 1, START,
-                                          int(time.time()) + 3600, ["mb1"])
+            ann = protocol_svc.make_round(DAY, rnd, self.frames, 86400 // self.frames,
+                                          self.quantum, START, int(time.time()) + 3600, ["mb1"])
             coord.publish(protocol.t_round(), protocol.encode(ann), retain=True)
             coord.get(protocol.t_plan(HOME))
             mb1.get(protocol.t_mask("mb1", HOME))
@@ -423,6 +432,20 @@ def measure(frames: int, runs: int, mp: Path = MICROPYTHON, tls: bool = False) -
                                                                  full=True)}
                 whole[key]["heap_64k_ok"] = whole[key]["min_heapsize_bytes"] <= 64 * 1024
             ip = inproc(mp, bundle, frames, runs, work)
+            # the same round with the plan's range proof (docs/integrity.md): the board
+            # representation, PROOF_CAP quanta of the circuit's rating per frame
+            b.quantum, b.cap_wh = PROOF_QUANTUM_WH, PROOF_QUANTUM_WH * PROOF_CAP
+            pr = b.round(bundle, None)
+            if not pr["ok"]:
+                raise RuntimeError("the round with a proof failed:\n" + pr["log"])
+            proof_round = {
+                "cap_wh": b.cap_wh, "quantum_wh": b.quantum,
+                "heap_64k_ok": b.round(bundle, 64 * 1024, memtrace=False)["ok"],
+                "peak_heap_bytes": pr["trace"]["peak"], "peak_at": pr["trace"]["peak_at"],
+                "min_heapsize_bytes": min_heapsize(b, bundle, 16 * 1024, 256 * 1024),
+                "romfs_min_heapsize_bytes": min_heapsize(b, bundle, 16 * 1024, 256 * 1024,
+                                                         romfs=True)}
+            b.quantum, b.cap_wh = 1, None
             proof = prove_cost(mp, bundle, frames, PROOF_CAP, runs, heap=False)
             idle10 = b.idle_cpu(bundle, 10)
             idle20 = b.idle_cpu(bundle, 20)
@@ -458,7 +481,7 @@ def measure(frames: int, runs: int, mp: Path = MICROPYTHON, tls: bool = False) -
         "alloc_bytes_per_round": ip["alloc_bytes_per_round"],
         "proof_cpu_ms": proof["prove_ms"],
         "proof": {"cap_quanta": PROOF_CAP, "flp_field_bytes": proof["flp_field_bytes"],
-                  "verified": proof["verified"]},
+                  "verified": proof["verified"], "round": proof_round},
         "process_cpu_s_per_day": round(big.get("cpu_s", 0.0), 3),
         "idle_cpu_pct": {"loop_ms_10": round(idle10, 2), "loop_ms_20": round(idle20, 2)},
     }
@@ -500,6 +523,11 @@ def table(r: dict[str, Any]) -> str:
         ("bytes allocated per round", f"{r['alloc_bytes_per_round'] / 1024:.1f} KB"),
         (f"CPU of the plan's range proof (cap {r['proof']['cap_quanta']} quanta, "
          "docs/integrity.md)", f"{r['proof_cpu_ms']} ms"),
+        ("round with the proof: peak heap / smallest -X heapsize (files / ROMFS)",
+         f"{r['proof']['round']['peak_heap_bytes'] / 1024:.1f} KB / "
+         f"{r['proof']['round']['min_heapsize_bytes'] // 1024} KB / "
+         f"{r['proof']['round']['romfs_min_heapsize_bytes'] // 1024} KB (64K: "
+         f"{'yes' if r['proof']['round']['heap_64k_ok'] else 'NO'})"),
         ("process CPU for boot + round + played-out day", f"{r['process_cpu_s_per_day']} s"),
         ("idle CPU (loop_ms 10 / 20)",
          f"{r['idle_cpu_pct']['loop_ms_10']} % / {r['idle_cpu_pct']['loop_ms_20']} %"),

@@ -8,7 +8,7 @@ import json
 
 from fakes import CountingRandom, MemStore
 
-from hemsfw import flp, home, masking, protocol, protocol_svc, seal
+from hemsfw import config, flp, home, masking, protocol, protocol_svc, seal
 
 _HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 _VEC = _HERE + "/../vectors/flp.json"
@@ -236,3 +236,19 @@ def test_home_without_cap_sends_no_proof():
         assert str(e) == "no_flp"
         return
     raise AssertionError("a proof without a cap")
+
+
+def _config(cap):
+    return {"home_id": "h1", "board": "unix", "mqtt": {"host": "h", "user": "h1",
+            "password": "p"}, "plan_wh": [1], "keys": {"mb1": "c8" * 32}, "state_dir": "/s",
+            "cap_wh": cap}
+
+
+def test_config_takes_cap_wh_and_refuses_a_negative_one():
+    assert config.check(_config(750))["cap_wh"] == 750
+    try:
+        config.check(_config(-1))
+    except config.ConfigError as e:
+        assert "cap_wh" in str(e)
+        return
+    raise AssertionError("accepted cap_wh -1")

@@ -36,7 +36,8 @@ plan + sealed seed), adjusted, and the day is played out on an accelerated clock
                          its JSON field, 96 frames, cap PROOF_CAP quanta, one mask broker), mean
                          of --runs, verified by the services' verifier (bench/integrity_cost.py);
                          proof.round: a real round whose report carries the proof (the home
-                         provisioned with cap_wh, the round's quantum 1/7 of it): heap_64k_ok,
+                         provisioned with rated_w, the round's quantum 1/7 of its cap per
+                         frame): heap_64k_ok,
                          peak_heap_bytes, min_heapsize_bytes (files, ROMFS)
 * idle_cpu_pct           CPU of an idle connected firmware process (loop_ms 10 as in the lab,
                          and the default 20)
@@ -82,6 +83,7 @@ MICROPYTHON = Path(sys.prefix) / "bin" / "micropython"
 HOME = "h1"
 PROOF_CAP = 7       # quanta per frame: 3 bits, the board representation of docs/integrity.md
 PROOF_QUANTUM_WH = 107  # the bench's plan peaks at 750 Wh per frame: 7 quanta of 107 Wh
+PROOF_RATED_W = 2996    # x 900 s = 749 Wh per frame = 7 quanta
 DAY = "2026-11-28"
 START = 1795824000
 
@@ -143,9 +145,9 @@ class Bench:
         self.broker = Mosquitto(work / "broker", self.pw, ["mb1"],
                                 tls=make_pki(work / "pki") if tls else None).start()
         self.n = 0
-        #: the round's quantum and the home's cap_wh (None: no range proof in the report)
+        #: the round's quantum and the home's rated_w (None: no range proof in the report)
         self.quantum = 1
-        self.cap_wh: int | None = None
+        self.rated_w: int | None = None
         self.local: subprocess.Popen[bytes] | None = None
         self.local_port = 0
 
@@ -175,8 +177,8 @@ class Bench:
             assert isinstance(mq, dict)
             mq["port"] = self.broker.tls_port
             mq["cafile_der"] = str(self.work / "pki" / "ca.der")
-        if self.cap_wh is not None:
-            cfg["cap_wh"] = self.cap_wh
+        if self.rated_w is not None:
+            cfg["rated_w"] = self.rated_w
         cfg.update(extra)
         path = state.parent / (state.name + ".json")
         path.write_text(json.dumps(cfg))
@@ -434,18 +436,18 @@ def measure(frames: int, runs: int, mp: Path = MICROPYTHON, tls: bool = False) -
             ip = inproc(mp, bundle, frames, runs, work)
             # the same round with the plan's range proof (docs/integrity.md): the board
             # representation, PROOF_CAP quanta of the circuit's rating per frame
-            b.quantum, b.cap_wh = PROOF_QUANTUM_WH, PROOF_QUANTUM_WH * PROOF_CAP
+            b.quantum, b.rated_w = PROOF_QUANTUM_WH, PROOF_RATED_W
             pr = b.round(bundle, None)
             if not pr["ok"]:
                 raise RuntimeError("the round with a proof failed:\n" + pr["log"])
             proof_round = {
-                "cap_wh": b.cap_wh, "quantum_wh": b.quantum,
+                "rated_w": b.rated_w, "quantum_wh": b.quantum,
                 "heap_64k_ok": b.round(bundle, 64 * 1024, memtrace=False)["ok"],
                 "peak_heap_bytes": pr["trace"]["peak"], "peak_at": pr["trace"]["peak_at"],
                 "min_heapsize_bytes": min_heapsize(b, bundle, 16 * 1024, 256 * 1024),
                 "romfs_min_heapsize_bytes": min_heapsize(b, bundle, 16 * 1024, 256 * 1024,
                                                          romfs=True)}
-            b.quantum, b.cap_wh = 1, None
+            b.quantum, b.rated_w = 1, None
             proof = prove_cost(mp, bundle, frames, PROOF_CAP, runs, heap=False)
             idle10 = b.idle_cpu(bundle, 10)
             idle20 = b.idle_cpu(bundle, 20)

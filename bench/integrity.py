@@ -3,7 +3,8 @@
     python bench/integrity.py [--json] [--homes 9] [--frames 8] [--verify-homes 200]
 
 Real services over a real mosquitto (generated passwd and ACL): the coordinator (one round,
-``--registry`` with every home's ``cap_wh``), one mask broker (the same registry) and the homes,
+``--verify-proofs``, ``--homes`` rating every home's circuit), one mask broker (its registry
+with the same ratings) and the homes,
 each publishing with its own credentials what the firmware's own code (hemsfw: masking, seal,
 flp, protocol) builds.  One home of the round attacks; the others are honest.  Attacks (issue
 14): ``plus_2_31`` (+2^31 in the evening frame, a proof made for its honest plan over the
@@ -19,7 +20,7 @@ attack:
                                   if the excluded homes draw their contracted cap
 * honest_lost_wh                  energy the honest homes lose (curtailed, or excluded)
 
-and ``control_without_proofs``: ``plus_2_31`` against a coordinator without ``--registry``
+and ``control_without_proofs``: ``plus_2_31`` against a coordinator without ``--verify-proofs``
 (the landed behaviour), where the metric must fail (offender not excluded, ~2^31 Wh of
 overload in the coordinator's view, honest load curtailed).  ``verify_us_per_home``: CPython,
 both verifiers' work per home (coordinator share decoded and queried, broker share expanded
@@ -55,7 +56,8 @@ ATTACKS = ("plus_2_31", "wrapped_negative", "above_cap", "malformed_proof",
            "mismatched_report_ids")
 B = "mb1"
 K = 3
-CAP_WH = 600          # every home's contracted cap per frame (quantum 1 Wh: full range)
+RATED_W = 200         # every home's circuit rating: 600 Wh per 3-hour frame (8 frames a day)
+CAP_WH = 600          # its cap per frame (quantum 1 Wh: full range)
 ATTACKER = "h0"
 
 
@@ -163,9 +165,13 @@ def run_round(work: Path, n_homes: int, frames: int, attack: str | None,
     homes = [f"h{i}" for i in range(n_homes)]
     keys = {h: os.urandom(32) for h in homes}
     pw = {u: secrets.token_hex(8) for u in ["coordinator", B, *homes]}
-    reg = work / "registry.json"
-    reg.write_text(json.dumps({"homes": {h: {"key": keys[h].hex(), "cap_wh": CAP_WH}
+    if RATED_W * (86400 // frames) // 3600 != CAP_WH:
+        raise ValueError(f"{frames} frames: the rating does not give {CAP_WH} Wh per frame")
+    reg = work / "registry.json"           # the mask broker's: keys and ratings
+    reg.write_text(json.dumps({"homes": {h: {"key": keys[h].hex(), "rated_w": RATED_W}
                                          for h in homes}}))
+    homes_file = work / "homes.json"        # the coordinator's: ratings, never a key
+    homes_file.write_text(json.dumps({"homes": {h: {"rated_w": RATED_W} for h in homes}}))
     plans = day_plans(homes, frames)
     honest_total = [sum(plans[h][k] for h in homes if h != ATTACKER) for k in range(frames)]
     # tight in the evening, room in the morning: the solver has to move load
@@ -190,8 +196,9 @@ def run_round(work: Path, n_homes: int, frames: int, attack: str | None,
                 str(broker.port), "--result", str(result), "--capacity-file", str(cap_file),
                 "--expected-homes", str(n_homes), "--collect-s", "60",
                 "--answer-timeout-s", "20", "--missing-grace-s", "0.5"]
+        argv += ["--homes", str(homes_file)]
         if proofs:
-            argv += ["--registry", str(reg)]
+            argv += ["--verify-proofs"]
         c_log = open(work / "coordinator.log", "wb")  # noqa: SIM115
         coord = subprocess.Popen(argv, cwd=ROOT, env={**env, "HEMS_MQTT_PASSWORD":
                                                       pw["coordinator"]},

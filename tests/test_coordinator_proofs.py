@@ -12,11 +12,13 @@ from coordinator_kit import DAY, capacity_message, new_round, take_all, until_ph
 
 from backend.coordinator.lifecycle import Phase
 from backend.coordinator.record import round_record
+from backend.coordinator.reserve import HomeCaps
 from backend.mask_broker.core import MaskBroker
 from hemsfw import flp, masking, protocol, seal
 
 F = 8
-CAP = 300
+CAP = 300                       # Wh per 900-s frame (quantum 1 Wh): a 1200 W circuit
+CAPS = HomeCaps({}, default_w=1200)
 HOMES = [f"h{i}" for i in range(7)]
 KEYS = {h: bytes([i + 1]) * 32 for i, h in enumerate(HOMES)}
 
@@ -50,10 +52,9 @@ def reports(bad: dict[str, str]) -> tuple[list[tuple[str, bytes]], list[tuple[st
 
 
 async def one_round(tmp: Path | None, bad: dict[str, str]) -> dict[str, Any]:
-    caps = dict.fromkeys(HOMES, CAP)
     kit = new_round(tmp, capacity=capacity_message(F, 10_000), expected_homes=len(HOMES),
-                    caps=caps)
-    mb = MaskBroker("mb1", KEYS, 3, caps=caps)
+                    caps=CAPS, verify_proofs=True)
+    mb = MaskBroker("mb1", KEYS, 3, caps=CAPS)
     wire(kit, {"mb1": mb})
     task = asyncio.create_task(kit.round.run())
     await until_phase(kit, Phase.COLLECTING)
@@ -87,7 +88,7 @@ def test_the_verdict_is_journaled_and_a_restart_does_not_ask_again(tmp_path: Pat
 
     async def resume() -> dict[str, Any]:
         kit = new_round(tmp_path, capacity=capacity_message(F, 10_000),
-                        expected_homes=len(HOMES), caps=dict.fromkeys(HOMES, CAP))
+                        expected_homes=len(HOMES), caps=CAPS, verify_proofs=True)
         await kit.round.run()  # every input is in the journal: no network needed
         assert not any(t.startswith("hems/v1/flpreq/") for t in kit.out.topics())
         return round_record(kit.round, "completed")

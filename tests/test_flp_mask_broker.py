@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.common import flp_batch
+from backend.coordinator.reserve import HomeCaps
 from backend.mask_broker.core import MaskBroker, Publish, Record
 from backend.mask_broker.state_dir import StateDir
 from hemsfw import flp, masking, protocol, protocol_svc, seal
@@ -18,7 +19,8 @@ DAY = "2025-06-01"
 FRAMES = 8
 QUANTUM = 100
 KEYS = {f"h{i}": bytes([i + 1]) * 32 for i in range(3)}
-CAPS = {"h0": 700, "h1": 300}          # h2 has no cap in the registry
+# 900-s frames: caps of 700 and 300 Wh (7 and 3 quanta); h2 is rated by the default
+CAPS = HomeCaps({"h0": 2800, "h1": 1200, "h2": None}, default_w=400)
 
 
 class Report:
@@ -47,8 +49,8 @@ class Report:
                                      self.share, self.blind, tuple(self.parts))
 
 
-def broker(state: StateDir | None = None) -> MaskBroker:
-    mb = MaskBroker(B, KEYS, 2, caps=CAPS)
+def broker(state: StateDir | None = None, caps: HomeCaps | None = CAPS) -> MaskBroker:
+    mb = MaskBroker(B, KEYS, 2, caps=caps)
     if state is not None:
         for kind, data in state.records():
             mb.restore(kind, data)
@@ -65,7 +67,7 @@ def start(mb: MaskBroker, reports: list[Report]) -> None:
 def ask(mb: MaskBroker, reports: list[Report], qseed: bytes = bytes(32)) -> list[Any]:
     homes = [(r.home, r.rid, [base64.b64encode(p).decode()
                               for p in flp_batch.leader_parts(r.leader())]) for r in reports]
-    msg = protocol_svc.make_flp_request("f1", DAY, 1, 1, QUANTUM, qseed, homes)
+    msg = protocol_svc.make_flp_request("f1", DAY, 1, 1, QUANTUM, 900, qseed, homes)
     return mb.handle(protocol_svc.t_flpreq(B), protocol.encode(msg))
 
 
@@ -85,10 +87,11 @@ def decided(r: Report, v: bytes | str, qseed: bytes = bytes(32)) -> str | None:
 
 def test_honest_reports_verify_jointly_with_the_coordinator() -> None:
     mb = broker()
-    rs = [Report("h0", [0, 7, 3, 0, 1, 2, 7, 7], 7), Report("h1", [3, 3, 0, 0, 0, 1, 2, 3], 3)]
+    rs = [Report("h0", [0, 7, 3, 0, 1, 2, 7, 7], 7), Report("h1", [3, 3, 0, 0, 0, 1, 2, 3], 3),
+          Report("h2", [1, 0, 0, 0, 0, 0, 0, 1], 1)]
     start(mb, rs)
     got = verdicts(ask(mb, rs))
-    assert [decided(r, got[r.home]) for r in rs] == [None, None]
+    assert [decided(r, got[r.home]) for r in rs] == [None, None, None]
 
 
 def test_plan_above_the_registry_cap_fails() -> None:
@@ -112,12 +115,18 @@ def test_second_request_for_a_report_is_refused() -> None:
     assert verdicts(ask(mb, [r], qseed=b"\x01" * 32)) == {"h0": "already_verified"}
 
 
-def test_mismatched_report_ids_and_missing_cap_are_named() -> None:
+def test_mismatched_report_ids_are_named() -> None:
     mb = broker()
     bad = Report("h0", [1] * FRAMES, 7, seal_rid="ab" * 16)
-    nocap = Report("h2", [1] * FRAMES, 7)
-    start(mb, [bad, nocap])
-    assert verdicts(ask(mb, [bad, nocap])) == {"h0": "report_mismatch", "h2": "no_cap"}
+    start(mb, [bad])
+    assert verdicts(ask(mb, [bad])) == {"h0": "report_mismatch"}
+
+
+def test_a_broker_without_ratings_verifies_nothing() -> None:
+    mb = broker(caps=None)
+    r = Report("h0", [1] * FRAMES, 7)
+    start(mb, [r])
+    assert verdicts(ask(mb, [r])) == {"h0": "no_cap"}
 
 
 def test_verified_reports_survive_a_restart(tmp_path: Path) -> None:

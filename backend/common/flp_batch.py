@@ -18,15 +18,12 @@ over.  Measured cost: ``bench/integrity_cost.py``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from hemsfw import flp
 
-__all__ = ["HelperInput", "LeaderInput", "Verdict", "decide", "helper_verify", "leader_verify",
-           "registry_caps"]
+__all__ = ["HelperInput", "LeaderInput", "Verdict", "decide", "helper_verify", "leader_verify"]
 
 
 @dataclass(frozen=True)
@@ -123,20 +120,3 @@ def decide(circuit: flp.Circuit, verdicts: Sequence[Verdict]) -> str | None:
         return "proof_failed"
     return None
 
-
-def registry_caps(path: Path) -> dict[str, int]:
-    """The registry's optional ``"cap_wh"`` per home (contracted circuit capacity per frame, Wh):
-    the bound of the homes' range proofs (docs/integrity.md).  Homes without one are not
-    verified (``no_cap``)."""
-    obj = json.loads(path.read_text())
-    if not isinstance(obj, dict) or not isinstance(obj.get("homes"), dict):
-        raise ValueError('expected {"homes": {...}}')
-    caps = {}
-    for home, entry in obj["homes"].items():
-        cap = entry.get("cap_wh") if isinstance(entry, dict) else None
-        if cap is None:
-            continue
-        if not isinstance(cap, int) or isinstance(cap, bool) or not 0 <= cap < 1 << 30:
-            raise ValueError(f"home {home!r}: cap_wh must be an integer 0..2^30-1")
-        caps[home] = cap
-    return caps

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from backend.common.files import write_atomic
-from backend.common.flp_batch import registry_caps
 from backend.common.metrics import serve
 from backend.common.mqtt import add_mqtt_args, settings_from_args
 from backend.common.sdnotify import notify, watchdog_interval_s
@@ -37,6 +36,7 @@ from backend.coordinator import metrics
 from backend.coordinator.daemon import Daemon, DaemonConfig
 from backend.coordinator.mqtt_adapter import BULK_TOPIC, AdapterError, MqttAdapter
 from backend.coordinator.ports import AcceleratedClock, Clock, SystemClock
+from backend.coordinator.reserve import DEFAULT_RATED_W, MAX_RATED_W, HomeCaps
 from backend.coordinator.round import Round, RoundFailed, RoundSettings
 from backend.coordinator.schedule import Schedule, ScheduleError, parse_clock_time
 from backend.coordinator.supply import SupplyBook, parse_capacity, valid_day
@@ -122,10 +122,10 @@ def build_parser(prog: str = "python -m backend.coordinator") -> argparse.Argume
                    help="close collection early once this many homes were accepted")
     g.add_argument("--brokers", type=_brokers, default=None,
                    help="comma-separated mask broker ids, e.g. mb1,mb2")
-    g.add_argument("--registry", type=Path, default=None,
-                   help="the homes' registry (the mask brokers'): homes with a cap_wh there "
-                   "must prove their plans in [0, cap_wh // quantum_wh] per frame, checked with "
-                   "the mask brokers before grouping (docs/integrity.md); keys are not read")
+    g.add_argument("--verify-proofs", action="store_true",
+                   help="every home must prove its plan in [0, its cap] per frame (its cap: "
+                   "--homes / --rated-w, rated power x frame length, in quanta of --quantum-wh); "
+                   "checked with the mask brokers before grouping (docs/integrity.md)")
     g.add_argument("--k", type=bounded_int(2), default=3,
                    help="minimum homes per group (>= 2; the same k as the mask brokers)")
     a = p.add_argument_group("adjustment")
@@ -140,6 +140,13 @@ def build_parser(prog: str = "python -m backend.coordinator") -> argparse.Argume
     c.add_argument("--capacity-file", type=Path, default=None,
                    help="capacity JSON (protocol_svc.make_capacity) for every day, instead of "
                    "hems/v1/capacity[/<day>]")
+    c.add_argument("--homes", type=Path, default=None,
+                   help='the registered homes, JSON {"homes": {"<id>": {"rated_w": W}}}: '
+                   "each one outside every released total is reserved at its cap (rated "
+                   "power x frame length) in the adjustment (docs/adjustment.md, Reserve)")
+    c.add_argument("--rated-w", type=bounded_int(0, MAX_RATED_W), default=DEFAULT_RATED_W,
+                   help="rated power (W) of a home's circuit the registry does not rate "
+                   f"(default {DEFAULT_RATED_W})")
     c.add_argument("--capacity-wait-s", type=bounded_float(0.0), default=10.0,
                    help="how long to wait for the day's capacity after collection")
     c.add_argument("--answer-timeout-s", type=bounded_float(0.0, lo_open=True), default=10.0,
@@ -176,14 +183,8 @@ def check(a: argparse.Namespace) -> None:
         return
     if a.brokers is None:
         raise UsageError("--brokers is required")
-    a.caps = None
-    if a.registry is not None:
-        if a.workers > 1:
-            raise UsageError("--registry (range proofs) needs --workers 1")
-        try:
-            a.caps = registry_caps(a.registry)
-        except (OSError, ValueError, KeyError, AttributeError) as e:
-            raise UsageError(f"--registry {a.registry}: {e}") from e
+    if a.verify_proofs and a.workers > 1:
+        raise UsageError("--verify-proofs needs --workers 1")
     if a.day is not None:
         if a.start is None or a.result is None:
             raise UsageError("one round (--day) needs --start and --result")
@@ -214,7 +215,7 @@ def settings_of(a: argparse.Namespace) -> RoundSettings:
         window=a.window, time_limit_s=a.time_limit, target_weight=a.target_weight,
         capacity_wait_s=a.capacity_wait_s, answer_timeout_s=a.answer_timeout_s,
         missing_grace_s=a.missing_grace_s, reask_s=a.reask_s, linger_s=a.linger_s,
-        pause_at=a.debug_pause_at, caps=getattr(a, "caps", None))
+        pause_at=a.debug_pause_at, caps=a.caps, verify_proofs=a.verify_proofs)
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:
@@ -254,6 +255,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m backend.coordinat
     except ValueError as e:
         p.exit(2, f"{prog}: error: --capacity-file {args.capacity_file}: {e} (expected "
                   f"protocol_svc.make_capacity JSON for {args.frames} frames)\n")
+    try:
+        args.caps = (HomeCaps(default_w=args.rated_w) if args.homes is None
+                     else HomeCaps.load(args.homes, args.rated_w))
+    except ValueError as e:
+        p.exit(2, f"{prog}: error: --homes {e}\n")
     if args.status or args.check:
         return show_status(args)
     logging.basicConfig(

@@ -1,13 +1,14 @@
 """The coordinator's half of the range-proof check (docs/integrity.md), without I/O.
 
-At the close of collection, before grouping, every accepted home with a cap in the registry is
-verified: the coordinator computes its verifier share from the home's ``flp`` field and masked
-plan (``backend.common.flp_batch``), asks every mask broker of the round for theirs
-(``hems/v1/flpreq/<broker>``, one request per broker with every home) and adds them up.  A home
-whose proof fails is excluded alone: ``proof_failed`` (or ``report_mismatch`` when a broker
-holds another report id for it), and its masked plan never enters a group sum.  Homes without a
-cap in the registry are not verified.  round.py does the asking; this module builds the
-requests and decides.
+At the close of collection, before grouping (``--verify-proofs``), every accepted home is
+verified against its cap (reserve.HomeCaps: ``--homes`` / ``--rated-w``, rated power x frame
+length, in the round's quanta): the coordinator computes its verifier share from the home's
+``flp`` field and masked plan (``backend.common.flp_batch``), asks every mask broker of the
+round for theirs (``hems/v1/flpreq/<broker>``, one request per broker with every home) and adds
+them up.  A home whose proof fails is excluded alone: ``proof_failed`` (or ``report_mismatch``
+when a broker holds another report id for it), and its masked plan never enters a group sum (it
+is reserved at its cap like every home outside the released totals).  round.py does the asking;
+this module builds the requests and decides.
 """
 
 from __future__ import annotations
@@ -18,24 +19,23 @@ from typing import Any
 
 from backend.common import flp_batch
 from backend.coordinator.intake import PlanReport, RoundConfig
+from backend.coordinator.reserve import HomeCaps
 from hemsfw import flp, protocol, protocol_svc
 
 __all__ = ["conclude", "prepare", "request"]
 
 
-def prepare(cfg: RoundConfig, caps: Mapping[str, int], reports: Mapping[str, PlanReport],
+def prepare(cfg: RoundConfig, caps: HomeCaps, reports: Mapping[str, PlanReport],
             fields: Mapping[str, Any]) -> tuple[list[flp_batch.LeaderInput], dict[str, str]]:
-    """(the homes to verify, the homes failed already: no or malformed proof)."""
+    """(the homes to verify, the homes failed already: no or malformed proof).  A home's
+    bound: its cap (reserve.HomeCaps: rated power x frame length) in the round's quanta."""
     todo: list[flp_batch.LeaderInput] = []
     failed: dict[str, str] = {}
     nb = len(cfg.brokers)
     for home in reports:
-        cap = caps.get(home)
-        if cap is None:
-            continue
         r = reports[home]
         try:
-            c = flp.Circuit(cfg.frames, cap // cfg.quantum_wh, nb)
+            c = flp.Circuit(cfg.frames, caps.cap_wh(home, cfg.frame_s) // cfg.quantum_wh, nb)
             share, blind, parts = protocol_svc.parse_flp({"flp": fields.get(home)},
                                                          flp.ENC * c.share_len, nb)
         except ValueError:
@@ -54,7 +54,7 @@ def request(cfg: RoundConfig, party: int, req: str, qseed: bytes,
               [base64.b64encode(p).decode() for p in flp_batch.leader_parts(x)])
              for x in leaders]
     return protocol.encode(protocol_svc.make_flp_request(
-        req, cfg.day, cfg.round, party, cfg.quantum_wh, qseed, homes))
+        req, cfg.day, cfg.round, party, cfg.quantum_wh, cfg.frame_s, qseed, homes))
 
 
 def conclude(leaders: Sequence[flp_batch.LeaderInput], mine: Mapping[str, flp_batch.Verdict],

@@ -57,6 +57,7 @@ from backend.common import fastjson, flp_batch
 from backend.common.fastcheck import RoundKey, fast_mask_report
 from backend.common.rejects import Rejections
 from backend.common.vectors import U32
+from backend.coordinator.reserve import HomeCaps
 from hemsfw import flp, masking, protocol, protocol_svc
 
 from . import unseal
@@ -245,6 +246,9 @@ def decode_request(payload: bytes) -> Any:
     return protocol.decode(payload, protocol.MAX_GROUP_PAYLOAD)
 
 
+#: A group refusal naming the members whose report id differs from the coordinator's.
+REPORT_MISMATCH = "report_mismatch"
+
 #: rounds a planned day may have (round numbers above it are refused: ``too_many_rounds``)
 MAX_ROUNDS = 8
 
@@ -253,12 +257,11 @@ class MaskBroker:
     def __init__(self, broker_id: str, keys: Mapping[str, bytes], k: int,
                  logger: logging.Logger = log, clock: Callable[[], float] = time.time,
                  window: DayWindow | None = None, max_rounds: int = MAX_ROUNDS,
-                 caps: Mapping[str, int] | None = None) -> None:
+                 caps: HomeCaps | None = None) -> None:
         """keys: registered home id -> that home's 32-byte key for this broker.  clock: the
         deployment's time (epoch s); window: the days a round may be announced for (None: any,
-        for tests of other rules); max_rounds: rounds a day may have; caps: registered home
-        id -> contracted circuit capacity per frame in Wh (the range proofs' bound,
-        docs/integrity.md)."""
+        for tests of other rules); max_rounds: rounds a day may have; caps: the homes' circuit
+        ratings (the range proofs' bound, docs/integrity.md; None: no proof verified)."""
         if not protocol.valid_id(broker_id):
             raise ValueError(f"bad broker id {broker_id!r}")
         for h, key in keys.items():
@@ -288,7 +291,7 @@ class MaskBroker:
         self.used: dict[int, str] = {}
         self.version = 0  # bumped whenever the stats change
         self._pending: deque[tuple[str, bytes]] = deque()
-        self.caps = dict(caps or {})
+        self.caps = caps
         #: home indices whose report's proof this broker has verified this round (once only)
         self.flp_done: set[int] = set()
 
@@ -459,7 +462,8 @@ class MaskBroker:
             for entry in groups:
                 gid, members, checksum = entry[0], entry[1], entry[2]
                 carried = list(entry[3]) if len(entry) > 3 else []
-                result = self._group(gid, members, checksum, carried)
+                rids = list(entry[4]) if len(entry) > 4 else []
+                result = self._group(gid, members, checksum, carried, rids)
                 reason = result.get("reason")
                 self.stats.group(req, day, rnd, gid, len(members), reason,
                                  len(result.get("missing", ())))
@@ -475,8 +479,11 @@ class MaskBroker:
         return out
 
     def _group(self, gid: str, members: list[str], checksum: str,
-               carried: Sequence[str] = ()) -> dict[str, Any]:
-        """One group's result: refused with a reason, or released with its sum."""
+               carried: Sequence[str] = (), report_ids: Sequence[str] = ()) -> dict[str, Any]:
+        """One group's result: refused with a reason, or released with its sum.  With
+        ``report_ids`` (one per member) the members whose report id is not the one this broker
+        counts them with are named (``report_mismatch``, list ``mismatched``): a function of
+        report ids only, never of a mask or a plan."""
         if len(set(members)) != len(members):
             return _refused(gid, "duplicate_members")
         get = self.index.get
@@ -499,6 +506,12 @@ class MaskBroker:
         old = np.flatnonzero(is_carried)
         rids = {int(idx[j]): self.masks.report(int(rows[j]))[0] for j in current.tolist()}
         rids.update({int(idx[j]): self.carried[int(idx[j])][0] for j in old.tolist()})
+        if report_ids:
+            wrong = [h for h, i, r in zip(members, idx.tolist(), report_ids, strict=True)
+                     if rids[int(i)] != r]
+            if wrong:
+                return {"id": gid, "status": "refused", "reason": REPORT_MISMATCH,
+                        "mismatched": wrong}
         if any(self.used.get(i, r) != r for i, r in rids.items()):
             return _refused(gid, "report_conflict")
         digest = np.bitwise_xor.reduce(self.masks.digests[rows[current]], axis=0) if len(
@@ -539,7 +552,7 @@ class MaskBroker:
         mask's, ``already_verified``, ``part_mismatch``, ``bad_flp``)."""
         topic = protocol_svc.t_flpreq(self.id)
         try:
-            req, day, rnd, party, quantum, qseed, homes = protocol_svc.parse_flp_request(
+            req, day, rnd, party, quantum, frame_s, qseed, homes = protocol_svc.parse_flp_request(
                 protocol.decode(payload, protocol.MAX_GROUP_PAYLOAD), max(1, len(self.homes)))
         except ValueError as e:
             self.rejections.reject("flpreq", str(e), topic)
@@ -555,7 +568,7 @@ class MaskBroker:
         for home, rid, ps in homes:
             i = self.index.get(home)
             row = -1 if i is None else int(self.masks.row_of[i])
-            cap = self.caps.get(home)
+            cap = None if self.caps is None else self.caps.cap_wh(home, frame_s)
             why = ("unregistered" if i is None else "no_cap" if cap is None else
                    "missing" if row < 0 else
                    "report_mismatch" if self.masks.report(row)[0] != rid else

@@ -190,10 +190,11 @@ def test_helper_part_binds_report():
 # ---------------------------------------------------------------- the home's report
 
 
-def _home_round(cap_wh, plan_wh):
+def _home_round(rated_w, plan_wh):
+    # frames of 900 s: a cap of rated_w / 4 Wh, in quanta of 100 Wh
     keys = {"mb1": "c8" * 32, "mb2": "d1" * 32}
     cfg = {"home_id": "h1", "magnification": 1, "plan_wh": plan_wh, "keys": keys,
-           "cap_wh": cap_wh}
+           "rated_w": rated_w}
     h = home.Home(cfg, MemStore(), CountingRandom())
     ann = protocol_svc.make_round("2026-11-28", 1, 8, 900, 100, 1795824000, 1795740000,
                                   ["mb1", "mb2"])
@@ -206,7 +207,7 @@ def _home_round(cap_wh, plan_wh):
         hm, d, r, rid2, blob = protocol_svc.parse_mask_report(protocol.decode(payload))
         seeds.append(seal.open_sealed(binascii.unhexlify(keys[b]),
                                       protocol.mask_ad(b, hm, d, r, rid2), blob))
-    c = flp.Circuit(8, cap_wh // 100, 2)
+    c = flp.Circuit(8, rated_w // 4 // 100, 2)
     share, blind, parts = protocol_svc.parse_flp(obj, flp.ENC * c.share_len, 2)
     n = flp.nonce("h1", day, rnd, rid)
     masks = [masking.expand_seed(x, 8) for x in seeds]
@@ -215,13 +216,13 @@ def _home_round(cap_wh, plan_wh):
 
 
 def test_home_report_carries_a_proof_both_verifiers_accept():
-    h, ok = _home_round(300, [0, 200, 0, 200])
+    h, ok = _home_round(1200, [0, 200, 0, 200])
     assert ok
     assert h.new["plan"] == [0, 0, 1, 1, 0, 0, 1, 1]
 
 
 def test_home_clamps_its_plan_to_the_contracted_cap():
-    h, ok = _home_round(100, [0, 800, 0, 200])      # 4 quanta per frame planned, cap 1
+    h, ok = _home_round(400, [0, 800, 0, 200])      # 4 quanta per frame planned, cap 1
     assert ok
     assert max(h.new["plan"]) == 1
 
@@ -238,17 +239,17 @@ def test_home_without_cap_sends_no_proof():
     raise AssertionError("a proof without a cap")
 
 
-def _config(cap):
+def _config(w):
     return {"home_id": "h1", "board": "unix", "mqtt": {"host": "h", "user": "h1",
             "password": "p"}, "plan_wh": [1], "keys": {"mb1": "c8" * 32}, "state_dir": "/s",
-            "cap_wh": cap}
+            "rated_w": w}
 
 
-def test_config_takes_cap_wh_and_refuses_a_negative_one():
-    assert config.check(_config(750))["cap_wh"] == 750
+def test_config_takes_rated_w_and_refuses_a_negative_one():
+    assert config.check(_config(3000))["rated_w"] == 3000
     try:
         config.check(_config(-1))
     except config.ConfigError as e:
-        assert "cap_wh" in str(e)
+        assert "rated_w" in str(e)
         return
-    raise AssertionError("accepted cap_wh -1")
+    raise AssertionError("accepted rated_w -1")

@@ -5,8 +5,8 @@
 #             "keepalive": 30, "cafile_der": null, "timeout_s": 5,
 #             "backoff_max_s": 60},
 #    "magnification": 2, "plan_wh": [...], "keys": {"mb1": "<64 hex>"},
-#    "cap_wh": 750,        (contracted circuit capacity per frame, as in the registry: the plan
-#                           report then carries a range proof, docs/integrity.md; null: none)
+#    "rated_w": 3000,      (the controlled circuit's rated power, W, as in the registry: the
+#                           plan report then carries a range proof, docs/integrity.md; null: none)
 #    "mask_brokers": ["mb1"], "min_mask_brokers": 1,   (default: the brokers of `keys`, all)
 #    "days_ahead": 1, "max_rounds_per_day": 8,
 #    "state_dir": "/path", "board": "unix"|"esp32"|"picow"|"rpi", "clock": "lab"|"system",
@@ -111,8 +111,8 @@ def check(cfg: object) -> "Json":
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= protocol.MAX_WH:
             raise ConfigError(f"config: plan_wh must hold integers 0..{protocol.MAX_WH}")
 
-    if cfg.get("cap_wh") is not None:
-        cfg["cap_wh"] = _int(cfg, "cap_wh", 0, protocol.MAX_WH, 0)
+    if cfg.get("rated_w") is not None:
+        cfg["rated_w"] = _int(cfg, "rated_w", 0, 1000000, 0)
 
     keys = _need(cfg, "keys", (dict,))
     if not keys:

@@ -87,8 +87,9 @@ class Home:
         self.min_brokers: int = cfg.get("min_mask_brokers") or len(self.brokers)
         self.max_rounds: int = cfg.get("max_rounds_per_day", 8)
         # provisioned like the registry's entry: each report then proves its plan in
-        # [0, cap_wh // quantum_wh] per frame (hemsfw/flp.py, docs/integrity.md)
-        self.cap_wh: int | None = cfg.get("cap_wh")
+        # [0, cap] per frame, cap = rated power x frame length in the round's quanta
+        # (hemsfw/flp.py, docs/integrity.md)
+        self.rated_w: int | None = cfg.get("rated_w")
         self.days_ahead: int = cfg.get("days_ahead", 1)
         self.store = store
         self.urandom = urandom
@@ -203,8 +204,9 @@ class Home:
         rid = _hex(self.urandom(16))
         seeds = [self.urandom(protocol.SEED_LEN) for _ in brokers]
         proof = None
-        if self.cap_wh is not None:
-            cap = self.cap_wh // new["quantum_wh"]
+        if self.rated_w is not None:
+            # Wh per frame, rounded up (backend/coordinator/reserve.py HomeCaps.cap_wh)
+            cap = -(-self.rated_w * new["frame_s"] // 3600) // new["quantum_wh"]
             p = new["plan"]
             for k in range(frames):     # the relay cannot draw more than its circuit's rating
                 if p[k] > cap:

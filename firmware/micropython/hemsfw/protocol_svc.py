@@ -26,8 +26,11 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
 
     from hemsfw.interfaces import Json
 
-    # a group's result: its sum (released) or (reason, missing homes) (refused)
+    # a group's result: its sum (released) or (reason, the members it names) (refused: the
+    # `missing` of missing_members, the `mismatched` of report_mismatch)
     GroupResult = bytes | tuple[str, list[str]]
+    # a requested group: (id, members, checksum, carried members, report ids or [])
+    GroupEntry = tuple[str, list[str], str, list[str], list[str]]
     # a range-proof request's homes: (home, report id, every party's joint-randomness part)
     FlpHomes = list[tuple[str, str, list[bytes]]]
 
@@ -44,13 +47,17 @@ def t_groupsum(broker: str) -> str:
     return PREFIX + "/groupsum/" + broker
 
 
-def _report_id(obj: "Json") -> str:
-    r = obj.get("report_id")
-    if not isinstance(r, str) or len(r) != REPORT_ID_HEX:
-        raise ValueError("bad_report_id")
+def _is_hex(r: str) -> bool:
     for c in r:
         if not ("0" <= c <= "9" or "a" <= c <= "f"):
-            raise ValueError("bad_report_id")
+            return False
+    return True
+
+
+def _report_id(obj: "Json") -> str:
+    r = obj.get("report_id")
+    if not isinstance(r, str) or len(r) != REPORT_ID_HEX or not _is_hex(r):
+        raise ValueError("bad_report_id")
     return r
 
 
@@ -119,21 +126,26 @@ def make_reply(day: str | None, rnd: int | None, report_id: str | None, ok: bool
 
 def make_group_request(req: str, day: str, rnd: int,
                        groups: "Iterable[Sequence[Any]]") -> "Json":
-    """groups: (group id, [member home ids], checksum hex[, [carried members]]).  Carried
-    members count with their latest released report of an earlier round (the checksum covers
-    that report's id): docs/privacy.md, "Over time"."""
+    """groups: (group id, [member home ids], checksum hex[, [carried members][, [report ids]]]).
+    Carried members count with their latest released report of an earlier round (the checksum
+    covers that report's id): docs/privacy.md, "Over time".  Report ids (one per member, in
+    member order) ask the broker to name the members whose report id differs from the one it
+    holds (``report_mismatch``): the coordinator sends them only after a checksum mismatch."""
     out = []
     for g in groups:
         d = {"id": g[0], "members": g[1], "checksum": g[2]}
         if len(g) > 3 and g[3]:
             d["carried"] = g[3]
+        if len(g) > 4 and g[4]:
+            d["report_ids"] = g[4]
         out.append(d)
     return {"v": VERSION, "req": req, "day": day, "round": rnd, "groups": out}
 
 
 def parse_group_request(obj: "Any", max_members: int
-                        ) -> tuple[str, str, int, list[tuple[str, list[str], str, list[str]]]]:
-    """Returns (req, day, round, [(group id, members, checksum, carried members)])."""
+                        ) -> "tuple[str, str, int, list[GroupEntry]]":
+    """Returns (req, day, round, [(group id, members, checksum, carried members, report ids)])
+    (report ids: [] when the request names none)."""
     check_version(obj)
     req = id_field(obj, "req")
     day = day_field(obj)
@@ -171,21 +183,30 @@ def parse_group_request(obj: "Any", max_members: int
             for h in carried:
                 if h not in ms:
                     raise ValueError("bad_carried")
-        out.append((gid, mem, c, carried))
+        rids = g.get("report_ids", [])
+        if not isinstance(rids, list) or (rids and len(rids) != len(mem)):
+            raise ValueError("bad_report_ids")
+        for r in rids:
+            if not isinstance(r, str) or len(r) != REPORT_ID_HEX or not _is_hex(r):
+                raise ValueError("bad_report_ids")
+        out.append((gid, mem, c, carried, rids))
     return req, day, rnd, out
 
 
 def make_group_sums(req: str, broker: str, day: str, rnd: int,
                     results: "list[Json]") -> "Json":
     """results: list of dicts {"id", "status": "released", "sum": b64} or
-    {"id", "status": "refused", "reason", "missing": [...]}."""
+    {"id", "status": "refused", "reason", "missing": [...]} (``report_mismatch``:
+    "mismatched": [...] instead of "missing")."""
     return {"v": VERSION, "req": req, "broker": broker, "day": day, "round": rnd,
             "results": results}
 
 
 def parse_group_sums(obj: "Any", frames: int
                      ) -> "tuple[str, str, str, int, dict[str, GroupResult]]":
-    """Returns (req, broker, day, round, {gid: bytes sum or (reason, missing)})."""
+    """Returns (req, broker, day, round, {gid: bytes sum or (reason, named members)}): the
+    members a refusal names are its ``missing`` (``missing_members``) or its ``mismatched``
+    (``report_mismatch``)."""
     check_version(obj)
     req = id_field(obj, "req")
     broker = id_field(obj, "broker")
@@ -204,7 +225,7 @@ def parse_group_sums(obj: "Any", frames: int
             out[gid] = unb64(r.get("sum"), 4 * frames)
         elif st == "refused":
             reason = r.get("reason")
-            missing = r.get("missing", [])
+            missing = r.get("mismatched" if reason == "report_mismatch" else "missing", [])
             if not isinstance(reason, str) or not isinstance(missing, list):
                 raise ValueError("bad_results")
             out[gid] = (reason, missing)
@@ -351,23 +372,26 @@ def parse_flp(obj: "Any", share_bytes: int, brokers: int) -> tuple[bytes, bytes,
         raise ValueError("bad_flp")
 
 
-def make_flp_request(req: str, day: str, rnd: int, party: int, quantum_wh: int, qseed: bytes,
-                     homes: "Iterable[Sequence[Any]]") -> "Json":
-    """homes: (home, report_id, [parts of every party, b64])."""
+def make_flp_request(req: str, day: str, rnd: int, party: int, quantum_wh: int, frame_s: int,
+                     qseed: bytes, homes: "Iterable[Sequence[Any]]") -> "Json":
+    """homes: (home, report_id, [parts of every party, b64]).  quantum_wh and frame_s: the
+    round's (a home's cap is its rated power x frame_s, in quanta)."""
     return {"v": VERSION, "req": req, "day": day, "round": rnd, "party": party,
-            "quantum_wh": quantum_wh, "qseed": binascii.b2a_base64(qseed, newline=False).decode(),
+            "quantum_wh": quantum_wh, "frame_s": frame_s,
+            "qseed": binascii.b2a_base64(qseed, newline=False).decode(),
             "homes": [{"home": h[0], "report_id": h[1], "parts": h[2]} for h in homes]}
 
 
 def parse_flp_request(obj: "Any", max_homes: int
-                      ) -> "tuple[str, str, int, int, int, bytes, FlpHomes]":
-    """-> (req, day, round, party, quantum_wh, qseed, [(home, report_id, [parts])])."""
+                      ) -> "tuple[str, str, int, int, int, int, bytes, FlpHomes]":
+    """-> (req, day, round, party, quantum_wh, frame_s, qseed, [(home, report_id, [parts])])."""
     check_version(obj)
     req = id_field(obj, "req")
     day = day_field(obj)
     rnd = int_field(obj, "round", 1, 1 << 30)
     party = int_field(obj, "party", 1, 8)
     quantum = int_field(obj, "quantum_wh", 1, 1 << 20)
+    frame_s = int_field(obj, "frame_s", 1, 86400)
     qseed = unb64(obj.get("qseed"), 32)
     hs = obj.get("homes")
     if not isinstance(hs, list) or not hs or len(hs) > max_homes:
@@ -380,7 +404,7 @@ def parse_flp_request(obj: "Any", max_homes: int
         if not isinstance(ps, list) or not 2 <= len(ps) <= 9:
             raise ValueError("bad_parts")
         out.append((id_field(x, "home"), _report_id(x), [unb64(p, 32) for p in ps]))
-    return req, day, rnd, party, quantum, qseed, out
+    return req, day, rnd, party, quantum, frame_s, qseed, out
 
 
 def make_flp_verifiers(req: str, broker: str, day: str, rnd: int,

@@ -29,6 +29,8 @@ import hashlib
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from collections.abc import Sequence
 
+    from hemsfw.interfaces import Json, Slot
+
 MODULUS = 340282366920938462946865773367900766209   # Field128 of draft-irtf-cfrg-vdaf
 ENC = 16                                            # bytes per encoded element (little-endian)
 GEN_ORDER_LOG = 66                                  # GEN has order 2^66
@@ -535,3 +537,32 @@ def decode_vec(buf: bytes | bytearray, n: int) -> list[int]:
             raise ValueError("bad_flp")
         out[i] = x
     return out
+
+
+# ---------------------------------------------------------------- the home's report
+
+
+def home_report(home: str, slot: "Slot", rid: str, rated_w: int, seeds: "Sequence[bytes]",
+                rand: bytes) -> "tuple[bytearray, Json]":
+    """(masked plan, the plan report's "flp" field) for hemsfw.home: the plan (slot["plan"],
+    quanta) is clamped in place to the cap per frame, rated power x frame length in Wh rounded
+    up (backend/coordinator/reserve.py HomeCaps.cap_wh) in the round's quanta: the relay cannot
+    draw more than its circuit's rating."""
+    from hemsfw import masking, protocol
+
+    frames = slot["frames"]
+    cap = -(-rated_w * slot["frame_s"] // 3600) // slot["quantum_wh"]
+    p = slot["plan"]
+    for k in range(frames):
+        if p[k] > cap:
+            p[k] = cap
+    masks = [masking.expand_seed(s, frames) for s in seeds]
+    acc = bytearray(4 * frames)
+    for m in masks:
+        masking.add_words(acc, m)
+    masked = masking.add_plan(acc, p)
+    del acc
+    share, blind, parts = prove_report(Circuit(frames, cap, len(seeds)), p, masked, seeds,
+                                       masks, nonce(home, slot["day"], slot["round"], rid), rand)
+    return masked, {"share": protocol.b64(share), "blind": protocol.b64(blind),
+                    "parts": [protocol.b64(x) for x in parts]}

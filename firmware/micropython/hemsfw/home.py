@@ -86,10 +86,7 @@ class Home:
         self.brokers: list[str] = cfg.get("mask_brokers") or sorted(self.keys)
         self.min_brokers: int = cfg.get("min_mask_brokers") or len(self.brokers)
         self.max_rounds: int = cfg.get("max_rounds_per_day", 8)
-        # provisioned like the registry's entry: each report then proves its plan in
-        # [0, cap] per frame, cap = rated power x frame length in the round's quanta
-        # (hemsfw/flp.py, docs/integrity.md)
-        self.rated_w: int | None = cfg.get("rated_w")
+        self.rated_w: int | None = cfg.get("rated_w")   # range proofs (flp.home_report)
         self.days_ahead: int = cfg.get("days_ahead", 1)
         self.store = store
         self.urandom = urandom
@@ -204,23 +201,15 @@ class Home:
         rid = _hex(self.urandom(16))
         seeds = [self.urandom(protocol.SEED_LEN) for _ in brokers]
         proof = None
-        if self.rated_w is not None:
-            # Wh per frame, rounded up (backend/coordinator/reserve.py HomeCaps.cap_wh)
-            cap = -(-self.rated_w * new["frame_s"] // 3600) // new["quantum_wh"]
-            p = new["plan"]
-            for k in range(frames):     # the relay cannot draw more than its circuit's rating
-                if p[k] > cap:
-                    p[k] = cap
-            masks = [masking.expand_seed(s, frames) for s in seeds]
-            acc = bytearray(4 * frames)
-            for m in masks:
-                masking.add_words(acc, m)
-            masked = masking.add_plan(acc, p)
-            del acc
-            proof = self._prove(day, rnd, rid, cap, p, masked, seeds, masks)
-            del masks
-        else:
+        if self.rated_w is None:
             masked = masking.add_plan(masking.mask_from_seeds(seeds, frames), new["plan"])
+        else:   # the range proof (docs/integrity.md): its code is loaded for this step only
+            from hemsfw import flp
+
+            masked, proof = flp.home_report(self.id, new, rid, self.rated_w, seeds,
+                                            self.urandom(2 * flp.SEED_LEN))
+            del flp
+            unload("flp")
         del masking            # (the local name too: else the module stays referenced)
         unload("masking")
         # Stored as the encoded JSON text: a re-send after a reboot is byte for byte what was
@@ -244,20 +233,6 @@ class Home:
         new["outbox"] = out
         new["acked"] = [0] * len(out)
         new["sent"] = False
-
-    def _prove(self, day: str, rnd: int, rid: str, cap: int, plan_q: list[int],
-               masked: bytearray, seeds: list[bytes], masks: list[bytearray]) -> "Json":
-        """The plan report's "flp" field; flp is loaded only for this step."""
-        from hemsfw import flp
-
-        c = flp.Circuit(len(masked) // 4, cap, len(seeds))
-        share, blind, parts = flp.prove_report(
-            c, plan_q, masked, seeds, masks, flp.nonce(self.id, day, rnd, rid),
-            self.urandom(2 * flp.SEED_LEN))
-        del flp
-        unload("flp")
-        return {"share": protocol.b64(share), "blind": protocol.b64(blind),
-                "parts": [protocol.b64(x) for x in parts]}
 
     def pending(self, wall: float | None = None, resend: bool = False
                 ) -> list[tuple[int, str, str]]:

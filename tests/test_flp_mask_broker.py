@@ -64,10 +64,11 @@ def start(mb: MaskBroker, reports: list[Report]) -> None:
         mb.handle(*r.mask_msg)
 
 
-def ask(mb: MaskBroker, reports: list[Report], qseed: bytes = bytes(32)) -> list[Any]:
+def ask(mb: MaskBroker, reports: list[Report], qseed: bytes = bytes(32), req: str = "f1"
+        ) -> list[Any]:
     homes = [(r.home, r.rid, [base64.b64encode(p).decode()
                               for p in flp_batch.leader_parts(r.leader())]) for r in reports]
-    msg = protocol_svc.make_flp_request("f1", DAY, 1, 1, QUANTUM, 900, qseed, homes)
+    msg = protocol_svc.make_flp_request(req, DAY, 1, 1, QUANTUM, 900, qseed, homes)
     return mb.handle(protocol_svc.t_flpreq(B), protocol.encode(msg))
 
 
@@ -112,7 +113,7 @@ def test_second_request_for_a_report_is_refused() -> None:
     r = Report("h0", [1] * FRAMES, 7)
     start(mb, [r])
     verdicts(ask(mb, [r]))
-    assert verdicts(ask(mb, [r], qseed=b"\x01" * 32)) == {"h0": "already_verified"}
+    assert verdicts(ask(mb, [r], qseed=b"\x01" * 32, req="f2")) == {"h0": "already_verified"}
 
 
 def test_mismatched_report_ids_are_named() -> None:
@@ -143,4 +144,13 @@ def test_verified_reports_survive_a_restart(tmp_path: Path) -> None:
             state.write(o)
     state.close()
     again = broker(StateDir(tmp_path))
-    assert verdicts(ask(again, [r])) == {"h0": "already_verified"}
+    assert verdicts(ask(again, [r], req="f2")) == {"h0": "already_verified"}
+
+
+def test_a_request_asked_again_gets_the_same_answer() -> None:
+    mb = broker()
+    r = Report("h0", [1] * FRAMES, 7)
+    start(mb, [r])
+    first = [o for o in ask(mb, [r]) if isinstance(o, Publish)]
+    again = [o for o in ask(mb, [r]) if isinstance(o, Publish)]
+    assert again == first and verdicts(first)["h0"] != "already_verified"

@@ -759,10 +759,19 @@ class Round:
             asyncio.get_running_loop().create_future()
         self._flp_pending[key] = fut
         self._open[key] = (topic, payload)
+        deadline = time.monotonic() + self.s.answer_timeout_s
         try:
-            await self._publish(topic, payload)
-            return await asyncio.wait_for(asyncio.shield(fut), self.s.answer_timeout_s)
-        except TimeoutError:
+            while True:  # asked again every reask_s: the broker answers a request id the same
+                await self._publish(topic, payload)
+                left = deadline - time.monotonic()
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut),
+                                                  max(0.0, min(left, self.s.reask_s)))
+                except TimeoutError:
+                    if deadline - time.monotonic() <= 0:
+                        break
+                    log.warning("no answer from %s to range-proof request %s yet: asking "
+                                "again", broker, req)
             log.error("mask broker %s did not answer range-proof request %s within %ss",
                       broker, req, self.s.answer_timeout_s)
             return None

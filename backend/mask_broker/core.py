@@ -292,8 +292,10 @@ class MaskBroker:
         self.version = 0  # bumped whenever the stats change
         self._pending: deque[tuple[str, bytes]] = deque()
         self.caps = caps
-        #: home indices whose report's proof this broker has verified this round (once only)
+        #: home indices whose report's proof this broker has verified this round (once only),
+        #: and this round's answers by request id (a re-asked request gets the same answer)
         self.flp_done: set[int] = set()
+        self.flp_answers: dict[str, bytes] = {}
 
     def subscriptions(self) -> list[tuple[str, int]]:
         return [(protocol.t_round(), 1), (protocol.t_mask(self.id, "+"), 1),
@@ -336,6 +338,7 @@ class MaskBroker:
         self.round = Round(day, rnd, frames)
         self.used = {}
         self.flp_done = set()
+        self.flp_answers = {}
         self.key = RoundKey(day, rnd, "ok")
         self.masks = RoundMasks(len(self.homes), frames)
 
@@ -561,6 +564,9 @@ class MaskBroker:
         if cur is None or (day, rnd) != (cur.day, cur.round):
             self.rejections.reject("flpreq", "unknown_round", topic, req)
             return []
+        again = self.flp_answers.get(req)
+        if again is not None:  # the coordinator asks again (a lost answer): the same answer
+            return [Publish(protocol_svc.t_flpver(self.id), again)]
         results: list[dict[str, Any]] = []
         items: list[flp_batch.HelperInput] = []
         parts: dict[str, list[bytes]] = {}
@@ -597,8 +603,9 @@ class MaskBroker:
         out: list[Output] = []
         if done:
             out.append(Record("flp", {"day": day, "round": rnd, "homes": done}))
-        out.append(Publish(protocol_svc.t_flpver(self.id), protocol.encode(
-            protocol_svc.make_flp_verifiers(req, self.id, day, rnd, results))))
+        answer = protocol.encode(protocol_svc.make_flp_verifiers(req, self.id, day, rnd, results))
+        self.flp_answers[req] = answer
+        out.append(Publish(protocol_svc.t_flpver(self.id), answer))
         return out
 
     def snapshot(self) -> dict[str, Any]:

@@ -51,16 +51,20 @@ def reports(bad: dict[str, str]) -> tuple[list[tuple[str, bytes]], list[tuple[st
     return plans, masks
 
 
-async def one_round(tmp: Path | None, bad: dict[str, str]) -> dict[str, Any]:
+async def one_round(tmp: Path | None, bad: dict[str, str], late_mask_s: float | None = None
+                    ) -> dict[str, Any]:
+    """late_mask_s: the last home's mask reaches the broker that long after the plans."""
     kit = new_round(tmp, capacity=capacity_message(F, 10_000), expected_homes=len(HOMES),
-                    caps=CAPS, verify_proofs=True)
+                    caps=CAPS, verify_proofs=True, missing_grace_s=1.0)
     mb = MaskBroker("mb1", KEYS, 3, caps=CAPS)
     wire(kit, {"mb1": mb})
     task = asyncio.create_task(kit.round.run())
     await until_phase(kit, Phase.COLLECTING)
     plans, masks = reports(bad)
-    for topic, payload in masks:
+    for topic, payload in masks if late_mask_s is None else masks[:-1]:
         mb.handle(topic, payload)
+    if late_mask_s is not None:
+        asyncio.get_running_loop().call_later(late_mask_s, mb.handle, *masks[-1])
     take_all(kit, plans)
     await task
     return round_record(kit.round, "completed")
@@ -95,3 +99,8 @@ def test_the_verdict_is_journaled_and_a_restart_does_not_ask_again(tmp_path: Pat
 
     again = asyncio.run(resume())
     assert excluded(again) == excluded(first) == {"h2": "proof_failed"}
+
+
+def test_a_mask_still_in_flight_at_the_close_is_waited_for() -> None:
+    rec = asyncio.run(one_round(None, {}, late_mask_s=0.3))
+    assert excluded(rec) == {} and rec["adjusted_homes"] == len(HOMES)

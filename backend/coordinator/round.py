@@ -736,10 +736,24 @@ class Round:
             qseed = secrets.token_bytes(32)
             mine = flp_batch.leader_verify(leaders, qseed)
             rids = {x.home: reports[x.home].report_id for x in leaders}
-            got = await asyncio.gather(*[self._ask_flp(b, party, qseed, leaders, rids)
-                                         for party, b in enumerate(self.cfg.brokers, 1)])
-            failed.update(proofs.conclude(leaders, mine,
-                                          dict(zip(self.cfg.brokers, got, strict=True))))
+            brokers = list(enumerate(self.cfg.brokers, 1))
+            results: dict[str, dict[str, bytes | str]] = {b: {} for _, b in brokers}
+            asked = {b: list(leaders) for _, b in brokers}
+            # A mask still in flight when collection closed is "missing" at the broker: those
+            # homes are asked again (same qseed: the same evaluation point) for missing_grace_s
+            retries = max(1, math.ceil(self.s.missing_grace_s / GRACE_STEP_S))
+            for attempt in range(retries + 1):
+                todo = [(p, b) for p, b in brokers if asked[b]]
+                got = await asyncio.gather(*[self._ask_flp(b, p, qseed, asked[b], rids)
+                                             for p, b in todo])
+                for (_, b), ans in zip(todo, got, strict=True):
+                    results[b].update(ans or {})
+                    asked[b] = [] if ans is None else [x for x in asked[b]
+                                                       if ans.get(x.home) == "missing"]
+                if not any(asked.values()) or attempt == retries:
+                    break
+                await asyncio.sleep(min(GRACE_STEP_S, self.s.missing_grace_s))
+            failed.update(proofs.conclude(leaders, mine, results))
         for h, why in sorted(failed.items()):
             log.error("home %s: range proof refused (%s)", h, why)
         self._proofs_failed = failed

@@ -572,27 +572,13 @@ class MaskBroker:
         parts: dict[str, list[bytes]] = {}
         done: list[str] = []
         for home, rid, ps in homes:
-            i = self.index.get(home)
-            row = -1 if i is None else int(self.masks.row_of[i])
-            cap = None if self.caps is None else self.caps.cap_wh(home, frame_s)
-            why = ("unregistered" if i is None else "no_cap" if cap is None else
-                   "missing" if row < 0 else
-                   "report_mismatch" if self.masks.report(row)[0] != rid else
-                   "already_verified" if i in self.flp_done or home in parts else None)
-            if why is None:
-                try:
-                    c = flp.Circuit(cur.frames, cap // quantum, len(ps) - 1)  # type: ignore[operator]
-                except ValueError:
-                    why = "bad_flp"
-            if why is not None:
-                results.append({"home": home, "reason": why})
+            got = self._flp_input(home, rid, len(ps) - 1, party, quantum, frame_s)
+            if isinstance(got, str):
+                results.append({"home": home, "reason": got})
                 continue
-            assert i is not None
-            self.flp_done.add(i)
+            self.flp_done.add(self.index[home])
             done.append(home)
-            seed = self.masks.report(row)[1]
-            items.append(flp_batch.HelperInput(home, flp.nonce(home, day, rnd, rid), c, party,
-                                               seed, bytes(masking.expand_seed(seed, cur.frames))))
+            items.append(got)
             parts[home] = ps
         for home, v in flp_batch.helper_verify(items, parts, qseed).items():
             if v.verifier is None:
@@ -607,6 +593,30 @@ class MaskBroker:
         self.flp_answers[req] = answer
         out.append(Publish(protocol_svc.t_flpver(self.id), answer))
         return out
+
+    def _flp_input(self, home: str, rid: str, brokers: int, party: int, quantum: int,
+                   frame_s: int) -> flp_batch.HelperInput | str:
+        """This broker's side of one home's proof, or why it has none."""
+        cur = self.round
+        i = self.index.get(home)
+        if cur is None or i is None:
+            return "unregistered"
+        if self.caps is None:
+            return "no_cap"
+        row = int(self.masks.row_of[i])
+        if row < 0:
+            return "missing"
+        mrid, seed = self.masks.report(row)
+        if mrid != rid:
+            return "report_mismatch"
+        if i in self.flp_done:
+            return "already_verified"
+        try:
+            c = flp.Circuit(cur.frames, self.caps.cap_wh(home, frame_s) // quantum, brokers)
+        except ValueError:
+            return "bad_flp"
+        return flp_batch.HelperInput(home, flp.nonce(home, cur.day, cur.round, rid), c, party,
+                                     seed, bytes(masking.expand_seed(seed, cur.frames)))
 
     def snapshot(self) -> dict[str, Any]:
         """What outlives a round (the state dir's compaction): the release partition and each

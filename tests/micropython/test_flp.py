@@ -253,3 +253,24 @@ def test_config_takes_rated_w_and_refuses_a_negative_one():
         assert "rated_w" in str(e)
         return
     raise AssertionError("accepted rated_w -1")
+
+
+def test_flp_request_and_answer_round_trip_and_refuse_junk():
+    req = protocol_svc.make_flp_request("p1-ab", "2026-11-28", 1, 1, 100, 900, b"q" * 32,
+                                        [("h1", RID, [protocol.b64(b"a" * 32),
+                                                      protocol.b64(b"b" * 32)])])
+    got = protocol_svc.parse_flp_request(protocol.decode(protocol.encode(req)), 10)
+    assert got == ("p1-ab", "2026-11-28", 1, 1, 100, 900, b"q" * 32,
+                   [("h1", RID, [b"a" * 32, b"b" * 32])])
+    ans = protocol_svc.make_flp_verifiers("p1-ab", "mb1", "2026-11-28", 1, [
+        {"home": "h1", "verifier": protocol.b64(b"v" * 48)}, {"home": "h2", "reason": "missing"}])
+    assert protocol_svc.parse_flp_verifiers(protocol.decode(protocol.encode(ans)))[4] == {
+        "h1": b"v" * 48, "h2": "missing"}
+    bad = dict(req)
+    bad["homes"] = [{"home": "h1", "report_id": RID, "parts": ["x"]}]
+    try:
+        protocol_svc.parse_flp_request(bad, 10)
+    except ValueError as e:
+        assert str(e) == "bad_parts"
+        return
+    raise AssertionError("accepted one part")

@@ -121,10 +121,16 @@ def relay_records(state: Path) -> list[dict[str, Any]]:
 
 
 def check_relay(state: Path, want_values: list[int], safe: bool, start: int = START,
-                frame_s: float = FRAME_S, late_s: float = 0.0) -> list[list[dict[str, Any]]]:
+                frame_s: float = FRAME_S, late_s: float = 0.0,
+                own_wh: list[int] | None = None) -> list[list[dict[str, Any]]]:
     """Every boot starts in the safe state; every logged state is the plan's for its frame
     (in time, up to late_s late); the last process made every switch of the frames it lived
-    through and left the relay safe.  Returns the records split per boot."""
+    through and left the relay safe.  Returns the records split per boot.
+
+    Before its first round a home on the system clock follows its own plan (own_wh, default
+    PLAN_WH) for the UTC day (docs/firmware.md, "No round for today"): such records come
+    before `start`, on that day's grid of 96 x 15 min."""
+    own = [v > 0 for v in plan.resample(own_wh or PLAN_WH, 96)]
     want = [v > 0 for v in want_values]
     frames = len(want)
     end = start + frames * frame_s
@@ -138,11 +144,13 @@ def check_relay(state: Path, want_values: list[int], safe: bool, start: int = ST
         k, t = r["frame"], r["t"]
         if k is None:
             assert r["on"] == safe and (t < start + late_s or t >= end), r
+        elif t < start:
+            assert r["on"] == own[k] and k == int(t % 86400 // 900), ("not the own plan", r)
         else:
             assert r["on"] == want[k], ("wrong state for frame", r)
             assert start + k * frame_s <= t < start + (k + 1) * frame_s + late_s, r
     last = segs[-1]
-    framed = [r for r in last if r["frame"] is not None]
+    framed = [r for r in last if r["frame"] is not None and r["t"] >= start]
     first = framed[0]["frame"] if framed else 0
     got = {r["frame"] for r in framed}
     for k in range(first + 1, frames):
@@ -398,7 +406,7 @@ def test_broker_down_at_boot_relay_follows_stored_plan(lab: Lab) -> None:
         stop(proc)
     assert time.time() - t0 < 40
     segs = check_relay(state, adjusted, safe=True, start=start, frame_s=SYS_FRAME_S,
-                       late_s=0.2)
+                       late_s=0.2, own_wh=SYS_PLAN)
     # the whole day was played by the process that booted without a broker, and the retained
     # round it saw again after the reconnect did not make it report a second time
     assert len(segs) == 2 and segs[1][1]["frame"] == 0 and segs[1][1]["on"] is False
@@ -428,7 +436,8 @@ def test_broker_tarpit_at_boot_bounds_the_loop(lab: Lab) -> None:
         tarpit.close()
         stop(proc)
     # switches at most one connect budget (1 s) + a turn late
-    check_relay(state, adjusted, safe=True, start=start, frame_s=SYS_FRAME_S, late_s=1.2)
+    check_relay(state, adjusted, safe=True, start=start, frame_s=SYS_FRAME_S, late_s=1.2,
+                own_wh=SYS_PLAN)
 
 
 def test_wifi_down_at_boot(lab: Lab) -> None:
@@ -450,4 +459,5 @@ def test_wifi_down_at_boot(lab: Lab) -> None:
         stop(proc)
         coord.close()
     assert coord.payloads(protocol.t_plan(HOME)) == []       # nothing re-sent after the restart
-    check_relay(state, adjusted, safe=True, start=start, frame_s=SYS_FRAME_S, late_s=0.2)
+    check_relay(state, adjusted, safe=True, start=start, frame_s=SYS_FRAME_S, late_s=0.2,
+                own_wh=SYS_PLAN)

@@ -352,3 +352,40 @@ def test_run_home_config_errors_exit_2(tmp_path: Path, impl: str) -> None:
     finally:
         stop(proc)
     assert "config: mqtt.user must equal home_id" in log.read_text()
+
+
+def test_a_round_naming_one_broker_is_refused_by_a_home_provisioned_with_two(
+        tmp_path: Path) -> None:
+    """Issue 13: the broker set is the home's.  A coordinator (or the MQTT operator) announcing
+    a round with `brokers: ["mb1"]` would get the home's only seed to mb1, and coordinator + mb1
+    would unmask its plan.  The real firmware, provisioned with mb1 and mb2, sends nothing for
+    that round and says why; the genuine two-broker announcement of the next round it reports."""
+    pw = {u: secrets.token_hex(8) for u in (HOME, "coordinator", "mb1", "mb2", "lab")}
+    broker = Mosquitto(tmp_path / "broker", pw, ["mb1", "mb2"]).start()
+    lab = Lab(broker, pw, secrets.token_hex(32), tmp_path)
+    state = tmp_path / "state"
+    cfg = write_config(lab, state, keys={"mb1": lab.key_hex, "mb2": secrets.token_hex(32)})
+    coord = Peer(lab, "coordinator", [protocol.t_plan(HOME), protocol.t_status(HOME)])
+    mb1 = Peer(lab, "mb1", [protocol.t_mask("mb1", HOME)])
+    log = tmp_path / "home.log"
+    proc = start_home("micropython", cfg, log)
+    try:
+        assert coord.get(protocol.t_status(HOME)) == b"online"
+        deadline = int(time.time()) + 3600
+        one = protocol_svc.make_round(DAY, 1, FRAMES, FRAME_S, QUANTUM, START, deadline, ["mb1"])
+        coord.publish(protocol.t_round(), protocol.encode(one), retain=True)
+        wait_until(lambda: "too_few_brokers" in log.read_text(), 10, "refusal not logged")
+        with pytest.raises(TimeoutError):
+            mb1.get(protocol.t_mask("mb1", HOME), timeout=1.0)
+        st = read_state(state)
+        assert st is None or st.get("round") != 1  # the refused round was not taken up
+        two = protocol_svc.make_round(DAY, 2, FRAMES, FRAME_S, QUANTUM, START, deadline,
+                                      ["mb1", "mb2"])
+        coord.publish(protocol.t_round(), protocol.encode(two), retain=True)
+        rnd = protocol.decode(mb1.get(protocol.t_mask("mb1", HOME)))["round"]
+        assert rnd == 2
+    finally:
+        stop(proc)
+        for p in (coord, mb1):
+            p.close()
+        broker.stop()

@@ -71,36 +71,64 @@ def last_relay(state: Path) -> dict[str, Any]:
     return json.loads((state / "relay.log").read_text().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def http(port: int, path: str, form: dict[str, str] | None = None) -> tuple[int, str]:
+def http(port: int, path: str, form: dict[str, str] | None = None,
+         cookie: str | None = None) -> tuple[int, str]:
+    return http_full(port, path, form, cookie)[:2]  # type: ignore[return-value]
+
+
+def http_full(port: int, path: str, form: dict[str, str] | None = None,
+              cookie: str | None = None) -> tuple[int, str, str | None]:
+    """(status, body, the session cookie the answer sets or None)."""
     data = urllib.parse.urlencode(form).encode() if form is not None else None
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
+    if cookie:
+        req.add_header("Cookie", "hems=" + cookie)
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *a: Any, **k: Any) -> None:
             return None
 
     opener = urllib.request.build_opener(NoRedirect)
+    def session(h: Any) -> str | None:
+        c = h.get("Set-Cookie")
+        return c.split(";")[0].split("=", 1)[1] if c and c.startswith("hems=") else None
+
     try:
         with opener.open(req, timeout=10) as r:
-            return r.status, r.read().decode()
+            return r.status, r.read().decode(), session(r.headers)
     except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+        return e.code, e.read().decode(), session(e.headers)
 
 
 def test_resident_page_shows_the_adjusted_plan_and_overrides(lab: Lab) -> None:
     state = lab.tmp / "state"
     port = free_port()
     cfg = write_config(lab, state, exit_after_day=False,
-                       http={"port": port, "bind": "127.0.0.1", "token": "t0k"})
+                       http={"port": port, "bind": "127.0.0.1"})
     log = lab.tmp / "home.log"
     proc = start_home("micropython", cfg, log)
     peers: list[Peer] = []
     try:
         peers += play_round(lab, state)
         wait_until(lambda: "web page on port" in log.read_text(), 10, "no page")
-        wait_until(lambda: json.loads(http(port, "/state.json")[1])["frame"] == 2, 10,
-                   "clock not applied")
-        status, page = http(port, "/")
+        # no password yet: the set-up form, and nothing of the home's state for anyone
+        status, gate = http(port, "/")
+        assert status == 200 and 'action="/password"' in gate and "<svg" not in gate
+        assert http(port, "/state.json")[0] == 401
+        assert http(port, "/override", {"state": "on"})[0] == 401
+        code, _, sid = http_full(port, "/password", {"new": "p4ss wörd"})
+        assert code == 303 and sid
+        assert "p4ss" not in (state / "auth.json").read_text()
+        wait_until(lambda: json.loads(http(port, "/state.json", cookie=sid)[1])["frame"] == 2,
+                   10, "clock not applied")
+        # once set, the page asks for it; a wrong one is refused, the right one logs in
+        status, gate = http(port, "/")
+        assert 'action="/login"' in gate and 'action="/password"' not in gate
+        assert "<svg" not in gate and "relay" not in gate.lower()
+        assert http_full(port, "/login", {"password": "nope"})[:1] == (403,)
+        code, _, sid2 = http_full(port, "/login", {"password": "p4ss wörd"})
+        assert code == 303 and sid2 and sid2 != sid
+        status, page = http(port, "/", cookie=sid2)
         assert status == 200, page
         svg = page[page.index("<svg"):page.index("</svg>")]
         adj = {int(k): int(v) for k, v in
@@ -115,19 +143,20 @@ def test_resident_page_shows_the_adjusted_plan_and_overrides(lab: Lab) -> None:
         h = re.search(r'<rect class="a" data-k="7"[^>]*height="([0-9.]+)"', svg)
         assert h is not None and abs(float(h.group(1)) - 160 * adj[7] / top) < 0.2
         assert 'id="relay">OFF' in page and '<rect class="now"' in svg
-        st = json.loads(http(port, "/state.json")[1])
+        st = json.loads(http(port, "/state.json", cookie=sid)[1])
         assert st["frame"] == 2 and st["adjusted_wh"][9] == ADJUSTED[9] * QUANTUM
 
-        # the override: wrong token refused, then on until the end of frame 2
-        assert http(port, "/override", {"state": "on", "until": "frame", "token": "x"})[0] == 403
+        # the override: refused without a session (or with a made-up one), then on until the
+        # end of frame 2
+        assert http(port, "/override", {"state": "on", "until": "frame"}, "0" * 32)[0] == 401
         assert last_relay(state)["on"] is False and last_relay(state).get("boot")
-        code, _ = http(port, "/override", {"state": "on", "until": "frame", "token": "t0k"})
+        code, _ = http(port, "/override", {"state": "on", "until": "frame"}, sid)
         assert code == 303
         wait_until(lambda: last_relay(state)["on"] is True, 5, "override not applied")
-        assert 'id="relay">ON' in http(port, "/")[1]
+        assert 'id="relay">ON' in http(port, "/", cookie=sid)[1]
         ovr = json.loads((state / "resident.json").read_text())["override"]
         assert ovr == {"on": True, "until": START + 3 * FRAME_S}
-        assert http(port, "/override", {"state": "auto", "token": "t0k"})[0] == 303
+        assert http(port, "/override", {"state": "auto"}, sid)[0] == 303
         wait_until(lambda: last_relay(state)["on"] is False, 5, "override not cleared")
         assert http(port, "/nope")[0] == 404
         assert proc.poll() is None

@@ -19,6 +19,7 @@ import tty
 from pathlib import Path
 
 import pytest
+from firmware_kit import write_board_config
 from pty_board import PtyBoard, run_bounded
 from test_firmware_mqtt import (
     DAY_REAL_S,
@@ -203,17 +204,21 @@ def test_provision_registers_a_home_that_connects(tmp_path: Path) -> None:
 def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
     bundle = tmp_path / "b"
     host.build(bundle)
-    cfg = tmp_path / "config.json"
-    cfg.write_text("{}")
+    cfg = write_board_config(tmp_path / "config.json")
     out = io.StringIO()
     assert host.flash("/dev/ttyUSB0", bundle, cfg, dry_run=True, out=out) == 0
     lines = out.getvalue().splitlines()
-    assert lines[0] == "mpremote connect /dev/ttyUSB0 mip install umqtt.simple"
-    assert lines[1:] == [
+    # safe mode first: the flag file, and a reset that stops the running app's watchdog
+    assert lines[:2] == [
+        "mpremote connect /dev/ttyUSB0 exec 'open(\"safemode\", \"w\").close()'",
+        "mpremote connect /dev/ttyUSB0 reset"]
+    assert lines[2] == "mpremote connect /dev/ttyUSB0 mip install umqtt.simple"
+    assert lines[3:] == [
         "mpremote connect /dev/ttyUSB0 rm -r :hemsfw",     # the old one (may be absent)
         f"mpremote connect /dev/ttyUSB0 cp -r {bundle / 'hemsfw'} :hemsfw",
         f"mpremote connect /dev/ttyUSB0 cp {bundle / 'main.py'} :main.py",
         f"mpremote connect /dev/ttyUSB0 cp {cfg} :config.json",
+        "mpremote connect /dev/ttyUSB0 rm :safemode",
         "mpremote connect /dev/ttyUSB0 reset",
     ]
     with pytest.raises(host.ToolError):
@@ -232,19 +237,21 @@ def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
     assert host.flash("/dev/ttyUSB0", bundle, cfg, dry_run=True, install_umqtt=False,
                       resume=True, reset=False, out=out) == 0
     assert out.getvalue().splitlines() == [
+        "mpremote connect /dev/ttyUSB0 resume exec 'open(\"safemode\", \"w\").close()'",
         "mpremote connect /dev/ttyUSB0 resume rm -r :hemsfw",
         f"mpremote connect /dev/ttyUSB0 resume cp -r {bundle / 'hemsfw'} :hemsfw",
         f"mpremote connect /dev/ttyUSB0 resume cp {bundle / 'main.py'} :main.py",
         f"mpremote connect /dev/ttyUSB0 resume cp {cfg} :config.json",
+        "mpremote connect /dev/ttyUSB0 resume rm :safemode",
     ]
     rc, stdout, _, _ = flash_cli("--port", "/dev/ttyACM0", "--bundle", str(bundle), "--config",
                                  str(cfg), "--dry-run", "--resume")
-    assert rc == 0 and stdout.splitlines()[0] == ("mpremote connect /dev/ttyACM0 resume mip "
+    assert rc == 0 and stdout.splitlines()[2] == ("mpremote connect /dev/ttyACM0 resume mip "
                                                   "install umqtt.simple")
     assert stdout.splitlines()[-1] == "mpremote connect /dev/ttyACM0 resume reset"
     rc, stdout, _, _ = flash_cli("--port", "/dev/ttyACM0", "--bundle", str(bundle), "--config",
                                  str(cfg), "--dry-run", "--no-reset")
-    assert rc == 0 and stdout.splitlines()[-1].endswith(" :config.json")
+    assert rc == 0 and stdout.splitlines()[-1].endswith(" rm :safemode")
     assert " resume " not in stdout
     assert host.main(["flash", "--port", "x", "--bundle", str(bundle), "--config", str(cfg),
                       "--dry-run", "--step-timeout", "0"]) == 2
@@ -253,11 +260,14 @@ def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
     rc, stdout, _, _ = flash_cli("--port", "/dev/ttyACM0", "--bundle", str(bundle), "--config",
                                  str(cfg), "--dry-run", "--romfs")
     assert rc == 0 and stdout.splitlines() == [
+        "mpremote connect /dev/ttyACM0 exec 'open(\"safemode\", \"w\").close()'",
+        "mpremote connect /dev/ttyACM0 reset",
         f"mpremote connect /dev/ttyACM0 romfs deploy {bundle / 'romfs.img'}",
         "mpremote connect /dev/ttyACM0 rm -r :hemsfw",
         "mpremote connect /dev/ttyACM0 rm -r :lib/umqtt",
         f"mpremote connect /dev/ttyACM0 cp {bundle / 'main.py'} :main.py",
         f"mpremote connect /dev/ttyACM0 cp {cfg} :config.json",
+        "mpremote connect /dev/ttyACM0 rm :safemode",
         "mpremote connect /dev/ttyACM0 reset",
     ]
     (bundle / "romfs.img").unlink()
@@ -341,15 +351,13 @@ def test_flash_to_a_serial_board_then_run_a_round(lab: Lab, tmp_path: Path) -> N
 def test_flash_fails_in_bounded_time_when_no_board_answers(tmp_path: Path) -> None:
     bundle = tmp_path / "b"
     host.build(bundle)
-    cfg = tmp_path / "config.json"
-    cfg.write_text("{}")
+    cfg = write_board_config(tmp_path / "config.json")
     common = ["--bundle", str(bundle), "--config", str(cfg), "--no-mip"]
-    # No such port: each step fails at once; `rm -r :hemsfw` may (a fresh board has none), the
-    # copy may not, and nothing runs after it.
-    rc, out, err, _ = flash_cli("--port", str(tmp_path / "ttyNONE"), *common)
+    # No such port: the first step (safe mode's flag) fails at once and nothing runs after it.
+    rc, out, err, _ = flash_cli("--port", str(tmp_path / "ttyNONE"), *common, "--no-reset")
     assert rc == 1, (out, err)
-    assert "step failed (exit 1)" in err and " cp -r " in err.splitlines()[-1], err
-    assert ":main.py" not in out
+    assert "step failed (exit 1)" in err and " exec " in err.splitlines()[-1], err
+    assert ":main.py" not in out and " rm " not in out
     # A line where nothing answers (a pty nobody reads): mpremote 1.29 waits for ever on a
     # /dev/pts/N port (it reads without a timeout there); --step-timeout kills it and fails.
     master, slave = os.openpty()
@@ -359,9 +367,9 @@ def test_flash_fails_in_bounded_time_when_no_board_answers(tmp_path: Path) -> No
                                        "--step-timeout", "3", timeout=90)
         print(f"silent line: failed in {secs:.1f} s")
         assert rc == 1, (out, err)
-        assert "step timed out after 3 s" in err and " rm -r :hemsfw" in err, err
+        assert "step timed out after 3 s" in err and " exec " in err, err
         assert secs < 60
-        assert " cp " not in out                # stopped at the first step
+        assert " cp " not in out and " rm " not in out   # stopped at the first step
         # mpremote really talked to the line (Ctrl-C, Ctrl-A: enter the raw REPL), and nothing
         # holds it any more: with our slave closed too, the master reads EOF (EIO).
         os.close(slave)
@@ -391,11 +399,11 @@ def test_flash_fails_in_bounded_time_when_no_board_answers(tmp_path: Path) -> No
 
 def test_flash_romfs_to_a_board_without_romfs_fails_and_changes_nothing(tmp_path: Path) -> None:
     """The unix port has no ROMFS partition (no vfs.rom_ioctl), like a stock ESP32 image: the
-    deploy step fails, the flash stops there with exit 1, and the board's files are untouched."""
+    deploy step fails, the flash stops there with exit 1, and the board's files are untouched
+    but for safe mode's flag (the board stays in safe mode, ready to be flashed again)."""
     bundle = tmp_path / "bundle"
     host.build(bundle)
-    cfg = tmp_path / "config.json"
-    cfg.write_text("{}")
+    cfg = write_board_config(tmp_path / "config.json")
     board = tmp_path / "board"
     (board / "hemsfw").mkdir(parents=True)
     (board / "hemsfw" / "home.mpy").write_bytes(b"M\x06\x00\x1f")
@@ -408,5 +416,6 @@ def test_flash_romfs_to_a_board_without_romfs_fails_and_changes_nothing(tmp_path
         assert "step failed" in err and "romfs deploy" in err
         assert "ROMFS is not enabled" in out + err
         assert [x for x in out.splitlines() if " connect " in x] == [
+            f"{MPREMOTE} connect {b.port} resume exec 'open(\"safemode\", \"w\").close()'",
             f"{MPREMOTE} connect {b.port} resume romfs deploy {bundle / 'romfs.img'}"]
-    assert tree(board) == before
+    assert tree(board) == {**before, "safemode": b""}

@@ -29,18 +29,18 @@ from typing import Any
 
 from backend.common.files import write_atomic
 from backend.common.metrics import serve
-from backend.common.mqtt import add_mqtt_args, settings_from_args
+from backend.common.mqtt import add_mqtt_args, mqtt_args_problem, settings_from_args
 from backend.common.sdnotify import notify, watchdog_interval_s
 from backend.common.usage import Parser, UsageError, bounded_float, bounded_int, port
 from backend.coordinator import metrics
 from backend.coordinator.daemon import Daemon, DaemonConfig
-from backend.coordinator.mqtt_adapter import BULK_TOPIC, AdapterError, MqttAdapter
+from backend.coordinator.mqtt_adapter import AdapterError, MqttAdapter
 from backend.coordinator.ports import AcceleratedClock, Clock, SystemClock
 from backend.coordinator.reserve import DEFAULT_RATED_W, MAX_RATED_W, HomeCaps
 from backend.coordinator.round import Round, RoundFailed, RoundSettings
 from backend.coordinator.schedule import Schedule, ScheduleError, parse_clock_time
 from backend.coordinator.supply import SupplyBook, parse_capacity, valid_day
-from backend.coordinator.workers import WorkerPool, shared_topic
+from backend.coordinator.workers import SHARE_GROUP, WorkerPool
 from hemsfw import protocol
 
 log = logging.getLogger("hems.coordinator")
@@ -242,6 +242,8 @@ def status_problem(st: dict[str, Any], now: float) -> str | None:
 def main(argv: list[str] | None = None, prog: str = "python -m backend.coordinator") -> int:
     p = build_parser(prog)
     args = p.parse_args(argv)
+    if (problem := mqtt_args_problem(args)) is not None:
+        p.error(problem)
     try:
         check(args)
         capacity = None
@@ -315,8 +317,8 @@ async def run(a: argparse.Namespace, capacity: bytes | None) -> int:
     daemon = Daemon(DaemonConfig(template, getattr(a, "schedule", None), a.state_dir,
                                  a.keep_journal_days, a.keep_result_days),
                     clock, supply, on_record, pool)
-    bulk_topic = shared_topic(BULK_TOPIC) if a.workers > 1 else BULK_TOPIC
-    adapter = MqttAdapter(settings, CLIENT_ID, daemon, a.reconnect_s, bulk_topic)
+    adapter = MqttAdapter(settings, CLIENT_ID, daemon, a.reconnect_s,
+                          SHARE_GROUP if a.workers > 1 else None)
     daemon.attach(adapter)
     daemon.link_info = lambda: {"connected": adapter.connected, "connects": adapter.connects}
     server = None

@@ -156,6 +156,10 @@ class IntakePool(Protocol):
     def held(self) -> int:
         """Reports they hold now."""
 
+    def homes(self) -> Sequence[str]:
+        """The distinct homes they hold, in arrival order (only ever appended to): a report
+        redelivered to two processes is one home (``Round.reports_held``)."""
+
     @property
     def up(self) -> bool:
         """Every one of them is subscribed."""
@@ -211,6 +215,9 @@ class Round:
         self.finished_at: float | None = None
         self.announced = False  # published by this process (re-published after a reconnect)
         self.merged = pool is None  # the pool's rows are in the round's intake
+        # reports_held before the merge: the distinct homes of this process and the pool
+        self._held: set[str] = set()
+        self._held_seen = (0, 0)  # how far this process's keys and the pool's homes were read
         self.pool_stopped = False
         # journal state, for the replay
         self._journaled_round = False
@@ -246,7 +253,18 @@ class Round:
     def reports_held(self) -> int:
         """Reports accepted so far, by this process and (until merged) by its workers."""
         n = self.intake.accepted if self.intake is not None else 0
-        return n if self.merged or self.pool is None else n + self.pool.held()
+        if self.merged or self.pool is None:
+            return n
+        # Distinct homes: a report redelivered to another process (a broker redelivers what a
+        # lost consumer had not acknowledged, to whichever consumer is there) is one home, and
+        # counting it twice would close collection before the last homes are in.
+        mine = self.intake.state.sink.store.keys if self.intake is not None else []
+        theirs = self.pool.homes()
+        i, j = self._held_seen
+        self._held.update(mine[i:])
+        self._held.update(theirs[j:])
+        self._held_seen = (len(mine), len(theirs))
+        return len(self._held)
 
     @property
     def late_homes(self) -> set[str]:

@@ -44,6 +44,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.common.broker import COORDINATOR_USER, GRID_USER, LAB_USER, Mosquitto
 from backend.common.children import Stopped, stop_on_signals
+from backend.common.rabbitmq import RabbitCluster, why_unavailable
 from backend.common.tls import make_pki
 from backend.common.usage import UsageError, bounded_float, bounded_int
 from backend.coordinator.adjust import Policy, Problem, solve
@@ -103,6 +104,9 @@ class LabOptions:
     rogue: bool = False
     #: homes prove their plans in [0, cap] and the coordinator verifies (docs/integrity.md)
     proofs: bool = False
+    #: "mosquitto" or "rabbitmq" (a cluster of ``nodes``: backend/common/rabbitmq.py)
+    broker: str = "mosquitto"
+    nodes: int = 1
 
 
 # ------------------------------------------------------------------------- the scenario
@@ -201,6 +205,8 @@ class Conn:
 
     port: int
     cafile: Path | None = None
+    #: a cluster's other nodes' MQTT ports: retained messages go to each (node-local there)
+    others: tuple[int, ...] = ()
 
     def client(self, user: str, password: str, client_id: str = "") -> mqtt.Client:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
@@ -220,7 +226,9 @@ class Observer:
     def __init__(self, conn: Conn, password: str) -> None:
         self.online: set[str] = set()
         self.lock = threading.Lock()
-        self.c = conn.client(LAB_USER, password, "hems-lab")
+        self.conn, self.password = conn, password
+        # client id = user name (RabbitMQ ties an identity's subscription queue to it)
+        self.c = conn.client(LAB_USER, password, LAB_USER)
         self.c.on_message = self._on_message
         self.c.connect(conn.host, conn.port)
         self.c.subscribe(protocol.PREFIX + "/status/+", qos=1)
@@ -236,6 +244,9 @@ class Observer:
 
     def publish(self, topic: str, obj: dict[str, Any], retain: bool) -> None:
         self.c.publish(topic, json.dumps(obj), qos=1, retain=retain).wait_for_publish(10)
+        if retain and self.conn.others:
+            publish_as(self.conn, LAB_USER, self.password, [(topic, json.dumps(obj).encode())],
+                       others_only=True)
 
     def close(self) -> None:
         self.c.disconnect()
@@ -270,17 +281,19 @@ class Recorder:
 
 
 def publish_as(conn: Conn, user: str, password: str,
-               messages: list[tuple[str, bytes]]) -> None:
-    """Retained QoS 1 publishes under another identity (the grid feed's capacity)."""
-    c = conn.client(user, password)
-    c.connect(conn.host, conn.port)
-    c.loop_start()
-    try:
-        for topic, payload in messages:
-            c.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
-    finally:
-        c.disconnect()
-        c.loop_stop()
+               messages: list[tuple[str, bytes]], others_only: bool = False) -> None:
+    """Retained QoS 1 publishes under another identity (the grid feed's capacity), on every
+    node of a cluster (``others_only``: not on the first)."""
+    for port in (() if others_only else (conn.port,)) + conn.others:
+        c = conn.client(user, password, f"{user}-pub{port}")
+        c.connect(conn.host, port)
+        c.loop_start()
+        try:
+            for topic, payload in messages:
+                c.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+        finally:
+            c.disconnect()
+            c.loop_stop()
 
 
 def _connected(stats: Path) -> bool:
@@ -319,6 +332,10 @@ class Run:
     conn: Conn | None = None
     port: int = 0
     tls_args: list[str] = field(default_factory=list)
+    #: the services' --broker rabbitmq arguments; the nodes' MQTT ports (homes spread over them)
+    broker_args: list[str] = field(default_factory=list)
+    mqtt_ports: list[int] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
     coordinator: procs.Proc | None = None
     coordinator_starts: int = 0
     anchor: float = 0.0
@@ -368,7 +385,9 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
     caps = {d: day_capacity(homes, sorted({*run.absent[d], *([run.rogue] if run.rogue else [])}),
                             d, o.frames, hcaps) for d in range(1, o.days + 1)}
     pki = make_pki(out.path("pki")) if o.tls else None
-    broker = Mosquitto(out.path("mosquitto"), pw, brokers, tls=pki, recorder=o.record)
+    broker: Mosquitto | RabbitCluster = (
+        RabbitCluster(out.path("rabbitmq"), pw, brokers, o.nodes) if o.broker == "rabbitmq"
+        else Mosquitto(out.path("mosquitto"), pw, brokers, tls=pki, recorder=o.record))
     observer: Observer | None = None
     recorders: list[Recorder] = []
     rogue: Rogue | None = None
@@ -382,14 +401,26 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
         # the coordinator's registry: every home and its circuit's rating, no keys
         out.path("homes-coordinator.json").write_text(json.dumps(
             {"homes": {h: {"rated_w": w} for h, w in run.rated.items()}}))
-        with pg.step("mosquitto", total=1) as st:
+        with pg.step(o.broker, total=1) as st:
             broker.start()
-            # With --tls every client (services, homes, the lab's own) uses the TLS listener.
-            run.port = broker.tls_port if pki is not None and broker.tls_port else broker.port
-            run.tls_args = ["--host", "localhost", "--cafile", str(pki.cafile)] if pki else []
-            log.info("mosquitto on 127.0.0.1:%d%s", run.port, " (TLS)" if pki else "")
+            if isinstance(broker, RabbitCluster):
+                run.mqtt_ports = broker.mqtt_ports()
+                run.port = run.mqtt_ports[0]
+                run.broker_args = [
+                    "--broker", "rabbitmq",
+                    "--amqp-ports", ",".join(str(n.amqp_port) for n in broker.nodes),
+                    "--mqtt-ports", ",".join(map(str, run.mqtt_ports))]
+                log.info("RabbitMQ cluster of %d nodes, MQTT on 127.0.0.1:%s", o.nodes,
+                         ",".join(map(str, run.mqtt_ports)))
+            else:
+                # With --tls every client (services, homes, the lab's own) uses the TLS
+                # listener.
+                run.port = broker.tls_port if pki is not None and broker.tls_port else broker.port
+                run.tls_args = ["--host", "localhost", "--cafile", str(pki.cafile)] if pki else []
+                log.info("mosquitto on 127.0.0.1:%d%s", run.port, " (TLS)" if pki else "")
             st.update(1)
-            run.conn = conn = Conn(run.port, pki.cafile if pki else None)
+            run.conn = conn = Conn(run.port, pki.cafile if pki else None,
+                                   tuple(run.mqtt_ports[1:]))
             observer = Observer(conn, pw[LAB_USER])
             if o.record:
                 for ident in [COORDINATOR_USER, *brokers]:
@@ -441,6 +472,7 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
             rogue.close()
         for r in recorders:
             r.close()
+        run.stopping.set()
         run.ps.stop_all()
         broker.stop()
         if vtn is not None:
@@ -463,7 +495,7 @@ def start_mask_brokers(run: Run) -> None:
              "--stats-interval", "0.2", "--state-dir", str(out.path(f"state-{b}")),
              "--release-log", str(out.path(f"releases-{b}.jsonl")),
              "--timezone", "UTC", "--accelerate", f"{run.anchor},{run.tl.begin},{run.tl.speed}",
-             "--port", str(run.port), "--user", b, *run.tls_args],
+             "--port", str(run.port), "--user", b, *run.tls_args, *run.broker_args],
             env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": run.pw[b]},
         )
 
@@ -474,11 +506,18 @@ def publish_capacity(run: Run, caps: dict[int, tuple[Any, float]]) -> Any:
     o, tl = run.o, run.tl
     if o.grid_feed != "openadr":
         assert run.conn is not None
-        publish_as(run.conn, GRID_USER, run.pw[GRID_USER], [
-            (protocol_svc.t_day_capacity(tl.date(d).isoformat()), protocol.encode(
-                protocol_svc.make_day_capacity(tl.date(d).isoformat(), o.frames, cap.tolist(),
+        msgs = [(protocol_svc.t_day_capacity(tl.date(d).isoformat()), protocol.encode(
+            protocol_svc.make_day_capacity(tl.date(d).isoformat(), o.frames, cap.tolist(),
                                            source="lab")))
-            for d, (cap, _) in caps.items()])
+                for d, (cap, _) in caps.items()]
+        publish_as(run.conn, GRID_USER, run.pw[GRID_USER], msgs)
+        if o.broker == "rabbitmq":
+            # RabbitMQ (3.10) delivers a retained message only to a subscription to its exact
+            # topic, and the coordinator subscribes to hems/v1/capacity/+: the lab's grid
+            # feed re-publishes the profiles until the end, so they arrive live.
+            conn, pw = run.conn, run.pw[GRID_USER]
+            threading.Thread(target=_repeat, args=(run.stopping, lambda: publish_as(
+                conn, GRID_USER, pw, msgs)), name="capacity", daemon=True).start()
         return None
     from backend.grid_feed import vtn as openadr
 
@@ -510,6 +549,21 @@ def openadr_reported(vtn: Any, run: Run) -> bool:
     return False
 
 
+def _repeat(stopping: threading.Event, job: Any, every_s: float = 2.0) -> None:
+    """``job()`` every ``every_s`` until ``stopping`` (errors logged)."""
+    while not stopping.wait(every_s):
+        try:
+            job()
+        except Exception as e:
+            log.warning("re-publishing the capacity: %s", e)
+
+
+def _spread(ports: list[int], i: int) -> list[str]:
+    """The nodes for the i-th home, starting with node i mod n (homes spread over the nodes)."""
+    k = i % len(ports)
+    return [f"127.0.0.1:{p}" for p in ports[k:] + ports[:k]]
+
+
 def start_homes(run: Run, keys: dict[str, dict[str, str]], tls: bool, observer: Observer,
                 pg: Progress) -> list[procs.Proc]:
     o, out = run.o, run.out
@@ -526,7 +580,10 @@ def start_homes(run: Run, keys: dict[str, dict[str, str]], tls: bool, observer: 
                 "home_id": h.home_id,
                 "mqtt": {"host": "localhost" if tls else "127.0.0.1", "port": run.port,
                          "user": h.home_id, "password": run.pw[h.home_id], "keepalive": 30,
-                         "cafile_der": str(cafile) if tls else None},
+                         "cafile_der": str(cafile) if tls else None,
+                         # a cluster: every node, each home starting on the next one
+                         **({"hosts": _spread(run.mqtt_ports, len(home_procs))}
+                            if run.mqtt_ports else {})},
                 "magnification": h.magnification, "plan_wh": h.plan_wh,
                 "keys": keys[h.home_id], "state_dir": str(sdir), "board": "unix",
                 "clock": "lab", "safe_state": False, "loop_ms": 10,
@@ -583,7 +640,7 @@ def coordinator_argv(run: Run, pause: str | None) -> list[str]:
         "--homes", str(run.out.root / "homes-coordinator.json"),
         *(["--verify-proofs"] if o.proofs else []),
         "--accelerate", f"{run.anchor},{tl.begin},{tl.speed}",
-        "--port", str(run.port), "--user", COORDINATOR_USER, *run.tls_args,
+        "--port", str(run.port), "--user", COORDINATOR_USER, *run.tls_args, *run.broker_args,
         *(["--debug-pause-at", pause] if pause else []),
     ]
 
@@ -862,6 +919,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proofs", action="store_true",
                    help="every home proves its plan in [0, its cap] per frame and the "
                    "coordinator verifies it with the mask brokers (docs/integrity.md)")
+    p.add_argument("--broker", choices=["mosquitto", "rabbitmq"], default=d.broker,
+                   help="mosquitto (default) or a RabbitMQ cluster (installed by ./run lab "
+                   "--broker rabbitmq; docs/scaling.md)")
+    p.add_argument("--nodes", type=bounded_int(3, 9), default=None,
+                   help="RabbitMQ cluster nodes, 3-9 (default 3; --broker rabbitmq only)")
 
 
 PHASES = ("collecting", "closed", "summing", "solving", "publishing", "serving")
@@ -872,6 +934,17 @@ def check_args(a: argparse.Namespace) -> None:
     cannot go ahead.  Makes paths absolute: the services run in another working directory."""
     if a.homes < a.k:
         raise UsageError(f"--homes {a.homes}: fewer homes than --k {a.k} cannot form a group")
+    if a.broker != "rabbitmq" and a.nodes is not None:
+        raise UsageError("--nodes needs --broker rabbitmq")
+    if a.broker == "rabbitmq":
+        a.nodes = a.nodes or 3
+        for flag, on in (("--tls", a.tls), ("--grid-feed", a.grid_feed),
+                         ("--kill-coordinator", a.kill_coordinator)):
+            if on:
+                raise UsageError(f"{flag} is not supported with --broker rabbitmq")
+        why = why_unavailable()
+        if why is not None:
+            raise UsageError(why)
     if DAY_S % a.frames:
         raise UsageError(f"--frames {a.frames}: a day (86400 s) must split into whole frames")
     if a.frames * a.frame_real_s < MIN_DAY_REAL_S:
@@ -936,7 +1009,8 @@ def _run(a: argparse.Namespace) -> int:
                    solver=a.solver, days=a.days, dropout=a.dropout, churn=a.churn, out_dir=a.out,
                    python_homes=a.python_homes, tls=a.tls, grid_feed=a.grid_feed,
                    kill_coordinator=tuple(filter(None, a.kill_coordinator.split(","))),
-                   rogue=a.debug_rogue, proofs=a.proofs)
+                   rogue=a.debug_rogue, broker=a.broker, nodes=a.nodes or 1,
+                   proofs=a.proofs)
     rpath = report_path(a)
     show = not a.json and not a.no_progress and sys.stderr.isatty()
     with live(show) as pg:

@@ -18,7 +18,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from backend.common.clock import AcceleratedClock, SystemClock
-from backend.common.mqtt import add_mqtt_args, settings_from_args
+from backend.common.mqtt import add_mqtt_args, mqtt_args_problem, settings_from_args
 from backend.common.usage import Parser, bounded_int, port
 from backend.coordinator.reserve import DEFAULT_RATED_W, MAX_RATED_W, HomeCaps
 
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m backend.mask_brok
     a = p.parse_args(argv)
     if not a.check and (a.broker_id is None or a.registry is None):
         p.error("--broker-id and --registry are required")
+    if (problem := mqtt_args_problem(a)) is not None:
+        p.error(problem)
     if a.check:
         problem = check(a.stats_file, time.time())
         print("healthy" if problem is None else f"unhealthy: {problem}")

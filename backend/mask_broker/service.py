@@ -38,11 +38,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from backend.common import metrics
 from backend.common.backoff import Backoff
-from backend.common.bulk_mqtt import BulkClient, BulkMqttError, Message
+from backend.common.bulk_mqtt import BulkMqttError, Message
 from backend.common.files import write_atomic
 from backend.common.metrics import Sample
-from backend.common.mqtt import MqttSettings
+from backend.common.mqtt import MqttSettings, failover
 from backend.common.sdnotify import notify, watchdog_interval_s
+from backend.common.transport import BulkTransport, bulk_transport
 from hemsfw import protocol, protocol_svc
 
 from .core import MaskBroker, Publish, Record
@@ -101,9 +102,9 @@ class Service:
         self._stop = asyncio.Event()
         self.bulk_topic = protocol.t_mask(core.id, "+")
         s = self.settings
-        self.ingest = BulkClient(
-            s.host, s.port, f"{core.id}-ingest", f"{s.username}-ingest", s.password,
-            [(self.bulk_topic, 1)], self._on_batch, tls=s.tls_context(),
+        self.ingest: BulkTransport = bulk_transport(
+            s, f"{core.id}-ingest", f"{s.username}-ingest", self.bulk_topic, self._on_batch,
+            queue=f"hems.{core.id}.mask", tls=s.tls_context(),
             max_packet=protocol.MAX_PAYLOAD + 1024, log=log)
 
     # ------------------------------------------------------------ lifecycle
@@ -157,8 +158,10 @@ class Service:
             log.error("%s", self.fatal)
 
     async def _mqtt(self) -> None:
-        s = self.settings
+        attempt = 0
         while True:
+            s = failover(self.settings, attempt)  # a cluster: the next node after a loss
+            attempt += 1
             try:
                 client = s.client(clean_session=False)
                 # PUBACK only after a message was handled and its records written: a crash in

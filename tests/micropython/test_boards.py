@@ -48,9 +48,18 @@ class _WDT:
         self.feeds += 1
 
 
+class _RTC:
+    set_to = []  # noqa: RUF012
+
+    def datetime(self, t=None):
+        if t is not None:
+            _RTC.set_to.append(t)
+
+
 class _Machine:
     Pin = _Pin
     WDT = _WDT
+    RTC = _RTC
 
 
 class _WLAN:
@@ -89,21 +98,28 @@ class _Network:
 
 
 class _Ntp:
-    host = "pool.ntp.org"
-    timeout = 5
+    """Stands in for hemsfw.sntp (board.sntp): one DNS and one SNTP query, each bounded."""
     ok = False
     calls = 0
+    resolved = []  # noqa: RUF012
 
     @staticmethod
-    def settime():
+    def resolve(host, server, timeout_s):
+        _Ntp.resolved.append((host, server, timeout_s))
+        return "192.0.2.123"
+
+    @staticmethod
+    def query(addr, timeout_s):
         _Ntp.calls += 1
+        assert addr == "192.0.2.123" and timeout_s <= 1
         if not _Ntp.ok:
             raise OSError("timeout")
+        return 1795824000   # 2026-11-28T00:00:00Z (a Saturday)
 
 
 def _install():
     saved = {}
-    for name, mod in (("machine", _Machine), ("network", _Network), ("ntptime", _Ntp)):
+    for name, mod in (("machine", _Machine), ("network", _Network)):
         saved[name] = sys.modules.get(name)
         sys.modules[name] = mod
     return saved
@@ -158,6 +174,7 @@ def test_esp32_board_boot_wifi_backoff_and_ntp():
         logs, log = _logs()
         cfg = _mcu_cfg("esp32", active_low=True, button=0, led=2)
         b = load("esp32")(cfg, MemStore(), log, urandom=lambda n: b"\xff" * n)
+        b.sntp = _Ntp
         # the relay pin exists at its safe level (off, active-low = high) before anything else
         assert _Pin.pins[5].levels[0] == 1 and b.relay.on is False
         assert _Network.names[-1] == "hems-h1"
@@ -180,6 +197,9 @@ def test_esp32_board_boot_wifi_backoff_and_ntp():
         _Ntp.ok = True
         b.service(None)
         assert _Ntp.calls == 2 and b.ntp_ok and "ntp: time set" in logs
+        # resolved with the DHCP resolver (ifconfig()[3]) within 1 s, again after the failure
+        assert _Ntp.resolved[-2:] == [("pool.ntp.org", "", 1)] * 2
+        assert _RTC.set_to[-1] == (2026, 11, 28, 6, 0, 0, 0, 0)   # weekday 1..7 (Sat = 6)
         wdt = b.watchdog(200000)
         assert wdt.timeout == 120000           # clamped to the board's maximum
     finally:
@@ -378,3 +398,99 @@ def test_rpi_systemd_watchdog():
         os.environ.clear()
         os.environ.update(saved)
         srv.close()
+
+
+class _IrqPin(_Pin):
+    IRQ_FALLING = 2
+    IRQ_RISING = 1
+
+    def irq(self, handler=None, trigger=0, hard=False):
+        self.handler = handler
+        self.trigger = trigger
+
+    def edge(self, level):
+        self.input = level
+        self.handler(self)
+
+
+def _irq_button(events):
+    """A board whose button pin has interrupts; `events` [(ms, level)] happen while the loop
+    is blocked (no poll); returns what the polls after them report."""
+    saved = _install()
+    _Machine.Pin = _IrqPin
+    try:
+        from hemsfw.boards import mcu
+
+        b = load("esp32")(_mcu_cfg("esp32", button=4), MemStore(), _logs()[1])
+        pin = _Pin.pins[4]
+        assert pin.trigger == _IrqPin.IRQ_FALLING | _IrqPin.IRQ_RISING
+        t = [0]
+        real = mcu.ticks_ms
+        mcu.ticks_ms = lambda: t[0]
+        try:
+            for ms, level in events:
+                t[0] = ms
+                pin.edge(level)
+            t[0] += 5000
+            return [b.button(), b.button()]
+        finally:
+            mcu.ticks_ms = real
+    finally:
+        _Machine.Pin = _Pin
+        _restore(saved)
+
+
+def test_a_press_while_the_loop_is_blocked_is_not_lost():
+    assert _irq_button([(100, 0), (400, 1)]) == ["short", None]
+
+
+def test_a_long_press_while_the_loop_is_blocked_is_long():
+    assert _irq_button([(100, 0), (2600, 1)]) == ["long", None]
+
+
+def test_contact_bounce_is_one_press():
+    assert _irq_button([(100, 0), (103, 1), (105, 0), (400, 1), (404, 0), (406, 1)]) == \
+        ["short", None]
+
+
+def test_wifi_failure_reasons_are_logged_by_name():
+    saved = _install()
+    _Network.STAT_WRONG_PASSWORD = 202        # ESP32's values (rp2: -3, -2)
+    _Network.STAT_NO_AP_FOUND = 201
+    _WLAN.status = lambda self: self.st
+    try:
+        logs, log = _logs()
+        b = load("esp32")(_mcu_cfg("esp32"), MemStore(), log, urandom=lambda n: b"\x00" * n)
+        b.wlan.st = 1001
+        b.service(None)                        # the first attempt: nothing failed yet
+        b.wlan.st = 202
+        b.wifi_at -= 100000
+        b.service(None)
+        assert "wifi: not connected to 's': wrong password (202) - retry in 5 s" in logs, logs
+        b.wlan.st = 201
+        b.wifi_at -= 100000
+        b.service(None)
+        assert "wifi: not connected to 's': no ap found (201) - retry in 10 s" in logs, logs
+        b.wlan.st = 15                         # a driver reason without a name
+        b.wifi_at -= 100000
+        b.service(None)
+        assert "wifi: not connected to 's': status 15 - retry in 20 s" in logs, logs
+    finally:
+        del _Network.STAT_WRONG_PASSWORD, _Network.STAT_NO_AP_FOUND, _WLAN.status
+        _restore(saved)
+
+
+def test_board_diagnostics_signal_and_reset_cause():
+    saved = _install()
+    _Machine.PWRON_RESET, _Machine.WDT_RESET = 1, 3
+    _Machine.reset_cause = staticmethod(lambda: 3)
+    _WLAN.status = lambda self, param=None: -67 if param == "rssi" else 1010
+    try:
+        b = load("esp32")(_mcu_cfg("esp32"), MemStore(), _logs()[1])
+        assert b.diag() == {"rssi": None, "reset": "wdt"}      # no signal without Wi-Fi
+        b.wlan.up = True
+        b.service(None)
+        assert b.diag() == {"rssi": -67, "reset": "wdt"}
+    finally:
+        del _Machine.PWRON_RESET, _Machine.WDT_RESET, _Machine.reset_cause, _WLAN.status
+        _restore(saved)

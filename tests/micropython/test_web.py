@@ -61,8 +61,6 @@ def test_svg_shows_planned_and_adjusted():
     assert _rects(chunks, "p") == {0: 0, 1: 300, 2: 0, 3: 500}
     assert _rects(chunks, "a") == {0: 0, 1: 0, 2: 300, 3: 500}
     assert '<rect class="now" x="180.0"' in html
-    assert 'name="token"' not in html
-    assert 'name="token" value="s3"' in "".join(web.page(r, "s3"))
 
 
 def test_page_is_drawn_a_small_piece_at_a_time():
@@ -82,14 +80,14 @@ def test_page_is_drawn_a_small_piece_at_a_time():
         size += len(c)
         gc.collect()
         peak = max(peak, gc.mem_alloc() - base)
-    assert n == 2 * 96 + 5 and size > 20000
+    assert n == 2 * 96 + 9 and size > 20000   # + open, scale, now, 5 clock times, close
     assert peak < 2048, peak
 
 
 def test_page_without_plan():
     r, _, _, _ = _runner()
     assert "No plan yet" in "".join(web.page(r))
-    assert web._form("state=on&until=day&x") == {"state": "on", "until": "day"}
+    assert web.form_fields("state=on&until=day&x") == {"state": "on", "until": "day"}
 
 
 def test_home_assistant_discovery_and_commands():
@@ -124,7 +122,8 @@ def test_home_assistant_discovery_and_commands():
     n = len([t for t, _, _, _ in lc.published if t.endswith("/config")])
     lc.inject("homeassistant/status", b"online")
     r.step()
-    assert len([t for t, _, _, _ in lc.published if t.endswith("/config")]) == n + 2
+    # again: the switch, the plan, the mode selector and the 4 diagnostics
+    assert len([t for t, _, _, _ in lc.published if t.endswith("/config")]) == n + 7
     # the switch: an override until the end of the frame
     lc.inject("hems/h1/relay/set", b"ON")
     r.step()

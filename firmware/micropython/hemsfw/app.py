@@ -10,7 +10,9 @@ from hemsfw import store
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from collections.abc import Callable
 
-    from hemsfw.interfaces import Log
+    from hemsfw.interfaces import Board, Json, Log
+    from hemsfw.link import Link
+    from hemsfw.runner import Runner
 
 # Collect after every GC_BOOT bytes allocated while the firmware loads, not only when the heap
 # is full: the loader's garbage is then freed while it is still packed together and the code
@@ -25,6 +27,37 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
 # default, collect only when the heap is full).
 GC_BOOT = 1024
 GC_LOOP = 4096
+
+
+def _ota(ocfg: "Json", r: "Runner", board: "Board", log: "Log") -> None:
+    """Over-the-air update (hemsfw/ota.py): the code on trial is confirmed once the broker
+    link is up; the board's per-turn housekeeping also checks for a published update."""
+    from hemsfw import VERSION, ota
+    from hemsfw.clock import ticks_add
+
+    up = r.main.on_up
+
+    def confirm(link: "Link") -> None:
+        ota.confirm(".", log)
+        r.main.on_up = up
+        if up is not None:
+            up(link)
+
+    r.main.on_up = confirm
+    u = ota.Updater(ocfg, VERSION, ".", log)
+    u.due = ticks_add(r.ticks(), ota.FIRST_MS)
+    service = board.service
+    wd = r.watchdog
+
+    def feed() -> None:   # between download chunks: the watchdog, if the loop is healthy
+        if wd is not None and r.healthy():
+            wd.feed()
+
+    def housekeeping(runner: object) -> None:
+        service(runner)
+        u.turn(board.net_up(), r.ticks(), feed)
+
+    board.service = housekeeping  # type: ignore[method-assign]  # (an instance attribute)
 
 
 def main(path: str, make_log: "Callable[[str], Log]") -> int:
@@ -60,6 +93,13 @@ def main(path: str, make_log: "Callable[[str], Log]") -> int:
     board = load_board(cfg["board"])(cfg, st, log)   # creates the relay at its safe level
     del load_board
     unload("boards")   # the package's loader is needed once (its board module stays)
+    if cfg["board"] in ("esp32", "picow") and not cfg["wifi"]["ssid"]:
+        # no Wi-Fi yet: the set-up access point and page (the relay stays safe), then reset
+        import machine
+
+        from hemsfw import setup_ap
+
+        return setup_ap.run(cfg, path, log, machine.reset)
     from hemsfw import runner
 
     client = board.make_client(cfg["mqtt"], cfg["home_id"])
@@ -69,6 +109,8 @@ def main(path: str, make_log: "Callable[[str], Log]") -> int:
     r = runner.Runner(cfg, client, board.clock, board.relay, st, log, board=board, local=local)
     # The loop, with the watchdog from the board, and the web page if configured.
     r.watchdog = board.watchdog(cfg.get("watchdog_ms", 30000))
+    if cfg.get("ota"):
+        _ota(cfg["ota"], r, board, log)
     gc.collect()
     if threshold is not None:
         threshold(GC_LOOP)

@@ -21,6 +21,7 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
 # MicroPython boards before 1.22 (and some ports still) count from 2000-01-01: normalise to 1970
 # so the announcement's `start` (Unix epoch, docs/protocol.md) compares directly.
 _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
+EPOCH_OFFSET = _EPOCH_OFFSET   # (for the boards' RTC setting)
 
 # An RTC that has never been set reads 2000-01-01 (boards) or whatever the host says; anything
 # before 2024-01-01 is "not synchronised yet" (NTP has not run).

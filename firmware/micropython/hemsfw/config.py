@@ -3,7 +3,9 @@
 #   {"home_id": "h1",
 #    "mqtt": {"host": "127.0.0.1", "port": 1883, "user": "h1", "password": "...",
 #             "keepalive": 30, "cafile_der": null, "timeout_s": 5,
-#             "backoff_max_s": 60},
+#             "backoff_max_s": 60, "hosts": ["10.0.0.1:1883", "10.0.0.2"]},
+#                  (hosts: the cluster's nodes, in order; the link fails over between them.
+#                   Default [host:port]; a host without :port gets mqtt.port)
 #    "magnification": 2, "plan_wh": [...], "keys": {"mb1": "<64 hex>"},
 #    "rated_w": 3000,      (the controlled circuit's rated power, W, as in the registry: the
 #                           plan report then carries a range proof, docs/integrity.md; null: none)
@@ -17,7 +19,7 @@
 #    "wifi": {"ssid": "...", "password": "...", "hostname": "...", "country": "JP"},
 #    "ntp": {"host": "pool.ntp.org", "every_s": 3600},   (esp32/picow)
 #    "planner": {"mode": "config"|"history", "alpha_pct": 25, "min_days": 1},
-#    "http": {"port": 80, "bind": "0.0.0.0", "token": null},       (the resident's page)
+#    "http": {"port": 80, "bind": "0.0.0.0"},   (the resident's page; password: hemsfw/auth.py)
 #    "local": {"host": ..., "port": 1883, "user": ..., "password": ..., "client_id": ...,
 #              "discovery_prefix": "homeassistant", "base": "hems/<home_id>"},  (Home Assistant)
 #    "unix": {"wifi_file": null}, "debug_pause_at": null}                   (tests only)
@@ -47,6 +49,76 @@ class ConfigError(ValueError):
     pass
 
 
+# Every key the firmware reads, per section: any other key is refused with its name, so a typo
+# ("safe_stat") is an error at boot, not a silently ignored setting.
+KEYS = {
+    "": ("home_id", "mqtt", "magnification", "plan_wh", "keys", "rated_w", "mask_brokers",
+         "min_mask_brokers", "days_ahead", "max_rounds_per_day", "state_dir", "board", "clock",
+         "safe_state", "utc_offset_min", "exit_after_day", "loop_ms", "watchdog_ms", "relay",
+         "wifi", "ntp", "planner", "http", "local", "unix", "ota", "debug_pause_at",
+         "debug_memtrace"),
+    "mqtt": ("host", "port", "user", "password", "keepalive", "cafile_der", "timeout_s",
+             "backoff_max_s", "hosts"),
+    "relay": ("pin", "active_low", "button", "button_active_low", "led", "led_active_low",
+              "driver", "chip", "sysfs_root", "min_on_s", "min_off_s"),
+    "wifi": ("ssid", "password", "hostname", "country", "ap_password"),
+    "ntp": ("host", "every_s"),
+    "planner": ("mode", "alpha_pct", "min_days"),
+    "http": ("port", "bind"),
+    "local": ("host", "port", "user", "password", "keepalive", "timeout_s", "cafile_der",
+              "client_id", "discovery_prefix", "base"),
+    "unix": ("wifi_file",),
+    "ota": ("url", "key", "every_s", "timeout_s"),
+}
+
+
+# ESP32 (the classic chip) pins: wired to the SPI flash (never usable), input-only (no output,
+# no internal pull resistors), strapping (sampled at reset, pulled by the chip: an output there
+# may glitch at every boot), the REPL's UART0.  docs/firmware.md, "Wiring".
+ESP32_FLASH = (6, 7, 8, 9, 10, 11)
+ESP32_INPUT_ONLY = (34, 35, 36, 37, 38, 39)
+ESP32_STRAPPING = (0, 2, 5, 12, 15)
+ESP32_UART0 = (1, 3)
+
+
+def pin_problem(board: str, role: str, pin: object) -> "tuple[bool, str] | None":
+    """(fatal, why) when `pin` is unusable (fatal) or risky for `role` ("pin": the relay,
+    "button", "led") on `board`; None when it is fine.  Only ESP32 has such pins here (all
+    RP2040 GPIOs come out of reset as inputs with pull-downs)."""
+    if board != "esp32" or not isinstance(pin, int):
+        return None
+    if pin in ESP32_FLASH:
+        return True, "GPIO%d is wired to the ESP32's flash chip" % pin
+    if pin in ESP32_INPUT_ONLY:
+        if role == "button":
+            return False, ("GPIO%d has no internal pull resistor: fit an external 10k pull-up "
+                           "(or pull-down)" % pin)
+        return True, "GPIO%d is input-only on the ESP32" % pin
+    if role == "pin" and pin in ESP32_STRAPPING:
+        return False, ("GPIO%d is an ESP32 strapping pin: its level at reset is set by the chip, "
+                       "so the relay may switch at every boot; use GPIO 16-33 (e.g. 26) or fit "
+                       "a pull resistor that holds it off" % pin)
+    if pin in ESP32_UART0:
+        return False, "GPIO%d is the serial console (UART0): the REPL and flashing use it" % pin
+    return None
+
+
+def _known(cfg: "Json") -> None:
+    """Refuse any key the firmware does not read (top level and every section)."""
+    for sec, names in KEYS.items():
+        d = cfg.get(sec) if sec else cfg
+        if d is None:
+            continue
+        if not isinstance(d, dict):
+            raise ConfigError("config: " + sec + " must be a JSON object")
+        where = sec + "." if sec else ""
+        for k in d:
+            if k not in names:
+                hint = " (gone: the page asks for the password the resident sets)" \
+                    if where + str(k) == "http.token" else ""
+                raise ConfigError("config: unknown key " + where + str(k) + hint)
+
+
 def _need(d: object, key: str, kinds: "tuple[type, ...]", where: str = "") -> "Any":
     if not isinstance(d, dict) or key not in d:
         raise ConfigError("config: missing key " + where + key)
@@ -65,6 +137,28 @@ def _int(d: "Json", key: str, lo: int, hi: int, default: int, where: str = "") -
     return v
 
 
+def _hosts(v: object, port: int) -> "list[list[Any]]":
+    """mqtt.hosts: ["host", "host:port", ...] -> [[host, port], ...] (at least one; a checked
+    config checks again unchanged)."""
+    if not isinstance(v, list) or not v:
+        raise ConfigError("config: mqtt.hosts must be a non-empty list of \"host[:port]\"")
+    out = []
+    for h in v:
+        if isinstance(h, list) and len(h) == 2:
+            h = str(h[0]) + ":" + str(h[1])
+        if not isinstance(h, str) or not h or h.count(":") > 1:
+            raise ConfigError("config: bad entry in mqtt.hosts: " + repr(h))
+        name, _, p = h.partition(":")
+        try:
+            n = int(p) if p else port
+        except ValueError:
+            n = 0
+        if not name or not 1 <= n <= 65535:
+            raise ConfigError("config: bad entry in mqtt.hosts: " + repr(h))
+        out.append([name, n])
+    return out
+
+
 def _bool(d: "Json", key: str, default: bool) -> bool:
     if key not in d:
         return default
@@ -81,13 +175,19 @@ def check(cfg: object) -> "Json":
     """Validate `cfg` (a dict) in place, fill defaults, return it; raise ConfigError."""
     if not isinstance(cfg, dict):
         raise ConfigError("config: top level must be a JSON object")
+    _known(cfg)
     hid = _need(cfg, "home_id", (str,))
     if not protocol.valid_id(hid):
         raise ConfigError("config: home_id must be 1-32 chars of a-z 0-9 _ -")
 
     m = _need(cfg, "mqtt", (dict,))
-    _need(m, "host", (str,), "mqtt.")
     m["port"] = _int(m, "port", 1, 65535, 1883, "mqtt.")
+    if m.get("hosts") is not None:
+        m["hosts"] = _hosts(m["hosts"], m["port"])
+        m["host"], m["port"] = m.get("host", m["hosts"][0][0]), m["hosts"][0][1]
+    _need(m, "host", (str,), "mqtt.")
+    if m.get("hosts") is None:
+        m["hosts"] = [[m["host"], m["port"]]]
     if _need(m, "user", (str,), "mqtt.") != hid:
         raise ConfigError("config: mqtt.user must equal home_id (the broker ACL keys on it)")
     if m.get("password") is None:
@@ -151,6 +251,7 @@ def check(cfg: object) -> "Json":
         raise ConfigError("config: clock must be one of " + ", ".join(CLOCKS))
     cfg["clock"] = ck
     cfg["safe_state"] = _bool(cfg, "safe_state", False)
+    cfg["utc_offset_min"] = _int(cfg, "utc_offset_min", -720, 840, 0)
     cfg["exit_after_day"] = _bool(cfg, "exit_after_day", False)
     cfg["loop_ms"] = _int(cfg, "loop_ms", 1, 1000, 20)
 
@@ -161,11 +262,20 @@ def check(cfg: object) -> "Json":
     mcu = board in ("esp32", "picow")
     if mcu or "relay" in cfg:
         r = _need(cfg, "relay", (dict,))
-        _need(r, "pin", (int, str) if mcu else (int,), "relay.")
+        if board != "unix" or "pin" in r:   # unix: the lab relay, only the minimum times
+            _need(r, "pin", (int, str) if mcu else (int,), "relay.")
+        # minimum on / off times (compressor loads): a switch waits until the relay has
+        # been in its state this long (runner.py)
+        r["min_on_s"] = _int(r, "min_on_s", 0, 3600, 0, "relay.")
+        r["min_off_s"] = _int(r, "min_off_s", 0, 3600, 0, "relay.")
         for k in ("active_low", "button_active_low", "led_active_low"):
             if k in r:
                 _need(r, k, (bool,), "relay.")
         r["active_low"] = _bool(r, "active_low", False)
+        for role in ("pin", "button", "led"):
+            bad = pin_problem(board, role, r.get(role))
+            if bad is not None and bad[0]:
+                raise ConfigError("config: relay." + role + ": " + bad[1])
         if r.get("driver", "gpiod") not in ("gpiod", "sysfs"):
             raise ConfigError("config: relay.driver must be gpiod or sysfs")
     if mcu:
@@ -182,6 +292,15 @@ def check(cfg: object) -> "Json":
     if h:
         h["port"] = _int(h, "port", 1, 65535, 80, "http.")
         h["bind"] = h.get("bind") or "0.0.0.0"
+    o = cfg.get("ota")
+    if o:
+        if not _need(o, "url", (str,), "ota.").startswith("http://"):
+            raise ConfigError("config: ota.url must be an http:// URL")
+        k = _need(o, "key", (str,), "ota.")
+        if len(k) != 64 or [c for c in k if c not in "0123456789abcdefABCDEF"]:
+            raise ConfigError("config: ota.key must be 64 hex digits")
+        o["every_s"] = _int(o, "every_s", 60, 604800, 21600, "ota.")
+        o["timeout_s"] = _int(o, "timeout_s", 1, 6 if board == "picow" else 30, 3, "ota.")
     lo = cfg.get("local")
     if lo:
         _need(lo, "host", (str,), "local.")
@@ -207,4 +326,14 @@ def load(path: str) -> "Json":
         cfg = json.loads(text)
     except ValueError:
         raise ConfigError(f"config: {path} is not valid JSON") from None
-    return check(cfg)
+    cfg = check(cfg)
+    for sec in ("mqtt", "local"):   # files the config names, on this device
+        ca = (cfg.get(sec) or {}).get("cafile_der")
+        if ca:
+            try:
+                os.stat(ca)
+            except OSError:
+                raise ConfigError("config: " + sec + ".cafile_der: no file " + ca + " (copy the"
+                                  " broker's CA there: hems firmware flash copies the one "
+                                  "beside config.json)") from None
+    return cfg

@@ -10,14 +10,25 @@
 #   <base>/plan              the current frame's adjusted plan in Wh (retained)
 #   <base>/plan/attributes   {"day", "frame", "planned_wh": [...], "adjusted_wh": [...]} (retained)
 #   <base>/plan/set          command: {"plan_wh": [...], "day": "YYYY-MM-DD" (optional)}
-#   <prefix>/switch/hems_<id>/relay/config, <prefix>/sensor/hems_<id>/plan/config   (retained)
+#   <base>/mode              auto / on / off: the plan, or the resident's override (retained)
+#   <base>/mode/set          command: auto / on / off (on, off: until the end of the day)
+#   <base>/diag              {"rssi": dBm or null, "uptime_s", "reset": cause or null,
+#                            "version"} (retained; every DIAG_MS and on connect)
+#   <prefix>/switch/hems_<id>/relay/config, <prefix>/sensor/hems_<id>/plan/config,
+#   <prefix>/select/hems_<id>/mode/config, <prefix>/sensor/hems_<id>/<diag>/config (retained)
 #   <prefix>/status          Home Assistant's birth message: "online" -> announce again
 # Command topics are never retained (we publish none; HA publishes them without retain).
 # MicroPython subset only.
 
 import json
 
+from hemsfw import VERSION
+from hemsfw.clock import ticks_diff
+from hemsfw.home import unload
 from hemsfw.link import Link
+
+DIAG_MS = 60000
+MODES = ("auto", "on", "off")
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from typing import Any
@@ -26,6 +37,7 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
 
 
 class HA:
+    MODES = MODES
     def __init__(self, runner: "RunnerView", client: "MqttClient", lcfg: "Json") -> None:
         self.r = runner
         base: str = lcfg["base"]
@@ -38,42 +50,74 @@ class HA:
         self.t_attr = base + "/plan/attributes"
         self.t_plan_set = base + "/plan/set"
         self.t_birth = self.pre + "/status"
-        subs = [(self.t_relay_set, 0), (self.t_plan_set, 0), (self.t_birth, 0)]
+        self.t_mode = base + "/mode"
+        self.t_mode_set = base + "/mode/set"
+        self.t_diag = base + "/diag"
+        subs = [(self.t_relay_set, 0), (self.t_plan_set, 0), (self.t_mode_set, 0),
+                (self.t_birth, 0)]
         self.link = Link("local", client, self.t_avail, subs, runner.on_msg, runner.urandom,
                          runner.ticks, runner.log, lcfg["keepalive"], 1000 * lcfg["timeout_s"],
                          on_up=self._up, clean=True)
         self.announced = 0
+        self.mode_sent: str | None = None
+        self.uptime_ms = 0               # summed tick by tick: ticks wrap after ~12 days
+        self.t_last = runner.ticks()
+        self.diag_at = -DIAG_MS          # (ms of uptime) due at once
 
-    def _pub(self, topic: str, obj: "Any", retain: bool = True) -> bool:
+    def pub(self, topic: str, obj: "Any", retain: bool = True) -> bool:
         if not isinstance(obj, (bytes, str)):
             obj = json.dumps(obj)
         if isinstance(obj, str):
             obj = obj.encode()
         return self.link.publish(topic, obj, retain, 0)
 
-    def _device(self) -> "Json":
+    def device(self) -> "Json":
         return {"identifiers": [self.node], "name": "HEMS " + self.r.id,
                 "manufacturer": "hems", "model": self.r.cfg.get("board", "unix")}
 
     def announce(self) -> None:
-        """Retained discovery configs for the relay switch and the plan sensor."""
-        dev = self._device()
-        self._pub(self.pre + "/switch/" + self.node + "/relay/config", {
-            "name": "Special circuit relay", "unique_id": self.node + "_relay",
-            "command_topic": self.t_relay_set, "state_topic": self.t_relay,
-            "payload_on": "ON", "payload_off": "OFF", "availability_topic": self.t_avail,
-            "icon": "mdi:transmission-tower", "device": dev})
-        self._pub(self.pre + "/sensor/" + self.node + "/plan/config", {
-            "name": "Special circuit plan", "unique_id": self.node + "_plan",
-            "state_topic": self.t_plan, "unit_of_measurement": "Wh",
-            "json_attributes_topic": self.t_attr, "availability_topic": self.t_avail,
-            "icon": "mdi:chart-bar", "device": dev})
+        """Retained discovery configs (hemsfw/ha_disc.py: loaded for this, dropped after)."""
+        from hemsfw import ha_disc
+
+        ha_disc.announce(self)
+        unload("ha_disc")
         self.announced += 1
 
     def _up(self, link: Link) -> None:
         self.announce()
         self.relay_changed()
         self.plan_changed()
+        self.mode_sent = None
+        self.diag_at = self.uptime_ms - DIAG_MS
+        self.poll()
+
+    def mode(self) -> str:
+        o = self.r.resident.ovr
+        return "auto" if o is None else ("on" if o["on"] else "off")
+
+    def diag(self) -> "Json":
+        d = getattr(self.r.board, "diag", None)
+        out = d() if d is not None else {}
+        out["uptime_s"] = self.uptime_ms // 1000
+        out["version"] = VERSION
+        out.setdefault("rssi", None)
+        out.setdefault("reset", None)
+        return out
+
+    def poll(self) -> None:
+        """Every relay drive (runner.py): the mode when it changed (an override set, expired
+        or ended), the diagnostics every DIAG_MS."""
+        now = self.r.ticks()
+        self.uptime_ms += ticks_diff(now, self.t_last)
+        self.t_last = now
+        if not self.link.online:
+            return
+        m = self.mode()
+        if m != self.mode_sent and self.pub(self.t_mode, m):
+            self.mode_sent = m
+        if self.uptime_ms - self.diag_at >= DIAG_MS:
+            self.diag_at = self.uptime_ms
+            self.pub(self.t_diag, self.diag())
 
     # ------------------------------------------------------------ state
 
@@ -85,11 +129,11 @@ class HA:
         if not self.link.online:
             return
         on, frame = self.r.state
-        self._pub(self.t_relay, "ON" if on else "OFF")
+        self.pub(self.t_relay, "ON" if on else "OFF")
         st = self._slot()
         if st and frame is not None:
             p = st.get("adjusted") or st["plan"]
-            self._pub(self.t_plan, str(p[frame] * st["quantum_wh"]))
+            self.pub(self.t_plan, str(p[frame] * st["quantum_wh"]))
 
     def plan_changed(self) -> None:
         if not self.link.online:
@@ -99,7 +143,7 @@ class HA:
             return
         q = st["quantum_wh"]
         adj = st.get("adjusted") or st["plan"]
-        self._pub(self.t_attr, {"day": st["day"], "frame": self.r.state[1],
+        self.pub(self.t_attr, {"day": st["day"], "frame": self.r.state[1],
                                 "planned_wh": [v * q for v in st["plan"]],
                                 "adjusted_wh": [v * q for v in adj]})
 
@@ -119,6 +163,14 @@ class HA:
                 return True
             until = "day" if len(words) > 1 and words[1] == "DAY" else "frame"
             self.r.override(words[0].lower(), until)
+            return True
+        if topic == self.t_mode_set:
+            m = bytes(msg).decode().strip().lower()
+            if m not in MODES:
+                self.r.log("local mode command ignored:", msg)
+                return True
+            self.r.override(m, "day")      # a mode holds until the end of the day
+            self.poll()
             return True
         if topic == self.t_plan_set:
             try:

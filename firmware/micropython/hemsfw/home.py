@@ -68,6 +68,20 @@ def day_end(st: "Slot") -> int:
     return st["start"] + st["frames"] * st["frame_s"]
 
 
+def iso_day(days: int) -> str:
+    """Days since 1970-01-01 -> 'YYYY-MM-DD' (proleptic Gregorian; no time module needed)."""
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    y = yoe + era * 400 + (1 if m <= 2 else 0)
+    return "%04d-%02d-%02d" % (y, m, d)
+
+
 class Home:
     def __init__(self, cfg: "Json", store: "Storage", urandom: "Urandom", log: "Log | None" = None,
                  planner: "Planner | None" = None) -> None:
@@ -92,6 +106,11 @@ class Home:
         self.urandom = urandom
         self.log = log or (lambda *a: None)
         self.planner = planner
+        # Outside every stored round's day the relay follows the home's own plan for that day
+        # (own_at); the lab clock's days exist only as announced: there, the safe state.
+        self.own_plan: bool = cfg.get("clock", "system") != "lab"
+        self.utc_offset_s: int = 60 * cfg.get("utc_offset_min", 0)
+        self.own: tuple[int, int, bytes] | None = None   # (day start, frame_s, on per frame)
         self.phase: Callable[[str], None] = lambda name: None   # test hook (runner: debug_pause_at)
         self.new: Slot | None = store.read(NEW)
         self.prev: Slot | None = store.read(PREV)
@@ -312,12 +331,44 @@ class Home:
                 return st
         return None
 
+    def own_at(self, now: float, safe_state: bool = False) -> tuple[bool, int | None]:
+        """No round for the day containing `now` (an outage, a new install, a missed or refused
+        announcement): the home's own plan for that day (the planner's, as it would have
+        reported it), on the frame grid of the newest stored round shifted by whole days, else
+        96 x 15 min from local midnight (utc_offset_min).  No plan for it: the safe state."""
+        ref = self.new or self.prev
+        if ref:
+            base, fs, n = ref["start"], ref["frame_s"], ref["frames"]
+        else:
+            base, fs, n = -self.utc_offset_s, 900, 96
+        start = base + int((now - base) // 86400) * 86400
+        own = self.own
+        if own is None or own[0] != start or own[1] != fs or len(own[2]) != n:
+            day = iso_day((start + 43200) // 86400)   # the local date of a day's midnight
+            try:
+                if self.planner is None:
+                    wh = plan.resample(self.plan_wh, n)
+                else:
+                    wh = self.planner.plan_for(day, n)[0]
+            except ValueError as e:   # a plan that does not fit the day's frames
+                self.log("no own plan for", day + ":", e, "(safe state)")
+                wh = []
+            own = self.own = (start, fs, bytes([1 if v > 0 else 0 for v in wh]))
+            self.log("no round for", day + ": following the own plan")
+        k = int((now - start) // fs)
+        if k >= len(own[2]):
+            return safe_state, None
+        return own[2][k] > 0, k
+
     def relay_at(self, now: float | None, safe_state: bool = False) -> tuple[bool, int | None]:
         """(relay on?, frame index or None) at `now` (None = time unknown): the stored plan of the
-        slot whose day contains now (adjusted while the adjustment holds), else the safe state."""
+        slot whose day contains now (adjusted while the adjustment holds), else the home's own
+        plan for the day (own_at; the lab clock: the safe state); time unknown: the safe state."""
         st = self.slot_at(now)
-        if st is None or now is None:   # (no slot without a time: for mypy)
+        if now is None:
             return safe_state, None
+        if st is None:
+            return self.own_at(now, safe_state) if self.own_plan else (safe_state, None)
         k = int((now - st["start"]) // st["frame_s"])
         p = st.get("adjusted")
         a = st.get("adjustment")

@@ -133,6 +133,7 @@ class RunnerView(Protocol):
     log: Log
     clock: Clock
     state: tuple[bool | None, int | None]
+    board: Board | None
     @property
     def home(self) -> HomeView: ...
     @property

@@ -106,7 +106,8 @@ class Runner:
         self.main = Link("mqtt", client, protocol.t_status(self.id), subs, self.on_msg,
                          self.urandom, self.ticks, self.log, mq.get("keepalive", 30),
                          1000 * mq.get("timeout_s", 5),
-                         backoff_max_ms=1000 * mq.get("backoff_max_s", 60), on_up=self._link_up)
+                         backoff_max_ms=1000 * mq.get("backoff_max_s", 60), on_up=self._link_up,
+                         servers=mq.get("hosts"))
         self.resend_at: int | None = None   # ticks when unconfirmed report messages are re-sent
         self.reply_wait = REPLY_WAIT_MS
         self.resent: list[int] = []     # indices re-sent in the current cycle
@@ -117,6 +118,10 @@ class Runner:
 
             self.ha = HA(self, local, cfg["local"])
             self.links.append(self.ha.link)
+        r = cfg.get("relay") or {}
+        self.min_ms = (1000 * r.get("min_off_s", 0), 1000 * r.get("min_on_s", 0))  # off, on
+        self.switched = self.ticks()    # boot put the relay in its safe state: a switch
+        self.held = False
         self.inbox: list[tuple[bytes | str, bytes]] = []
         self.state: tuple[bool | None, int | None] = (None, None)   # (relay on, frame) driven
         self.errors = 0
@@ -269,6 +274,7 @@ class Runner:
         ov = self.resident.override(now) if self.resident.ovr is not None else None
         if ov is not None:
             on = ov
+        on = self._min_time(on)
         self.relay.set(on, frame)
         st = (on, frame)
         if st != self.state:
@@ -277,7 +283,28 @@ class Runner:
                 self._phase("frame")
             if self.ha is not None:
                 self.ha.relay_changed()
+        if self.ha is not None:
+            self.ha.poll()
         return now
+
+    def _min_time(self, on: bool) -> bool:
+        """Minimum on / off times (relay.min_on_s, min_off_s), whoever asks for the switch
+        (plan, adjustment, override): the relay keeps its state until it has held it that
+        long since its last switch (or since boot: a reset may have cut a compressor)."""
+        cur = self.relay.on
+        if cur is None or on == cur:
+            self.held = False
+            return on
+        left = self.min_ms[1 if cur else 0] - ticks_diff(self.ticks(), self.switched)
+        if left > 0:
+            if not self.held:
+                self.log("relay: held", "on" if cur else "off", "for", (left + 999) // 1000,
+                         "s more (minimum", ("on" if cur else "off") + " time)")
+            self.held = True
+            return cur
+        self.held = False
+        self.switched = self.ticks()
+        return on
 
     def day_over(self, now: float | None) -> bool:
         """Lab: the newest round's day has been played out (relay back in the safe state)."""

@@ -17,7 +17,8 @@ TAG_LEN = 32
 NONCE_LEN = 16
 
 
-def hmac_sha256(key: bytes, msg: bytes) -> bytes:
+def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
+    """HMAC's (inner, outer) padded keys: compute once to MAC many messages with one key."""
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
     k = bytearray(64)
@@ -27,6 +28,12 @@ def hmac_sha256(key: bytes, msg: bytes) -> bytes:
     for i in range(64):
         ipad[i] = k[i] ^ 0x36
         opad[i] = k[i] ^ 0x5C
+    return bytes(ipad), bytes(opad)
+
+
+def hmac_sha256(key: bytes, msg: bytes, pads: "tuple[bytes, bytes] | None" = None) -> bytes:
+    """HMAC-SHA256 (RFC 2104); pads: hmac_pads(key), if already computed."""
+    ipad, opad = pads or hmac_pads(key)
     inner = hashlib.sha256(ipad)
     inner.update(msg)
     outer = hashlib.sha256(opad)

@@ -24,6 +24,7 @@ WIFI_MAX_MS = 300000
 NTP_MIN_MS = 2000           # NTP retry while the time is unknown; doubles up to NTP_MAX_MS
 NTP_MAX_MS = 300000
 NTP_EVERY_MS = 3600000      # re-sync hourly once known (ESP32/RP2040 RTCs drift s per day)
+NTP_TIMEOUT_S = 1           # the DNS query and the SNTP query: each at most this
 DEBOUNCE_MS = 30
 LONG_PRESS_MS = 2000
 
@@ -54,7 +55,12 @@ class PinRelay(relay.Relay):
 
 class Button:
     """A push button to ground (pull-up) or to 3V3 (active_low false, pull-down): debounced,
-    reported on release as "short" or "long" (held >= 2 s)."""
+    reported as "short" or "long" (held >= 2 s) once released.
+
+    Latched by a pin interrupt where the port has one, so a press made while the loop is
+    blocked (an MQTT connect, up to timeout_s) is not lost: the handler only stores the ticks
+    of the press and of the release (no allocation: it may run as a hard IRQ), poll() reads
+    them later.  Without interrupts (a stand-in pin), the level is polled every turn."""
 
     def __init__(self, pin: "Any", active_low: bool = True) -> None:
         pull = machine.Pin.PULL_UP if active_low else machine.Pin.PULL_DOWN
@@ -63,8 +69,42 @@ class Button:
         self.down_at: int | None = None
         self.last = False
         self.changed = 0
+        self.up_at: int | None = None      # latched release (IRQ)
+        self.released: int | None = None   # the last release edge (IRQ)
+        self.latched = self._irq()
+
+    def _irq(self) -> bool:
+        irq = getattr(self.pin, "irq", None)
+        if irq is None:
+            return False
+        trig = machine.Pin.IRQ_FALLING | machine.Pin.IRQ_RISING
+        try:
+            irq(handler=self._edge, trigger=trig, hard=True)
+        except TypeError:              # a port without hard IRQs on pins
+            irq(handler=self._edge, trigger=trig)
+        return True
+
+    def _edge(self, _pin: object) -> None:
+        # contacts bounce: a release within DEBOUNCE_MS of the press, and a press within
+        # DEBOUNCE_MS of a release, are the same press still going on
+        t = ticks_ms()
+        if self.pin.value() == (0 if self.active_low else 1):
+            r = self.released
+            if self.down_at is None and (r is None or ticks_diff(t, r) >= DEBOUNCE_MS):
+                self.down_at = t
+        else:
+            d = self.down_at
+            if d is not None and self.up_at is None and ticks_diff(t, d) >= DEBOUNCE_MS:
+                self.up_at = t
+            self.released = t
 
     def poll(self) -> str | None:
+        if self.latched:
+            d, u = self.down_at, self.up_at
+            if d is None or u is None:
+                return None
+            self.down_at = self.up_at = None
+            return "long" if ticks_diff(u, d) >= LONG_PRESS_MS else "short"
         now = ticks_ms()
         pressed = self.pin.value() == (0 if self.active_low else 1)
         if pressed != self.last:
@@ -79,6 +119,18 @@ class Button:
                 self.down_at = None
                 return "long" if held >= LONG_PRESS_MS else "short"
         return None
+
+
+def _reset_cause() -> str | None:
+    """machine.reset_cause() by name ("pwron", "hard", "wdt", "deepsleep", "soft")."""
+    try:
+        c = machine.reset_cause()
+    except Exception:
+        return None
+    for name in dir(machine):
+        if name.endswith("_RESET") and getattr(machine, name) == c:
+            return name[:-6].lower()
+    return str(c)
 
 
 class McuBoard:
@@ -105,6 +157,7 @@ class McuBoard:
         if led is not None:
             self.led = machine.Pin(led, machine.Pin.OUT, value=1 if self.led_low else 0)
         self.clock: Clock = clock.LabClock() if cfg.get("clock") == "lab" else clock.SystemClock()
+        self.reset_cause = _reset_cause()
         w = cfg["wifi"]
         self.ssid, self.wpass = w["ssid"], w["password"]
         self._wifi_pre(w)
@@ -112,10 +165,15 @@ class McuBoard:
         self.wlan.active(True)
         self._wifi_post(w)
         self.wifi_up = False
+        self.wifi_tries = 0
         self.wifi_backoff = WIFI_MIN_MS
         self.wifi_at = ticks_ms()          # first attempt now (connect() does not block)
         ntp = cfg.get("ntp") or {}
-        self.ntp_host = ntp.get("host")
+        self.ntp_host = ntp.get("host") or "pool.ntp.org"
+        self.ntp_addr: str | None = None   # resolved once, again after a failure
+        from hemsfw import sntp
+
+        self.sntp = sntp
         self.ntp_every = 1000 * ntp.get("every_s", NTP_EVERY_MS // 1000)
         self.ntp_ok = False
         self.ntp_backoff = NTP_MIN_MS
@@ -139,8 +197,30 @@ class McuBoard:
 
     # ------------------------------------------------------------ Wi-Fi and time
 
+    def wifi_reason(self) -> str:
+        """WLAN.status() by name ("wrong password", "no AP found", ...; ESP32 may also give a
+        bare reason number from its Wi-Fi driver)."""
+        try:
+            st = self.wlan.status()
+        except Exception as e:
+            return "status unknown (" + str(e) + ")"
+        for name in dir(network):
+            if name.startswith("STAT_") and getattr(network, name) == st:
+                return name[5:].lower().replace("_", " ") + " (" + str(st) + ")"
+        return "status " + str(st)
+
     def net_up(self) -> bool:
         return self.wifi_up
+
+    def diag(self) -> "Json":
+        """Home Assistant diagnostics (hemsfw/ha.py): Wi-Fi signal, the last reset's cause."""
+        rssi = None
+        if self.wifi_up:
+            try:
+                rssi = self.wlan.status("rssi")
+            except Exception:
+                pass
+        return {"rssi": rssi, "reset": self.reset_cause}
 
     def _wifi(self) -> None:
         up = self.wlan.isconnected()
@@ -148,37 +228,44 @@ class McuBoard:
             self.wifi_up = up
             if up:
                 self.wifi_backoff = WIFI_MIN_MS
+                self.wifi_tries = 0
                 self.log("wifi up", self.wlan.ifconfig()[0])
             else:
-                self.log("wifi down")
+                self.log("wifi down:", self.wifi_reason())
                 self.wifi_at = ticks_ms()
         if up or ticks_diff(ticks_ms(), self.wifi_at) < 0:
             return
-        # Not connected and due: (re)start an association.  WLAN.connect() returns at once; the
-        # next check comes after a jittered, doubling backoff so a dead access point costs
-        # nothing per turn and a fleet does not retry in step.
+        # Not connected and due: say why the last attempt failed, then (re)start an association.
+        # WLAN.connect() returns at once; the next check comes after a jittered, doubling
+        # backoff so a dead access point costs nothing per turn and a fleet does not retry in
+        # step.
+        wait = _jitter(self.wifi_backoff, self.urandom)
+        if self.wifi_tries:
+            self.log("wifi: not connected to", repr(self.ssid) + ":", self.wifi_reason(),
+                     "- retry in", wait // 1000, "s")
+        self.wifi_tries += 1
         try:
             self.wlan.disconnect()
             self.wlan.connect(self.ssid, self.wpass)
         except Exception as e:
             self.log("wifi connect:", e)
-        wait = _jitter(self.wifi_backoff, self.urandom)
         self.wifi_at = ticks_add(ticks_ms(), wait)
         self.wifi_backoff = min(2 * self.wifi_backoff, WIFI_MAX_MS)
 
     def _ntp(self) -> None:
         if not self.wifi_up or ticks_diff(ticks_ms(), self.ntp_at) < 0:
             return
+        # hemsfw/sntp.py, not ntptime: its getaddrinfo has no timeout.  One DNS query (first
+        # time, or after a failure) and one SNTP query, each bounded by NTP_TIMEOUT_S.
         try:
-            import ntptime
-
-            if self.ntp_host:
-                ntptime.host = self.ntp_host
-            ntptime.timeout = 1
-            ntptime.settime()   # the RTC in UTC; blocks at most ~1 s
+            if self.ntp_addr is None:
+                self.ntp_addr = self.sntp.resolve(self.ntp_host, self.wlan.ifconfig()[3],
+                                                  NTP_TIMEOUT_S)
+            self._set_rtc(self.sntp.query(self.ntp_addr, NTP_TIMEOUT_S))
             ok = True
         except Exception as e:   # no answer: the clock stays unknown (relay safe) or drifts on
             self.log("ntp failed:", e)
+            self.ntp_addr = None
             ok = False
         if ok:
             if not self.ntp_ok:
@@ -189,6 +276,13 @@ class McuBoard:
         else:
             self.ntp_at = ticks_add(ticks_ms(), _jitter(self.ntp_backoff, self.urandom))
             self.ntp_backoff = min(2 * self.ntp_backoff, NTP_MAX_MS)
+
+    def _set_rtc(self, unix_s: int) -> None:
+        """The RTC in UTC (as ntptime.settime sets it), from Unix seconds."""
+        import time
+
+        tm = time.gmtime(unix_s - clock.EPOCH_OFFSET)
+        machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
 
     def service(self, runner: object) -> None:
         self._wifi()

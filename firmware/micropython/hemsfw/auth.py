@@ -1,0 +1,180 @@
+# Who may see the resident's page and switch the relay from it: whoever knows the password the
+# resident set (a PIN of 4 digits will do).  hemsfw/web.py loads this module only for a request
+# that needs it (log in, set the password, the log-in page) and drops it after: what lives
+# between requests is the state dict (new_state: sessions, failures, the set-up window) that
+# web.py keeps, and the session check (valid), which web.py does itself.
+#
+#   auth.json   {"salt": hex, "hash": hex, "iter": n}: PBKDF2-HMAC-SHA256 of the password
+#               (RFC 8018; the HMAC is hemsfw.seal's), never the password itself
+#
+# Setting it: while no password is set, the page offers to set one during the first SETUP_S
+# after boot only (power-cycling the controller is the physical proof of being the resident);
+# later, only a logged-in resident can change it.  Forgotten: `mpremote rm :state/auth.json`
+# (the state_dir), then power-cycle.  A login gives a random session token (a cookie, HttpOnly,
+# SameSite=Strict: another site cannot make the browser use it), valid SESSION_S, at most
+# MAX_SESSIONS at once, all in RAM (a reboot logs everyone out).  Wrong passwords: from the
+# FREE_FAILS-th on, each one locks logins for twice as long as the last, up to LOCK_MAX_S.
+# MicroPython subset only.
+
+import binascii
+
+from hemsfw.clock import ticks_add, ticks_diff
+
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Iterator
+    from typing import Any
+
+    from hemsfw.interfaces import Log, Storage, Ticks, Urandom
+
+FILE = "auth.json"
+ITER = 1000      # ~17 ms on the x86 unix port, well under a second on an RP2040
+SETUP_S = 600
+SESSION_S = 12 * 3600
+MAX_SESSIONS = 4
+FREE_FAILS = 3
+LOCK_MAX_S = 300
+MIN_LEN = 4
+MAX_LEN = 64
+
+
+def pbkdf2(password: bytes, salt: bytes, n: int) -> bytes:
+    """PBKDF2-HMAC-SHA256, one 32-byte block (RFC 8018, section 5.2)."""
+    from hemsfw.home import unload
+    from hemsfw.seal import hmac_pads, hmac_sha256
+
+    unload("seal")   # (the functions stay referenced here: the module leaves sys.modules)
+    pads = hmac_pads(password)
+    u = hmac_sha256(password, salt + b"\x00\x00\x00\x01", pads)
+    out = bytearray(u)
+    for _ in range(n - 1):
+        u = hmac_sha256(password, u, pads)
+        for i in range(32):
+            out[i] ^= u[i]
+    return bytes(out)
+
+
+def _same(a: bytes, b: bytes) -> bool:
+    d = len(a) ^ len(b)
+    for i in range(min(len(a), len(b))):
+        d |= a[i] ^ b[i]
+    return d == 0
+
+
+def new_state(ticks: "Ticks") -> "dict[str, Any]":
+    """What lives between requests (web.py keeps it): sessions {token: expiry ticks}, wrong
+    passwords, the lock-out, boot time and whether the set-up window is over (latched: ticks
+    wrap after ~12 days)."""
+    return {"sessions": {}, "fails": 0, "lock_s": 1, "locked_until": None, "boot": ticks(),
+            "setup_over": False}
+
+
+def valid(state: "dict[str, Any]", tok: str | None, now: int) -> bool:
+    """tok is a live session (web.py has its own copy of these three lines, so that a logged-in
+    request does not load this module)."""
+    exp = state["sessions"].get(tok) if tok else None
+    return exp is not None and ticks_diff(exp, now) > 0
+
+
+class Auth:
+    """The password and sessions over `state` (new_state); cheap to make per request."""
+
+    def __init__(self, store: "Storage", ticks: "Ticks", urandom: "Urandom",
+                 log: "Log | None" = None, state: "dict[str, Any] | None" = None) -> None:
+        self.store = store
+        self.ticks = ticks
+        self.urandom = urandom
+        self.log = log or (lambda *a: None)
+        self.rec = store.read(FILE)
+        self.s = state if state is not None else new_state(ticks)
+        self.sessions: dict[str, int] = self.s["sessions"]
+
+    def is_set(self) -> bool:
+        return bool(self.rec)
+
+    def setup_open(self) -> bool:
+        """No password yet and still within SETUP_S of boot."""
+        if self.rec or self.s["setup_over"]:
+            return False
+        d = ticks_diff(self.ticks(), self.s["boot"])
+        if not 0 <= d < 1000 * SETUP_S:
+            self.s["setup_over"] = True
+        return not self.s["setup_over"]
+
+    def set_password(self, pw: str) -> str | None:
+        """Store a new password (hashed); None, or why not."""
+        if not MIN_LEN <= len(pw) <= MAX_LEN:
+            return "the password needs %d to %d characters" % (MIN_LEN, MAX_LEN)
+        salt = self.urandom(16)
+        h = pbkdf2(pw.encode(), salt, ITER)
+        self.rec = {"salt": binascii.hexlify(salt).decode(),
+                    "hash": binascii.hexlify(h).decode(), "iter": ITER}
+        self.store.write(FILE, self.rec)
+        self.sessions.clear()     # a new password logs everyone else out
+        self.log("page: password set")
+        return None
+
+    def locked(self) -> bool:
+        u = self.s["locked_until"]
+        return u is not None and ticks_diff(u, self.ticks()) > 0
+
+    def login(self, pw: str) -> str | None:
+        """A new session token for the right password; None otherwise (or while locked)."""
+        rec = self.rec
+        if not rec or self.locked():
+            return None
+        h = pbkdf2(pw.encode(), binascii.unhexlify(rec["salt"]), rec["iter"])
+        s = self.s
+        if not _same(h, binascii.unhexlify(rec["hash"])):
+            s["fails"] += 1
+            if s["fails"] >= FREE_FAILS:
+                s["locked_until"] = ticks_add(self.ticks(), 1000 * s["lock_s"])
+                s["lock_s"] = min(2 * s["lock_s"], LOCK_MAX_S)
+            self.log("page: wrong password (" + str(s["fails"]) + ")")
+            return None
+        s["fails"] = 0
+        s["lock_s"] = 1
+        return self.new_session()
+
+    def new_session(self) -> str:
+        tok = binascii.hexlify(self.urandom(16)).decode()
+        now = self.ticks()
+        for t in list(self.sessions):
+            if ticks_diff(self.sessions[t], now) <= 0:
+                del self.sessions[t]
+        while len(self.sessions) >= MAX_SESSIONS:
+            oldest = ""
+            for t in self.sessions:
+                if not oldest or ticks_diff(self.sessions[t], self.sessions[oldest]) < 0:
+                    oldest = t
+            del self.sessions[oldest]
+        self.sessions[tok] = ticks_add(now, 1000 * SESSION_S)
+        return tok
+
+    def valid(self, tok: str | None) -> bool:
+        return valid(self.s, tok, self.ticks())
+
+    def logout(self, tok: str | None) -> None:
+        if tok:
+            self.sessions.pop(tok, None)
+
+
+def gate(title: str, a: Auth, msg: str = "") -> "Iterator[str]":
+    """What an unauthenticated client gets instead of the page: log in, or set the password
+    (only in the set-up window after boot), or how to open that window.  No state."""
+    yield ('<!doctype html><html><head><meta charset="utf-8"><title>%s</title><meta '
+           'name="viewport" content="width=device-width"></head><body style="font-family:'
+           'sans-serif"><h1>%s</h1>' % (title, title))
+    if msg:
+        yield '<p id="msg"><b>%s</b></p>' % msg
+    if a.is_set():
+        yield ('<form method="post" action="/login">Password: <input type="password" '
+               'name="password" autocomplete="current-password" autofocus> <button>Log in'
+               '</button></form>')
+    elif a.setup_open():
+        yield ('<p>Choose the password for this page (at least 4 characters; a PIN will do)'
+               '.</p><form method="post" action="/password"><input type="password" name="new" '
+               'minlength="4" autocomplete="new-password" autofocus> <button>Set</button></form>')
+    else:
+        yield ("<p>No password is set. Switch the controller off and on again, then set one "
+               "here within 10 minutes.</p>")
+    yield "</body></html>"

@@ -32,6 +32,13 @@ plan + sealed seed), adjusted, and the day is played out on an accelerated clock
 * cpu_ms_per_round       CPU time of one round's work (plan, masks, seal, persist, three
                          acknowledgements, adjustment) in-process on the unix port, mean of
                          --runs rounds; alloc_bytes_per_round: bytes allocated by it (gc off)
+* proof_cpu_ms           CPU time of the plan's range proof (hemsfw/flp.py: prove_report and
+                         its JSON field, 96 frames, cap PROOF_CAP quanta, one mask broker), mean
+                         of --runs, verified by the services' verifier (bench/integrity_cost.py);
+                         proof.round: a real round whose report carries the proof (the home
+                         provisioned with rated_w, the round's quantum 1/7 of its cap per
+                         frame): heap_64k_ok,
+                         peak_heap_bytes, min_heapsize_bytes (files, ROMFS)
 * idle_cpu_pct           CPU of an idle connected firmware process (loop_ms 10 as in the lab,
                          and the default 20)
 
@@ -59,17 +66,25 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from backend.common.broker import Mosquitto, free_port, start_resident_broker
-from backend.common.tls import make_pki
-from firmware.host import ROMFS_IMAGE, build
-from firmware.romfs import IN_HEAP_LINE
-from hemsfw import protocol, protocol_svc
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from backend.common.broker import Mosquitto, free_port, start_resident_broker  # noqa: E402
+from backend.common.tls import make_pki  # noqa: E402
+from bench.integrity_cost import prove_cost  # noqa: E402
+from firmware.host import ROMFS_IMAGE, build  # noqa: E402
+from firmware.romfs import IN_HEAP_LINE  # noqa: E402
+from hemsfw import protocol, protocol_svc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FW = REPO / "firmware" / "micropython"
 MPYLIB = Path(sys.prefix) / "lib" / "micropython"
 MICROPYTHON = Path(sys.prefix) / "bin" / "micropython"
 HOME = "h1"
+PROOF_CAP = 7       # quanta per frame: 3 bits, the board representation of docs/integrity.md
+PROOF_QUANTUM_WH = 107  # the bench's plan peaks at 750 Wh per frame: 7 quanta of 107 Wh
+PROOF_RATED_W = 2996    # x 900 s = 749 Wh per frame = 7 quanta
 DAY = "2026-11-28"
 START = 1795824000
 
@@ -157,6 +172,9 @@ class Bench:
         self.broker = Mosquitto(work / "broker", self.pw, ["mb1"],
                                 tls=make_pki(work / "pki") if tls else None).start()
         self.n = 0
+        #: the round's quantum and the home's rated_w (None: no range proof in the report)
+        self.quantum = 1
+        self.rated_w: int | None = None
         self.local: subprocess.Popen[bytes] | None = None
         self.local_port = 0
 
@@ -188,6 +206,8 @@ class Bench:
             assert isinstance(mq, dict)
             mq["port"] = self.broker.tls_port
             mq["cafile_der"] = str(self.work / "pki" / "ca.der")
+        if self.rated_w is not None:
+            cfg["rated_w"] = self.rated_w
         cfg.update(extra)
         path = state.parent / (state.name + ".json")
         path.write_text(json.dumps(cfg))
@@ -249,13 +269,16 @@ class Bench:
         rusage = None
         try:
             coord.get(protocol.t_status(HOME))
-            ann = protocol_svc.make_round(DAY, self.n, self.frames, 86400 // self.frames, 1, START,
-                                      int(time.time()) + 3600, ["mb1"])
+            # each run has a fresh state dir; the round number stays within the firmware's
+            # max_rounds_per_day (8 by default: a home refuses higher ones)
+            rnd = 1 + (self.n - 1) % 8
+            ann = protocol_svc.make_round(DAY, rnd, self.frames, 86400 // self.frames,
+                                          self.quantum, START, int(time.time()) + 3600, ["mb1"])
             coord.publish(protocol.t_round(), protocol.encode(ann), retain=True)
             coord.get(protocol.t_plan(HOME))
             mb1.get(protocol.t_mask("mb1", HOME))
             moves = [[k, k + 1] for k in range(0, self.frames - 1, 12)]
-            adj = protocol_svc.make_adjustment(DAY, self.n, "g1", moves, [self.frames - 1],
+            adj = protocol_svc.make_adjustment(DAY, rnd, "g1", moves, [self.frames - 1],
                                            START + 86400)
             coord.publish(protocol.t_adjust(HOME), protocol.encode(adj))
             deadline = time.monotonic() + 20
@@ -436,6 +459,21 @@ def measure(frames: int, runs: int, mp: Path = MICROPYTHON, tls: bool = False) -
                                                                  full=True)}
                 whole[key]["heap_64k_ok"] = whole[key]["min_heapsize_bytes"] <= 64 * 1024
             ip = inproc(mp, bundle, frames, runs, work)
+            # the same round with the plan's range proof (docs/integrity.md): the board
+            # representation, PROOF_CAP quanta of the circuit's rating per frame
+            b.quantum, b.rated_w = PROOF_QUANTUM_WH, PROOF_RATED_W
+            pr = b.round(bundle, None)
+            if not pr["ok"]:
+                raise RuntimeError("the round with a proof failed:\n" + pr["log"])
+            proof_round = {
+                "rated_w": b.rated_w, "quantum_wh": b.quantum,
+                "heap_64k_ok": b.round(bundle, 64 * 1024, memtrace=False)["ok"],
+                "peak_heap_bytes": pr["trace"]["peak"], "peak_at": pr["trace"]["peak_at"],
+                "min_heapsize_bytes": min_heapsize(b, bundle, 16 * 1024, 256 * 1024),
+                "romfs_min_heapsize_bytes": min_heapsize(b, bundle, 16 * 1024, 256 * 1024,
+                                                         romfs=True)}
+            b.quantum, b.rated_w = 1, None
+            proof = prove_cost(mp, bundle, frames, PROOF_CAP, runs, heap=False)
             idle10 = b.idle_cpu(bundle, 10)
             idle20 = b.idle_cpu(bundle, 20)
         finally:
@@ -468,6 +506,9 @@ def measure(frames: int, runs: int, mp: Path = MICROPYTHON, tls: bool = False) -
         "whole_firmware": whole,
         "cpu_ms_per_round": round(ip["us_per_round"] / 1000, 2),
         "alloc_bytes_per_round": ip["alloc_bytes_per_round"],
+        "proof_cpu_ms": proof["prove_ms"],
+        "proof": {"cap_quanta": PROOF_CAP, "flp_field_bytes": proof["flp_field_bytes"],
+                  "verified": proof["verified"], "round": proof_round},
         "process_cpu_s_per_day": round(big.get("cpu_s", 0.0), 3),
         "idle_cpu_pct": {"loop_ms_10": round(idle10, 2), "loop_ms_20": round(idle20, 2)},
     }
@@ -507,6 +548,13 @@ def table(r: dict[str, Any]) -> str:
         ("CPU per round (plan, masks, seal, persist, acks, adjust)",
          f"{r['cpu_ms_per_round']} ms"),
         ("bytes allocated per round", f"{r['alloc_bytes_per_round'] / 1024:.1f} KB"),
+        (f"CPU of the plan's range proof (cap {r['proof']['cap_quanta']} quanta, "
+         "docs/integrity.md)", f"{r['proof_cpu_ms']} ms"),
+        ("round with the proof: peak heap / smallest -X heapsize (files / ROMFS)",
+         f"{r['proof']['round']['peak_heap_bytes'] / 1024:.1f} KB / "
+         f"{r['proof']['round']['min_heapsize_bytes'] // 1024} KB / "
+         f"{r['proof']['round']['romfs_min_heapsize_bytes'] // 1024} KB (64K: "
+         f"{'yes' if r['proof']['round']['heap_64k_ok'] else 'NO'})"),
         ("process CPU for boot + round + played-out day", f"{r['process_cpu_s_per_day']} s"),
         ("idle CPU (loop_ms 10 / 20)",
          f"{r['idle_cpu_pct']['loop_ms_10']} % / {r['idle_cpu_pct']['loop_ms_20']} %"),

@@ -171,8 +171,9 @@ def daemon_for(kit: Kit) -> Daemon:
 
 
 def wire(kit: Kit, brokers: dict[str, MaskBroker]) -> None:
-    """Connect the round to mask broker cores: a group request the round publishes is handled
-    by the broker's core and its answer fed back to the round on the next loop turn."""
+    """Connect the round to mask broker cores: a group (or range-proof) request the round
+    publishes is handled by the broker's core and its answer fed back to the round on the next
+    loop turn."""
     loop = asyncio.get_running_loop()
 
     def peer(topic: str, payload: bytes) -> None:
@@ -181,11 +182,13 @@ def wire(kit: Kit, brokers: dict[str, MaskBroker]) -> None:
                 mb.handle(topic, payload)
             return
         tail = protocol.topic_tail(topic, "groupreq")
-        if tail is None:
+        flp = protocol.topic_tail(topic, "flpreq")  # range proofs (docs/integrity.md)
+        if tail is None and flp is None:
             return
-        for o in brokers[tail[0]].handle(topic, payload):
+        take = kit.round.take_groupsum if tail is not None else kit.round.take_flpver
+        for o in brokers[(tail or flp or [""])[0]].handle(topic, payload):
             if isinstance(o, Publish):
-                loop.call_soon(kit.round.take_groupsum, o.topic, o.payload)
+                loop.call_soon(take, o.topic, o.payload)
 
     kit.out.peer = peer
 

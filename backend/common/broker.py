@@ -65,6 +65,8 @@ def acl_text(mask_brokers: list[str], workers: int = MAX_WORKERS,
              f"topic write {P}/reply/{COORDINATOR_USER}/+",
              f"topic write {P}/groupreq/+",
              f"topic read {P}/groupsum/+",
+             f"topic write {P}/flpreq/+",
+             f"topic read {P}/flpver/+",
              f"topic read {P}/capacity",
              f"topic read {P}/capacity/+",
              f"topic read {P}/status/+",
@@ -88,13 +90,16 @@ def acl_text(mask_brokers: list[str], workers: int = MAX_WORKERS,
     for u in connection_users(COORDINATOR_USER, workers, recorder):
         lines += [f"user {u}", *coord, ""]
     for b in mask_brokers:
-        lines.append(f"# Mask broker {b}: its own sealed masks and group requests.  No plan topic.")
+        lines.append(f"# Mask broker {b}: its own sealed masks, group and proof requests.  No plan "
+                     "topic.")
         for u in connection_users(b, 1, recorder):
             lines += [f"user {u}",
                       f"topic read {P}/mask/{b}/+",
                       f"topic write {P}/reply/{b}/+",
                       f"topic read {P}/groupreq/{b}",
                       f"topic write {P}/groupsum/{b}",
+                      f"topic read {P}/flpreq/{b}",
+                      f"topic write {P}/flpver/{b}",
                       ""]
     lines += [
         "# The grid feed publishes the default capacity profile and the day profiles, reads the",

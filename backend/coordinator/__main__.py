@@ -122,6 +122,10 @@ def build_parser(prog: str = "python -m backend.coordinator") -> argparse.Argume
                    help="close collection early once this many homes were accepted")
     g.add_argument("--brokers", type=_brokers, default=None,
                    help="comma-separated mask broker ids, e.g. mb1,mb2")
+    g.add_argument("--verify-proofs", action="store_true",
+                   help="every home must prove its plan in [0, its cap] per frame (its cap: "
+                   "--homes / --rated-w, rated power x frame length, in quanta of --quantum-wh); "
+                   "checked with the mask brokers before grouping (docs/integrity.md)")
     g.add_argument("--k", type=bounded_int(2), default=3,
                    help="minimum homes per group (>= 2; the same k as the mask brokers)")
     a = p.add_argument_group("adjustment")
@@ -179,6 +183,8 @@ def check(a: argparse.Namespace) -> None:
         return
     if a.brokers is None:
         raise UsageError("--brokers is required")
+    if a.verify_proofs and a.workers > 1:
+        raise UsageError("--verify-proofs needs --workers 1")
     if a.day is not None:
         if a.start is None or a.result is None:
             raise UsageError("one round (--day) needs --start and --result")
@@ -209,7 +215,7 @@ def settings_of(a: argparse.Namespace) -> RoundSettings:
         window=a.window, time_limit_s=a.time_limit, target_weight=a.target_weight,
         capacity_wait_s=a.capacity_wait_s, answer_timeout_s=a.answer_timeout_s,
         missing_grace_s=a.missing_grace_s, reask_s=a.reask_s, linger_s=a.linger_s,
-        pause_at=a.debug_pause_at, caps=a.caps)
+        pause_at=a.debug_pause_at, caps=a.caps, verify_proofs=a.verify_proofs)
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:

@@ -57,6 +57,7 @@ log = logging.getLogger("hems.coordinator")
 
 Replies = list[tuple[str, bytes]]
 _GROUPSUM = protocol.PREFIX + "/groupsum/"
+_FLPVER = protocol.PREFIX + "/flpver/"
 _STATUS = protocol.PREFIX + "/status/"
 _PLAN = protocol.PREFIX + "/plan/"
 
@@ -212,6 +213,8 @@ class Daemon:
                 cur.take_plan(topic, payload, retained, out, flush=not batch)
         elif topic.startswith(_GROUPSUM):
             self._route_groupsum(topic, payload)
+        elif topic.startswith(_FLPVER):
+            self._route_flpver(topic, payload)
         elif topic.startswith(protocol_svc.t_capacity()):
             why = self.supply.offer(topic, payload, self.clock.now())
             if why is not None and cur is not None:
@@ -243,6 +246,21 @@ class Daemon:
                 return
         if self.current is not None:
             self.current.take_groupsum(topic, payload)
+
+    def _route_flpver(self, topic: str, payload: bytes) -> None:
+        """Range-proof answers: to the round that asked, else the current one (refuses it)."""
+        req = None
+        try:
+            obj = fastjson.loads(payload)
+            req = obj.get("req") if isinstance(obj, dict) else None
+        except ValueError:
+            pass
+        for r in self.open:
+            if isinstance(req, str) and r.asked_flp(req):
+                r.take_flpver(topic, payload)
+                return
+        if self.current is not None:
+            self.current.take_flpver(topic, payload)
 
     async def commit(self) -> None:
         for r in list(self.open):

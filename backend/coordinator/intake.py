@@ -183,6 +183,9 @@ class RoundState:
         self.seen = self.sink.seen
         self.reports = Reports(self.sink)
         self.closed = False
+        #: home -> the "flp" field of its accepted report (its range proof's coordinator share,
+        #: docs/integrity.md), kept as sent until the round verifies it
+        self.proofs: dict[str, Any] = {}
 
     def close(self) -> None:
         """Stop accepting: everything offered from now on is ``late``."""
@@ -267,6 +270,17 @@ class RoundState:
         return dict(zip(s.store.keys, s.mags[: s.store.count].tolist(), strict=True))
 
 
+def _proof_field(payload: bytes) -> Any:
+    """The "flp" field of an accepted report (checked when the round verifies it), or None."""
+    if b'"flp"' not in payload:
+        return None
+    try:
+        obj = fastjson.loads(payload)
+    except ValueError:
+        return None
+    return obj.get("flp") if isinstance(obj, dict) else None
+
+
 class IntakeFailed(Exception):
     """Another process that takes plan reports for the round (workers.py) failed."""
 
@@ -300,6 +314,8 @@ class Intake:
         if kind == "report":
             self.state.restore(str(rec["home"]), str(rec["report_id"]), int(rec["mag"]),
                                base64.b64decode(rec["masked"]))
+            if rec.get("flp") is not None:
+                self.state.proofs[str(rec["home"])] = rec["flp"]
             return True
         if kind == "closed":
             self.state.close()
@@ -316,10 +332,15 @@ class Intake:
         if v.accepted:
             sink = st.sink
             r = st.accepted - 1  # the row just stored
+            proof = _proof_field(payload)
+            if proof is not None and v.home is not None:
+                st.proofs[v.home] = proof
             if self.journal is not None:
+                extra = {} if proof is None else {"flp": proof}
                 self.journal.append(
                     "report", flush, home=v.home, report_id=v.report_id, mag=int(sink.mags[r]),
-                    masked=binascii.b2a_base64(sink.store.row_bytes(r), newline=False).decode())
+                    masked=binascii.b2a_base64(sink.store.row_bytes(r), newline=False).decode(),
+                    **extra)
         else:
             self.rejections.reject("plan", v.reason, topic, "(retained)" if retained else "")
             if v.reason == "late" and v.home is not None and v.home not in st.reports:

@@ -42,8 +42,8 @@ __all__ = ["BULK_TOPIC", "INTAKE_QUEUE", "TOPICS", "AdapterError", "Dispatcher",
 log = logging.getLogger("hems.coordinator")
 
 #: on aiomqtt (link.py); the plan reports come on the lean connection (BULK_TOPIC)
-TOPICS = (protocol_svc.t_groupsum("+"), capacity_topic(), capacity_topic("+"),
-          protocol.t_status("+"))
+TOPICS = (protocol_svc.t_groupsum("+"), protocol_svc.t_flpver("+"), capacity_topic(),
+          capacity_topic("+"), protocol.t_status("+"))
 BULK_TOPIC = protocol.t_plan("+")
 #: RabbitMQ: the coordinator's intake queue (rabbitmq.intake_queues)
 INTAKE_QUEUE = "hems.coordinator.plan"

@@ -39,13 +39,15 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from backend.common import flp_batch
 from backend.common.rejects import Rejections
+from backend.coordinator import proofs
 from backend.coordinator.adjust import Policy, Problem, Result, solve
 from backend.coordinator.codec import (
     answers_from_json,
@@ -123,8 +125,12 @@ class RoundSettings:
     #: fault injection: "adjust:N" stops (forever) after N adjustments were sent; "<day>:<phase>"
     #: stops once the round of that day is in that phase
     pause_at: str | None = None
-    #: the registered homes and their circuits' ratings: the reserve (reserve.py)
+    #: the registered homes and their circuits' ratings: the reserve (reserve.py), and the
+    #: bound of the range proofs
     caps: HomeCaps = field(default_factory=HomeCaps)
+    #: verify every accepted home's range proof (its plan in [0, its cap per frame]) with the
+    #: mask brokers before grouping (docs/integrity.md)
+    verify_proofs: bool = False
 
     def round_config(self, deadline: int) -> RoundConfig:
         return RoundConfig(self.day, self.round, self.frames, self.frame_s, self.quantum_wh,
@@ -227,6 +233,9 @@ class Round:
         self._open: dict[tuple[str, str], tuple[str, bytes]] = {}  # requests awaiting answers
         self._replied: set[str] = set()
         self._refused_logged = 0
+        #: range proofs: the verdict once taken (journaled), the brokers' pending answers
+        self._proofs_failed: dict[str, str] | None = None
+        self._flp_pending: dict[tuple[str, str], asyncio.Future[dict[str, bytes | str]]] = {}
         self._adjustments: Replies | None = None
         self._adjustment_of: dict[str, bytes] = {}  # home -> its adjustment's payload
         self._restore()
@@ -347,6 +356,8 @@ class Round:
             self._failed_reason = str(rec.get("reason", "failed"))
         elif kind == "basis":
             self.basis = Memory.from_json(rec, self.s.k, self.cfg.brokers)
+        elif kind == "proofs":
+            self._proofs_failed = {str(h): str(w) for h, w in rec["failed"].items()}
         else:
             raise ValueError(f"unknown record kind {kind!r}")
 
@@ -534,6 +545,10 @@ class Round:
         arranged = state.arranged()  # split order: every group below is a contiguous slice
         homes = arranged.keys
         mags = state.magnifications()
+        failed = await self._verify_proofs(intake)
+        for h, why in failed.items():  # excluded alone, before any group is formed
+            self.excluded[h] = Exclusion(h, why, "", None, "range proof (docs/integrity.md)")
+            mags.pop(h, None)
         carried_mags = {h: c.mag for h, c in basis.carried.items()}
         groups, carried, waiting, holes = stable_grouping(
             mags, basis.groups, carried_mags, self.s.k, prefix=f"r{self.s.round}g")
@@ -705,6 +720,97 @@ class Round:
         self._append("answer", broker=broker, req=req, results=answers_to_json(results))
         if fut is not None and not fut.done():
             fut.set_result(results)
+
+    def asked_flp(self, req: str) -> bool:
+        """This round sent a range-proof request with id ``req``."""
+        return any(r == req for _, r in self._flp_pending)
+
+    def take_flpver(self, topic: str, payload: bytes) -> None:
+        """A mask broker's verifier shares (docs/integrity.md)."""
+        try:
+            req, broker, day, rnd, results = protocol_svc.parse_flp_verifiers(
+                protocol.decode(payload, protocol.MAX_GROUP_PAYLOAD))
+        except ValueError as e:
+            self.rejections.reject("flpver", str(e), topic)
+            return
+        fut = self._flp_pending.get((broker, req))
+        if fut is None or topic != protocol_svc.t_flpver(broker) or \
+                (day, rnd) != (self.cfg.day, self.cfg.round):
+            self.rejections.reject("flpver", "unknown_req", topic, req)
+            return
+        if not fut.done():
+            fut.set_result(results)
+
+    async def _verify_proofs(self, intake: Intake) -> dict[str, str]:
+        """home -> reason for every home whose range proof fails; journaled once taken."""
+        if self._proofs_failed is not None:
+            return self._proofs_failed
+        if not self.s.verify_proofs:
+            return {}
+        t = time.monotonic()
+        state = intake.state
+        reports = state.reports
+        leaders, failed = proofs.prepare(self.cfg, self.s.caps, reports, state.proofs)
+        if leaders:
+            qseed = secrets.token_bytes(32)
+            mine = flp_batch.leader_verify(leaders, qseed)
+            rids = {x.home: reports[x.home].report_id for x in leaders}
+            brokers = list(enumerate(self.cfg.brokers, 1))
+            results: dict[str, dict[str, bytes | str]] = {b: {} for _, b in brokers}
+            asked = {b: list(leaders) for _, b in brokers}
+            # A mask still in flight when collection closed is "missing" at the broker: those
+            # homes are asked again (same qseed: the same evaluation point) for missing_grace_s
+            retries = max(1, math.ceil(self.s.missing_grace_s / GRACE_STEP_S))
+            for attempt in range(retries + 1):
+                todo = [(p, b) for p, b in brokers if asked[b]]
+                got = await asyncio.gather(*[self._ask_flp(b, p, qseed, asked[b], rids)
+                                             for p, b in todo])
+                for (_, b), ans in zip(todo, got, strict=True):
+                    results[b].update(ans or {})
+                    asked[b] = [] if ans is None else [x for x in asked[b]
+                                                       if ans.get(x.home) == "missing"]
+                if not any(asked.values()) or attempt == retries:
+                    break
+                await asyncio.sleep(min(GRACE_STEP_S, self.s.missing_grace_s))
+            failed.update(proofs.conclude(leaders, mine, results))
+        for h, why in sorted(failed.items()):
+            log.error("home %s: range proof refused (%s)", h, why)
+        self._proofs_failed = failed
+        self._append("proofs", failed=failed, verified=len(leaders))
+        await self.commit()
+        self.timings["proofs_s"] = time.monotonic() - t
+        return failed
+
+    async def _ask_flp(self, broker: str, party: int, qseed: bytes,
+                       leaders: Sequence[flp_batch.LeaderInput], rids: Mapping[str, str]
+                       ) -> dict[str, bytes | str] | None:
+        req = f"p{self.s.round}-{secrets.token_hex(6)}"
+        key = (broker, req)
+        topic = protocol_svc.t_flpreq(broker)
+        payload = proofs.request(self.cfg, party, req, qseed, leaders, rids)
+        fut: asyncio.Future[dict[str, bytes | str]] = \
+            asyncio.get_running_loop().create_future()
+        self._flp_pending[key] = fut
+        self._open[key] = (topic, payload)
+        deadline = time.monotonic() + self.s.answer_timeout_s
+        try:
+            while True:  # asked again every reask_s: the broker answers a request id the same
+                await self._publish(topic, payload)
+                left = deadline - time.monotonic()
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut),
+                                                  max(0.0, min(left, self.s.reask_s)))
+                except TimeoutError:
+                    if deadline - time.monotonic() <= 0:
+                        break
+                    log.warning("no answer from %s to range-proof request %s yet: asking "
+                                "again", broker, req)
+            log.error("mask broker %s did not answer range-proof request %s within %ss",
+                      broker, req, self.s.answer_timeout_s)
+            return None
+        finally:
+            self._flp_pending.pop(key, None)
+            self._open.pop(key, None)
 
     def take_status(self, home: str, payload: bytes, retained: bool) -> None:
         """A home's availability.  A live ``online`` (not the retained copy a subscription

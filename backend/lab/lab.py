@@ -102,6 +102,8 @@ class LabOptions:
     kill_coordinator: tuple[str, ...] = ()
     #: fault injection: the last home is a rogue (rogue.py) instead of a firmware process
     rogue: bool = False
+    #: homes prove their plans in [0, cap] and the coordinator verifies (docs/integrity.md)
+    proofs: bool = False
     #: "mosquitto" or "rabbitmq" (a cluster of ``nodes``: backend/common/rabbitmq.py)
     broker: str = "mosquitto"
     nodes: int = 1
@@ -394,7 +396,7 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
     try:
         keys = {h.home_id: {b: secrets.token_hex(32) for b in brokers} for h in homes}
         for b in brokers:
-            reg = {"homes": {h: {"key": keys[h][b]} for h in keys}}
+            reg = {"homes": {h: {"key": keys[h][b], "rated_w": run.rated[h]} for h in keys}}
             out.path(f"registry-{b}.json").write_text(json.dumps(reg))
         # the coordinator's registry: every home and its circuit's rating, no keys
         out.path("homes-coordinator.json").write_text(json.dumps(
@@ -587,6 +589,8 @@ def start_homes(run: Run, keys: dict[str, dict[str, str]], tls: bool, observer: 
                 "clock": "lab", "safe_state": False, "loop_ms": 10,
                 "unix": {"wifi_file": str(sdir / "wifi")},
             }
+            if o.proofs:   # the registries' rating: each report carries its range proof
+                cfg["rated_w"] = run.rated[h.home_id]
             (sdir / "config.json").write_text(json.dumps(cfg))
             exe = py if o.python_homes else procs.micropython_exe()
             home_procs.append(run.ps.start(
@@ -634,6 +638,7 @@ def coordinator_argv(run: Run, pause: str | None) -> list[str]:
         "--k", str(o.k), "--solver", o.solver, "--state-dir", str(run.state_dir),
         "--capacity-wait-s", "10", "--keep-journal-days", str(o.days + 1),
         "--homes", str(run.out.root / "homes-coordinator.json"),
+        *(["--verify-proofs"] if o.proofs else []),
         "--accelerate", f"{run.anchor},{tl.begin},{tl.speed}",
         "--port", str(run.port), "--user", COORDINATOR_USER, *run.tls_args, *run.broker_args,
         *(["--debug-pause-at", pause] if pause else []),
@@ -911,6 +916,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "with --json)")
     p.add_argument("--kill-coordinator", default="", help=argparse.SUPPRESS)
     p.add_argument("--debug-rogue", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--proofs", action="store_true",
+                   help="every home proves its plan in [0, its cap] per frame and the "
+                   "coordinator verifies it with the mask brokers (docs/integrity.md)")
     p.add_argument("--broker", choices=["mosquitto", "rabbitmq"], default=d.broker,
                    help="mosquitto (default) or a RabbitMQ cluster (installed by ./run lab "
                    "--broker rabbitmq; docs/scaling.md)")
@@ -1001,7 +1009,8 @@ def _run(a: argparse.Namespace) -> int:
                    solver=a.solver, days=a.days, dropout=a.dropout, churn=a.churn, out_dir=a.out,
                    python_homes=a.python_homes, tls=a.tls, grid_feed=a.grid_feed,
                    kill_coordinator=tuple(filter(None, a.kill_coordinator.split(","))),
-                   rogue=a.debug_rogue, broker=a.broker, nodes=a.nodes or 1)
+                   rogue=a.debug_rogue, broker=a.broker, nodes=a.nodes or 1,
+                   proofs=a.proofs)
     rpath = report_path(a)
     show = not a.json and not a.no_progress and sys.stderr.isatty()
     with live(show) as pg:

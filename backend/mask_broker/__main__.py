@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from backend.common.clock import AcceleratedClock, SystemClock
 from backend.common.mqtt import add_mqtt_args, mqtt_args_problem, settings_from_args
 from backend.common.usage import Parser, bounded_int, port
+from backend.coordinator.reserve import DEFAULT_RATED_W, MAX_RATED_W, HomeCaps
 
 from .core import MAX_ROUNDS, DayWindow, MaskBroker
 from .release_log import ReleaseLog
@@ -46,6 +47,21 @@ def load_registry(path: Path) -> dict[str, bytes]:
     return keys
 
 
+def load_ratings(path: Path) -> dict[str, int | None]:
+    """The registry's optional ``"rated_w"`` per home (its circuit's rated power, W, as in the
+    coordinator's ``--homes``): with ``--rated-w`` for the others, the bound of the homes' range
+    proofs (docs/integrity.md)."""
+    obj = json.loads(path.read_text())
+    out: dict[str, int | None] = {}
+    for home, entry in obj["homes"].items():
+        w = entry.get("rated_w") if isinstance(entry, dict) else None
+        if w is not None and (not isinstance(w, int) or isinstance(w, bool)
+                              or not 0 <= w <= MAX_RATED_W):
+            raise ValueError(f"home {home!r}: rated_w must be an integer 0..{MAX_RATED_W} (W)")
+        out[home] = w
+    return out
+
+
 def parser(prog: str = "python -m backend.mask_broker") -> argparse.ArgumentParser:
     p = Parser(
         prog=prog,
@@ -61,6 +77,10 @@ def parser(prog: str = "python -m backend.mask_broker") -> argparse.ArgumentPars
                    help="keep the day's answered groups and the round's masks across restarts "
                    "(without it a restart forgets them: see docs/privacy.md)")
     p.add_argument("--stats-file", type=Path, help="JSON stats, rewritten atomically")
+    p.add_argument("--rated-w", type=bounded_int(0, MAX_RATED_W), default=DEFAULT_RATED_W,
+                   help="rated power (W) of a home's circuit the registry does not rate: the "
+                   "bound of its range proof, as the coordinator's --rated-w (default "
+                   f"{DEFAULT_RATED_W})")
     p.add_argument("--release-log", type=Path, default=None,
                    help="append every released group's membership (never a value) to this "
                    "file, for an auditor: python -m backend.mask_broker.audit FILE")
@@ -136,7 +156,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m backend.mask_brok
     clock = a.accelerate if a.accelerate is not None else SystemClock()
     try:
         core = MaskBroker(a.broker_id, load_registry(a.registry), a.k, clock=clock.now,
-                          window=DayWindow(a.timezone, a.days_ahead), max_rounds=a.max_rounds)
+                          window=DayWindow(a.timezone, a.days_ahead), max_rounds=a.max_rounds,
+                          caps=HomeCaps(load_ratings(a.registry), a.rated_w))
     except (OSError, ValueError) as e:
         log.error("cannot start: %s", e)
         return 2

@@ -53,11 +53,12 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from numpy.typing import NDArray
 
-from backend.common import fastjson
+from backend.common import fastjson, flp_batch
 from backend.common.fastcheck import RoundKey, fast_mask_report
 from backend.common.rejects import Rejections
 from backend.common.vectors import U32
-from hemsfw import protocol, protocol_svc
+from backend.coordinator.reserve import HomeCaps
+from hemsfw import flp, masking, protocol, protocol_svc
 
 from . import unseal
 from .release import Partition
@@ -255,10 +256,12 @@ MAX_ROUNDS = 8
 class MaskBroker:
     def __init__(self, broker_id: str, keys: Mapping[str, bytes], k: int,
                  logger: logging.Logger = log, clock: Callable[[], float] = time.time,
-                 window: DayWindow | None = None, max_rounds: int = MAX_ROUNDS) -> None:
+                 window: DayWindow | None = None, max_rounds: int = MAX_ROUNDS,
+                 caps: HomeCaps | None = None) -> None:
         """keys: registered home id -> that home's 32-byte key for this broker.  clock: the
         deployment's time (epoch s); window: the days a round may be announced for (None: any,
-        for tests of other rules); max_rounds: rounds a day may have."""
+        for tests of other rules); max_rounds: rounds a day may have; caps: the homes' circuit
+        ratings (the range proofs' bound, docs/integrity.md; None: no proof verified)."""
         if not protocol.valid_id(broker_id):
             raise ValueError(f"bad broker id {broker_id!r}")
         for h, key in keys.items():
@@ -288,10 +291,15 @@ class MaskBroker:
         self.used: dict[int, str] = {}
         self.version = 0  # bumped whenever the stats change
         self._pending: deque[tuple[str, bytes]] = deque()
+        self.caps = caps
+        #: home indices whose report's proof this broker has verified this round (once only),
+        #: and this round's answers by request id (a re-asked request gets the same answer)
+        self.flp_done: set[int] = set()
+        self.flp_answers: dict[str, bytes] = {}
 
     def subscriptions(self) -> list[tuple[str, int]]:
         return [(protocol.t_round(), 1), (protocol.t_mask(self.id, "+"), 1),
-                (protocol_svc.t_groupreq(self.id), 1)]
+                (protocol_svc.t_groupreq(self.id), 1), (protocol_svc.t_flpreq(self.id), 1)]
 
     # ------------------------------------------------------------ dispatch
 
@@ -309,6 +317,8 @@ class MaskBroker:
                 return []
             if topic == protocol_svc.t_groupreq(self.id):
                 return self._on_group_request(payload)
+            if topic == protocol_svc.t_flpreq(self.id):
+                return self._on_flp_request(payload)
             tail = protocol.topic_tail(topic, "mask")
             if tail is not None:
                 return self._on_mask(topic, tail, payload)
@@ -319,14 +329,16 @@ class MaskBroker:
         return []
 
     def _is_held(self, topic: str) -> bool:
-        return topic == protocol_svc.t_groupreq(self.id) or topic.startswith(
-            protocol.t_mask(self.id, ""))
+        return topic in (protocol_svc.t_groupreq(self.id), protocol_svc.t_flpreq(self.id)) \
+            or topic.startswith(protocol.t_mask(self.id, ""))
 
     # ------------------------------------------------------------ rounds
 
     def _start_round(self, day: str, rnd: int, frames: int) -> None:
         self.round = Round(day, rnd, frames)
         self.used = {}
+        self.flp_done = set()
+        self.flp_answers = {}
         self.key = RoundKey(day, rnd, "ok")
         self.masks = RoundMasks(len(self.homes), frames)
 
@@ -535,6 +547,77 @@ class MaskBroker:
         for i, r in zip(cur.tolist(), rows[~is_carried].tolist(), strict=True):
             self.carried[i] = self.masks.report(r)
 
+    def _on_flp_request(self, payload: bytes) -> list[Output]:
+        """The coordinator asks for this broker's verifier shares of the homes' range proofs
+        (docs/integrity.md).  Each report is verified at most once: a second evaluation point
+        would leak.  Per home: a verifier, or a reason (``unregistered``, ``no_cap``,
+        ``missing``: no mask this round, ``report_mismatch``: the plan's report id is not the
+        mask's, ``already_verified``, ``part_mismatch``, ``bad_flp``)."""
+        topic = protocol_svc.t_flpreq(self.id)
+        try:
+            req, day, rnd, party, quantum, frame_s, qseed, homes = protocol_svc.parse_flp_request(
+                protocol.decode(payload, protocol.MAX_GROUP_PAYLOAD), max(1, len(self.homes)))
+        except ValueError as e:
+            self.rejections.reject("flpreq", str(e), topic)
+            return []
+        cur = self.round
+        if cur is None or (day, rnd) != (cur.day, cur.round):
+            self.rejections.reject("flpreq", "unknown_round", topic, req)
+            return []
+        again = self.flp_answers.get(req)
+        if again is not None:  # the coordinator asks again (a lost answer): the same answer
+            return [Publish(protocol_svc.t_flpver(self.id), again)]
+        results: list[dict[str, Any]] = []
+        items: list[flp_batch.HelperInput] = []
+        parts: dict[str, list[bytes]] = {}
+        done: list[str] = []
+        for home, rid, ps in homes:
+            got = self._flp_input(home, rid, len(ps) - 1, party, quantum, frame_s)
+            if isinstance(got, str):
+                results.append({"home": home, "reason": got})
+                continue
+            self.flp_done.add(self.index[home])
+            done.append(home)
+            items.append(got)
+            parts[home] = ps
+        for home, v in flp_batch.helper_verify(items, parts, qseed).items():
+            if v.verifier is None:
+                results.append({"home": home, "reason": v.reason})
+            else:
+                results.append({"home": home, "verifier": protocol.b64(flp.encode_vec(
+                    list(v.verifier)))})
+        out: list[Output] = []
+        if done:
+            out.append(Record("flp", {"day": day, "round": rnd, "homes": done}))
+        answer = protocol.encode(protocol_svc.make_flp_verifiers(req, self.id, day, rnd, results))
+        self.flp_answers[req] = answer
+        out.append(Publish(protocol_svc.t_flpver(self.id), answer))
+        return out
+
+    def _flp_input(self, home: str, rid: str, brokers: int, party: int, quantum: int,
+                   frame_s: int) -> flp_batch.HelperInput | str:
+        """This broker's side of one home's proof, or why it has none."""
+        cur = self.round
+        i = self.index.get(home)
+        if cur is None or i is None:
+            return "unregistered"
+        if self.caps is None:
+            return "no_cap"
+        row = int(self.masks.row_of[i])
+        if row < 0:
+            return "missing"
+        mrid, seed = self.masks.report(row)
+        if mrid != rid:
+            return "report_mismatch"
+        if i in self.flp_done:
+            return "already_verified"
+        try:
+            c = flp.Circuit(cur.frames, self.caps.cap_wh(home, frame_s) // quantum, brokers)
+        except ValueError:
+            return "bad_flp"
+        return flp_batch.HelperInput(home, flp.nonce(home, cur.day, cur.round, rid), c, party,
+                                     seed, bytes(masking.expand_seed(seed, cur.frames)))
+
     def snapshot(self) -> dict[str, Any]:
         """What outlives a round (the state dir's compaction): the release partition and each
         home's latest released report."""
@@ -575,6 +658,10 @@ class MaskBroker:
                                  for i, c in zip(idx, is_carried, strict=True)
                                  if c and int(i) in self.carried})
                     self._released(idx, rows, is_carried, rids)
+            elif kind == "flp":
+                if cur is not None and (day, rnd) == (cur.day, cur.round):
+                    self.flp_done.update(self.index[h] for h in data["homes"]
+                                         if h in self.index)
             elif kind == "mask":
                 if cur is None or (day, rnd) != (cur.day, cur.round):
                     raise ValueError("mask record of another round")

@@ -70,6 +70,9 @@ class StateDir:
     def _masks_file(self, day: str, rnd: int) -> Path:
         return self.path / f"masks-{day}-{rnd}.jsonl"
 
+    def _flp_file(self, day: str, rnd: int) -> Path:
+        return self.path / f"flp-{day}-{rnd}.jsonl"
+
     def _releases_file(self) -> Path:
         return self.path / "releases.jsonl"
 
@@ -102,6 +105,8 @@ class StateDir:
             yield "round", cur
             for line in _lines(self._masks_file(day, rnd)):
                 yield "mask", line
+            for line in _lines(self._flp_file(day, rnd)):
+                yield "flp", line
         for line in _lines(self._releases_file()):
             yield "release", line
 
@@ -125,12 +130,21 @@ class StateDir:
             for old in self.path.glob("masks-*.jsonl"):
                 if old != keep:
                     old.unlink()
+            keep = self._flp_file(d["day"], d["round"])
+            for old in self.path.glob("flp-*.jsonl"):
+                if old != keep:
+                    old.unlink()
         elif rec.kind == "mask":
             if self._masks is None:
                 self._masks = _open_append_bytes(self._masks_file(d["day"], d["round"]))
             self._masks.write(fastjson.dumps(d) + b"\n")
             if flush:
                 self._masks.flush()
+        elif rec.kind == "flp":     # reports verified once (docs/integrity.md): durable first
+            with _open_append(self._flp_file(d["day"], d["round"])) as f:
+                f.write(json.dumps(d) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
         elif rec.kind == "release":
             if self._releases is None:
                 path = self._releases_file()

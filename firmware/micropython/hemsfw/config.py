@@ -7,6 +7,8 @@
 #                  (hosts: the cluster's nodes, in order; the link fails over between them.
 #                   Default [host:port]; a host without :port gets mqtt.port)
 #    "magnification": 2, "plan_wh": [...], "keys": {"mb1": "<64 hex>"},
+#    "rated_w": 3000,      (the controlled circuit's rated power, W, as in the registry: the
+#                           plan report then carries a range proof, docs/integrity.md; null: none)
 #    "mask_brokers": ["mb1"], "min_mask_brokers": 1,   (default: the brokers of `keys`, all)
 #    "days_ahead": 1, "max_rounds_per_day": 8,
 #    "state_dir": "/path", "board": "unix"|"esp32"|"picow"|"rpi", "clock": "lab"|"system",
@@ -50,7 +52,7 @@ class ConfigError(ValueError):
 # Every key the firmware reads, per section: any other key is refused with its name, so a typo
 # ("safe_stat") is an error at boot, not a silently ignored setting.
 KEYS = {
-    "": ("home_id", "mqtt", "magnification", "plan_wh", "keys", "mask_brokers",
+    "": ("home_id", "mqtt", "magnification", "plan_wh", "keys", "rated_w", "mask_brokers",
          "min_mask_brokers", "days_ahead", "max_rounds_per_day", "state_dir", "board", "clock",
          "safe_state", "utc_offset_min", "exit_after_day", "loop_ms", "watchdog_ms", "relay",
          "wifi", "ntp", "planner", "http", "local", "unix", "ota", "debug_pause_at",
@@ -208,6 +210,9 @@ def check(cfg: object) -> "Json":
     for v in p:
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= protocol.MAX_WH:
             raise ConfigError(f"config: plan_wh must hold integers 0..{protocol.MAX_WH}")
+
+    if cfg.get("rated_w") is not None:
+        cfg["rated_w"] = _int(cfg, "rated_w", 0, 1000000, 0)
 
     keys = _need(cfg, "keys", (dict,))
     if not keys:

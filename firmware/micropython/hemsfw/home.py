@@ -100,6 +100,7 @@ class Home:
         self.brokers: list[str] = cfg.get("mask_brokers") or sorted(self.keys)
         self.min_brokers: int = cfg.get("min_mask_brokers") or len(self.brokers)
         self.max_rounds: int = cfg.get("max_rounds_per_day", 8)
+        self.rated_w: int | None = cfg.get("rated_w")   # range proofs (flp.home_report)
         self.days_ahead: int = cfg.get("days_ahead", 1)
         self.store = store
         self.urandom = urandom
@@ -218,14 +219,23 @@ class Home:
         day, rnd, frames = new["day"], new["round"], new["frames"]
         rid = _hex(self.urandom(16))
         seeds = [self.urandom(protocol.SEED_LEN) for _ in brokers]
-        masked = masking.add_plan(masking.mask_from_seeds(seeds, frames), new["plan"])
+        proof = None
+        if self.rated_w is None:
+            masked = masking.add_plan(masking.mask_from_seeds(seeds, frames), new["plan"])
+        else:   # the range proof (docs/integrity.md): its code is loaded for this step only
+            from hemsfw import flp
+
+            masked, proof = flp.home_report(self.id, new, rid, self.rated_w, seeds,
+                                            self.urandom(2 * flp.SEED_LEN))
+            del flp
+            unload("flp")
         del masking            # (the local name too: else the module stays referenced)
         unload("masking")
         # Stored as the encoded JSON text: a re-send after a reboot is byte for byte what was
         # sent first (a dict read back from the file would encode with another key order).
         out = [[protocol.t_plan(self.id), json.dumps(protocol.make_plan_report(
-            self.id, day, rnd, rid, self.mag, masked))]]
-        del masked
+            self.id, day, rnd, rid, self.mag, masked, proof))]]
+        del masked, proof
         from hemsfw import seal
 
         for b, s in zip(brokers, seeds):

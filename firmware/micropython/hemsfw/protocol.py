@@ -139,7 +139,7 @@ def encode(obj: "Json") -> bytes:
 
 
 def b64(buf: bytes | bytearray) -> str:
-    return binascii.b2a_base64(buf).decode().strip()
+    return binascii.b2a_base64(buf, newline=False).decode()
 
 
 def int_list(v: object, n: int, lo: int, hi: int, reason: str) -> list[int]:
@@ -183,9 +183,14 @@ def parse_round(obj: "Json") -> "Json":
 
 
 def make_plan_report(home: str, day: str, rnd: int, report_id: str, mag: int,
-                     masked: bytes | bytearray) -> "Json":
-    return {"v": VERSION, "home": home, "day": day, "round": rnd, "report_id": report_id,
-            "mag": mag, "masked": b64(masked)}
+                     masked: bytes | bytearray, flp: "Json | None" = None) -> "Json":
+    """flp: the range proof's coordinator share (hemsfw/flp.py, docs/integrity.md):
+    {"share": b64, "blind": b64 of 32 bytes, "parts": [b64 of 32 bytes per mask broker]}."""
+    out = {"v": VERSION, "home": home, "day": day, "round": rnd, "report_id": report_id,
+           "mag": mag, "masked": b64(masked)}
+    if flp is not None:
+        out["flp"] = flp
+    return out
 
 
 # ---------------------------------------------------------------- home -> mask broker

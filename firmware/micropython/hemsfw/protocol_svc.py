@@ -31,6 +31,8 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
     GroupResult = bytes | tuple[str, list[str]]
     # a requested group: (id, members, checksum, carried members, report ids or [])
     GroupEntry = tuple[str, list[str], str, list[str], list[str]]
+    # a range-proof request's homes: (home, report id, every party's joint-randomness part)
+    FlpHomes = list[tuple[str, str, list[bytes]]]
 
 
 def t_capacity() -> str:
@@ -339,3 +341,105 @@ def parse_outcome(obj: "Any", topic_day: str) -> "Any":
     int_field(obj, "overload_after_wh", 0, 1 << 60)
     int_field(obj, "curtailed_wh", 0, 1 << 60)
     return obj
+
+
+# ---------------------------------------------------------------- range proofs (docs/integrity.md)
+
+
+def t_flpreq(broker: str) -> str:
+    return PREFIX + "/flpreq/" + broker
+
+
+def t_flpver(broker: str) -> str:
+    return PREFIX + "/flpver/" + broker
+
+
+def parse_flp(obj: "Any", share_bytes: int, brokers: int) -> tuple[bytes, bytes, list[bytes]]:
+    """A plan report's "flp" field -> (coordinator share, blind, helper parts);
+    ValueError("no_flp") when absent, ("bad_flp") when malformed."""
+    f = obj.get("flp") if isinstance(obj, dict) else None
+    if f is None:
+        raise ValueError("no_flp")
+    if not isinstance(f, dict):
+        raise ValueError("bad_flp")
+    parts = f.get("parts")
+    if not isinstance(parts, list) or len(parts) != brokers:
+        raise ValueError("bad_flp")
+    try:
+        return (unb64(f.get("share"), share_bytes), unb64(f.get("blind"), 32),
+                [unb64(x, 32) for x in parts])
+    except ValueError:
+        raise ValueError("bad_flp")
+
+
+def make_flp_request(req: str, day: str, rnd: int, party: int, quantum_wh: int, frame_s: int,
+                     qseed: bytes, homes: "Iterable[Sequence[Any]]") -> "Json":
+    """homes: (home, report_id, [parts of every party, b64]).  quantum_wh and frame_s: the
+    round's (a home's cap is its rated power x frame_s, in quanta)."""
+    return {"v": VERSION, "req": req, "day": day, "round": rnd, "party": party,
+            "quantum_wh": quantum_wh, "frame_s": frame_s,
+            "qseed": binascii.b2a_base64(qseed, newline=False).decode(),
+            "homes": [{"home": h[0], "report_id": h[1], "parts": h[2]} for h in homes]}
+
+
+def parse_flp_request(obj: "Any", max_homes: int
+                      ) -> "tuple[str, str, int, int, int, int, bytes, FlpHomes]":
+    """-> (req, day, round, party, quantum_wh, frame_s, qseed, [(home, report_id, [parts])])."""
+    check_version(obj)
+    req = id_field(obj, "req")
+    day = day_field(obj)
+    rnd = int_field(obj, "round", 1, 1 << 30)
+    party = int_field(obj, "party", 1, 8)
+    quantum = int_field(obj, "quantum_wh", 1, 1 << 20)
+    frame_s = int_field(obj, "frame_s", 1, 86400)
+    qseed = unb64(obj.get("qseed"), 32)
+    hs = obj.get("homes")
+    if not isinstance(hs, list) or not hs or len(hs) > max_homes:
+        raise ValueError("bad_homes")
+    out = []
+    for x in hs:
+        if not isinstance(x, dict):
+            raise ValueError("bad_homes")
+        ps = x.get("parts")
+        if not isinstance(ps, list) or not 2 <= len(ps) <= 9:
+            raise ValueError("bad_parts")
+        out.append((id_field(x, "home"), _report_id(x), [unb64(p, 32) for p in ps]))
+    return req, day, rnd, party, quantum, frame_s, qseed, out
+
+
+def make_flp_verifiers(req: str, broker: str, day: str, rnd: int,
+                       results: "list[Json]") -> "Json":
+    """results: {"home", "verifier": b64} or {"home", "reason"}."""
+    return {"v": VERSION, "req": req, "broker": broker, "day": day, "round": rnd,
+            "results": results}
+
+
+def parse_flp_verifiers(obj: "Any") -> tuple[str, str, str, int, "dict[str, bytes | str]"]:
+    """-> (req, broker, day, round, {home: verifier bytes, or the broker's reason})."""
+    check_version(obj)
+    req = id_field(obj, "req")
+    broker = id_field(obj, "broker")
+    day = day_field(obj)
+    rnd = int_field(obj, "round", 1, 1 << 30)
+    rs = obj.get("results")
+    if not isinstance(rs, list):
+        raise ValueError("bad_results")
+    out: dict[str, bytes | str] = {}
+    for r in rs:
+        if not isinstance(r, dict):
+            raise ValueError("bad_results")
+        h = id_field(r, "home")
+        v = r.get("verifier")
+        if v is None:
+            why = r.get("reason")
+            if not valid_id(why):
+                raise ValueError("bad_results")
+            out[h] = why
+            continue
+        if not isinstance(v, str) or len(v) > 4096:
+            raise ValueError("bad_results")
+        try:
+            out[h] = binascii.a2b_base64(v)
+        except Exception:
+            raise ValueError("bad_results")
+    return req, broker, day, rnd, out

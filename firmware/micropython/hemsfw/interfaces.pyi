@@ -84,6 +84,12 @@ class RelayDriver(Protocol):
     def set(self, on: bool, frame: int | None) -> bool: ...
 
 
+class PulseSource(Protocol):
+    """A pulse (S0) meter's counter (hemsfw/meter.py): pulses counted since the last take()."""
+
+    def take(self) -> int: ...
+
+
 class Board(Protocol):
     """A board module's Board (hemsfw/boards/__init__.py)."""
 

@@ -1,9 +1,11 @@
 # The special circuit's meter and the frame's energy budget (hemsfw/meter.py, budget.py,
 # simload.py) with the runner, under MicroPython and CPython (issue 15).
 
+import json
+
 from fakes import CountingRandom, FakeClient, FakeClock, FakePulses, FakeRelay, MemStore
 
-from hemsfw import config, history, meter, runner
+from hemsfw import config, history, meter, runner, web
 from hemsfw.simload import SimLoad
 
 KEY = "c8" * 32
@@ -19,7 +21,7 @@ def _slot(plan, adjusted=None, frames=4):
             "adjustment": None, "adjusted": adjusted}
 
 
-def _runner(st, plan=(0, 300, 0, 500), meter_cfg=None, pulses=None, **kw):
+def _runner(st, plan=(0, 300, 0, 500), meter_cfg=None, pulses=None, lclient=None, **kw):
     c = {"home_id": "h1",
          "mqtt": {"host": "127.0.0.1", "port": 1883, "user": "h1", "password": "pw"},
          "plan_wh": list(plan), "keys": {"mb1": KEY}, "state_dir": "/tmp/x", "clock": "lab"}
@@ -32,7 +34,7 @@ def _runner(st, plan=(0, 300, 0, 500), meter_cfg=None, pulses=None, **kw):
     logs = []
     src = pulses if pulses is not None else FakePulses()
     r = runner.Runner(cfg, FakeClient(), ck, rl, st, lambda *a: logs.append(a), CountingRandom(),
-                      pulses=src)
+                      local=lclient, pulses=src)
     return r, ck, rl, src, logs
 
 
@@ -209,6 +211,48 @@ def test_meter_frame_log_and_wh_rounding():
     m.move(DAY, 4, 1)
     assert st.lines["meter.log"] == [{"day": DAY, "k": 0, "p": 4}]
     assert m.today_wh() == [5, 0, 0, 0] and meter.wh(1, 800) == 1
+
+
+def _metered_day(local=None):
+    st = MemStore()
+    st.write("round.json", _slot([0, 300, 0, 500], adjusted=[0, 0, 300, 500]))
+    kw = {"local": {"host": "127.0.0.1"}} if local is not None else {}
+    r, ck, _rl, src, _ = _runner(st, lclient=local, meter_cfg={"stuck_s": 3600}, **kw)
+    ck.t = START + 2 * FS + 1
+    r.step()
+    src.pulse(120)
+    ck.t = START + 2 * FS + 60
+    r.step()
+    return r
+
+
+def test_page_shows_metered_energy_today_against_plan_and_adjustment():
+    r = _metered_day()
+    s = web.state(r)
+    assert s["metered_wh"] == [0, 0, 120, 0] and s["meter"] == "counting"
+    chunks = list(web.page(r))
+    html = "".join(chunks)
+    assert 'id="metered">120</b> Wh of 800 Wh' in html
+    bars = [c for c in chunks if c.startswith('<rect class="m"')]
+    assert len(bars) == 4 and 'data-k="2" data-wh="120"' in bars[2]
+
+
+def test_home_assistant_gets_a_metered_sensor_with_plan_and_adjustment():
+    lc = FakeClient()
+    r = _metered_day(lc)
+    r.step()
+    ck = r.clock
+    ck.t = START + 3 * FS + 1     # a frame change publishes the metered energy
+    r.step()
+    last = {}
+    for t, p, _ret, _q in lc.published:
+        last[t] = p
+    cfg = json.loads(last["homeassistant/sensor/hems_h1/metered/config"])
+    assert cfg["state_topic"] == "hems/h1/metered" and cfg["device_class"] == "energy"
+    assert last["hems/h1/metered"] == b"120"
+    a = json.loads(last["hems/h1/metered/attributes"])
+    assert a["metered_wh"] == [0, 0, 120, 0] and a["adjusted_wh"] == [0, 0, 300, 500]
+    assert a["planned_wh"] == [0, 300, 0, 500] and a["meter"] == "counting"
 
 
 # ------------------------------------------------------------------ the lab's simulated load

@@ -9,8 +9,13 @@
 #                            " day" to hold it until the end of the day; AUTO = back to the plan
 #   <base>/plan              the current frame's adjusted plan in Wh (retained)
 #   <base>/plan/attributes   {"day", "frame", "planned_wh": [...], "adjusted_wh": [...]} (retained)
+#   <base>/metered           with a meter: metered energy today in Wh (retained), attributes on
+#                            <base>/metered/attributes {"day", "frame", "metered_wh": [...],
+#                            "planned_wh": [...], "adjusted_wh": [...], "meter": "counting" |
+#                            "stuck", "budget_wh": the current frame's} (retained)
 #   <base>/plan/set          command: {"plan_wh": [...], "day": "YYYY-MM-DD" (optional)}
-#   <prefix>/switch/hems_<id>/relay/config, <prefix>/sensor/hems_<id>/plan/config   (retained)
+#   <prefix>/switch/hems_<id>/relay/config, <prefix>/sensor/hems_<id>/plan/config,
+#   <prefix>/sensor/hems_<id>/metered/config (with a meter)   (retained)
 #   <prefix>/status          Home Assistant's birth message: "online" -> announce again
 # Command topics are never retained (we publish none; HA publishes them without retain).
 # MicroPython subset only.
@@ -37,6 +42,7 @@ class HA:
         self.t_plan = base + "/plan"
         self.t_attr = base + "/plan/attributes"
         self.t_plan_set = base + "/plan/set"
+        self.t_metered = base + "/metered"
         self.t_birth = self.pre + "/status"
         subs = [(self.t_relay_set, 0), (self.t_plan_set, 0), (self.t_birth, 0)]
         self.link = Link("local", client, self.t_avail, subs, runner.on_msg, runner.urandom,
@@ -68,6 +74,14 @@ class HA:
             "state_topic": self.t_plan, "unit_of_measurement": "Wh",
             "json_attributes_topic": self.t_attr, "availability_topic": self.t_avail,
             "icon": "mdi:chart-bar", "device": dev})
+        if self.r.meter is not None:
+            self._pub(self.pre + "/sensor/" + self.node + "/metered/config", {
+                "name": "Special circuit metered today", "unique_id": self.node + "_metered",
+                "state_topic": self.t_metered, "unit_of_measurement": "Wh",
+                "device_class": "energy", "state_class": "total",
+                "json_attributes_topic": self.t_metered + "/attributes",
+                "availability_topic": self.t_avail, "icon": "mdi:meter-electric",
+                "device": dev})
         self.announced += 1
 
     def _up(self, link: Link) -> None:
@@ -90,6 +104,23 @@ class HA:
         if st and frame is not None:
             p = st.get("adjusted") or st["plan"]
             self._pub(self.t_plan, str(p[frame] * st["quantum_wh"]))
+        self.metered_changed()
+
+    def metered_changed(self) -> None:
+        """Metered energy today against the plan and the adjustment (on every relay change:
+        at least each frame, and when a frame's budget is reached)."""
+        m = self.r.meter
+        st = self._slot()
+        if m is None or not st or m.meter.day != st["day"] or not self.link.online:
+            return
+        q = st["quantum_wh"]
+        mw = m.meter.today_wh()
+        self._pub(self.t_metered, str(sum(mw)))
+        self._pub(self.t_metered + "/attributes", {
+            "day": st["day"], "frame": self.r.state[1], "metered_wh": mw,
+            "planned_wh": [v * q for v in st["plan"]],
+            "adjusted_wh": [v * q for v in (st.get("adjusted") or st["plan"])],
+            "meter": m.budget.state, "budget_wh": m.wh_now})
 
     def plan_changed(self) -> None:
         if not self.link.online:

@@ -10,6 +10,8 @@
 from collections.abc import Callable
 from typing import Any, Protocol, TypedDict
 
+from hemsfw.meter import Metering
+
 #: A decoded JSON object: a message, a stored file (a round's slot), the config or a section.
 Json = dict[str, Any]
 #: log(*args): print-like, one line per call
@@ -139,6 +141,7 @@ class RunnerView(Protocol):
     log: Log
     clock: Clock
     state: tuple[bool | None, int | None]
+    meter: Metering | None
     @property
     def home(self) -> HomeView: ...
     @property

@@ -1,7 +1,7 @@
 # The resident's page: a tiny HTTP server on the device (asyncio, MicroPython and CPython).
 #
-#   GET  /             the day's planned vs adjusted load per frame as an SVG bar chart, the
-#                      relay's state, and the override buttons
+#   GET  /             the day's planned vs adjusted (and, with a meter, metered) load per frame
+#                      as an SVG bar chart, the relay's state, and the override buttons
 #   GET  /state.json   the same as JSON
 #   POST /override     form fields state=on|off|auto, until=frame|day (and token=... when the
 #                      config sets http.token): the resident's override (hemsfw/resident.py)
@@ -50,15 +50,20 @@ def state(r: "Runner") -> "Json":
         out["status"] = st.get("status")
         out["planned_wh"] = [v * q for v in st["plan"]]
         out["adjusted_wh"] = [v * q for v in adj]
+        m = r.meter   # the special circuit's meter (hemsfw/meter.py), if it has one
+        if m is not None and m.meter.day == st["day"]:
+            out["metered_wh"] = m.meter.today_wh()
+            out["meter"] = m.budget.state
     return out
 
 
-def svg(planned: list[int], adjusted: list[int], frame: int | None) -> "Iterator[str]":
+def svg(planned: list[int], adjusted: list[int], frame: int | None,
+        metered: list[int] | None = None) -> "Iterator[str]":
     """The bar chart, as small strings yielded one at a time: per frame a grey outline bar
-    (planned) and a filled bar (adjusted, class "a", with data-k / data-wh), the current frame
-    marked."""
+    (planned), a filled bar (adjusted, class "a", with data-k / data-wh) and, with a meter, a
+    thin dark bar (metered, class "m"), the current frame marked."""
     n = len(planned)
-    top = max(max(planned), max(adjusted), 1)
+    top = max(max(planned), max(adjusted), max(metered) if metered else 0, 1)
     bw = W / n
     yield ('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
            'viewBox="0 0 %d %d" role="img" aria-label="planned vs adjusted load">'
@@ -74,6 +79,11 @@ def svg(planned: list[int], adjusted: list[int], frame: int | None) -> "Iterator
                'height="%.1f" fill="none" stroke="#999"/>' % (k, planned[k], x, H - hp, bw, hp))
         yield ('<rect class="a" data-k="%d" data-wh="%d" x="%.1f" y="%.1f" width="%.1f" '
                'height="%.1f" fill="#2a7"/>' % (k, adjusted[k], x + bw / 4, H - ha, bw / 2, ha))
+        if metered:
+            hm = H * metered[k] / top
+            yield ('<rect class="m" data-k="%d" data-wh="%d" x="%.1f" y="%.1f" width="%.1f" '
+                   'height="%.1f" fill="#124"/>' % (k, metered[k], x + 3 * bw / 8, H - hm,
+                                                    bw / 4, hm))
     yield '<text x="0" y="%d" font-size="12">frame 0</text>' % (H + 15)
     yield ('<text x="%d" y="%d" font-size="12" text-anchor="end">frame %d</text>'
            % (W, H + 15, n - 1))
@@ -99,8 +109,15 @@ def page(r: "Runner", token: str | None = None) -> "Iterator[str]":
     yield " &middot; broker link: %s</p>" % ("up" if s["online"] else "down")
     if s["day"]:
         yield ("<p>Day %s, round %d, frame %s. Grey outline: your plan; green: the plan after "
-               "the grid's adjustment (Wh per frame).</p>" % (s["day"], s["round"], s["frame"]))
-        yield from svg(s["planned_wh"], s["adjusted_wh"], s["frame"])
+               "the grid's adjustment (Wh per frame)" % (s["day"], s["round"], s["frame"]))
+        mw = s.get("metered_wh")
+        if mw is not None:
+            yield ("; dark: metered today, <b id=\"metered\">%d</b> Wh of %d Wh. Meter: <b "
+                   "id=\"meter\">%s</b>" % (sum(mw), sum(s["adjusted_wh"]), s["meter"]))
+            if s["meter"] == "stuck":
+                yield " (no pulses: the relay runs on time at rated power)"
+        yield ".</p>"
+        yield from svg(s["planned_wh"], s["adjusted_wh"], s["frame"], mw)
     else:
         yield "<p>No plan yet.</p>"
     yield ("<h2>Override</h2><p>Your right: keep the relay on or off whatever the plan says."

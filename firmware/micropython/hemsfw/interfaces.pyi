@@ -10,8 +10,6 @@
 from collections.abc import Callable
 from typing import Any, Protocol, TypedDict
 
-from hemsfw.meter import Metering
-
 #: A decoded JSON object: a message, a stored file (a round's slot), the config or a section.
 Json = dict[str, Any]
 #: log(*args): print-like, one line per call
@@ -131,6 +129,30 @@ class ResidentView(Protocol):
     def on_plan_command(self, obj: Any) -> str | None: ...
 
 
+class MeterView(Protocol):
+    """What hemsfw/ha.py and web.py show of hemsfw.meter.Meter."""
+
+    @property
+    def day(self) -> str | None: ...
+    def today_wh(self) -> list[int]: ...
+
+
+class BudgetView(Protocol):
+    @property
+    def state(self) -> str: ...
+
+
+class MeteringView(Protocol):
+    """What hemsfw/ha.py and web.py show of hemsfw.meter.Metering."""
+
+    @property
+    def meter(self) -> MeterView: ...
+    @property
+    def budget(self) -> BudgetView: ...
+    @property
+    def wh_now(self) -> int: ...
+
+
 class RunnerView(Protocol):
     """What hemsfw/ha.py uses of hemsfw.runner.Runner (which loads it)."""
 
@@ -141,7 +163,8 @@ class RunnerView(Protocol):
     log: Log
     clock: Clock
     state: tuple[bool | None, int | None]
-    meter: Metering | None
+    @property
+    def meter(self) -> MeteringView | None: ...
     @property
     def home(self) -> HomeView: ...
     @property

@@ -92,7 +92,7 @@ class Meter:
         """Persist the running frame's count now (its budget was reached)."""
         self._save()
 
-    def today_wh(self, k_now: int | None = None) -> list[int]:
+    def today_wh(self) -> list[int]:
         """Metered Wh per frame of the day held, the running frame included."""
         out = [wh(v, self.ppkwh) for v in self.p]
         if self.k is not None and self.k < len(out):

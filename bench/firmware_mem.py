@@ -145,7 +145,12 @@ class Bench:
         if self.local is None:
             self.local, self.local_port = start_resident_broker(self.work / "local")
         return {"http": {"port": free_port(), "bind": "127.0.0.1"},
-                "local": {"host": "127.0.0.1", "port": self.local_port}}
+                "local": {"host": "127.0.0.1", "port": self.local_port},
+                # the special circuit's meter and budget (the lab's simulated load: its code
+                # is larger than a board's IRQ counter, so this bounds a board's from above)
+                "meter": {"kind": "sim", "pulses_per_kwh": 1000, "rated_w": 5700,
+                          "loads": [["ev", 0, 20000, 3700, 0, 0],
+                                    ["hpwh", 21600, 3000, 2000, 1200, 600]]}}
 
     def config(self, state: Path, **extra: Any) -> Path:
         cfg = {"home_id": HOME, "board": "unix", "clock": "lab", "state_dir": str(state),

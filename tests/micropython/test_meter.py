@@ -302,3 +302,11 @@ def test_lab_runner_meters_no_more_than_the_budget_plus_one_pulse_at_any_speed()
     got = r.meter.meter.p
     assert got[0] == 0 and got[1] == 300 and got[2] == 0, got
     assert got[3] == 600, got                      # the EV needed 900 Wh: done early
+
+
+def test_sim_snaps_to_a_frame_end_a_rounding_error_away():
+    s = SimLoad([["ev", 0, 100000, 3700, 0, 0]], 1000)
+    end = 1796591700.0
+    s.advance(end - 100, True)
+    s.t = end - 5e-7                  # a pulse time computed just before the frame's end
+    assert s.advance(end, True) == end

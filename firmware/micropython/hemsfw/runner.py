@@ -281,7 +281,7 @@ class Runner:
             for _ in range(SIM_STEPS_MAX):
                 sim_t = m.sim.t
                 t = m.sim_step(now, self.home, self.home.frame_end(sim_t))
-                if t >= now:
+                if t >= now or (sim_t is not None and t <= sim_t):
                     break
                 self._drive_at(t)
         self._drive_at(now)

@@ -73,8 +73,10 @@ class SimLoad:
 
     def advance(self, until: float, closed: bool, maxp: int | None = None) -> float:
         t = self.t
-        if t is None or until <= t:
-            if t is None:
+        if t is None or until - t <= EPS:
+            # (a step shorter than EPS snaps to `until`: a time computed a rounding error
+            # before a frame's end must not leave the circuit stuck there)
+            if t is None or until > t:
                 self.t = until
                 return until
             return t
@@ -103,5 +105,7 @@ class SimLoad:
                 got += 1
                 if maxp is not None and got >= maxp:
                     break
+        if until - t <= EPS:
+            t = until
         self.t = t
         return t

@@ -98,6 +98,22 @@ def test_reboot_after_the_budget_was_reached_keeps_the_relay_open():
     assert rl2.on is False and r2.meter.meter.cur == 50
 
 
+def test_each_frame_whose_budget_is_reached_is_saved_at_once():
+    st = MemStore()
+    st.write("round.json", _slot([10, 0, 10, 0]))
+    r, ck, rl, src, _ = _runner(st)
+    for k in (0, 2):
+        ck.t = START + k * FS + 1
+        r.step()
+        src.pulse(10)
+        ck.t = START + k * FS + 100
+        r.step()
+        assert rl.on is False
+        assert st.read("meter.json")["k"] == k and st.read("meter.json")["cur"] == 10
+        ck.t = START + k * FS + FS + 1
+        r.step()
+
+
 def test_budget_reached_mid_frame_opens_the_relay_on_that_loop_turn():
     st = MemStore()
     st.write("round.json", _slot([0, 300, 0, 500]))

@@ -112,7 +112,7 @@ class Metering:
                              mcfg.get("stuck_s", DEFAULTS["stuck_s"]), log)
         self.sim: SimLoad | None = source if hasattr(source, "advance") else None  # type: ignore[assignment]
         self.wh_now = 0        # the current frame's budget (Wh), for the page
-        self.reached = False   # the current frame's budget has been reached
+        self.reached: int | None = None   # the last frame whose budget was reached (saved)
 
     def gate(self, now: float | None, home: "Home", on: bool) -> bool:
         """Count the pulses taken now, move to the frame of `now`, and return whether the relay
@@ -133,11 +133,9 @@ class Metering:
         if not on:
             return False
         ok = self.budget.allow(self.wh_now, m.cur, self.ppkwh)
-        if not ok and not self.reached:
-            self.reached = True
+        if not ok and self.reached != k:
+            self.reached = k     # saved once per frame whose budget is reached
             m.save()
-        elif ok:
-            self.reached = False
         return ok
 
     def driven(self, on: bool | None) -> None:

@@ -158,7 +158,9 @@ class Bench:
                         "password": self.pw[HOME], "keepalive": 30, "timeout_s": 5},
                "magnification": 2, "plan_wh": plan_wh(self.frames),
                "keys": {"mb1": self.key}, "safe_state": False, "exit_after_day": True,
-               "loop_ms": 10}
+               "loop_ms": 10,
+               # every run announces the next round number (self.n) of the same day
+               "max_rounds_per_day": 96}
         if self.tls:
             mq = cfg["mqtt"]
             assert isinstance(mq, dict)

@@ -267,8 +267,9 @@ def test_home_assistant_gets_a_metered_sensor_with_plan_and_adjustment():
     assert cfg["state_topic"] == "hems/h1/metered" and cfg["device_class"] == "energy"
     assert last["hems/h1/metered"] == b"120"
     a = json.loads(last["hems/h1/metered/attributes"])
-    assert a["metered_wh"] == [0, 0, 120, 0] and a["adjusted_wh"] == [0, 0, 300, 500]
-    assert a["planned_wh"] == [0, 300, 0, 500] and a["meter"] == "counting"
+    assert a["metered_wh"] == [0, 0, 120, 0] and a["meter"] == "counting" and a["day"] == DAY
+    p = json.loads(last["hems/h1/plan/attributes"])    # against the plan and the adjustment
+    assert p["adjusted_wh"] == [0, 0, 300, 500] and p["planned_wh"] == [0, 300, 0, 500]
 
 
 # ------------------------------------------------------------------ the lab's simulated load

@@ -11,8 +11,8 @@
 #   <base>/plan/attributes   {"day", "frame", "planned_wh": [...], "adjusted_wh": [...]} (retained)
 #   <base>/metered           with a meter: metered energy today in Wh (retained), attributes on
 #                            <base>/metered/attributes {"day", "frame", "metered_wh": [...],
-#                            "planned_wh": [...], "adjusted_wh": [...], "meter": "counting" |
-#                            "stuck", "budget_wh": the current frame's} (retained)
+#                            "meter": "counting" | "stuck", "budget_wh": the current frame's}
+#                            (retained; planned and adjusted Wh per frame: plan/attributes)
 #   <base>/plan/set          command: {"plan_wh": [...], "day": "YYYY-MM-DD" (optional)}
 #   <prefix>/switch/hems_<id>/relay/config, <prefix>/sensor/hems_<id>/plan/config,
 #   <prefix>/sensor/hems_<id>/metered/config (with a meter)   (retained)
@@ -113,13 +113,11 @@ class HA:
         st = self._slot()
         if m is None or not st or m.meter.day != st["day"] or not self.link.online:
             return
-        q = st["quantum_wh"]
         mw = m.meter.today_wh()
         self._pub(self.t_metered, str(sum(mw)))
+        # (the plan and the adjustment per frame are on <base>/plan/attributes: not repeated)
         self._pub(self.t_metered + "/attributes", {
             "day": st["day"], "frame": self.r.state[1], "metered_wh": mw,
-            "planned_wh": [v * q for v in st["plan"]],
-            "adjusted_wh": [v * q for v in (st.get("adjusted") or st["plan"])],
             "meter": m.budget.state, "budget_wh": m.wh_now})
 
     def plan_changed(self) -> None:

@@ -66,17 +66,3 @@ class Budget:
         if self.state == STUCK:
             return self.on_s * self.rated_w < budget_wh * 3600
         return pulses * 1000 < budget_wh * ppkwh
-
-    def pulses_left(self, budget_wh: int, pulses: int, ppkwh: int) -> int:
-        """Pulses still allowed in the frame while counting (ceil): the relay opens at the one
-        that makes it 0."""
-        return max(0, -(-budget_wh * ppkwh // 1000) - pulses)
-
-    def horizon(self, t: float, budget_wh: int) -> float | None:
-        """The next time the decision may change with no pulse (the relay closed): the end of
-        the fallback's on-time, or the moment the meter would count as stuck."""
-        if not self.closed:
-            return None
-        if self.state == STUCK:
-            return t + max(0, budget_wh * 3600 / self.rated_w - self.on_s)
-        return t + max(0, self.stuck_s - self.quiet_s)

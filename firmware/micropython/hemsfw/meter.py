@@ -141,25 +141,3 @@ class Metering:
     def driven(self, on: bool | None) -> None:
         """The relay as driven after gate() (an override may differ from the gate)."""
         self.budget.closed = bool(on)
-
-    def sim_step(self, now: float, home: "Home", frame_end: "float | None") -> float:
-        """The lab: advance the simulated load from its time towards `now`, stopping at the next
-        moment the relay decision can change (a frame end, the budget's last pulse, the
-        budget's horizon); returns the time reached.  The runner drives the relay there, so an
-        accelerated clock decides as often as a real loop would (docs/firmware.md)."""
-        sim = self.sim
-        assert sim is not None
-        t = sim.t if sim.t is not None else now
-        limit = now
-        if frame_end is not None and frame_end < limit:
-            limit = frame_end
-        maxp = None
-        if self.budget.closed:
-            h = self.budget.horizon(t, self.wh_now)
-            if h is not None and h < limit:
-                limit = h
-            if self.budget.state == "counting" and self.wh_now > 0:
-                maxp = self.budget.pulses_left(self.wh_now, self.meter.cur, self.ppkwh)
-            else:
-                maxp = 1
-        return sim.advance(limit, self.budget.closed, maxp)

@@ -280,7 +280,7 @@ class Runner:
             # now (a frame end, the budget's last pulse), as a real loop would (meter.py).
             for _ in range(SIM_STEPS_MAX):
                 sim_t = m.sim.t
-                t = m.sim_step(now, self.home, self.home.frame_end(sim_t))
+                t = m.sim.step(m, now, self.home.frame_end(sim_t))
                 if t >= now or (sim_t is not None and t <= sim_t):
                     break
                 self._drive_at(t)

@@ -18,6 +18,9 @@
 DAY = 86400
 EPS = 1e-6
 
+if False:  # types for mypy only (docs/firmware.md, "Types")
+    from hemsfw.meter import Metering
+
 
 class SimLoad:
     def __init__(self, loads: list[list[object]], ppkwh: int) -> None:
@@ -109,3 +112,28 @@ class SimLoad:
             t = until
         self.t = t
         return t
+
+    def step(self, m: "Metering", now: float, frame_end: float | None) -> float:
+        """Advance the circuit from its time towards `now`, stopping at the next moment the
+        relay decision of `m` (hemsfw/meter.py) can change: a frame end, the pulse that reaches
+        the budget, the end of the fallback's on-time or the moment the meter would count as
+        stuck; returns the time reached.  The runner drives the relay there, so an accelerated
+        clock decides as often as a real loop would (docs/firmware.md)."""
+        b = m.budget
+        t = self.t if self.t is not None else now
+        limit = now
+        if frame_end is not None and frame_end < limit:
+            limit = frame_end
+        maxp = None
+        if b.closed:
+            if b.state == "stuck":
+                h = t + max(0, m.wh_now * 3600 / b.rated_w - b.on_s)
+                maxp = 1
+            else:
+                h = t + max(0, b.stuck_s - b.quiet_s)
+                # the pulses still allowed (ceil): the relay opens at the one that makes it 0
+                maxp = max(0, -(-m.wh_now * m.ppkwh // 1000) - m.meter.cur) \
+                    if m.wh_now > 0 else 1
+            if h < limit:
+                limit = h
+        return self.advance(limit, b.closed, maxp)

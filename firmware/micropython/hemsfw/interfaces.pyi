@@ -90,6 +90,13 @@ class PulseSource(Protocol):
     def take(self) -> int: ...
 
 
+class SimCircuit(PulseSource, Protocol):
+    """hemsfw.simload.SimLoad as hemsfw/meter.py and the runner use it (the lab)."""
+
+    t: float | None
+    def step(self, m: Any, now: float, frame_end: float | None) -> float: ...
+
+
 class Board(Protocol):
     """A board module's Board (hemsfw/boards/__init__.py)."""
 

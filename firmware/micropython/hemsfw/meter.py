@@ -25,9 +25,8 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
     from collections.abc import Callable
     from typing import Protocol
 
-    from hemsfw.interfaces import Json, Log, Slot, Storage
+    from hemsfw.interfaces import Json, Log, SimCircuit, Slot, Storage
     from hemsfw.interfaces import PulseSource as Source
-    from hemsfw.simload import SimLoad
 
     class Home(Protocol):
         def plan_at(self, now: float | None) -> "tuple[Slot, int, int] | None": ...
@@ -110,7 +109,7 @@ class Metering:
         self.meter = Meter(store, self.ppkwh, mcfg.get("frame_log", False), log)
         self.budget = Budget(mcfg.get("rated_w", DEFAULTS["rated_w"]),
                              mcfg.get("stuck_s", DEFAULTS["stuck_s"]), log)
-        self.sim: SimLoad | None = source if hasattr(source, "advance") else None  # type: ignore[assignment]
+        self.sim: SimCircuit | None = source if hasattr(source, "step") else None  # type: ignore[assignment]
         self.wh_now = 0        # the current frame's budget (Wh), for the page
         self.reached: int | None = None   # the last frame whose budget was reached (saved)
 

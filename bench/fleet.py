@@ -300,8 +300,11 @@ class _Acks:
     cv: threading.Condition = field(default_factory=threading.Condition)
 
 
-def _read_acks(sock: socket.socket, total: int, acks: _Acks) -> None:
-    """Count PUBACKs: each must be 0x40 0x02 <mid> with the next expected packet id."""
+def _read_acks(sock: socket.socket, total: int, acks: _Acks, ordered: bool = True) -> None:
+    """Count PUBACKs: each must be 0x40 0x02 <mid> with the next expected packet id
+    (``ordered``; a RabbitMQ cluster acknowledges as its queues confirm: not in order, and
+    then each packet id must be one not yet acknowledged of those sent)."""
+    outstanding: dict[int, int] = {}  # unordered: mid -> acknowledgements still due
     buf = b""
     try:
         while acks.n < total:
@@ -315,8 +318,16 @@ def _read_acks(sock: socket.socket, total: int, acks: _Acks) -> None:
                 if buf[pos] != 0x40 or buf[pos + 1] != 0x02:
                     raise FleetError(f"unexpected packet 0x{buf[pos]:02x} (expected PUBACK)")
                 mid = (buf[pos + 2] << 8) | buf[pos + 3]
-                if mid != mid_of(n):
+                if ordered and mid != mid_of(n):
                     raise FleetError(f"PUBACK for packet id {mid}, expected {mid_of(n)}")
+                if not ordered:
+                    due = outstanding.get(mid)
+                    if due is None:  # every id sent so far: as many as cycles reached it
+                        due = outstanding[mid] = (total - mid) // 65535 + 1 if mid <= total \
+                            else 0
+                    if due <= 0:
+                        raise FleetError(f"PUBACK for packet id {mid}: not outstanding")
+                    outstanding[mid] = due - 1
                 n += 1
                 pos += 4
             buf = buf[pos:]
@@ -331,8 +342,10 @@ def _read_acks(sock: socket.socket, total: int, acks: _Acks) -> None:
 
 def publish_raw(messages: Sequence[Message], host: str, port: int, user: str, password: str,
                 window: int = DEFAULT_WINDOW, chunk: int = 256, timeout: float = 300.0,
-                rate: float = 0.0, client_id: str = "fleet") -> PublishStats:
+                rate: float = 0.0, client_id: str = "fleet",
+                ordered: bool = True) -> PublishStats:
     """Publish every message QoS 1 over one connection with pre-encoded frames (module doc).
+    ``ordered``: PUBACKs must come in order (mosquitto); False for a RabbitMQ cluster.
 
     ``rate`` > 0 paces the sending (messages per second); 0 sends as fast as the broker reads.
     Raises FleetError when the broker refuses the connection, closes it, acknowledges out of
@@ -364,7 +377,8 @@ def publish_raw(messages: Sequence[Message], host: str, port: int, user: str, pa
             raise FleetError(f"broker refused the connection as {user!r}: CONNACK {ack.hex()}")
         sock.settimeout(None)
         acks = _Acks()
-        reader = threading.Thread(target=_read_acks, args=(sock, total, acks), daemon=True)
+        reader = threading.Thread(target=_read_acks, args=(sock, total, acks, ordered),
+                                  daemon=True)
         reader.start()
         t0, w0 = time.perf_counter(), time.time()
         sent = 0

@@ -1,22 +1,31 @@
-"""ACL matrix against a real mosquitto: every role x every topic family x publish/subscribe.
+"""ACL matrix against a real mosquitto and a real RabbitMQ: every role x every topic family x
+publish/subscribe.
 
 Only the intended cells may be allowed (docs/protocol.md, "ACL"). mosquitto drops an unauthorised
 publish silently and never delivers to an unauthorised subscription, so each cell is checked by
 what actually arrives: for "may R subscribe to T", the intended writer of T publishes and we see
 whether R receives it; for "may R publish to T", R publishes and the intended reader of T reports
 whether it arrived.
+
+RabbitMQ (backend/common/rabbitmq.py: the same ACL as topic permissions) closes the connection
+of a client whose publish or subscription is refused, so there every cell gets a connection of
+its own (a subscriber's client id is its user name: RabbitMQ ties an identity's subscription
+queues to it).  The RabbitMQ tests are skipped, with the reason, when it is not installed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
+from backend.common import rabbitmq
 from backend.common.broker import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -72,12 +81,18 @@ MAY_PUBLISH = {
 
 
 class Client:
-    def __init__(self, port: int, user: str | None, password: str | None) -> None:
+    def __init__(self, port: int, user: str | None, password: str | None,
+                 client_id: str | None = None) -> None:
         self.got: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self.connected = threading.Event()
+        self.suback = threading.Event()
         self.rc: object = None
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex}")
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=client_id or f"t-{uuid.uuid4().hex}")
+        self.c.on_subscribe = lambda *_: self.suback.set()
+        # RabbitMQ answers a refused subscription by closing the connection
+        self.c.on_disconnect = lambda *_: self.suback.set()
         if user is not None:
             self.c.username_pw_set(user, password)
         self.c.on_message = self._msg
@@ -188,3 +203,128 @@ def test_coordinator_receives_nothing_from_mask_topics(broker: Mosquitto, tmp_pa
     finally:
         for c in cs.values():
             c.close()
+
+
+# ---------------------------------------------------------------- RabbitMQ
+
+@pytest.fixture(scope="module")
+def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rabbitmq.RabbitCluster]:
+    users = {r: f"pw-{r}" for r in ROLES}
+    # one node: the permissions are the same on every node of a cluster
+    c = rabbitmq.RabbitCluster(tmp_path_factory.mktemp("acl-rabbit") / "r", users,
+                               ["mb1", "mb2"], nodes_n=1)
+    with c:
+        yield c
+
+
+def _cell(port: int, role: str, client_id: str | None = None) -> Client:
+    c = Client(port, role, f"pw-{role}", client_id)
+    assert c.connected.wait(10), role
+    assert not getattr(c.rc, "is_failure", False), (role, c.rc)
+    return c
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.skipif(rabbitmq.why_unavailable() is not None,
+                    reason=str(rabbitmq.why_unavailable()))
+def test_rabbitmq_anonymous_and_wrong_password_refused(rabbit: rabbitmq.RabbitCluster) -> None:
+    port = rabbit.nodes[0].mqtt_port
+    for user, pw in [(None, None), ("ha", "wrong"), ("nobody", "x")]:
+        c = Client(port, user, pw)
+        c.connected.wait(5)
+        assert getattr(c.rc, "is_failure", True), (user, c.rc)
+        c.close()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.skipif(rabbitmq.why_unavailable() is not None,
+                    reason=str(rabbitmq.why_unavailable()))
+def test_rabbitmq_subscribe_matrix(rabbit: rabbitmq.RabbitCluster) -> None:
+    port = rabbit.nodes[0].mqtt_port
+    received: dict[str, set[str]] = {r: set() for r in ROLES}
+    for t, (writer, _reader) in TOPICS.items():
+        subs = {r: _cell(port, r, r) for r in ROLES}
+        try:
+            for c in subs.values():
+                c.c.subscribe(t, qos=1)
+            for c in subs.values():  # a refused subscription closes the connection instead
+                c.suback.wait(2)
+            tag = uuid.uuid4().hex.encode()
+            pub = _cell(port, writer, f"{writer}-pub")
+            pub.c.publish(t, tag, qos=1).wait_for_publish(5)
+            pub.close()
+            _settle(list(subs.values()), 0.5)
+            for r, c in subs.items():
+                with c.lock:
+                    if any(p == tag for topic, p in c.got if topic == t):
+                        received[r].add(t)
+        finally:
+            for c in subs.values():
+                c.close()
+    for role in ROLES:
+        assert received[role] == MAY_SUBSCRIBE[role], role
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.skipif(rabbitmq.why_unavailable() is not None,
+                    reason=str(rabbitmq.why_unavailable()))
+def test_rabbitmq_publish_matrix(rabbit: rabbitmq.RabbitCluster) -> None:
+    port = rabbit.nodes[0].mqtt_port
+    readers = {r: _cell(port, r, r) for r in {rd for _w, rd in TOPICS.values()}}
+    try:
+        for t, (_writer, reader) in TOPICS.items():
+            readers[reader].c.subscribe(t, qos=1)
+        time.sleep(0.5)
+        tag = uuid.uuid4().hex.encode()
+        for role in ROLES:
+            cells = [(_cell(port, role, f"{role}-p{i}"), t) for i, t in enumerate(TOPICS)]
+            for c, t in cells:
+                c.c.publish(t, tag + b"|" + role.encode(), qos=0)
+            time.sleep(0.3)  # QoS 0: written before the DISCONNECT, in order
+            for c, _t in cells:
+                c.close()
+        _settle(list(readers.values()))
+        allowed: dict[str, set[str]] = {r: set() for r in ROLES}
+        for t, (_writer, reader) in TOPICS.items():
+            with readers[reader].lock:
+                for topic, p in readers[reader].got:
+                    if topic == t and p.startswith(tag):
+                        allowed[p.split(b"|")[1].decode()].add(t)
+        for role in ROLES:
+            assert allowed[role] == MAY_PUBLISH[role], role
+    finally:
+        for c in readers.values():
+            c.close()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.skipif(rabbitmq.why_unavailable() is not None,
+                    reason=str(rabbitmq.why_unavailable()))
+def test_rabbitmq_intake_queues_only_for_their_service(rabbit: rabbitmq.RabbitCluster) -> None:
+    """Over AMQP too: a mask broker's queue is its own (the coordinator cannot read the masks),
+    the coordinator's plan queue is its own (a home cannot read the plans)."""
+    import aio_pika
+    from aiormq.exceptions import ChannelAccessRefused
+
+    port = rabbit.nodes[0].amqp_port
+    queues = rabbitmq.intake_queues(["mb1", "mb2"])
+
+    async def may_declare(user: str, queue: str) -> bool:
+        url = f"amqp://{user}:pw-{user.split('-')[0]}@127.0.0.1:{port}/{rabbitmq.VHOST}"
+        conn = await aio_pika.connect(url)
+        async with conn:
+            ch = await conn.channel()
+            try:
+                await ch.declare_queue(queue, durable=True,
+                                       arguments={"x-queue-type": "quorum"})
+            except ChannelAccessRefused:
+                return False
+            return True
+
+    async def matrix() -> dict[tuple[str, str], bool]:
+        return {(u, q): await may_declare(u, q)
+                for u in ("coordinator-ingest", "mb1-ingest", "ha") for q in queues}
+
+    got = asyncio.run(matrix())
+    want = {(u, q): u == f"{svc}-ingest" for (u, q) in got for svc in [queues[q][0]]}
+    assert got == want

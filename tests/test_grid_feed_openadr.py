@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +33,8 @@ from backend.grid_feed.vtn import (
     start_vtn,
     ven_command,
 )
+from backend.lab import scenario
+from backend.lab.lab import day_capacity
 from hemsfw import protocol, protocol_svc
 
 pytestmark = pytest.mark.integration
@@ -376,3 +380,28 @@ def test_the_ven_stops_cleanly_on_a_signal(run: Any, sig: int) -> None:
     wait_for("registered", lambda: ven.status().get("state") == "online")
     assert ven.stop(sig) == 0
     assert ven.status()["state"] == "stopped"
+
+
+def test_hems_lab_with_the_openadr_grid_feed_plans_against_the_vtns_event(
+        tmp_path: Path) -> None:
+    """`hems lab --grid-feed openadr --homes 10 --json` as a user runs it: openleadr's VTN holds
+    the day's capacity event, the VEN turns it into the day's capacity, the round plans against
+    it, and the outcome goes back to the VTN as a report.  stdout is the JSON and nothing else
+    (openleadr's start-up banner once broke that)."""
+    r = subprocess.run(
+        [str(Path(sys.prefix) / "bin" / "hems"), "lab", "--grid-feed", "openadr", "--homes", "10",
+         "--seed", "1", "--json", "--no-report"],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path, env=dict(os.environ),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(r.stdout)
+    assert s["grid_feed"] == "openadr"
+    assert s["openadr_report_sent"] is True
+    # The event the lab put on the VTN for day 1: its scenario's capacity (independent of the
+    # path VTN -> VEN -> MQTT -> coordinator that is under test).
+    event, _ = day_capacity(scenario.make_homes(10, 1, 96), [], 1, 96)
+    assert s["capacity_wh"] == event.tolist()
+    assert s["true_load_wh"] == s["coordinator_load_before_wh"]
+    assert s["relay_load_after_wh"] == s["coordinator_load_after_wh"]
+    assert all(a <= c for a, c in zip(s["coordinator_load_after_wh"], s["capacity_wh"],
+                                      strict=True))

@@ -29,17 +29,18 @@ from typing import Any
 
 from backend.common.files import write_atomic
 from backend.common.metrics import serve
-from backend.common.mqtt import add_mqtt_args, settings_from_args
+from backend.common.mqtt import add_mqtt_args, mqtt_args_problem, settings_from_args
 from backend.common.sdnotify import notify, watchdog_interval_s
 from backend.common.usage import Parser, UsageError, bounded_float, bounded_int, port
 from backend.coordinator import metrics
 from backend.coordinator.daemon import Daemon, DaemonConfig
-from backend.coordinator.mqtt_adapter import BULK_TOPIC, AdapterError, MqttAdapter
+from backend.coordinator.mqtt_adapter import AdapterError, MqttAdapter
 from backend.coordinator.ports import AcceleratedClock, Clock, SystemClock
+from backend.coordinator.reserve import DEFAULT_RATED_W, MAX_RATED_W, HomeCaps
 from backend.coordinator.round import Round, RoundFailed, RoundSettings
 from backend.coordinator.schedule import Schedule, ScheduleError, parse_clock_time
 from backend.coordinator.supply import SupplyBook, parse_capacity, valid_day
-from backend.coordinator.workers import WorkerPool, shared_topic
+from backend.coordinator.workers import SHARE_GROUP, WorkerPool
 from hemsfw import protocol
 
 log = logging.getLogger("hems.coordinator")
@@ -135,6 +136,13 @@ def build_parser(prog: str = "python -m backend.coordinator") -> argparse.Argume
     c.add_argument("--capacity-file", type=Path, default=None,
                    help="capacity JSON (protocol_svc.make_capacity) for every day, instead of "
                    "hems/v1/capacity[/<day>]")
+    c.add_argument("--homes", type=Path, default=None,
+                   help='the registered homes, JSON {"homes": {"<id>": {"rated_w": W}}}: '
+                   "each one outside every released total is reserved at its cap (rated "
+                   "power x frame length) in the adjustment (docs/adjustment.md, Reserve)")
+    c.add_argument("--rated-w", type=bounded_int(0, MAX_RATED_W), default=DEFAULT_RATED_W,
+                   help="rated power (W) of a home's circuit the registry does not rate "
+                   f"(default {DEFAULT_RATED_W})")
     c.add_argument("--capacity-wait-s", type=bounded_float(0.0), default=10.0,
                    help="how long to wait for the day's capacity after collection")
     c.add_argument("--answer-timeout-s", type=bounded_float(0.0, lo_open=True), default=10.0,
@@ -201,7 +209,7 @@ def settings_of(a: argparse.Namespace) -> RoundSettings:
         window=a.window, time_limit_s=a.time_limit, target_weight=a.target_weight,
         capacity_wait_s=a.capacity_wait_s, answer_timeout_s=a.answer_timeout_s,
         missing_grace_s=a.missing_grace_s, reask_s=a.reask_s, linger_s=a.linger_s,
-        pause_at=a.debug_pause_at)
+        pause_at=a.debug_pause_at, caps=a.caps)
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:
@@ -228,6 +236,8 @@ def status_problem(st: dict[str, Any], now: float) -> str | None:
 def main(argv: list[str] | None = None, prog: str = "python -m backend.coordinator") -> int:
     p = build_parser(prog)
     args = p.parse_args(argv)
+    if (problem := mqtt_args_problem(args)) is not None:
+        p.error(problem)
     try:
         check(args)
         capacity = None
@@ -241,6 +251,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m backend.coordinat
     except ValueError as e:
         p.exit(2, f"{prog}: error: --capacity-file {args.capacity_file}: {e} (expected "
                   f"protocol_svc.make_capacity JSON for {args.frames} frames)\n")
+    try:
+        args.caps = (HomeCaps(default_w=args.rated_w) if args.homes is None
+                     else HomeCaps.load(args.homes, args.rated_w))
+    except ValueError as e:
+        p.exit(2, f"{prog}: error: --homes {e}\n")
     if args.status or args.check:
         return show_status(args)
     logging.basicConfig(
@@ -296,8 +311,8 @@ async def run(a: argparse.Namespace, capacity: bytes | None) -> int:
     daemon = Daemon(DaemonConfig(template, getattr(a, "schedule", None), a.state_dir,
                                  a.keep_journal_days, a.keep_result_days),
                     clock, supply, on_record, pool)
-    bulk_topic = shared_topic(BULK_TOPIC) if a.workers > 1 else BULK_TOPIC
-    adapter = MqttAdapter(settings, CLIENT_ID, daemon, a.reconnect_s, bulk_topic)
+    adapter = MqttAdapter(settings, CLIENT_ID, daemon, a.reconnect_s,
+                          SHARE_GROUP if a.workers > 1 else None)
     daemon.attach(adapter)
     daemon.link_info = lambda: {"connected": adapter.connected, "connects": adapter.connects}
     server = None

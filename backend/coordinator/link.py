@@ -29,7 +29,7 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
 from backend.common.backoff import Backoff
-from backend.common.mqtt import MqttSettings
+from backend.common.mqtt import MqttSettings, failover
 
 __all__ = ["Conn", "Link", "LinkError"]
 
@@ -92,9 +92,13 @@ class Link:
 
     async def run(self) -> None:
         """Stay connected until cancelled; LinkError when that is impossible."""
-        s = self.settings
         down_since = time.monotonic()
+        attempt = 0
         while True:
+            # a cluster: after a lost connection or a failed attempt, the next node (the
+            # persistent session is a quorum queue: it is on every node)
+            s = failover(self.settings, attempt)
+            attempt += 1
             try:
                 client = s.client(clean_session=False, max_inflight_messages=self.inflight)
                 client._client.manual_ack_set(True)

@@ -1,12 +1,13 @@
 """The coordinator's MQTT adapter: two connections, every message to the dispatcher, PUBACKs
 only after what a message changed is durable.
 
-1. The bulk topic ``hems/v1/plan/+`` on the lean client (backend/common/bulk_mqtt.py, client id
-   ``<client id>-ingest``, persistent session): each read's reports are handed to the dispatcher
-   as one batch (journaled with one fsync), then their replies are queued and their PUBACKs
-   written.  Replies and adjustments go out on the same connection as pre-encoded QoS 1
-   publishes written in batches (``send``; docs/scaling.md), re-sent after a reconnect until
-   acknowledged.
+1. The bulk topic ``hems/v1/plan/+`` on the bulk transport (backend/common/transport.py: the
+   lean MQTT client of bulk_mqtt.py, client id ``<client id>-ingest``, persistent session; on
+   RabbitMQ the AMQP consumer of the quorum queue ``hems.coordinator.plan``): each read's
+   reports are handed to the dispatcher as one batch (journaled with one fsync), then their
+   replies are queued and their PUBACKs written.  Replies and adjustments go out on the same
+   connection as pre-encoded QoS 1 publishes written in batches (``send``; docs/scaling.md),
+   re-sent after a reconnect until acknowledged.
 2. Everything else (``groupsum/+``, ``capacity``, ``capacity/+``, ``status/+``) on aiomqtt
    (link.py, client id ``coordinator``, persistent session, manual acknowledgement): a message is
    dispatched at once and acknowledged after the group commit that covers it.
@@ -28,13 +29,15 @@ from typing import Protocol
 
 import aiomqtt
 
-from backend.common.bulk_mqtt import BulkClient, BulkMqttError, Message
+from backend.common.bulk_mqtt import BulkMqttError, Message
 from backend.common.mqtt import MqttSettings
+from backend.common.retained import RetainFanout
+from backend.common.transport import BulkTransport, bulk_transport
 from backend.coordinator.link import Conn, Link, LinkError
 from backend.coordinator.supply import capacity_topic
 from hemsfw import protocol, protocol_svc
 
-__all__ = ["BULK_TOPIC", "TOPICS", "AdapterError", "Dispatcher", "MqttAdapter"]
+__all__ = ["BULK_TOPIC", "INTAKE_QUEUE", "TOPICS", "AdapterError", "Dispatcher", "MqttAdapter"]
 
 log = logging.getLogger("hems.coordinator")
 
@@ -42,6 +45,8 @@ log = logging.getLogger("hems.coordinator")
 TOPICS = (protocol_svc.t_groupsum("+"), capacity_topic(), capacity_topic("+"),
           protocol.t_status("+"))
 BULK_TOPIC = protocol.t_plan("+")
+#: RabbitMQ: the coordinator's intake queue (rabbitmq.intake_queues)
+INTAKE_QUEUE = "hems.coordinator.plan"
 PUBLISH_TIMEOUT_S = 60.0
 INFLIGHT = 200  # concurrent QoS 1 publishes on the link
 
@@ -86,7 +91,9 @@ def _leaf(exc: BaseException) -> BaseException:
 
 class MqttAdapter:
     def __init__(self, settings: MqttSettings, client_id: str, dispatcher: Dispatcher,
-                 reconnect_s: float = 60.0, bulk_topic: str = BULK_TOPIC) -> None:
+                 reconnect_s: float = 60.0, share_group: str | None = None) -> None:
+        """``share_group``: the shared subscription of the --workers processes (mosquitto;
+        on RabbitMQ they are competing consumers of one queue anyway)."""
         self.settings = replace(settings, client_id=client_id)
         self.client_id = client_id
         self.dispatcher = dispatcher
@@ -94,10 +101,11 @@ class MqttAdapter:
                          give_up_s=reconnect_s, inflight=INFLIGHT)
         s = self.settings
         # its own identity: mosquitto binds client ids to user names (broker.connection_users)
-        self.bulk = BulkClient(
-            s.host, s.port, f"{client_id}-ingest", f"{s.username}-ingest", s.password,
-            [(bulk_topic, 1)], self.on_plan_batch, tls=s.tls_context(),
-            max_packet=protocol.MAX_PAYLOAD + 1024, reconnect_max_s=5.0, log=log)
+        self.bulk: BulkTransport = bulk_transport(
+            s, f"{client_id}-ingest", f"{s.username}-ingest", BULK_TOPIC, self.on_plan_batch,
+            queue=INTAKE_QUEUE, share_group=share_group, tls=s.tls_context(),
+            max_packet=protocol.MAX_PAYLOAD + 1024, log=log)
+        self.fanout = RetainFanout(self.settings, client_id)
         self._sem = asyncio.Semaphore(INFLIGHT)
         self._unacked: list[tuple[Conn, aiomqtt.Message, Replies]] = []
         self._wake = asyncio.Event()
@@ -136,6 +144,7 @@ class MqttAdapter:
         finally:
             for t in list(self._background):
                 t.cancel()
+            await self.fanout.close()
 
     def fail(self, message: str) -> None:
         """Stop everything with ``message`` (from a callback that cannot raise)."""
@@ -226,6 +235,8 @@ class MqttAdapter:
     async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         async with self._sem:
             await self.link.publish(topic, payload, retain, timeout=PUBLISH_TIMEOUT_S)
+        if retain:  # a cluster keeps retained messages per node: a copy on every other one
+            self.fanout.publish(topic, payload)
 
     def send(self, topic: str, payload: bytes) -> None:
         self.bulk.publish(topic, payload)

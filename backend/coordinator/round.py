@@ -40,7 +40,7 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -60,6 +60,7 @@ from backend.coordinator.journal import Journal
 from backend.coordinator.lifecycle import Lifecycle, Phase
 from backend.coordinator.memory import Carried, Memory
 from backend.coordinator.ports import Clock, Transport
+from backend.coordinator.reserve import HomeCaps, Reserve
 from backend.coordinator.sums import (
     Answer,
     Exclusion,
@@ -122,6 +123,8 @@ class RoundSettings:
     #: fault injection: "adjust:N" stops (forever) after N adjustments were sent; "<day>:<phase>"
     #: stops once the round of that day is in that phase
     pause_at: str | None = None
+    #: the registered homes and their circuits' ratings: the reserve (reserve.py)
+    caps: HomeCaps = field(default_factory=HomeCaps)
 
     def round_config(self, deadline: int) -> RoundConfig:
         return RoundConfig(self.day, self.round, self.frames, self.frame_s, self.quantum_wh,
@@ -146,6 +149,10 @@ class IntakePool(Protocol):
 
     def held(self) -> int:
         """Reports they hold now."""
+
+    def homes(self) -> Sequence[str]:
+        """The distinct homes they hold, in arrival order (only ever appended to): a report
+        redelivered to two processes is one home (``Round.reports_held``)."""
 
     @property
     def up(self) -> bool:
@@ -191,6 +198,8 @@ class Round:
         self.capacity_taken_at: float | None = None
         self.groups: list[Group] = []
         self.solution: Result | None = None
+        #: homes outside every released total, at their caps (reserve.py), as last solved
+        self.reserve: Reserve | None = None
         self.regroup_rounds = 0
         self.adjusted_homes = 0
         self.timings: dict[str, float] = {"collect_s": 0.0, "group_s": 0.0, "sums_s": 0.0,
@@ -200,6 +209,9 @@ class Round:
         self.finished_at: float | None = None
         self.announced = False  # published by this process (re-published after a reconnect)
         self.merged = pool is None  # the pool's rows are in the round's intake
+        # reports_held before the merge: the distinct homes of this process and the pool
+        self._held: set[str] = set()
+        self._held_seen = (0, 0)  # how far this process's keys and the pool's homes were read
         self.pool_stopped = False
         # journal state, for the replay
         self._journaled_round = False
@@ -232,7 +244,18 @@ class Round:
     def reports_held(self) -> int:
         """Reports accepted so far, by this process and (until merged) by its workers."""
         n = self.intake.accepted if self.intake is not None else 0
-        return n if self.merged or self.pool is None else n + self.pool.held()
+        if self.merged or self.pool is None:
+            return n
+        # Distinct homes: a report redelivered to another process (a broker redelivers what a
+        # lost consumer had not acknowledged, to whichever consumer is there) is one home, and
+        # counting it twice would close collection before the last homes are in.
+        mine = self.intake.state.sink.store.keys if self.intake is not None else []
+        theirs = self.pool.homes()
+        i, j = self._held_seen
+        self._held.update(mine[i:])
+        self._held.update(theirs[j:])
+        self._held_seen = (len(mine), len(theirs))
+        return len(self._held)
 
     @property
     def late_homes(self) -> set[str]:
@@ -581,9 +604,12 @@ class Round:
         problem = self._problem(ledger, self.groups, capacity, policy)
         result = await self._solve(problem)
         self.solution = result
-        log.info("solve %d (%s, %d groups): overload %d -> %d Wh after moves, %d Wh curtailed",
+        log.info("solve %d (%s, %d groups): overload %d -> %d Wh after moves, %d Wh curtailed "
+                 "(reserve %d Wh per frame for %d home(s) outside every total)",
                  self.regroup_rounds, result.solver, len(self.groups), result.overload_before_wh,
-                 result.overload_after_wh, result.curtailed_wh)
+                 result.overload_after_wh, result.curtailed_wh,
+                 int(self.reserve.wh.max(initial=0)) if self.reserve else 0,
+                 len(self.reserve.homes) if self.reserve else 0)
         if result.overload_after_wh > 0 and self.regroup_rounds < MAX_REGROUP:
             finer = refine(self.groups, result, s.k, problem, frozen=ledger.frozen)
             if finer is not None:
@@ -618,8 +644,12 @@ class Round:
         msg = protocol_svc.make_outcome(
             c.day, c.round, c.frames, c.frame_s, c.start, cap.capacity_wh.tolist(),
             [int(x) for x in res.load_before], [int(x) for x in res.load_after],
-            [0] * c.frames, int(res.residual_overload_wh), int(res.curtailed_wh))
+            self._reserve_list(), int(res.residual_overload_wh), int(res.curtailed_wh))
         return protocol_svc.t_outcome(c.day), protocol.encode(msg), True
+
+    def _reserve_list(self) -> list[int]:
+        r = self.reserve if self.reserve is not None else self._reserve(self.groups)
+        return [int(x) for x in r.wh]
 
     async def _serving(self) -> None:
         """Until the day is over: a home that comes back gets its adjustment again
@@ -731,12 +761,30 @@ class Round:
         self._append("solve", i=i, fp=fp, result=result_to_json(result))
         return result
 
+    def _reserve(self, groups: Sequence[Group]) -> Reserve:
+        """Every home the round knows of (registered, reported, late, excluded, in an earlier
+        group) that is in no released total with this round's report, at its cap."""
+        known: set[str] = set(self.excluded) | self.late_homes
+        if self.intake is not None:
+            known.update(self.intake.state.reports)
+        if self.basis is not None:
+            known.update(h for _, ms in self.basis.groups for h in ms)
+            known.update(self.basis.carried)
+        # a carried member is in its group's total with an earlier plan, but gets no
+        # adjustment and follows its own plan: reserved as well (counted twice: conservative)
+        ledger = self.ledger
+        counted = {h for g in groups
+                   for h in (ledger.current(g) if ledger is not None else g.members)}
+        return self.s.caps.reserve(known, counted, self.s.frames, self.s.frame_s)
+
     def _problem(self, ledger: SumLedger, groups: Sequence[Group], capacity: Capacity,
                  policy: Policy) -> Problem:
+        """The released groups against the capacity minus the reserve (never below 0)."""
         totals = np.stack([ledger.total_quanta(g) for g in groups]) * self.s.quantum_wh
         mags = np.array([g.magnification for g in groups], dtype=np.int64)
-        return Problem(totals=totals, capacity=capacity.capacity_wh, magnification=mags,
-                       policy=policy)
+        self.reserve = self._reserve(groups)
+        room = np.maximum(capacity.capacity_wh - self.reserve.wh, 0)
+        return Problem(totals=totals, capacity=room, magnification=mags, policy=policy)
 
     # ------------------------------------------------------------ mask brokers
 
@@ -755,8 +803,9 @@ class Round:
         finally:
             self.timings["sums_s"] += time.monotonic() - t
             for r in ledger.refused[self._refused_logged:]:
+                named = next((f" ({k} {r[k]})" for k in ("missing", "mismatched") if k in r), "")
                 log.error("mask broker %s refused group %s: %s%s", r["broker"], r["id"],
-                          r["reason"], f" (missing {r['missing']})" if "missing" in r else "")
+                          r["reason"], named)
             self._refused_logged = len(ledger.refused)
 
     async def _ask(self, broker: str, groups: list[Group], ledger: SumLedger

@@ -1,15 +1,16 @@
-"""``--workers N``: the plan ingest shared by N processes over an MQTT 5 shared subscription.
+"""``--workers N``: the plan ingest shared by N processes over an MQTT 5 shared subscription
+(mosquitto) or as competing consumers of one quorum queue (RabbitMQ; backend/common/transport.py).
 
 Every process (the main coordinator process is worker 0, ``N - 1`` more are started here)
 subscribes to ``$share/coordinator/hems/v1/plan/+`` on its own lean connection
 (``<client id>-ingest`` for the main process, ``<client id>-ingest-w<i>`` for worker i); mosquitto
 hands each report to one of them.  A worker runs the coordinator's own intake (intake.py: the same
 checks, reason codes, journal records and replies) on its own journal
-(``round-<day>-<round>.w<i>.jsonl``); it tells the main process how many reports it holds after
-every batch (so ``--expected-homes`` counts every worker; the round is announced only once every
-worker is subscribed), and when collection closes it closes too (later reports are ``late``) and
-sends its rows.  The main process adds them to its own rows and goes on as with one process; at
-the end it stops the workers.
+(``round-<day>-<round>.w<i>.jsonl``); it tells the main process how many reports it holds, and
+which homes, after every batch (so ``--expected-homes`` counts every worker's distinct homes;
+the round is announced only once every worker is subscribed), and when collection closes it
+closes too (later reports are ``late``) and sends its rows.  The main process adds them to its
+own rows and goes on as with one process; at the end it stops the workers.
 
 Merging: a home whose report reached two workers (a redelivery or a resend landing elsewhere;
 mosquitto spreads a shared subscription round-robin) or a report id seen by two workers is kept
@@ -41,9 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from backend.common.bulk_mqtt import BulkClient, Message
+from backend.common.bulk_mqtt import Message
 from backend.common.mqtt import MqttSettings
 from backend.common.rejects import Rejections
+from backend.common.transport import bulk_transport
 from backend.coordinator.intake import Intake, IntakeFailed, RoundConfig
 from backend.coordinator.journal import Journal
 from backend.coordinator.ports import Clock
@@ -106,11 +108,16 @@ class WorkerPool:
         self.workers: list[WorkerHandle] = []
         self.on_count: Callable[[], None] = lambda: None
         self.failure: str | None = None
+        self._homes: set[str] = set()
+        self._new_homes: list[str] = []  # distinct, in arrival order
 
     # ------------------------------------------------------------ round.IntakePool
 
     def held(self) -> int:
         return sum(w.accepted for w in self.workers)
+
+    def homes(self) -> list[str]:
+        return self._new_homes
 
     @property
     def up(self) -> bool:
@@ -203,6 +210,10 @@ class WorkerPool:
                 msg = w.conn.recv()
                 if msg[0] == "accepted":
                     w.accepted = int(msg[1])
+                    for h in msg[2]:
+                        if h not in self._homes:
+                            self._homes.add(h)
+                            self._new_homes.append(h)
                     self.on_count()
                 elif msg[0] == "up":
                     w.up.set()
@@ -250,6 +261,15 @@ async def _serve(spec: _Spec, conn: multiprocessing.connection.Connection) -> No
     intake = _open_intake(spec)
     s = spec.settings
     stop = asyncio.Event()
+    sent = 0
+
+    def send_count() -> None:
+        """The count, and the homes accepted since the last one (the main process counts
+        distinct homes across the processes)."""
+        nonlocal sent
+        keys = intake.state.sink.store.keys
+        conn.send(("accepted", intake.accepted, keys[sent:]))
+        sent = len(keys)
 
     def on_batch(batch: list[Message]) -> None:
         out: list[tuple[str, bytes]] = []
@@ -268,13 +288,12 @@ async def _serve(spec: _Spec, conn: multiprocessing.connection.Connection) -> No
                 return
         for topic, payload in out:
             bulk.publish(topic, payload)
-        conn.send(("accepted", intake.accepted))
+        send_count()
 
-    bulk = BulkClient(
-        s.host, s.port, f"{spec.client_id}-ingest-w{spec.index}",
-        f"{s.username}-ingest-w{spec.index}", s.password,
-        [(shared_topic(protocol.t_plan("+")), 1)], on_batch, tls=s.tls_context(),
-        max_packet=protocol.MAX_PAYLOAD + 1024, reconnect_max_s=5.0, log=log)
+    bulk = bulk_transport(
+        s, f"{spec.client_id}-ingest-w{spec.index}", f"{s.username}-ingest-w{spec.index}",
+        protocol.t_plan("+"), on_batch, queue=f"hems.{s.username}.plan", share_group=SHARE_GROUP,
+        tls=s.tls_context(), max_packet=protocol.MAX_PAYLOAD + 1024, log=log)
 
     def on_pipe() -> None:
         try:
@@ -289,7 +308,7 @@ async def _serve(spec: _Spec, conn: multiprocessing.connection.Connection) -> No
 
     loop = asyncio.get_running_loop()
     loop.add_reader(conn.fileno(), on_pipe)
-    conn.send(("accepted", intake.accepted))
+    send_count()
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(bulk.run(), name="bulk")

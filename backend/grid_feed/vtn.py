@@ -142,7 +142,10 @@ class LabVtn:
                           show_fingerprint=False)
         s.add_handler("on_create_party_registration", self._register)
         s.add_handler("on_register_report", self._register_report)
-        await s.run()
+        # openleadr prints a "VTN Server is now running" banner on stdout: that is where
+        # `hems lab --json` writes its result, so the banner goes to stderr instead.
+        with contextlib.redirect_stdout(sys.stderr):
+            await s.run()
         self._server = s
 
     async def _stop(self) -> None:
@@ -189,6 +192,7 @@ def start_vtn(day: str, capacity_wh: Sequence[int], start: int, frame_s: int,
     `day` (frame k of the day starts at start + k*frame_s; no event if `capacity_wh` is empty).
     The event id defaults to "hems-<day>"."""
     logging.getLogger("openleadr").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per VEN poll
     vtn = LabVtn(ven_name, poll_s, port or free_port())
     try:
         vtn._call(vtn._start)

@@ -46,12 +46,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.common.broker import COORDINATOR_USER, GRID_USER, LAB_USER, Mosquitto
 from backend.common.children import Stopped, stop_on_signals
+from backend.common.rabbitmq import RabbitCluster, why_unavailable
 from backend.common.tls import make_pki
 from backend.common.usage import UsageError, bounded_float, bounded_int
 from backend.coordinator.adjust import Policy, Problem, solve
 from backend.lab import budget, days, procs, scenario
 from backend.lab.outdir import OutDir, check_out, check_report
 from backend.lab.progress import Progress, Step, live
+from backend.lab.rogue import Rogue
 from backend.lab.summary import print_table
 from backend.lab.timeline import ANNOUNCE, DAY_S, DEADLINE, Timeline
 from hemsfw import protocol, protocol_svc
@@ -92,6 +94,9 @@ class LabOptions:
     days: int = 1
     #: share of the homes absent (no network over their round) on each day from day 2
     dropout: float = 0.1
+    #: homes that join late (absent before a day drawn in 2..days) and as many that leave
+    #: (absent from such a day on): the coordinator's carry-forward and new-group paths
+    churn: int = 0
     out_dir: Path | None = None
     keep: bool = False
     python_homes: bool = False  # run the firmware under CPython (paho) instead of micropython
@@ -101,6 +106,11 @@ class LabOptions:
     #: fault injection: kill -9 the coordinator at these points ("<day>:<phase>" or
     #: "boundary:<day>"), in order, restarting it each time
     kill_coordinator: tuple[str, ...] = ()
+    #: fault injection: the last home is a rogue (rogue.py) instead of a firmware process
+    rogue: bool = False
+    #: "mosquitto" or "rabbitmq" (a cluster of ``nodes``: backend/common/rabbitmq.py)
+    broker: str = "mosquitto"
+    nodes: int = 1
 
 
 # ------------------------------------------------------------------------- the scenario
@@ -131,8 +141,9 @@ def choose_capacity(homes: list[scenario.HomeSpec], frames: int) -> tuple[int, f
 
 
 def absent_homes(homes: list[scenario.HomeSpec], o: LabOptions) -> dict[int, list[str]]:
-    """Day -> the homes without network over that day's round (none on day 1; at least one on
-    every later day when ``dropout`` > 0 and enough homes remain to form a group)."""
+    """Day -> the homes without network over that day's round (none on day 1 but the late
+    joiners; at least one on every later day when ``dropout`` > 0 and enough homes remain to
+    form a group), plus the ``churn`` homes that join late and leave early."""
     rng = random.Random(f"absent:{o.seed}")
     out: dict[int, list[str]] = {1: []}
     for d in range(2, o.days + 1):
@@ -141,15 +152,52 @@ def absent_homes(homes: list[scenario.HomeSpec], o: LabOptions) -> dict[int, lis
             n = max(1, n)
         n = min(n, len(homes) - o.k)
         out[d] = sorted(h.home_id for h in rng.sample(homes, max(0, n)))
+    for d, hs in churn_absent(homes, o).items():
+        out[d] = sorted(set(out[d]) | hs)
     return out
 
 
-def day_capacity(homes: list[scenario.HomeSpec], absent: list[str], d: int,
-                 frames: int) -> tuple[np.ndarray[Any, np.dtype[np.int64]], float]:
-    present = [h for h in homes if h.home_id not in absent]
+def churn_days(homes: list[scenario.HomeSpec], o: LabOptions
+               ) -> tuple[dict[str, int], dict[str, int]]:
+    """(home -> the day it joins, home -> the day it leaves) for ``churn`` homes each."""
+    if o.churn == 0 or o.days < 2:
+        return {}, {}
+    rng = random.Random(f"churn:{o.seed}")
+    picked = rng.sample([h.home_id for h in homes], 2 * o.churn)
+    joins = {h: rng.randint(2, o.days) for h in picked[: o.churn]}
+    leaves = {h: rng.randint(2, o.days) for h in picked[o.churn:]}
+    return joins, leaves
+
+
+def churn_absent(homes: list[scenario.HomeSpec], o: LabOptions) -> dict[int, set[str]]:
+    joins, leaves = churn_days(homes, o)
+    out: dict[int, set[str]] = {d: set() for d in range(1, o.days + 1)}
+    for h, j in joins.items():
+        for d in range(1, j):
+            out[d].add(h)
+    for h, left in leaves.items():
+        for d in range(left, o.days + 1):
+            out[d].add(h)
+    return out
+
+
+def cap_wh(rated: dict[str, int], frame_s: int) -> dict[str, int]:
+    """Each home's contracted cap per frame (Wh): its rating x the frame's length, rounded up
+    (as the coordinator's reserve.py computes it from the same registry)."""
+    return {h: -(-w * frame_s // 3600) for h, w in rated.items()}
+
+
+def day_capacity(homes: list[scenario.HomeSpec], outside: list[str], d: int,
+                 frames: int, caps: dict[str, int] | None = None
+                 ) -> tuple[np.ndarray[Any, np.dtype[np.int64]], float]:
+    """Day d's capacity: the tightest level only shifting can satisfy for the homes that will
+    report (times the day's factor), plus the caps of the homes ``outside`` (absent, the
+    rogue), which the coordinator must reserve: the grid carries their contracted load too."""
+    present = [h for h in homes if h.home_id not in outside]
     cap, frac = choose_capacity(present, frames)
     factor = DAY_FACTORS[(d - 1) % len(DAY_FACTORS)]
-    return np.full(frames, int(cap * factor), dtype=np.int64), frac * factor
+    reserve = sum((caps or {}).get(h, 0) for h in outside)
+    return np.full(frames, int(cap * factor) + reserve, dtype=np.int64), frac * factor
 
 
 # ------------------------------------------------------------------------- MQTT clients
@@ -161,6 +209,8 @@ class Conn:
 
     port: int
     cafile: Path | None = None
+    #: a cluster's other nodes' MQTT ports: retained messages go to each (node-local there)
+    others: tuple[int, ...] = ()
 
     def client(self, user: str, password: str, client_id: str = "") -> mqtt.Client:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
@@ -180,7 +230,9 @@ class Observer:
     def __init__(self, conn: Conn, password: str) -> None:
         self.online: set[str] = set()
         self.lock = threading.Lock()
-        self.c = conn.client(LAB_USER, password, "hems-lab")
+        self.conn, self.password = conn, password
+        # client id = user name (RabbitMQ ties an identity's subscription queue to it)
+        self.c = conn.client(LAB_USER, password, LAB_USER)
         self.c.on_message = self._on_message
         self.c.connect(conn.host, conn.port)
         self.c.subscribe(protocol.PREFIX + "/status/+", qos=1)
@@ -196,6 +248,9 @@ class Observer:
 
     def publish(self, topic: str, obj: dict[str, Any], retain: bool) -> None:
         self.c.publish(topic, json.dumps(obj), qos=1, retain=retain).wait_for_publish(10)
+        if retain and self.conn.others:
+            publish_as(self.conn, LAB_USER, self.password, [(topic, json.dumps(obj).encode())],
+                       others_only=True)
 
     def close(self) -> None:
         self.c.disconnect()
@@ -230,17 +285,19 @@ class Recorder:
 
 
 def publish_as(conn: Conn, user: str, password: str,
-               messages: list[tuple[str, bytes]]) -> None:
-    """Retained QoS 1 publishes under another identity (the grid feed's capacity)."""
-    c = conn.client(user, password)
-    c.connect(conn.host, conn.port)
-    c.loop_start()
-    try:
-        for topic, payload in messages:
-            c.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
-    finally:
-        c.disconnect()
-        c.loop_stop()
+               messages: list[tuple[str, bytes]], others_only: bool = False) -> None:
+    """Retained QoS 1 publishes under another identity (the grid feed's capacity), on every
+    node of a cluster (``others_only``: not on the first)."""
+    for port in (() if others_only else (conn.port,)) + conn.others:
+        c = conn.client(user, password, f"{user}-pub{port}")
+        c.connect(conn.host, port)
+        c.loop_start()
+        try:
+            for topic, payload in messages:
+                c.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+        finally:
+            c.disconnect()
+            c.loop_stop()
 
 
 def _connected(stats: Path) -> bool:
@@ -279,10 +336,18 @@ class Run:
     conn: Conn | None = None
     port: int = 0
     tls_args: list[str] = field(default_factory=list)
+    #: the services' --broker rabbitmq arguments; the nodes' MQTT ports (homes spread over them)
+    broker_args: list[str] = field(default_factory=list)
+    mqtt_ports: list[int] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
     coordinator: procs.Proc | None = None
     coordinator_starts: int = 0
     anchor: float = 0.0
     snapshots: dict[int, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
+    #: each home's contracted rating (W), as in the coordinator's registry
+    rated: dict[str, int] = field(default_factory=dict)
+    #: the rogue home (--debug-rogue), played by the lab: no firmware process
+    rogue: str | None = None
 
     def now(self) -> float:
         """The lab clock (virtual epoch seconds)."""
@@ -318,11 +383,18 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
         pw[h.home_id] = secrets.token_hex(16)
     run = Run(o, out, tl, homes, absent_homes(homes, o), brokers, pw,
               procs.Procs(out.path("logs")))
-    caps = {d: day_capacity(homes, run.absent[d], d, o.frames) for d in range(1, o.days + 1)}
+    run.rated = {h.home_id: scenario.rated_w(h, o.frame_s) for h in homes}
+    run.rogue = homes[-1].home_id if o.rogue else None
+    hcaps = cap_wh(run.rated, o.frame_s)
+    caps = {d: day_capacity(homes, sorted({*run.absent[d], *([run.rogue] if run.rogue else [])}),
+                            d, o.frames, hcaps) for d in range(1, o.days + 1)}
     pki = make_pki(out.path("pki")) if o.tls else None
-    broker = Mosquitto(out.path("mosquitto"), pw, brokers, tls=pki, recorder=o.record)
+    broker: Mosquitto | RabbitCluster = (
+        RabbitCluster(out.path("rabbitmq"), pw, brokers, o.nodes) if o.broker == "rabbitmq"
+        else Mosquitto(out.path("mosquitto"), pw, brokers, tls=pki, recorder=o.record))
     observer: Observer | None = None
     recorders: list[Recorder] = []
+    rogue: Rogue | None = None
     vtn: Any = None
     summary: dict[str, Any] = {}
     try:
@@ -330,14 +402,29 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
         for b in brokers:
             reg = {"homes": {h: {"key": keys[h][b]} for h in keys}}
             out.path(f"registry-{b}.json").write_text(json.dumps(reg))
-        with pg.step("mosquitto", total=1) as st:
+        # the coordinator's registry: every home and its circuit's rating, no keys
+        out.path("homes-coordinator.json").write_text(json.dumps(
+            {"homes": {h: {"rated_w": w} for h, w in run.rated.items()}}))
+        with pg.step(o.broker, total=1) as st:
             broker.start()
-            # With --tls every client (services, homes, the lab's own) uses the TLS listener.
-            run.port = broker.tls_port if pki is not None and broker.tls_port else broker.port
-            run.tls_args = ["--host", "localhost", "--cafile", str(pki.cafile)] if pki else []
-            log.info("mosquitto on 127.0.0.1:%d%s", run.port, " (TLS)" if pki else "")
+            if isinstance(broker, RabbitCluster):
+                run.mqtt_ports = broker.mqtt_ports()
+                run.port = run.mqtt_ports[0]
+                run.broker_args = [
+                    "--broker", "rabbitmq",
+                    "--amqp-ports", ",".join(str(n.amqp_port) for n in broker.nodes),
+                    "--mqtt-ports", ",".join(map(str, run.mqtt_ports))]
+                log.info("RabbitMQ cluster of %d nodes, MQTT on 127.0.0.1:%s", o.nodes,
+                         ",".join(map(str, run.mqtt_ports)))
+            else:
+                # With --tls every client (services, homes, the lab's own) uses the TLS
+                # listener.
+                run.port = broker.tls_port if pki is not None and broker.tls_port else broker.port
+                run.tls_args = ["--host", "localhost", "--cafile", str(pki.cafile)] if pki else []
+                log.info("mosquitto on 127.0.0.1:%d%s", run.port, " (TLS)" if pki else "")
             st.update(1)
-            run.conn = conn = Conn(run.port, pki.cafile if pki else None)
+            run.conn = conn = Conn(run.port, pki.cafile if pki else None,
+                                   tuple(run.mqtt_ports[1:]))
             observer = Observer(conn, pw[LAB_USER])
             if o.record:
                 for ident in [COORDINATOR_USER, *brokers]:
@@ -348,6 +435,10 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
 
         t_fleet = time.monotonic()
         home_procs = start_homes(run, keys, pki is not None, observer, pg)
+        if run.rogue is not None:
+            rh = next(h for h in homes if h.home_id == run.rogue)
+            rogue = Rogue(conn.client(rh.home_id, pw[rh.home_id]), conn.host, conn.port,
+                          rh.home_id, rh.magnification, rh.plan_wh, keys[rh.home_id])
         timings["fleet"] = time.monotonic() - t_fleet
 
         # The lab clock starts a few seconds from now, when the services are up (every one
@@ -381,8 +472,11 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
     finally:
         if observer is not None:
             observer.close()
+        if rogue is not None:
+            rogue.close()
         for r in recorders:
             r.close()
+        run.stopping.set()
         run.ps.stop_all()
         broker.stop()
         if vtn is not None:
@@ -403,8 +497,9 @@ def start_mask_brokers(run: Run) -> None:
              "--registry", str(out.root / f"registry-{b}.json"), "--k", str(run.o.k),
              "--stats-file", str(out.path(f"stats-{b}.json")),
              "--stats-interval", "0.2", "--state-dir", str(out.path(f"state-{b}")),
+             "--release-log", str(out.path(f"releases-{b}.jsonl")),
              "--timezone", "UTC", "--accelerate", f"{run.anchor},{run.tl.begin},{run.tl.speed}",
-             "--port", str(run.port), "--user", b, *run.tls_args],
+             "--port", str(run.port), "--user", b, *run.tls_args, *run.broker_args],
             env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": run.pw[b]},
         )
 
@@ -415,11 +510,18 @@ def publish_capacity(run: Run, caps: dict[int, tuple[Any, float]]) -> Any:
     o, tl = run.o, run.tl
     if o.grid_feed != "openadr":
         assert run.conn is not None
-        publish_as(run.conn, GRID_USER, run.pw[GRID_USER], [
-            (protocol_svc.t_day_capacity(tl.date(d).isoformat()), protocol.encode(
-                protocol_svc.make_day_capacity(tl.date(d).isoformat(), o.frames, cap.tolist(),
+        msgs = [(protocol_svc.t_day_capacity(tl.date(d).isoformat()), protocol.encode(
+            protocol_svc.make_day_capacity(tl.date(d).isoformat(), o.frames, cap.tolist(),
                                            source="lab")))
-            for d, (cap, _) in caps.items()])
+                for d, (cap, _) in caps.items()]
+        publish_as(run.conn, GRID_USER, run.pw[GRID_USER], msgs)
+        if o.broker == "rabbitmq":
+            # RabbitMQ (3.10) delivers a retained message only to a subscription to its exact
+            # topic, and the coordinator subscribes to hems/v1/capacity/+: the lab's grid
+            # feed re-publishes the profiles until the end, so they arrive live.
+            conn, pw = run.conn, run.pw[GRID_USER]
+            threading.Thread(target=_repeat, args=(run.stopping, lambda: publish_as(
+                conn, GRID_USER, pw, msgs)), name="capacity", daemon=True).start()
         return None
     from backend.grid_feed import vtn as openadr
 
@@ -451,13 +553,29 @@ def openadr_reported(vtn: Any, run: Run) -> bool:
     return False
 
 
+def _repeat(stopping: threading.Event, job: Any, every_s: float = 2.0) -> None:
+    """``job()`` every ``every_s`` until ``stopping`` (errors logged)."""
+    while not stopping.wait(every_s):
+        try:
+            job()
+        except Exception as e:
+            log.warning("re-publishing the capacity: %s", e)
+
+
+def _spread(ports: list[int], i: int) -> list[str]:
+    """The nodes for the i-th home, starting with node i mod n (homes spread over the nodes)."""
+    k = i % len(ports)
+    return [f"127.0.0.1:{p}" for p in ports[k:] + ports[:k]]
+
+
 def start_homes(run: Run, keys: dict[str, dict[str, str]], tls: bool, observer: Observer,
                 pg: Progress) -> list[procs.Proc]:
     o, out = run.o, run.out
     py = sys.executable
     home_procs: list[procs.Proc] = []
-    with pg.step("homes online", total=len(run.homes)) as st:
-        for h in run.homes:
+    fleet = [h for h in run.homes if h.home_id != run.rogue]
+    with pg.step("homes online", total=len(fleet)) as st:
+        for h in fleet:
             sdir = out.path("homes") / h.home_id
             sdir.mkdir(parents=True)
             (sdir / "wifi").write_text("up\n")  # the lab's stand-in for the home's Wi-Fi
@@ -466,13 +584,16 @@ def start_homes(run: Run, keys: dict[str, dict[str, str]], tls: bool, observer: 
                 "home_id": h.home_id,
                 "mqtt": {"host": "localhost" if tls else "127.0.0.1", "port": run.port,
                          "user": h.home_id, "password": run.pw[h.home_id], "keepalive": 30,
-                         "cafile_der": str(cafile) if tls else None},
+                         "cafile_der": str(cafile) if tls else None,
+                         # a cluster: every node, each home starting on the next one
+                         **({"hosts": _spread(run.mqtt_ports, len(home_procs))}
+                            if run.mqtt_ports else {})},
                 "magnification": h.magnification, "plan_wh": h.plan_wh,
                 "keys": keys[h.home_id], "state_dir": str(sdir), "board": "unix",
                 "clock": "lab", "safe_state": False, "loop_ms": 10,
                 "unix": {"wifi_file": str(sdir / "wifi")},
                 # the circuit's simulated load and its pulse meter (issue 15, simload.py)
-                "meter": {"kind": "sim", "pulses_per_kwh": METER_PPKWH, "rated_w": h.rated_w,
+                "meter": {"kind": "sim", "pulses_per_kwh": METER_PPKWH, "rated_w": h.load_w,
                           "stuck_s": METER_STUCK_S, "frame_log": True, "loads": h.loads},
             }
             (sdir / "config.json").write_text(json.dumps(cfg))
@@ -484,16 +605,16 @@ def start_homes(run: Run, keys: dict[str, dict[str, str]], tls: bool, observer: 
             if len(home_procs) == 1:
                 check_fleet_memory(home_procs[0], observer, len(run.homes))
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(observer.online) < len(run.homes):
+        while time.monotonic() < deadline and len(observer.online) < len(fleet):
             dead = [p.name for p in home_procs if p.popen.poll() is not None]
             if dead:
                 raise RuntimeError(f"home(s) exited at start: {dead}: {home_procs[0].tail()}")
             st.update(len(observer.online))
             time.sleep(0.05)
         st.update(len(observer.online))
-    if len(observer.online) < len(run.homes):
-        raise RuntimeError(f"only {len(observer.online)}/{len(run.homes)} homes came online")
-    log.info("%d/%d homes online", len(observer.online), len(run.homes))
+    if len(observer.online) < len(fleet):
+        raise RuntimeError(f"only {len(observer.online)}/{len(fleet)} homes came online")
+    log.info("%d/%d homes online", len(observer.online), len(fleet))
     return home_procs
 
 
@@ -521,8 +642,9 @@ def coordinator_argv(run: Run, pause: str | None) -> list[str]:
         "--expected-homes", str(len(run.homes)), "--brokers", ",".join(run.brokers),
         "--k", str(o.k), "--solver", o.solver, "--state-dir", str(run.state_dir),
         "--capacity-wait-s", "10", "--keep-journal-days", str(o.days + 1),
+        "--homes", str(run.out.root / "homes-coordinator.json"),
         "--accelerate", f"{run.anchor},{tl.begin},{tl.speed}",
-        "--port", str(run.port), "--user", COORDINATOR_USER, *run.tls_args,
+        "--port", str(run.port), "--user", COORDINATOR_USER, *run.tls_args, *run.broker_args,
         *(["--debug-pause-at", pause] if pause else []),
     ]
 
@@ -616,6 +738,8 @@ def play_days(run: Run, home_procs: list[procs.Proc], kills: list[tuple[str, int
 
 
 def handle(run: Run, ev: _Event) -> None:
+    if ev.home and ev.home == run.rogue:
+        return  # no firmware process: nothing to take offline
     flag = run.out.root / "homes" / ev.home / "wifi"
     if ev.what == "offline":
         flag.unlink(missing_ok=True)
@@ -677,7 +801,7 @@ def summarise(run: Run, caps: dict[int, Any], failures: list[str]) -> dict[str, 
             record = None
         snap = run.snapshots.get(d, {h.home_id: None for h in run.homes})
         s = days.day_summary(d, tl, o.frames, snap, relays, record, caps[d][0], failures,
-                             metered, 1000 / METER_PPKWH)
+                             cap_wh(run.rated, o.frame_s), metered, 1000 / METER_PPKWH)
         s["capacity_fraction"] = round(caps[d][1], 4)
         per_day.append(s)
     first = per_day[0]
@@ -701,7 +825,9 @@ def summarise(run: Run, caps: dict[int, Any], failures: list[str]) -> dict[str, 
             "coordinator_load_after_wh", "relay_load_after_wh", "metered_load_after_wh",
             "over_budget", "meter_pulse_wh", "overload_before_wh",
             "overload_after_wh", "curtailed_wh", "moved_wh", "groups", "moves", "curtail",
-            "regroup_rounds", "released_groups", "refusals", "excluded_homes")},
+            "regroup_rounds", "released_groups", "refusals", "excluded_homes", "reserve_wh",
+            "reserve_homes", "true_overload_after_wh")},
+        "rogue": run.rogue,
         "refused_groups": first["refusals"],
         "relay_timelines": sample,
         "coordinator_rejections": first["coordinator_rejections"],
@@ -712,6 +838,9 @@ def summarise(run: Run, caps: dict[int, Any], failures: list[str]) -> dict[str, 
         "schedule": {"announce": Timeline.hhmm(ANNOUNCE), "deadline": Timeline.hhmm(DEADLINE),
                      "timezone": "UTC", "day_real_s": round(o.frames * o.frame_real_s, 2)},
         "absent": {tl.date(d).isoformat(): hs for d, hs in run.absent.items() if hs},
+        "churn": {kind: {h: tl.date(d).isoformat() for h, d in days_of.items()}
+                  for kind, days_of in zip(("joined", "left"), churn_days(run.homes, o),
+                                           strict=True)},
         "mask_broker_stats": stats,
     }
 
@@ -757,6 +886,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=bounded_float(0.0, 0.5), default=None,
                    help="share of the homes that miss each day's round from day 2 (no "
                    "network over it), 0-0.5 (default 0.1 with --days > 1)")
+    p.add_argument("--churn", type=bounded_int(0), default=0, metavar="N",
+                   help="N homes join on a later day and N others leave on a later day "
+                   "(with --days > 1; default 0)")
     p.add_argument("--seed", type=bounded_int(0), default=d.seed, help="scenario seed (default 1)")
     p.add_argument("--frames", type=bounded_int(1, protocol.MAX_FRAMES), default=d.frames,
                    help="frames per day, a divisor of 86400 s (default 96)")
@@ -793,6 +925,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="no progress bars (they are shown only on a terminal, never "
                    "with --json)")
     p.add_argument("--kill-coordinator", default="", help=argparse.SUPPRESS)
+    p.add_argument("--debug-rogue", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--broker", choices=["mosquitto", "rabbitmq"], default=d.broker,
+                   help="mosquitto (default) or a RabbitMQ cluster (installed by ./run lab "
+                   "--broker rabbitmq; docs/scaling.md)")
+    p.add_argument("--nodes", type=bounded_int(3, 9), default=None,
+                   help="RabbitMQ cluster nodes, 3-9 (default 3; --broker rabbitmq only)")
 
 
 PHASES = ("collecting", "closed", "summing", "solving", "publishing", "serving")
@@ -803,6 +941,17 @@ def check_args(a: argparse.Namespace) -> None:
     cannot go ahead.  Makes paths absolute: the services run in another working directory."""
     if a.homes < a.k:
         raise UsageError(f"--homes {a.homes}: fewer homes than --k {a.k} cannot form a group")
+    if a.broker != "rabbitmq" and a.nodes is not None:
+        raise UsageError("--nodes needs --broker rabbitmq")
+    if a.broker == "rabbitmq":
+        a.nodes = a.nodes or 3
+        for flag, on in (("--tls", a.tls), ("--grid-feed", a.grid_feed),
+                         ("--kill-coordinator", a.kill_coordinator)):
+            if on:
+                raise UsageError(f"{flag} is not supported with --broker rabbitmq")
+        why = why_unavailable()
+        if why is not None:
+            raise UsageError(why)
     if DAY_S % a.frames:
         raise UsageError(f"--frames {a.frames}: a day (86400 s) must split into whole frames")
     if a.frames * a.frame_real_s < MIN_DAY_REAL_S:
@@ -810,6 +959,11 @@ def check_args(a: argparse.Namespace) -> None:
                          f"{MIN_DAY_REAL_S:g} real seconds: raise --frame-real-s")
     if a.dropout is None:
         a.dropout = 0.1 if a.days > 1 else 0.0
+    if a.churn and a.days < 2:
+        raise UsageError(f"--churn {a.churn}: homes join and leave between days: give --days")
+    if a.homes - 2 * a.churn - round(a.dropout * a.homes) < a.k:
+        raise UsageError(f"--churn {a.churn} with --dropout {a.dropout:g}: fewer than --k "
+                         f"{a.k} homes would be left on some day")
     for item in filter(None, a.kill_coordinator.split(",")):
         kind, _, rest = item.partition(":")
         ok = (kind == "boundary" and rest.isdigit() and 2 <= int(rest) <= a.days) or (
@@ -859,9 +1013,10 @@ def main(a: argparse.Namespace) -> int:
 def _run(a: argparse.Namespace) -> int:
     o = LabOptions(homes=a.homes, seed=a.seed, frames=a.frames, frame_s=DAY_S // a.frames,
                    frame_real_s=a.frame_real_s, k=a.k, mask_brokers=a.mask_brokers,
-                   solver=a.solver, days=a.days, dropout=a.dropout, out_dir=a.out,
+                   solver=a.solver, days=a.days, dropout=a.dropout, churn=a.churn, out_dir=a.out,
                    python_homes=a.python_homes, tls=a.tls, grid_feed=a.grid_feed,
-                   kill_coordinator=tuple(filter(None, a.kill_coordinator.split(","))))
+                   kill_coordinator=tuple(filter(None, a.kill_coordinator.split(","))),
+                   rogue=a.debug_rogue, broker=a.broker, nodes=a.nodes or 1)
     rpath = report_path(a)
     show = not a.json and not a.no_progress and sys.stderr.isatty()
     with live(show) as pg:

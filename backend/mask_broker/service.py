@@ -38,14 +38,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from backend.common import metrics
 from backend.common.backoff import Backoff
-from backend.common.bulk_mqtt import BulkClient, BulkMqttError, Message
+from backend.common.bulk_mqtt import BulkMqttError, Message
 from backend.common.files import write_atomic
 from backend.common.metrics import Sample
-from backend.common.mqtt import MqttSettings
+from backend.common.mqtt import MqttSettings, failover
 from backend.common.sdnotify import notify, watchdog_interval_s
+from backend.common.transport import BulkTransport, bulk_transport
 from hemsfw import protocol, protocol_svc
 
 from .core import MaskBroker, Publish, Record
+from .release_log import ReleaseLog
 from .state_dir import StateDir
 
 log = logging.getLogger("hems.mask_broker")
@@ -75,8 +77,9 @@ class Service:
     def __init__(self, core: MaskBroker, settings: MqttSettings,
                  state: StateDir | None = None, stats_file: Path | None = None,
                  stats_interval: float = 1.0, metrics_port: int | None = None,
-                 metrics_host: str = "127.0.0.1") -> None:
+                 metrics_host: str = "127.0.0.1", release_log: ReleaseLog | None = None) -> None:
         self.core = core
+        self.release_log = release_log
         self.settings = dataclasses.replace(settings, client_id=core.id)
         self.state = state
         self.stats_file = stats_file
@@ -99,18 +102,18 @@ class Service:
         self._stop = asyncio.Event()
         self.bulk_topic = protocol.t_mask(core.id, "+")
         s = self.settings
-        self.ingest = BulkClient(
-            s.host, s.port, f"{core.id}-ingest", f"{s.username}-ingest", s.password,
-            [(self.bulk_topic, 1)], self._on_batch, tls=s.tls_context(),
+        self.ingest: BulkTransport = bulk_transport(
+            s, f"{core.id}-ingest", f"{s.username}-ingest", self.bulk_topic, self._on_batch,
+            queue=f"hems.{core.id}.mask", tls=s.tls_context(),
             max_packet=protocol.MAX_PAYLOAD + 1024, log=log)
 
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        """Serve until SIGTERM / SIGINT."""
+        """Serve until SIGTERM, SIGINT or SIGHUP."""
         stop = self._stop
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         server: asyncio.Server | None = None
         try:
@@ -136,12 +139,14 @@ class Service:
         finally:
             if server is not None:
                 server.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             self.connected = False
             self.write_stats(force=True)
             if self.state is not None:
                 self.state.close()
+            if self.release_log is not None:
+                self.release_log.close()
         if self.fatal is not None:
             raise Fatal(self.fatal)
 
@@ -153,8 +158,10 @@ class Service:
             log.error("%s", self.fatal)
 
     async def _mqtt(self) -> None:
-        s = self.settings
+        attempt = 0
         while True:
+            s = failover(self.settings, attempt)  # a cluster: the next node after a loss
+            attempt += 1
             try:
                 client = s.client(clean_session=False)
                 # PUBACK only after a message was handled and its records written: a crash in
@@ -220,6 +227,8 @@ class Service:
             if isinstance(out, Record):
                 if self.state is not None:
                     self.state.write(out)  # before anything that depends on it is published
+                if self.release_log is not None:
+                    self.release_log.write(out)
             else:
                 await self._inflight.acquire()
                 task = asyncio.create_task(self._publish(client, out))

@@ -369,6 +369,40 @@ def test_config_errors():
     _bad({"state_dir": None}, "state_dir")
 
 
+def test_config_hosts_default_to_host_and_port():
+    c = _cfg()
+    assert c["mqtt"]["hosts"] == [["127.0.0.1", 1883]]
+
+
+def test_config_hosts_take_a_port_each_or_mqtt_port():
+    c = config.check({"home_id": "h1", "plan_wh": [1], "keys": {"mb1": KEY}, "state_dir": "/s",
+                      "mqtt": {"hosts": ["n1:1884", "n2"], "port": 1999, "user": "h1",
+                               "password": "p"}})
+    m = c["mqtt"]
+    assert m["hosts"] == [["n1", 1884], ["n2", 1999]] and (m["host"], m["port"]) == ("n1", 1884)
+
+
+def test_config_hosts_errors():
+    for hosts in ([], "n1", ["n1:x"], ["n1:0"], [":1883"], [5], ["a:1:2"]):
+        _bad({"mqtt": {"hosts": hosts, "user": "h1", "password": "p"}}, "mqtt.hosts")
+
+
+def test_link_fails_over_to_the_next_broker_and_wraps_around():
+    h = _setup(mqtt={"hosts": ["n1:1", "n2:2", "n3:3"], "user": "h1", "password": "pw"})
+    h.cl.server, h.cl.port = "n1", 1
+    h.r.step()
+    assert h.r.main.online
+    seen = []
+    for _ in range(3):
+        h.cl.fail["check_msg"] = 1
+        h.r.step()                          # link lost: the next broker for the next attempt
+        seen.append((h.cl.server, h.cl.port))
+        h.tk.ms += 120000
+        h.r.step()
+        assert h.r.main.online
+    assert seen == [("n2", 2), ("n3", 3), ("n1", 1)]
+
+
 def test_config_load_errors():
     try:
         config.load("/nonexistent/config.json")

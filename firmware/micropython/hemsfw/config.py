@@ -3,7 +3,9 @@
 #   {"home_id": "h1",
 #    "mqtt": {"host": "127.0.0.1", "port": 1883, "user": "h1", "password": "...",
 #             "keepalive": 30, "cafile_der": null, "timeout_s": 5,
-#             "backoff_max_s": 60},
+#             "backoff_max_s": 60, "hosts": ["10.0.0.1:1883", "10.0.0.2"]},
+#                  (hosts: the cluster's nodes, in order; the link fails over between them.
+#                   Default [host:port]; a host without :port gets mqtt.port)
 #    "magnification": 2, "plan_wh": [...], "keys": {"mb1": "<64 hex>"},
 #    "mask_brokers": ["mb1"], "min_mask_brokers": 1,   (default: the brokers of `keys`, all)
 #    "days_ahead": 1, "max_rounds_per_day": 8,
@@ -66,6 +68,28 @@ def _int(d: "Json", key: str, lo: int, hi: int, default: int, where: str = "") -
     return v
 
 
+def _hosts(v: object, port: int) -> "list[list[Any]]":
+    """mqtt.hosts: ["host", "host:port", ...] -> [[host, port], ...] (at least one; a checked
+    config checks again unchanged)."""
+    if not isinstance(v, list) or not v:
+        raise ConfigError("config: mqtt.hosts must be a non-empty list of \"host[:port]\"")
+    out = []
+    for h in v:
+        if isinstance(h, list) and len(h) == 2:
+            h = str(h[0]) + ":" + str(h[1])
+        if not isinstance(h, str) or not h or h.count(":") > 1:
+            raise ConfigError("config: bad entry in mqtt.hosts: " + repr(h))
+        name, _, p = h.partition(":")
+        try:
+            n = int(p) if p else port
+        except ValueError:
+            n = 0
+        if not name or not 1 <= n <= 65535:
+            raise ConfigError("config: bad entry in mqtt.hosts: " + repr(h))
+        out.append([name, n])
+    return out
+
+
 def _bool(d: "Json", key: str, default: bool) -> bool:
     if key not in d:
         return default
@@ -87,8 +111,13 @@ def check(cfg: object) -> "Json":
         raise ConfigError("config: home_id must be 1-32 chars of a-z 0-9 _ -")
 
     m = _need(cfg, "mqtt", (dict,))
-    _need(m, "host", (str,), "mqtt.")
     m["port"] = _int(m, "port", 1, 65535, 1883, "mqtt.")
+    if m.get("hosts") is not None:
+        m["hosts"] = _hosts(m["hosts"], m["port"])
+        m["host"], m["port"] = m.get("host", m["hosts"][0][0]), m["hosts"][0][1]
+    _need(m, "host", (str,), "mqtt.")
+    if m.get("hosts") is None:
+        m["hosts"] = [[m["host"], m["port"]]]
     if _need(m, "user", (str,), "mqtt.") != hid:
         raise ConfigError("config: mqtt.user must equal home_id (the broker ACL keys on it)")
     if m.get("password") is None:

@@ -10,12 +10,17 @@
 # Never blocking: a reconnect is only *scheduled* (retry_at); each turn does at most one bounded
 # connect attempt or one poll, both under the budget `timeout_s`.  Availability: the will is
 # `offline` (retained, QoS 1) and `online` (retained) is published once subscribed.
+# Failover: given several brokers (`servers`, the nodes of a cluster: config mqtt.hosts), a lost
+# link or a failed connect moves the client to the next one for the next attempt (the protocol
+# is the same on every node; the persistent session follows the home where the broker keeps it:
+# RabbitMQ's quorum queues, docs/scaling.md).
 # MicroPython subset only.
 
 from hemsfw.clock import ticks_add, ticks_diff
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from collections.abc import Callable
+    from typing import Any
 
     from hemsfw.interfaces import Log, MqttClient, OnMsg, Ticks, Urandom
 
@@ -30,7 +35,8 @@ class Link:
                  subs: list[tuple[str, int]], on_msg: "OnMsg", urandom: "Urandom",
                  ticks: "Ticks", log: "Log", keepalive_s: int = 30, budget_ms: int = 5000,
                  on_up: "Callable[[Link], None] | None" = None, clean: bool = False,
-                 backoff_max_ms: int = BACKOFF_MAX_MS) -> None:
+                 backoff_max_ms: int = BACKOFF_MAX_MS,
+                 servers: "list[list[Any]] | None" = None) -> None:
         self.name = name
         self.client = client
         self.status = status_topic
@@ -51,6 +57,8 @@ class Link:
         self.backoff_max = max(backoff_max_ms, BACKOFF_MIN_MS)
         self.retry_at = ticks()        # connect on the first turn
         self.rx = 0
+        self.servers = servers or []   # [[host, port], ...]: the client starts on the first
+        self.server = 0
         self._budget: Callable[[int], None] | None = getattr(client, "set_budget", None)
 
     def _arm(self) -> None:
@@ -102,6 +110,12 @@ class Link:
                 close()
             except Exception as e2:
                 self.log(self.name, "close:", e2)
+        if len(self.servers) > 1:
+            self.server = (self.server + 1) % len(self.servers)
+            c: Any = self.client
+            c.server, c.port = self.servers[self.server]
+            c.addr = None          # net_umqtt resolves the new host on the next connect
+            self.log(self.name, "next broker:", c.server, c.port)
 
     def turn(self, net_up: bool = True) -> bool:
         """One loop turn: poll (online) or, when due and the network is up, one connect attempt.

@@ -121,7 +121,8 @@ class Runner:
         self.main = Link("mqtt", client, protocol.t_status(self.id), subs, self.on_msg,
                          self.urandom, self.ticks, self.log, mq.get("keepalive", 30),
                          1000 * mq.get("timeout_s", 5),
-                         backoff_max_ms=1000 * mq.get("backoff_max_s", 60), on_up=self._link_up)
+                         backoff_max_ms=1000 * mq.get("backoff_max_s", 60), on_up=self._link_up,
+                         servers=mq.get("hosts"))
         self.resend_at: int | None = None   # ticks when unconfirmed report messages are re-sent
         self.reply_wait = REPLY_WAIT_MS
         self.resent: list[int] = []     # indices re-sent in the current cycle

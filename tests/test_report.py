@@ -17,10 +17,10 @@ import pytest
 from backend.lab import plots, report
 
 FRAMES, FRAME_S = 96, 900
-SECTIONS = ("summary", "checks", "capacity", "heatmap", "moves", "relays", "groups", "timings",
-            "details")
-HEADINGS = ("Summary", "Capacity and load per frame", "Group totals per frame", "Moves",
-            "Relay timelines", "Released and refused groups", "Timings", "Details")
+SECTIONS = ("summary", "checks", "capacity", "metering", "heatmap", "moves", "relays", "groups",
+            "timings", "details")
+HEADINGS = ("Summary", "Capacity and load per frame", "Metered energy", "Group totals per frame",
+            "Moves", "Relay timelines", "Released and refused groups", "Timings", "Details")
 
 
 def _home_plan(i: int) -> list[int]:
@@ -67,6 +67,8 @@ def make_summary(failures: list[str] | None = None) -> dict[str, Any]:
         "mask_brokers": 1, "capacity_wh": [cap] * FRAMES,
         "true_load_wh": load_b.tolist(), "coordinator_load_before_wh": load_b.tolist(),
         "coordinator_load_after_wh": load_a.tolist(), "relay_load_after_wh": load_a.tolist(),
+        "metered_load_after_wh": (load_a * 9 // 10).tolist(), "metered_uncounted_wh": [0] * FRAMES,
+        "meter_pulse_wh": 1.0, "over_budget": [], "homes_counted": 12,
         "overload_before_wh": over(load_b), "overload_after_wh": over(load_a),
         "curtailed_wh": 0, "moved_wh": 1234, "regroup_rounds": 1, "solve_status": "heuristic",
         "groups": groups, "moves": moves, "curtail": [],
@@ -210,3 +212,13 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert near((0x1F, 0x6F, 0xEB)) > 500, "no blue line"
     assert near((0x2D, 0xA4, 0x4E)) > 500, "no relay bars"
     assert near((0xE3, 0x4A, 0x33), 60) > 200, "no heatmap"
+
+
+def test_report_lists_homes_metered_over_their_budget() -> None:
+    s = make_summary()
+    assert 'id="over-budget"' in report.render(s)   # none: said so
+    s["over_budget"] = [{"home": "h007", "frame": 70, "metered_wh": 130, "budget_wh": 120}]
+    s["metered_load_after_wh"] = s["coordinator_load_after_wh"]
+    html = report.render(s)
+    assert 'id="metering"' in html and "h007" in html and "Homes over their budget" in html
+    assert html.count('class="bad"') >= 1      # the summary's metering check fails

@@ -10,7 +10,12 @@ the homes' own records (an oracle the coordinator never computed):
 * ``true_load_wh == coordinator_load_before_wh``: the counted homes' summed plans equal the
   group totals the coordinator got from masked plans and mask sums (exact masking);
 * ``relay_load_after_wh == coordinator_load_after_wh``: the counted homes' relays drew what was
-  decided (their adjusted plans, frame by frame, where the relay was on).
+  decided (their adjusted plans, frame by frame, where the relay was on);
+* ``metered_load_after_wh <= coordinator_load_after_wh`` plus one meter pulse per counted home,
+  frame by frame, and no home metered more than its frame's budget plus one pulse (its adjusted
+  plan if counted, else its own plan): what the homes' meters counted (``meter.log``, the lab's
+  simulated loads), not what the plans say.  The appliances need less than planned (the load
+  model, scenario.py), so the metered day is below the decided one.
 
 A member that missed the round is *carried* (docs/privacy.md, "Over time"): its group's total
 counts it with its latest released report, and it gets no adjustment.  The lab's homes repeat
@@ -42,7 +47,8 @@ from backend.coordinator.adjust.model import overload_wh
 from backend.lab.timeline import Timeline
 from hemsfw import plan as plan_mod
 
-__all__ = ["day_summary", "period_summary", "refusals", "relay_days", "relays_as_decided",
+__all__ = ["day_summary", "metered_days", "metered_within_budget", "period_summary", "refusals",
+           "relay_days", "relays_as_decided",
            "split_rejections"]
 
 IntArray = NDArray[np.int64]
@@ -52,9 +58,13 @@ RESEND_REASONS = frozenset({"replay"})
 
 
 def relay_days(log_path: Path, tl: Timeline, frames: int) -> dict[int, list[bool]]:
-    """Relay state per frame of every lab day, from the relay's switch log (state changes with
-    their virtual time; the boot line gives the state before the first switch).  A relay holds
-    its last state while nothing drives it, as a latching relay does."""
+    """Whether the relay was closed in each frame of every lab day (at the frame's start or at
+    any moment in it), from the relay's switch log (state changes with their virtual time; the
+    boot line gives the state before the first switch).  A relay holds its last state while
+    nothing drives it, as a latching relay does.  Under the energy budget the relay closes at a
+    frame's start when the frame has budget and opens when the metered energy reaches it, so
+    "closed in the frame" is "the frame had budget"; the lab's homes switch at the simulated
+    circuit's exact time (firmware hemsfw/meter.py), a switch at a frame's start belongs to it."""
     changes: list[tuple[float, bool]] = []
     boot = False
     if log_path.exists():
@@ -72,14 +82,32 @@ def relay_days(log_path: Path, tl: Timeline, frames: int) -> dict[int, list[bool
     for d in range(1, tl.days + 1):
         day = []
         for k in range(frames):
-            # the state a frame is in: the last switch before its end (switches land a loop
-            # turn after the frame begins)
-            end = tl.start(d) + (k + 1) * frame_s
-            while i < len(changes) and changes[i][0] < end:
+            start = tl.start(d) + k * frame_s
+            end = start + frame_s
+            while i < len(changes) and changes[i][0] <= start:
                 state = changes[i][1]
                 i += 1
-            day.append(state)
+            closed = state
+            while i < len(changes) and changes[i][0] < end:
+                state = changes[i][1]
+                closed = closed or state
+                i += 1
+            day.append(closed)
         out[d] = day
+    return out
+
+
+def metered_days(log_path: Path, frames: int, ppkwh: int) -> dict[str, list[int]]:
+    """Metered Wh per frame of every day a home's simulated meter played out, from its frame log
+    (meter.log: {"day", "k", "p": pulses} per closed frame, firmware hemsfw/meter.py)."""
+    out: dict[str, list[int]] = {}
+    if not log_path.exists():
+        return out
+    for line in log_path.read_text().splitlines():
+        rec = json.loads(line)
+        k = int(rec["k"])
+        if 0 <= k < frames:
+            out.setdefault(str(rec["day"]), [0] * frames)[k] = int(rec["p"]) * 1000 // ppkwh
     return out
 
 
@@ -110,9 +138,12 @@ def split_rejections(counts: dict[str, int]) -> tuple[dict[str, int], int]:
 def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str, Any] | None],
                 relays: dict[str, dict[int, list[bool]]], record: dict[str, Any] | None,
                 capacity: IntArray, failures: list[str],
-                caps: dict[str, int] | None = None) -> dict[str, Any]:
+                caps: dict[str, int] | None = None,
+                metered: dict[str, dict[str, list[int]]] | None = None,
+                pulse_wh: float = 1.0) -> dict[str, Any]:
     """Day d's figures; what its invariants found wrong is appended to ``failures``.  ``caps``:
-    each home's contracted cap per frame (Wh)."""
+    each home's contracted cap per frame (Wh); ``metered``: home -> day -> metered Wh per frame
+    (metered_days); ``pulse_wh``: the meters' Wh per pulse."""
     day = tl.date(d).isoformat()
     groups = (record or {}).get("groups", [])
     carried = {m: g["id"] for g in groups for m in g.get("carried", [])}
@@ -127,10 +158,13 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
     true_load, relay_load = zero.copy(), zero.copy()
     uncounted_plan, uncounted = zero.copy(), zero.copy()
     carried_moved = zero.copy()
+    metered_load, metered_uncounted = zero.copy(), zero.copy()
+    over_budget: list[dict[str, Any]] = []
     reporting, absent = [], []
     per_home: dict[str, dict[str, int]] = {}
     for home, st in sorted(snapshots.items()):
         on = np.array(relays.get(home, {}).get(d, [False] * frames), dtype=bool)
+        got = np.array((metered or {}).get(home, {}).get(day, [0] * frames), dtype=np.int64)
         if st is None or st.get("day") != day:
             absent.append(home)  # nothing for this day: the relay's safe state
             continue
@@ -147,6 +181,8 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
                            dtype=np.int64) * q
             true_load += plan
             relay_load += np.where(on, adj, 0)
+            metered_load += got
+            _over_budget(home, got, adj, pulse_wh, over_budget)
             curtailed = int(plan.sum() - adj.sum())
             per_home[home] = {"moved_wh": int(np.maximum(plan - adj, 0).sum()) - curtailed,
                               "curtailed_wh": curtailed}
@@ -160,6 +196,8 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
             else:
                 uncounted_plan += plan
             uncounted += np.where(on, plan, 0)
+            metered_uncounted += got
+            _over_budget(home, got, plan, pulse_wh, over_budget)
     before = np.array((record or {}).get("coordinator_load_before_wh") or zero, dtype=np.int64)
     after = np.array((record or {}).get("coordinator_load_after_wh") or zero, dtype=np.int64)
     if record is None or record.get("status") != "completed":
@@ -170,6 +208,14 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
     if not np.array_equal(relay_load + carried_moved, after):
         failures.append(f"day {d} ({day}): relay_load_after_wh + carried_moved_wh != "
                         "coordinator_load_after_wh")
+    if metered is not None:
+        slack = pulse_wh * len(counted)
+        if np.any(metered_load > after + slack):
+            failures.append(f"day {d} ({day}): metered_load_after_wh > coordinator_load_after_wh "
+                            "+ one pulse per home")
+        for o in over_budget:
+            failures.append(f"day {d} ({day}): {o['home']} metered {o['metered_wh']} Wh in frame "
+                            f"{o['frame']}, its budget was {o['budget_wh']} Wh")
     grid_before, grid_after = true_load + uncounted_plan, relay_load + uncounted
     # every home the round did not count with this round's report, at its cap
     outside = sum((caps or {}).get(h, 0) for h in snapshots if h not in counted)
@@ -194,6 +240,10 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
         "coordinator_load_before_wh": before.tolist(),
         "coordinator_load_after_wh": after.tolist(),
         "relay_load_after_wh": relay_load.tolist(),
+        "metered_load_after_wh": metered_load.tolist(),
+        "metered_uncounted_wh": metered_uncounted.tolist(),
+        "meter_pulse_wh": pulse_wh,
+        "over_budget": over_budget,
         "carried_homes": sorted(carried),
         "carried_moved_wh": carried_moved.tolist(),
         "uncounted_load_wh": uncounted.tolist(),
@@ -220,6 +270,25 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
         "capacity_updates_after_close": (record or {}).get("capacity_updates_after_close", 0),
         "per_home": per_home,
     }
+
+
+def _over_budget(home: str, got: IntArray, budget: IntArray, pulse_wh: float,
+                 out: list[dict[str, Any]]) -> None:
+    """Frames where a home's metered energy exceeded its budget by more than one pulse."""
+    for k in np.nonzero(got > budget + pulse_wh)[0]:
+        out.append({"home": home, "frame": int(k), "metered_wh": int(got[k]),
+                    "budget_wh": int(budget[k])})
+
+
+def metered_within_budget(day: dict[str, Any]) -> bool:
+    """The metering invariant for a day summary: per frame, the counted homes' metered energy is
+    at most what was decided plus one pulse per home, and no home exceeded its own budget."""
+    if "metered_load_after_wh" not in day:
+        return True   # a summary from before the meters
+    slack = day.get("meter_pulse_wh", 1.0) * day.get("homes_counted", 0)
+    return not day.get("over_budget") and all(
+        m <= a + slack for m, a in zip(day["metered_load_after_wh"],
+                                       day["coordinator_load_after_wh"], strict=True))
 
 
 def relays_as_decided(day: dict[str, Any]) -> bool:

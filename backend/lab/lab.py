@@ -12,6 +12,8 @@ home recorded itself and checks, day by day (days.py):
 
 * true_load_wh == coordinator_load_before_wh   (the masking arithmetic is exact)
 * relay_load_after_wh == coordinator_load_after_wh   (the relays did what was decided)
+* metered_load_after_wh <= coordinator_load_after_wh + one pulse per home, and no home's metered
+  energy above its frame's budget by more than one pulse   (the homes drew what they were told)
 
 Everything it started is stopped, whatever happens (SIGTERM, SIGINT, SIGHUP included; children
 die with it even on SIGKILL).  Exit status 0 only if every part worked.  The long steps show
@@ -73,6 +75,10 @@ CLOCK_LEAD_S = 4.0
 #: capacity of day d: the tightest level only shifting can satisfy, times this (cycled); below
 #: 1 the day needs curtailment too
 DAY_FACTORS = (1.0, 0.97, 1.03)
+#: the lab homes' simulated S0 meters: 1 Wh per pulse; a closed relay with no pulse for two
+#: frames counts as a stuck meter (a heat pump's off phase is 10 min)
+METER_PPKWH = 1000
+METER_STUCK_S = 1800
 
 
 @dataclass(frozen=True)
@@ -588,6 +594,9 @@ def start_homes(run: Run, keys: dict[str, dict[str, str]], tls: bool, observer: 
                 "keys": keys[h.home_id], "state_dir": str(sdir), "board": "unix",
                 "clock": "lab", "safe_state": False, "loop_ms": 10,
                 "unix": {"wifi_file": str(sdir / "wifi")},
+                # the circuit's simulated load and its pulse meter (issue 15, simload.py)
+                "meter": {"kind": "sim", "pulses_per_kwh": METER_PPKWH, "rated_w": h.load_w,
+                          "stuck_s": METER_STUCK_S, "frame_log": True, "loads": h.loads},
             }
             if o.proofs:   # the registries' rating: each report carries its range proof
                 cfg["rated_w"] = run.rated[h.home_id]
@@ -786,6 +795,8 @@ def summarise(run: Run, caps: dict[int, Any], failures: list[str]) -> dict[str, 
     o, tl = run.o, run.tl
     relays = {h.home_id: days.relay_days(run.out.root / "homes" / h.home_id / "relay.log", tl,
                                          o.frames) for h in run.homes}
+    metered = {h.home_id: days.metered_days(run.out.root / "homes" / h.home_id / "meter.log",
+                                            o.frames, METER_PPKWH) for h in run.homes}
     per_day = []
     for d in range(1, o.days + 1):
         day = tl.date(d).isoformat()
@@ -795,7 +806,7 @@ def summarise(run: Run, caps: dict[int, Any], failures: list[str]) -> dict[str, 
             record = None
         snap = run.snapshots.get(d, {h.home_id: None for h in run.homes})
         s = days.day_summary(d, tl, o.frames, snap, relays, record, caps[d][0], failures,
-                             cap_wh(run.rated, o.frame_s))
+                             cap_wh(run.rated, o.frame_s), metered, 1000 / METER_PPKWH)
         s["capacity_fraction"] = round(caps[d][1], 4)
         per_day.append(s)
     first = per_day[0]
@@ -805,7 +816,8 @@ def summarise(run: Run, caps: dict[int, Any], failures: list[str]) -> dict[str, 
         if p.exists():
             stats[b] = json.loads(p.read_text())
     sample = relay_sample(first, run.snapshots.get(1, {}), relays,
-                          {h.home_id: h.magnification for h in run.homes})
+                          {h.home_id: h.magnification for h in run.homes},
+                          {h: m.get(first["day"]) for h, m in metered.items()})
     return {
         # day 1 at the top (the report's headline), every day in "days"
         "homes": len(run.homes), "frames": o.frames, "frame_s": o.frame_s,
@@ -815,7 +827,8 @@ def summarise(run: Run, caps: dict[int, Any], failures: list[str]) -> dict[str, 
         "capacity_fraction": first["capacity_fraction"],
         **{k: first[k] for k in (
             "capacity_wh", "true_load_wh", "coordinator_load_before_wh",
-            "coordinator_load_after_wh", "relay_load_after_wh", "overload_before_wh",
+            "coordinator_load_after_wh", "relay_load_after_wh", "metered_load_after_wh",
+            "over_budget", "meter_pulse_wh", "overload_before_wh",
             "overload_after_wh", "curtailed_wh", "moved_wh", "groups", "moves", "curtail",
             "regroup_rounds", "released_groups", "refusals", "excluded_homes", "reserve_wh",
             "reserve_homes", "true_overload_after_wh")},
@@ -839,6 +852,7 @@ def summarise(run: Run, caps: dict[int, Any], failures: list[str]) -> dict[str, 
 
 def relay_sample(first: dict[str, Any], snapshot: dict[str, dict[str, Any] | None],
                  relays: dict[str, dict[int, list[bool]]], mags: dict[str, int],
+                 metered: dict[str, list[int] | None] | None = None,
                  n: int = 12) -> list[dict[str, Any]]:
     """Day 1's plan, adjusted plan and relay of up to n counted homes, round-robin over the
     groups (groups with moves first), from their own records: the report's relay timelines."""
@@ -860,7 +874,8 @@ def relay_sample(first: dict[str, Any], snapshot: dict[str, dict[str, Any] | Non
         out.append({"home": h, "group": gid, "magnification": mags[h],
                     "plan_wh": [v * quantum for v in st["plan"]],
                     "adjusted_wh": [v * quantum for v in adj],
-                    "relay_on": [int(x) for x in relays[h][1]]})
+                    "relay_on": [int(x) for x in relays[h][1]],
+                    "metered_wh": list((metered or {}).get(h) or [0] * len(st["plan"]))})
     return sorted(out, key=lambda t: (t["group"], t["home"]))
 
 

@@ -58,7 +58,8 @@ def capacity_figure(s: dict[str, Any]) -> str:
     frames, frame_s = int(s["frames"]), int(s["frame_s"])
     x = np.arange(frames + 1) * frame_s / 3600
     cap, before, after = (_steps(s[k]) for k in
-                          ("capacity_wh", "true_load_wh", "relay_load_after_wh"))
+                          ("capacity_wh", "true_load_wh", "coordinator_load_after_wh"))
+    metered = _steps(s["metered_load_after_wh"]) if s.get("metered_load_after_wh") else None
     fig = Figure(figsize=(11, 3.8))
     ax = fig.add_subplot()
     ax.fill_between(x, 0, before, step="post", color=GREY, alpha=0.12, linewidth=0)
@@ -66,14 +67,18 @@ def capacity_figure(s: dict[str, Any]) -> str:
     ax.bar(x[over], (before - cap)[over], bottom=cap[over], width=frame_s / 3600, align="edge",
            color=RED, alpha=0.3, linewidth=0, label="overload before")
     ax.step(x, before, where="post", color=GREY, lw=1.4, label="load before (the homes' plans)")
-    ax.step(x, after, where="post", color=BLUE, lw=2.0, label="load after (what the relays did)")
+    ax.step(x, after, where="post", color=BLUE, lw=2.0,
+            label="decided (the relays' energy budgets)")
+    if metered is not None:
+        ax.step(x, metered, where="post", color=GREEN, lw=1.6,
+                label="metered (what the homes drew)")
     ax.step(x, cap, where="post", color=INK, lw=1.2, ls="--", label="capacity")
     _hours_axis(ax, frames, frame_s)
     ax.set_ylabel("Wh per frame", color=INK)
     ax.set_ylim(bottom=0)
     _style(ax)
-    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=4, fontsize=9, frameon=False)
-    return to_svg(fig, "capacity and load per frame, before and after")
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=5, fontsize=9, frameon=False)
+    return to_svg(fig, "capacity and planned, decided and metered load per frame")
 
 
 def group_after(totals: Array, moves: Sequence[Sequence[Any]], curtail: Sequence[Sequence[Any]],

@@ -17,7 +17,7 @@ from typing import Any
 
 from backend.common.files import write_atomic
 from backend.lab import plots
-from backend.lab.days import relays_as_decided
+from backend.lab.days import metered_within_budget, relays_as_decided
 from backend.lab.outdir import REPORT_TAG
 
 
@@ -76,6 +76,10 @@ def summary_section(s: dict[str, Any]) -> str:
         _check(all(relays_as_decided(d) for d in days),
                "the relays did what was decided: every day, the energy the counted homes' "
                "relays switched equals the coordinator's load after the moves in every frame"),
+        _check(all(metered_within_budget(d) for d in days),
+               "the homes drew what they were told: every day, in every frame, what the counted "
+               "homes' meters counted is at most the coordinator's load after the moves plus one "
+               "meter pulse per home, and no home metered more than its budget plus one pulse"),
         _check(s["overload_after_wh"] == 0, "no overload left after the adjustment"),
         _check(all(d.get("true_overload_after_wh", 0) == 0 for d in days),
                "nobody is invisible load: every day, the counted homes' relays plus every other "
@@ -197,6 +201,34 @@ def days_section(s: dict[str, Any]) -> str:
     return _section("days", f"Day by day ({len(days)} days)", body, lead)
 
 
+def metering_section(s: dict[str, Any]) -> str:
+    """What the homes' meters counted against what was decided, and the homes whose metered
+    energy exceeded their budget in a frame by more than one pulse (issue 15)."""
+    days = s.get("days") or [s]
+    if "metered_load_after_wh" not in days[0]:
+        return ""
+    frame_s = int(s["frame_s"])
+    rows = [(d["day"], sum(d["true_load_wh"]), sum(d["coordinator_load_after_wh"]),
+             sum(d["metered_load_after_wh"]), sum(d.get("metered_uncounted_wh") or [0]),
+             len(d.get("over_budget") or [])) for d in days]
+    body = _table(["day", "planned (Wh)", "decided (Wh)", "metered (Wh)",
+                   "metered, uncounted homes (Wh)", "frames over budget"], rows, "num")
+    over = [(d["day"], o["home"], f"{o['frame']}  ({_hhmm(o['frame'], frame_s)})",
+             o["budget_wh"], o["metered_wh"]) for d in days for o in d.get("over_budget") or []]
+    pulse = days[0].get("meter_pulse_wh", 1.0)
+    if over:
+        body += ("<h3>Homes over their budget</h3>"
+                 + _table(["day", "home", "frame", "budget (Wh)", "metered (Wh)"], over, "num"))
+    else:
+        body += (f'<p id="over-budget">No home metered more than its budget plus one pulse '
+                 f"({pulse:g} Wh) in any frame.</p>")
+    lead = ("Each home's relay delivers its frame's energy budget (the adjusted plan): it "
+            "closes while the frame has budget and opens at the meter pulse that reaches it. "
+            "The lab's appliances (simulated loads) need less than was planned, so the metered "
+            "day stays below the decided one.")
+    return _section("metering", "Metered energy", body, lead)
+
+
 def timings_section(s: dict[str, Any]) -> str:
     fig = plots.timings_figure(s)
     rows = [(f"lab: {k}", plots.secs(v)) for k, v in (s.get("timings_s") or {}).items()]
@@ -251,7 +283,9 @@ def render(s: dict[str, Any]) -> str:
         days_section(s),
         _figure("capacity", "Capacity and load per frame", plots.capacity_figure(s),
                 "The homes' summed plans (grey) exceed the grid's capacity in the red area; "
-                "after the adjustment the relays (blue) keep the load under it."),
+                "the decided load (blue, the relays' energy budgets) stays under it, and what "
+                "the homes' meters counted (green) stays under that."),
+        metering_section(s),
         _figure("heatmap", "Group totals per frame", plots.heatmap_figure(s),
                 "The only per-frame figures the coordinator ever learns: each group's total. "
                 "Arrows mark the moves."),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from backend.lab.days import relays_as_decided
+from backend.lab.days import metered_within_budget, relays_as_decided
 
 __all__ = ["print_table"]
 
@@ -70,6 +70,10 @@ def print_table(s: dict[str, Any], out: TextIO) -> None:
     ok2 = all(relays_as_decided(d) for d in s.get("days", []))
     w(f"  exact masking (true load == coordinator's view)   {'yes' if ok1 else 'NO'}\n")
     w(f"  relays did what was decided                       {'yes' if ok2 else 'NO'}\n")
+    if "metered_load_after_wh" in s:
+        ok3 = all(metered_within_budget(d) for d in s.get("days", []))
+        w(f"  homes drew what they were told (metered)          {'yes' if ok3 else 'NO'}"
+          f"  {sum(s['metered_load_after_wh'])} of {sum(s['coordinator_load_after_wh'])} Wh\n")
     if "openadr_report_sent" in s:
         w(f"  OpenADR report sent to the VTN                    "
           f"{'yes' if s['openadr_report_sent'] else 'NO'}\n")

@@ -177,3 +177,18 @@ def _rand():
 
     b = os.urandom(4)
     return b[0] | (b[1] << 8) | (b[2] << 16)
+
+
+class FakePulses:
+    """A pulse meter's counter (hemsfw/meter.py source): `pulse(n)` as the IRQ would."""
+
+    def __init__(self):
+        self.n = 0
+
+    def pulse(self, n=1):
+        self.n += n
+
+    def take(self):
+        n = self.n
+        self.n = 0
+        return n

@@ -17,6 +17,8 @@ class _Pin:
     IN = 0
     PULL_UP = 2
     PULL_DOWN = 3
+    IRQ_FALLING = 4
+    IRQ_RISING = 8
     pins = {}  # noqa: RUF012
 
     def __init__(self, n, mode=None, pull=None, value=None):
@@ -34,6 +36,26 @@ class _Pin:
             return self.stuck if self.stuck is not None else self.levels[-1]
         self.levels.append(v)
         return None
+
+    def irq(self, handler=None, trigger=None, hard=False):
+        self.handler = handler
+        self.trigger = trigger
+
+    # A level set by a test is an edge: the pin's IRQ handler (the button's latch) runs on it,
+    # as on a board.  (The pulse counter's tests call the handler themselves, without a level.)
+    @property
+    def input(self):
+        return self._input
+
+    @input.setter
+    def input(self, v):
+        old = getattr(self, "_input", v)
+        self._input = v
+        h = getattr(self, "handler", None)
+        if h is not None and old != v:
+            edge = self.IRQ_FALLING if v == 0 else self.IRQ_RISING
+            if self.trigger is None or self.trigger & edge:
+                h(self)
 
 
 class _WDT:
@@ -143,6 +165,54 @@ def _mcu_cfg(board, **relay):
                          "relay": r, "wifi": {"ssid": "s", "password": "p", "hostname": "hems-h1"}})
 
 
+def test_pulse_counter_counts_debounced_edges_from_its_irq():
+    saved = _install()
+    try:
+        from hemsfw.boards import mcu
+
+        cfg = _mcu_cfg("esp32")
+        cfg["meter"] = {"kind": "pulse", "pin": 34, "pull": "none", "debounce_ms": 30}
+        config.check(cfg)
+        real = mcu.ticks_ms
+        t = [1000]
+        mcu.ticks_ms = lambda: t[0]
+        try:
+            b = load("esp32")(cfg, MemStore(), _logs()[1], urandom=lambda n: b"\x00" * n)
+            pin = _Pin.pins[34]
+            assert pin.mode == _Pin.IN and pin.trigger == _Pin.IRQ_FALLING
+            for dt in (0, 10, 100, 129, 160):   # 10 and 129: bounces within 30 ms
+                t[0] = 1000 + dt
+                pin.handler(pin)
+            assert b.pulses.take() == 3 and b.pulses.take() == 0
+            b.pulses.n = mcu.MASK30          # the counter wraps inside a small int
+            b.pulses.seen = mcu.MASK30 - 1
+            t[0] = 5000
+            pin.handler(pin)
+            assert b.pulses.take() == 2
+        finally:
+            mcu.ticks_ms = real
+    finally:
+        _restore(saved)
+
+
+def test_meter_config_errors():
+    for meter, board, why in (({"kind": "x"}, "esp32", "meter.kind"),
+                              ({"kind": "pulse"}, "esp32", "meter.pin"),
+                              ({"kind": "pulse", "pin": 4}, "unix", "board with GPIO"),
+                              ({"kind": "sim"}, "esp32", "needs board unix"),
+                              ({"kind": "sim", "pulses_per_kwh": 0}, "unix", "pulses_per_kwh"),
+                              ({"kind": "sim", "loads": [["ev", 1, 2]]}, "unix", "meter.loads")):
+        cfg = _mcu_cfg("esp32")
+        cfg["board"] = board
+        cfg["meter"] = meter
+        try:
+            config.check(cfg)
+        except config.ConfigError as e:
+            assert why in str(e), (why, str(e))
+            continue
+        raise AssertionError("accepted " + repr(meter))
+
+
 def _logs():
     out = []
     return out, lambda *a: out.append(" ".join([str(x) for x in a]))
@@ -244,8 +314,11 @@ def test_button_short_long_and_led():
             assert b.button() is None
             t[0] = 110
             pin.input = 1                      # bounce within 30 ms: ignored
+            t[0] = 115
+            pin.input = 0
             assert b.button() is None
             t[0] = 400
+            pin.input = 1                      # released (the pin's IRQ latches it)
             assert b.button() == "short"
             t[0] = 1000
             pin.input = 0
@@ -274,11 +347,37 @@ class _Direction:
     INPUT = "in"
 
 
+class _Edge:
+    FALLING = "falling"
+    RISING = "rising"
+
+
+class _Bias:
+    PULL_UP = "up"
+    PULL_DOWN = "down"
+    DISABLED = "off"
+
+
+class _Ev:
+    def __init__(self, ns):
+        self.timestamp_ns = ns
+
+
 class _Req:
     def __init__(self, config):
         self.values = {}
+        self.settings = config
+        self.events = []
         for line, s in config.items():
             self.values[line] = s.kw.get("output_value", _Value.INACTIVE)
+
+    def wait_edge_events(self, timeout):
+        return bool(self.events)
+
+    def read_edge_events(self):
+        out = self.events[:2]      # (the kernel hands them over in batches)
+        self.events = self.events[2:]
+        return out
 
     def set_value(self, line, v):
         self.values[line] = v
@@ -306,6 +405,34 @@ class _Gpiod:
 class _GpiodLine:
     Value = _Value
     Direction = _Direction
+    Edge = _Edge
+    Bias = _Bias
+
+
+def test_rpi_pulse_meter_from_gpiod_edge_events():
+    if sys.implementation.name == "micropython":
+        return   # the Pi board is CPython only
+    saved = sys.modules.get("gpiod.line")
+    sys.modules["gpiod.line"] = _GpiodLine
+    try:
+        cfg = config.check({"home_id": "h1", "board": "rpi",
+                            "mqtt": {"host": "h", "user": "h1", "password": "p"},
+                            "plan_wh": [1], "keys": {"mb1": KEY}, "state_dir": "/s",
+                            "relay": {"pin": 17}, "meter": {"pin": 23, "debounce_ms": 30}})
+        b = load("rpi")(cfg, MemStore(), _logs()[1], gpiod=_Gpiod)
+        chip, consumer, req = _Gpiod.reqs[-1]
+        assert consumer == "hems-meter" and chip == "/dev/gpiochip0"
+        st = req.settings[23].kw
+        assert st["edge_detection"] == "falling" and st["bias"] == "up"
+        assert st["debounce_period"].total_seconds() == 0.03
+        ms = 1000000
+        req.events = [_Ev(n * ms) for n in (0, 5, 100, 200, 210, 300)]   # 5, 210: bounces
+        assert b.pulses.take() == 4 and b.pulses.take() == 0
+    finally:
+        if saved is None:
+            del sys.modules["gpiod.line"]
+        else:
+            sys.modules["gpiod.line"] = saved
 
 
 def test_rpi_board_gpiod_and_sysfs():

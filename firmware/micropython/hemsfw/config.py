@@ -19,6 +19,9 @@
 #    "wifi": {"ssid": "...", "password": "...", "hostname": "...", "country": "JP"},
 #    "ntp": {"host": "pool.ntp.org", "every_s": 3600},   (esp32/picow)
 #    "planner": {"mode": "config"|"history", "alpha_pct": 25, "min_days": 1},
+#    "meter": {"kind": "pulse"|"sim", "pin": 4, "pull": "up", "edge": "falling",
+#              "pulses_per_kwh": 1000, "debounce_ms": 30, "rated_w": 3000, "stuck_s": 900,
+#              "frame_log": false, "loads": [...] (sim)},     (optional: energy budgets)
 #    "http": {"port": 80, "bind": "0.0.0.0"},   (the resident's page; password: hemsfw/auth.py)
 #    "local": {"host": ..., "port": 1883, "user": ..., "password": ..., "client_id": ...,
 #              "discovery_prefix": "homeassistant", "base": "hems/<home_id>"},  (Home Assistant)
@@ -55,7 +58,7 @@ KEYS = {
     "": ("home_id", "mqtt", "magnification", "plan_wh", "keys", "rated_w", "mask_brokers",
          "min_mask_brokers", "days_ahead", "max_rounds_per_day", "state_dir", "board", "clock",
          "safe_state", "utc_offset_min", "exit_after_day", "loop_ms", "watchdog_ms", "relay",
-         "wifi", "ntp", "planner", "http", "local", "unix", "ota", "debug_pause_at",
+         "wifi", "ntp", "planner", "http", "local", "unix", "ota", "meter", "debug_pause_at",
          "debug_memtrace"),
     "mqtt": ("host", "port", "user", "password", "keepalive", "cafile_der", "timeout_s",
              "backoff_max_s", "hosts"),
@@ -69,6 +72,8 @@ KEYS = {
               "client_id", "discovery_prefix", "base"),
     "unix": ("wifi_file",),
     "ota": ("url", "key", "every_s", "timeout_s"),
+    "meter": ("kind", "pin", "pull", "edge", "pulses_per_kwh", "debounce_ms", "rated_w",
+              "stuck_s", "frame_log", "loads"),
 }
 
 
@@ -282,6 +287,8 @@ def check(cfg: object) -> "Json":
         w = _need(cfg, "wifi", (dict,))
         _need(w, "ssid", (str,), "wifi.")
         _need(w, "password", (str,), "wifi.")
+    if cfg.get("meter"):
+        _meter(cfg["meter"], board)
     pl = cfg.get("planner") or {}
     if pl.get("mode", "config") not in ("config", "history"):
         raise ConfigError("config: planner.mode must be config or history")
@@ -313,6 +320,47 @@ def check(cfg: object) -> "Json":
         lo["discovery_prefix"] = lo.get("discovery_prefix") or "homeassistant"
         lo["base"] = lo.get("base") or "hems/" + hid
     return cfg
+
+
+METERS = ("pulse", "sim")
+
+
+def _meter(mt: object, board: str) -> None:
+    """The special circuit's meter (issue 15, docs/firmware.md "Metering"): checked in place."""
+    if not isinstance(mt, dict):
+        raise ConfigError("config: meter must be an object")
+    kind = mt.get("kind", "pulse")
+    if kind not in METERS:
+        raise ConfigError("config: meter.kind must be one of " + ", ".join(METERS))
+    mt["kind"] = kind
+    if kind == "sim" and board != "unix":
+        raise ConfigError("config: meter.kind sim (the lab's simulated load) needs board unix")
+    if kind == "pulse":
+        if board == "unix":
+            raise ConfigError("config: meter.kind pulse needs a board with GPIO (esp32, picow, "
+                              "rpi)")
+        _need(mt, "pin", (int, str) if board != "rpi" else (int,), "meter.")
+    mt["pulses_per_kwh"] = _int(mt, "pulses_per_kwh", 1, 100000, 1000, "meter.")
+    mt["debounce_ms"] = _int(mt, "debounce_ms", 0, 1000, 30, "meter.")
+    mt["rated_w"] = _int(mt, "rated_w", 1, 100000, 3000, "meter.")
+    mt["stuck_s"] = _int(mt, "stuck_s", 60, 86400, 900, "meter.")
+    if mt.get("pull", "up") not in ("up", "down", "none"):
+        raise ConfigError("config: meter.pull must be up, down or none")
+    if mt.get("edge", "falling") not in ("falling", "rising"):
+        raise ConfigError("config: meter.edge must be falling or rising")
+    mt["frame_log"] = _bool(mt, "frame_log", False)
+    loads = mt.get("loads", [])
+    if not isinstance(loads, list):
+        raise ConfigError("config: meter.loads must be a list")
+    for j in loads:
+        if not isinstance(j, list) or len(j) != 6 or not isinstance(j[0], str):
+            raise ConfigError("config: meter.loads: [kind, start_s, need_wh, power_w, on_s, "
+                              "off_s] each")
+        for v in j[1:]:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError("config: meter.loads: numbers must be integers >= 0")
+        if j[3] <= 0 or j[1] >= 86400:
+            raise ConfigError("config: meter.loads: power_w > 0 and start_s < 86400")
 
 
 def load(path: str) -> "Json":

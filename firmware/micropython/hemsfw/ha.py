@@ -9,13 +9,18 @@
 #                            " day" to hold it until the end of the day; AUTO = back to the plan
 #   <base>/plan              the current frame's adjusted plan in Wh (retained)
 #   <base>/plan/attributes   {"day", "frame", "planned_wh": [...], "adjusted_wh": [...]} (retained)
+#   <base>/metered           with a meter: metered energy today in Wh (retained), attributes on
+#                            <base>/metered/attributes {"day", "frame", "metered_wh": [...],
+#                            "meter": "counting" | "stuck", "budget_wh": the current frame's}
+#                            (retained; planned and adjusted Wh per frame: plan/attributes)
 #   <base>/plan/set          command: {"plan_wh": [...], "day": "YYYY-MM-DD" (optional)}
 #   <base>/mode              auto / on / off: the plan, or the resident's override (retained)
 #   <base>/mode/set          command: auto / on / off (on, off: until the end of the day)
 #   <base>/diag              {"rssi": dBm or null, "uptime_s", "reset": cause or null,
 #                            "version"} (retained; every DIAG_MS and on connect)
 #   <prefix>/switch/hems_<id>/relay/config, <prefix>/sensor/hems_<id>/plan/config,
-#   <prefix>/select/hems_<id>/mode/config, <prefix>/sensor/hems_<id>/<diag>/config (retained)
+#   <prefix>/select/hems_<id>/mode/config, <prefix>/sensor/hems_<id>/<diag>/config,
+#   <prefix>/sensor/hems_<id>/metered/config (with a meter)   (retained)
 #   <prefix>/status          Home Assistant's birth message: "online" -> announce again
 # Command topics are never retained (we publish none; HA publishes them without retain).
 # MicroPython subset only.
@@ -49,6 +54,7 @@ class HA:
         self.t_plan = base + "/plan"
         self.t_attr = base + "/plan/attributes"
         self.t_plan_set = base + "/plan/set"
+        self.t_metered = base + "/metered"
         self.t_birth = self.pre + "/status"
         self.t_mode = base + "/mode"
         self.t_mode_set = base + "/mode/set"
@@ -134,6 +140,21 @@ class HA:
         if st and frame is not None:
             p = st.get("adjusted") or st["plan"]
             self.pub(self.t_plan, str(p[frame] * st["quantum_wh"]))
+        self.metered_changed()
+
+    def metered_changed(self) -> None:
+        """Metered energy today against the plan and the adjustment (on every relay change:
+        at least each frame, and when a frame's budget is reached)."""
+        m = self.r.meter
+        st = self._slot()
+        if m is None or not st or m.meter.day != st["day"] or not self.link.online:
+            return
+        mw = m.meter.today_wh()
+        self.pub(self.t_metered, str(sum(mw)))
+        # (the plan and the adjustment per frame are on <base>/plan/attributes: not repeated)
+        self.pub(self.t_metered + "/attributes", {
+            "day": st["day"], "frame": self.r.state[1], "metered_wh": mw,
+            "meter": m.budget.state, "budget_wh": m.wh_now})
 
     def plan_changed(self) -> None:
         if not self.link.online:

@@ -15,8 +15,8 @@ DIAG = (("rssi", "Wi-Fi signal", "dBm", "signal_strength"),
 
 
 def announce(h: "Any") -> None:
-    """The relay switch, the plan sensor, the mode selector and the diagnostic sensors, for
-    h, a hemsfw.ha.HA (not imported: ha loads this module)."""
+    """The relay switch, the plan sensor, the metered sensor (with a meter), the mode selector
+    and the diagnostic sensors, for h, a hemsfw.ha.HA (not imported: ha loads this module)."""
     dev = h.device()
     pre, node = h.pre, h.node
     h.pub(pre + "/switch/" + node + "/relay/config", {
@@ -34,6 +34,13 @@ def announce(h: "Any") -> None:
         "command_topic": h.t_mode_set, "state_topic": h.t_mode,
         "options": list(h.MODES), "availability_topic": h.t_avail,
         "icon": "mdi:toggle-switch-variant", "device": dev})
+    if h.r.meter is not None:
+        h.pub(pre + "/sensor/" + node + "/metered/config", {
+            "name": "Special circuit metered today", "unique_id": node + "_metered",
+            "state_topic": h.t_metered, "unit_of_measurement": "Wh",
+            "device_class": "energy", "state_class": "total",
+            "json_attributes_topic": h.t_metered + "/attributes",
+            "availability_topic": h.t_avail, "icon": "mdi:meter-electric", "device": dev})
     for key, name, unit, cls in DIAG:
         c: Json = {"name": name, "unique_id": node + "_" + key,
                    "state_topic": h.t_diag, "value_template": "{{ value_json." + key + " }}",

@@ -1,4 +1,6 @@
-# A compact per-weekday history of the special circuit's day plans, and the next-day prediction.
+# A compact per-weekday history of the special circuit's days, and the next-day prediction.  What
+# a day's sample is comes from hemsfw/resident.py: with a meter, the day's metered consumption
+# (or the resident's explicit plan for it); without one, the plan used.  "Plan" below means that.
 #
 # One entry per weekday (Monday = 0 .. Sunday = 6), each the exponentially weighted moving
 # average (EWMA) of the plans of that weekday, in Wh per frame, kept as integers scaled by SCALE

@@ -360,21 +360,30 @@ class Home:
             return safe_state, None
         return own[2][k] > 0, k
 
-    def relay_at(self, now: float | None, safe_state: bool = False) -> tuple[bool, int | None]:
-        """(relay on?, frame index or None) at `now` (None = time unknown): the stored plan of the
-        slot whose day contains now (adjusted while the adjustment holds), else the home's own
-        plan for the day (own_at; the lab clock: the safe state); time unknown: the safe state."""
+    def plan_at(self, now: float | None) -> "tuple[Slot, int, int] | None":
+        """(slot, frame index, the frame's value in quanta) at `now`: the stored plan of the slot
+        whose day contains now (adjusted while the adjustment holds); None outside any day."""
         st = self.slot_at(now)
-        if now is None:
-            return safe_state, None
-        if st is None:
-            return self.own_at(now, safe_state) if self.own_plan else (safe_state, None)
+        if st is None or now is None:   # (no slot without a time: for mypy)
+            return None
         k = int((now - st["start"]) // st["frame_s"])
         p = st.get("adjusted")
         a = st.get("adjustment")
         if p is None or (a and now >= a["expires"]):
             p = st["plan"]
-        return p[k] > 0, k
+        return st, k, p[k]
+
+    def relay_at(self, now: float | None, safe_state: bool = False) -> tuple[bool, int | None]:
+        """(relay on?, frame index or None) at `now` (None = time unknown): on in a frame whose
+        plan_at value is above 0 (the meter's budget gate may open it earlier: meter.py); no
+        round for the day: the home's own plan (own_at; the lab clock: the safe state); time
+        unknown: the safe state."""
+        if now is None:
+            return safe_state, None
+        at = self.plan_at(now)
+        if at is None:
+            return self.own_at(now, safe_state) if self.own_plan else (safe_state, None)
+        return at[2] > 0, at[1]
 
     def frame_end(self, now: float | None) -> float | None:
         """End (epoch s) of the frame containing now, None outside any planned day."""

@@ -84,6 +84,19 @@ class RelayDriver(Protocol):
     def set(self, on: bool, frame: int | None) -> bool: ...
 
 
+class PulseSource(Protocol):
+    """A pulse (S0) meter's counter (hemsfw/meter.py): pulses counted since the last take()."""
+
+    def take(self) -> int: ...
+
+
+class SimCircuit(PulseSource, Protocol):
+    """hemsfw.simload.SimLoad as hemsfw/meter.py and the runner use it (the lab)."""
+
+    t: float | None
+    def step(self, m: Any, now: float, frame_end: float | None) -> float: ...
+
+
 class Board(Protocol):
     """A board module's Board (hemsfw/boards/__init__.py)."""
 
@@ -123,6 +136,30 @@ class ResidentView(Protocol):
     def on_plan_command(self, obj: Any) -> str | None: ...
 
 
+class MeterView(Protocol):
+    """What hemsfw/ha.py and web.py show of hemsfw.meter.Meter."""
+
+    @property
+    def day(self) -> str | None: ...
+    def today_wh(self) -> list[int]: ...
+
+
+class BudgetView(Protocol):
+    @property
+    def state(self) -> str: ...
+
+
+class MeteringView(Protocol):
+    """What hemsfw/ha.py and web.py show of hemsfw.meter.Metering."""
+
+    @property
+    def meter(self) -> MeterView: ...
+    @property
+    def budget(self) -> BudgetView: ...
+    @property
+    def wh_now(self) -> int: ...
+
+
 class RunnerView(Protocol):
     """What hemsfw/ha.py uses of hemsfw.runner.Runner (which loads it)."""
 
@@ -134,6 +171,8 @@ class RunnerView(Protocol):
     clock: Clock
     state: tuple[bool | None, int | None]
     board: Board | None
+    @property
+    def meter(self) -> MeteringView | None: ...
     @property
     def home(self) -> HomeView: ...
     @property

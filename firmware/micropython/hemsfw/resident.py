@@ -5,9 +5,12 @@
 #   2. planner mode "history": the per-weekday EWMA prediction (hemsfw/history.py), once the
 #      weekday has at least min_days recorded plans
 #   3. the resident's default plan (local command without "day"), else the config file's plan_wh
-# Every plan used is recorded in the history except a prediction itself (the history learns
-# only from what the resident said).  plan_wh may be given at any resolution that divides the
-# round's frames (e.g. 24 hourly values for 96 frames); values are Wh per given step.
+# What the history learns (per weekday and frame): with a meter (config "meter"), the metered
+# consumption of each day played out (learn(), from hemsfw/meter.py) and the resident's explicit
+# plan for a day (1.), never the firmware's own plans; without a meter, every plan used except a
+# prediction itself (nothing is measured, so it learns what the resident said).
+# plan_wh may be given at any resolution that divides the round's frames (e.g. 24 hourly values
+# for 96 frames); values are Wh per given step.
 #
 # Override (the resident's right, docs/firmware.md): from the button, the page or the local
 # switch, the relay is held on or off until the end of the current frame ("frame") or of the
@@ -45,6 +48,7 @@ class Resident:
         self.mode = pl.get("mode", "config")
         self.alpha = pl.get("alpha_pct", 25)
         self.min_days = pl.get("min_days", 1)
+        self.metered = bool(cfg.get("meter"))
         d = store.read(FILE) or {}
         self.default: list[int] | None = d.get("default")
         self.days: dict[str, list[int]] = d.get("days") or {}
@@ -80,11 +84,16 @@ class Resident:
             for d in old:
                 del self.days[d]
             self._save()
-        if source != "history":
-            from hemsfw import history
+        if source == "resident_day" or (source != "history" and not self.metered):
+            self.learn(day, wh)
 
-            history.record(self.store, day, wh, self.alpha)
-            unload("history")
+    def learn(self, day: str, wh: list[int]) -> None:
+        """Add a day's consumption (Wh per frame) to its weekday's history: the metered day
+        (hemsfw/meter.py) or the resident's explicit plan; a day is learnt at most once."""
+        from hemsfw import history
+
+        history.record(self.store, day, wh, self.alpha)
+        unload("history")
 
     def on_plan_command(self, obj: "Any") -> str | None:
         """{"plan_wh": [...], "day": "YYYY-MM-DD" (optional)}; returns None or a reason."""

@@ -9,6 +9,9 @@
 #   store   hemsfw.store.Store (Home and Resident persist there)
 #   board   optional (hemsfw/boards): net_up(), service(runner), button() -> None|"short"|
 #           "long", show(relay_on, online, override) for a status LED
+#   pulses  optional pulse source of the special circuit's meter, take() -> new pulses (else
+#           the board's `pulses`); with config "meter" the relay then delivers each frame's
+#           energy budget (hemsfw/meter.py, hemsfw/budget.py)
 #   local   optional second MQTT client: the resident's own broker (Home Assistant, local
 #           commands; hemsfw/ha.py).  Never the utility's broker: the plan would leak there.
 #
@@ -40,12 +43,14 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
         Json,
         Log,
         MqttClient,
+        PulseSource,
         RelayDriver,
         Storage,
         Ticks,
         Urandom,
         Watchdog,
     )
+    from hemsfw.meter import Metering
 
 INBOX_MAX = 16            # messages held between two loop turns (a home gets only a handful)
 MAX_ERRORS = 20           # consecutive failed turns before the watchdog is starved
@@ -56,6 +61,7 @@ HEAP_FLOOR = 4096         # bytes free below which the loop counts as unhealthy 
 REPLY_GRACE_MS = 1000
 REPLY_WAIT_MS = 5000
 REPLY_WAIT_MAX_MS = 900000
+SIM_STEPS_MAX = 10000     # the lab's simulated load: decisions per turn at most (meter.py)
 
 
 def _mem_free() -> int | None:
@@ -71,7 +77,8 @@ class Runner:
     def __init__(self, cfg: "Json", client: "MqttClient", clock: "Clock", relay: "RelayDriver",
                  store: "Storage", log: "Log | None" = None, urandom: "Urandom | None" = None,
                  watchdog: "Watchdog | None" = None, ticks: "Ticks | None" = None,
-                 board: "Board | None" = None, local: "MqttClient | None" = None) -> None:
+                 board: "Board | None" = None, local: "MqttClient | None" = None,
+                 pulses: "PulseSource | None" = None) -> None:
         """cfg: checked config (hemsfw.config.check).  watchdog: object with feed(), fed once
         per healthy turn (machine.WDT on boards).  ticks: ms counter (tests)."""
         self.cfg = cfg
@@ -87,6 +94,14 @@ class Runner:
         self.resident = Resident(cfg, store, self.log)
         self.home = Home(cfg, store, self.urandom, self.log, self.resident)
         self.home.phase = self._phase
+        # The special circuit's meter (issue 15): pulses from the board (or `pulses`, tests).
+        self.meter: "Metering | None" = None
+        src = pulses if pulses is not None else getattr(board, "pulses", None)
+        if cfg.get("meter") and src is not None:
+            from hemsfw import meter
+
+            self.meter = meter.Metering(cfg["meter"], store, src, self.log)
+            self.meter.meter.on_day = self.resident.learn
         self.safe: bool = cfg.get("safe_state", False)
         self.loop_ms: int = cfg.get("loop_ms", 20)
         self.exit_after_day: bool = cfg.get("exit_after_day", False)
@@ -264,8 +279,26 @@ class Runner:
 
     def _drive(self) -> float | None:
         now = self.clock.now()
+        m = self.meter
+        if m is not None and m.sim is not None and now is not None:
+            # The lab's simulated load: decided at every moment the decision can change up to
+            # now (a frame end, the budget's last pulse), as a real loop would (meter.py).
+            for _ in range(SIM_STEPS_MAX):
+                sim_t = m.sim.t
+                t = m.sim.step(m, now, self.home.frame_end(sim_t))
+                if t >= now or (sim_t is not None and t <= sim_t):
+                    break
+                self._drive_at(t)
+        self._drive_at(now)
+        if self.ha is not None:
+            self.ha.poll()
+        return now
+
+    def _drive_at(self, now: float | None) -> None:
         try:
             on, frame = self.home.relay_at(now, self.safe)
+            if self.meter is not None:
+                on = self.meter.gate(now, self.home, on)   # the frame's energy budget
         except Exception as e:   # corrupt stored state: fall back to the safe state, say it once
             if self.relay_error is None:
                 self.log("relay: cannot follow the stored plan (" + str(e) + "), safe state")
@@ -276,6 +309,8 @@ class Runner:
             on = ov
         on = self._min_time(on)
         self.relay.set(on, frame)
+        if self.meter is not None:
+            self.meter.driven(self.relay.on)
         st = (on, frame)
         if st != self.state:
             self.state = st
@@ -283,9 +318,6 @@ class Runner:
                 self._phase("frame")
             if self.ha is not None:
                 self.ha.relay_changed()
-        if self.ha is not None:
-            self.ha.poll()
-        return now
 
     def _min_time(self, on: bool) -> bool:
         """Minimum on / off times (relay.min_on_s, min_off_s), whoever asks for the switch

@@ -1,8 +1,8 @@
 # The resident's page: a tiny HTTP server on the device (asyncio, MicroPython and CPython).
 #
-#   GET  /             the day's planned vs adjusted load per frame as an SVG bar chart (clock
-#                      times, a Wh scale), the adjustment in words, the relay's state, and the
-#                      override buttons; it reloads itself every REFRESH_S
+#   GET  /             the day's planned vs adjusted (and, with a meter, metered) load per frame
+#                      as an SVG bar chart (clock times, a Wh scale), the adjustment in words,
+#                      the relay's state, and the override buttons; it reloads every REFRESH_S
 #   GET  /state.json   the same as JSON
 #   POST /override     form fields state=on|off|auto, until=frame|day: the resident's override
 #                      (hemsfw/resident.py)
@@ -67,6 +67,10 @@ def state(r: "Runner") -> "Json":
         out["frame_s"] = st["frame_s"]
         out["start"] = st["start"]
         out["adjustment"] = explain(st.get("adjustment"), st["frame_s"], r.clock.now())
+        m = r.meter   # the special circuit's meter (hemsfw/meter.py), if it has one
+        if m is not None and m.meter.day == st["day"]:
+            out["metered_wh"] = m.meter.today_wh()
+            out["meter"] = m.budget.state
     return out
 
 
@@ -114,12 +118,13 @@ def explain(adj: "Json | None", frame_s: int, now: float | None = None) -> "list
 
 
 def svg(planned: list[int], adjusted: list[int], frame: int | None,
-        frame_s: int = 900) -> "Iterator[str]":
+        frame_s: int = 900, metered: list[int] | None = None) -> "Iterator[str]":
     """The bar chart, as small strings yielded one at a time: per frame a grey outline bar
-    (planned) and a filled bar (adjusted, class "a", with data-k / data-wh), the current frame
-    marked, clock times every 6 hours below, the Wh scale on the top line."""
+    (planned), a filled bar (adjusted, class "a", with data-k / data-wh) and, with a meter, a
+    thin dark bar (metered, class "m"), the current frame marked, clock times every 6 hours
+    below, the Wh scale on the top line."""
     n = len(planned)
-    top = max(max(planned), max(adjusted), 1)
+    top = max(max(planned), max(adjusted), max(metered) if metered else 0, 1)
     bw = W / n
     yield ('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
            'viewBox="0 0 %d %d" role="img" aria-label="planned vs adjusted load">'
@@ -137,6 +142,11 @@ def svg(planned: list[int], adjusted: list[int], frame: int | None,
                'height="%.1f" fill="none" stroke="#999"/>' % (k, planned[k], x, H - hp, bw, hp))
         yield ('<rect class="a" data-k="%d" data-wh="%d" x="%.1f" y="%.1f" width="%.1f" '
                'height="%.1f" fill="#2a7"/>' % (k, adjusted[k], x + bw / 4, H - ha, bw / 2, ha))
+        if metered:
+            hm = H * metered[k] / top
+            yield ('<rect class="m" data-k="%d" data-wh="%d" x="%.1f" y="%.1f" width="%.1f" '
+                   'height="%.1f" fill="#124"/>' % (k, metered[k], x + 3 * bw / 8, H - hm,
+                                                    bw / 4, hm))
     step = max(1, 6 * 3600 // frame_s)
     for k in range(0, n + 1, step):
         anchor = "start" if k == 0 else ("end" if k >= n else "middle")
@@ -176,8 +186,15 @@ def page(r: "Runner") -> "Iterator[str]":
         k = s["frame"]
         now = "" if k is None else ", now %s-%s" % (hhmm(k * fs), hhmm((k + 1) * fs))
         yield ("<p>%s (round %d)%s. Grey outline: your plan; green: the plan after the grid's "
-               "adjustment, in Wh per %d minutes.</p>" % (s["day"], s["round"], now, fs // 60))
-        yield from svg(s["planned_wh"], s["adjusted_wh"], k, fs)
+               "adjustment, in Wh per %d minutes" % (s["day"], s["round"], now, fs // 60))
+        mw = s.get("metered_wh")
+        if mw is not None:
+            yield ("; dark: metered today, <b id=\"metered\">%d</b> Wh of %d Wh. Meter: <b "
+                   "id=\"meter\">%s</b>" % (sum(mw), sum(s["adjusted_wh"]), s["meter"]))
+            if s["meter"] == "stuck":
+                yield " (no pulses: the relay runs on time at rated power)"
+        yield ".</p>"
+        yield from svg(s["planned_wh"], s["adjusted_wh"], k, fs, mw)
         yield '<ul id="adjustment">'
         for line in s["adjustment"]:
             yield "<li>%s</li>" % line

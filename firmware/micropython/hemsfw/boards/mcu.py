@@ -133,6 +133,40 @@ def _reset_cause() -> str | None:
     return str(c)
 
 
+MASK30 = 0x3FFFFFFF   # the IRQ's counter wraps inside a small int (32-bit ports)
+
+
+class PulseCounter:
+    """The special circuit's S0 pulse output on a GPIO (docs/firmware.md, "Wiring a pulse
+    meter"): every edge counted by a (soft) IRQ handler, an edge closer than debounce_ms to the
+    last counted one ignored (contact bounce; S0 pulses are >= 30 ms, IEC 62053-31).  Only the
+    handler writes the counter and take() only reads it, so no pulse is lost between the two."""
+
+    def __init__(self, pin: "Any", pull: str = "up", edge: str = "falling",
+                 debounce_ms: int = 30) -> None:
+        pl = machine.Pin.PULL_UP if pull == "up" else (
+            machine.Pin.PULL_DOWN if pull == "down" else None)
+        self.pin = machine.Pin(pin, machine.Pin.IN, pl)
+        self.debounce = debounce_ms
+        self.n = 0
+        self.seen = 0
+        self.last = ticks_add(ticks_ms(), -debounce_ms)
+        trig = machine.Pin.IRQ_FALLING if edge == "falling" else machine.Pin.IRQ_RISING
+        self.pin.irq(self._irq, trig)
+
+    def _irq(self, _pin: "Any") -> None:
+        now = ticks_ms()
+        if ticks_diff(now, self.last) >= self.debounce:
+            self.last = now
+            self.n = (self.n + 1) & MASK30
+
+    def take(self) -> int:
+        n = self.n
+        d = (n - self.seen) & MASK30
+        self.seen = n
+        return d
+
+
 class McuBoard:
     name = "mcu"
     wdt_max_ms = 30000
@@ -158,6 +192,11 @@ class McuBoard:
             self.led = machine.Pin(led, machine.Pin.OUT, value=1 if self.led_low else 0)
         self.clock: Clock = clock.LabClock() if cfg.get("clock") == "lab" else clock.SystemClock()
         self.reset_cause = _reset_cause()
+        mt = cfg.get("meter")
+        self.pulses: PulseCounter | None = None
+        if mt and mt.get("kind", "pulse") == "pulse":
+            self.pulses = PulseCounter(mt["pin"], mt.get("pull", "up"),
+                                       mt.get("edge", "falling"), mt.get("debounce_ms", 30))
         w = cfg["wifi"]
         self.ssid, self.wpass = w["ssid"], w["password"]
         self._wifi_pre(w)

@@ -11,6 +11,8 @@
 #
 # Watchdog: systemd's (sd_notify WATCHDOG=1 on $NOTIFY_SOCKET) when the unit sets WatchdogSec=
 # (docs/firmware.md has the unit file); the Pi's hardware watchdog is then systemd's business.
+# Meter: an S0 pulse output on a GPIO line ("meter": {"pin": 23, ...}), counted from gpiod edge
+# events (GpiodPulses).  Modbus meters are not supported (docs/firmware.md says why).
 # Wi-Fi and time belong to the OS (NetworkManager, systemd-timesyncd): the clock is "unknown"
 # until the system clock is plausible.  CPython only.
 
@@ -121,6 +123,61 @@ class _SysfsLines:
             return 1 if f.read(1) == "1" else 0
 
 
+class GpiodPulses:
+    """The special circuit's S0 pulse output on a GPIO line (docs/firmware.md, "Wiring a pulse
+    meter"): the kernel queues every edge with its timestamp (gpiod edge events), so no pulse is
+    lost between two loop turns; take() drains the queue without blocking and ignores an edge
+    closer than debounce_ms to the last counted one (the v2 API also asks the kernel to
+    debounce).  Bias: the line's pull-up / pull-down where the chip has one."""
+
+    def __init__(self, chip: str, line: int, pull: str = "up", edge: str = "falling",
+                 debounce_ms: int = 30, gpiod: "Any" = None) -> None:
+        if gpiod is None:
+            import gpiod  # type: ignore[no-redef]  # (the parameter: tests pass a stand-in)
+        self.g = gpiod
+        self.line = line
+        self.debounce_ns = debounce_ms * 1000000
+        self.last_ns: int | None = None
+        self.v2 = hasattr(gpiod, "request_lines")
+        falling = edge == "falling"
+        if self.v2:
+            import datetime
+
+            from gpiod.line import Bias, Direction, Edge
+
+            bias = {"up": Bias.PULL_UP, "down": Bias.PULL_DOWN}.get(pull, Bias.DISABLED)
+            self.req = gpiod.request_lines(chip, consumer="hems-meter", config={
+                line: gpiod.LineSettings(
+                    direction=Direction.INPUT, bias=bias,
+                    edge_detection=Edge.FALLING if falling else Edge.RISING,
+                    debounce_period=datetime.timedelta(milliseconds=debounce_ms))})
+        else:
+            self.req = gpiod.Chip(chip).get_line(line)
+            flags = {"up": getattr(gpiod, "LINE_REQ_FLAG_BIAS_PULL_UP", 0),
+                     "down": getattr(gpiod, "LINE_REQ_FLAG_BIAS_PULL_DOWN", 0)}.get(pull, 0)
+            self.req.request(consumer="hems-meter", flags=flags,
+                             type=gpiod.LINE_REQ_EV_FALLING_EDGE if falling
+                             else gpiod.LINE_REQ_EV_RISING_EDGE)
+
+    def _count(self, ns: int) -> int:
+        if self.last_ns is not None and ns - self.last_ns < self.debounce_ns:
+            return 0
+        self.last_ns = ns
+        return 1
+
+    def take(self) -> int:
+        n = 0
+        if self.v2:
+            while self.req.wait_edge_events(0):
+                for ev in self.req.read_edge_events():
+                    n += self._count(ev.timestamp_ns)
+        else:
+            while self.req.event_wait(sec=0):
+                ev = self.req.event_read()
+                n += self._count(ev.sec * 1000000000 + ev.nsec)
+        return n
+
+
 class LineRelay(relay.Relay):
     def __init__(self, lines: "_GpiodLines | _SysfsLines", line: int, active_low: bool = False,
                  safe_state: bool = False) -> None:
@@ -167,8 +224,10 @@ class Board(HostBoard):
         safe = cfg.get("safe_state", False)
         self.btn_line: int | None = None
         self.led_line: int | None = None
+        self.pulses: GpiodPulses | None = None
         if not r:
             self.relay: relay.Relay = relay.LabRelay(store, self.clock, safe)
+            self._meter(cfg, gpiod)
             return
         if r.get("driver", "gpiod") == "sysfs":
             self.lines: _GpiodLines | _SysfsLines = _SysfsLines(r.get("sysfs_root",
@@ -176,6 +235,7 @@ class Board(HostBoard):
         else:
             self.lines = _GpiodLines(r.get("chip", "/dev/gpiochip0"), gpiod)
         self.relay = LineRelay(self.lines, r["pin"], r.get("active_low", False), safe)  # first
+        self._meter(cfg, gpiod)
         if r.get("button") is not None:
             self.btn_line = r["button"]
             self.btn_low = r.get("button_active_low", True)
@@ -188,6 +248,13 @@ class Board(HostBoard):
             self.led_low = r.get("led_active_low", False)
             self.lines.output(self.led_line, 1 if self.led_low else 0)
             self.led_lit = False
+
+    def _meter(self, cfg: "Json", gpiod: "Any") -> None:
+        mt = cfg.get("meter")
+        if mt and mt.get("kind", "pulse") == "pulse":
+            chip = mt.get("chip") or (cfg.get("relay") or {}).get("chip", "/dev/gpiochip0")
+            self.pulses = GpiodPulses(chip, mt["pin"], mt.get("pull", "up"),
+                                      mt.get("edge", "falling"), mt.get("debounce_ms", 30), gpiod)
 
     # (HostBoard's are one shared no-op taking any arguments: these take fewer)
     def button(self) -> str | None:  # type: ignore[override]

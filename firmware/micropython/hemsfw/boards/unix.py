@@ -3,7 +3,8 @@
 # the interpreter (umqtt.simple on MicroPython, paho-mqtt on CPython).
 #
 # Relay: hemsfw.relay.LabRelay, a JSON-lines log of switches in <state_dir>/relay.log that the lab
-# and the tests replay.  Network: always up, unless the config names `unix.wifi_file`: then the
+# and the tests replay.  Meter: config meter.kind "sim", the lab's simulated load (simload.py).
+# Network: always up, unless the config names `unix.wifi_file`: then the
 # "Wi-Fi" is up only while that file exists (the tests' stand-in for an access point that is
 # down at boot).  No watchdog (a host process is supervised by whoever started it).
 # MicroPython subset only.
@@ -52,7 +53,17 @@ class Board(HostBoard):
 
     def __init__(self, cfg: "Json", store: "Store", log: "Log") -> None:
         HostBoard.__init__(self, cfg, store, log)
-        self.relay = relay.LabRelay(store, self.clock, cfg.get("safe_state", False))
+        mt = cfg.get("meter")
+        self.pulses = None
+        rclock = self.clock
+        if mt and mt.get("kind") == "sim":
+            # The lab's simulated circuit (hemsfw/simload.py); the relay log then carries the
+            # circuit's time of each switch, which the runner decides event by event.
+            from hemsfw.simload import SimLoad
+
+            self.pulses = SimLoad(mt.get("loads", []), mt.get("pulses_per_kwh", 1000))
+            rclock = self.pulses  # type: ignore[assignment]  # (only now() is used)
+        self.relay = relay.LabRelay(store, rclock, cfg.get("safe_state", False))
         self.wifi_file: str | None = (cfg.get("unix") or {}).get("wifi_file")
         self.wifi: bool | None = None
 

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             row["extra_moved_energy_pct"] = round(
                                 _extra_pct(h.moved_wh, e.moved_wh), 3)
                         if args.cold:
-                            c = solve_exact(problem, warm_start=False)
+                            c = solve_exact(problem)
                             row["exact_cold"] = _figures(c)
                     out.append(row)
                     _print_row(row, args)

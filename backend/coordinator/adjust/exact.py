@@ -266,9 +266,12 @@ RESERVE_S = 0.15
 
 
 def solve_exact(problem: Problem, *, deadline: float | None = None,
-                start: list[Move] | None = None) -> Result:
+                start: list[Move] | None = None, overload_bound: float | None = None) -> Result:
     """Lexicographic MIP (see the module docstring), returning before ``deadline``
-    (default: ``policy.time_limit_s`` from now) up to HiGHS's own overshoot."""
+    (default: ``policy.time_limit_s`` from now) up to HiGHS's own overshoot.
+
+    ``overload_bound``: a proven lower bound on the overload (the LP's); when ``start``
+    reaches it, stage 1 is already solved and stage 2 gets all the time."""
     t0 = time.monotonic()
     if deadline is None:
         deadline = t0 + problem.policy.time_limit_s
@@ -295,10 +298,10 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
     statuses: list[str] = []
 
     # ---- stage 1: min overload ------------------------------------------
-    if before == 0:
-        moves1: list[Move] = []
-        o1 = 0
-        bound1 = 0.0
+    if before == 0 or (overload_bound is not None and o_seed <= overload_bound + 0.5):
+        moves1: list[Move] = seed if before else []
+        o1 = o_seed if before else 0
+        bound1 = float(o1)
         gap1 = 0.0
         stage1_status = "optimal"
     elif left() <= 0.01:
@@ -307,7 +310,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
     else:
         h.setOptionValue("mip_rel_gap", 0.0)
         h.setOptionValue("mip_abs_gap", 0.999)
-        budget = 0.6 * left() if target is not None or before > 0 else left()
+        budget = 0.6 * left()
         got, stage1_status, gap1, bound1 = model.run(budget, seed)
         moves1 = got if got is not None else seed
         o1 = overload_wh(apply_moves(totals, moves1).sum(axis=0), cap)

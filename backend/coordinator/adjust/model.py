@@ -61,6 +61,7 @@ KEEP_SCALE = 1 << 16
 
 __all__ = [
     "KEEP_SCALE",
+    "OPT_TOL_PCT",
     "Cell",
     "Move",
     "Policy",
@@ -189,6 +190,11 @@ def finite_or_none(x: float | None) -> float | None:
     return x if math.isfinite(x) else None
 
 
+#: a plan within this many % of its proven bounds counts as proven optimal (the exact model's
+#: relative MIP gap tolerance on moved energy, 1e-4; the LP bound's tie-break term is smaller)
+OPT_TOL_PCT = 0.01
+
+
 def gap_pct(value: float, bound: float | None) -> float | None:
     """How far ``value`` is above a proven lower ``bound``, in % of the bound (0 when both are
     0; None when no bound is known; 100 * value when the bound is 0 and the value is not)."""
@@ -227,11 +233,17 @@ class Result:
     moved_bound_wh: float | None = None
     curtailed_bound_wh: float | None = None
 
+    def proven_optimal(self) -> bool:
+        """Overload and moved energy proven within :data:`OPT_TOL_PCT` of their bounds."""
+        g = self.gaps()
+        return all(v is not None and v <= OPT_TOL_PCT for v in (g["overload_pct"],
+                                                               g["moved_pct"]))
+
     def gaps(self) -> dict[str, float | None]:
         """Proven gaps in % of the bounds: overload after moves, moved energy (only meaningful
         when the overload is at its bound), curtailed energy; None where no bound is known."""
-        moved_b = self.moved_bound_wh if gap_pct(self.overload_after_wh,
-                                                 self.best_bound) == 0.0 else None
+        at_bound = gap_pct(self.overload_after_wh, self.best_bound) == 0.0
+        moved_b = self.moved_bound_wh if at_bound else None
         return {"overload_pct": gap_pct(self.overload_after_wh, self.best_bound),
                 "moved_pct": gap_pct(self.moved_wh, moved_b),
                 "curtailed_pct": gap_pct(self.curtailed_wh, self.curtailed_bound_wh)}

@@ -18,12 +18,13 @@ energy, else ``"time_limit"`` (exact ran out of time), or ``"heuristic"`` (exact
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from .exact import candidate_count, solve_exact
 from .heuristic import solve_heuristic
-from .model import Problem, Result, apply_moves, finish, gap_pct
+from .model import Problem, Result, apply_moves, finish
 
 __all__ = ["EXACT_MAX_CANDIDATES", "solve_portfolio"]
 
@@ -49,11 +50,6 @@ def _max(a: float | None, b: float | None) -> float | None:
     return max(a, b)
 
 
-def _proven(r: Result, bound: float | None, moved_bound: float | None) -> bool:
-    return (gap_pct(r.overload_after_wh, bound) == 0.0
-            and gap_pct(r.moved_wh, moved_bound) == 0.0)
-
-
 def solve_portfolio(problem: Problem, *, deadline: float | None = None) -> Result:
     """Best plan of the heuristic and the exact model before ``deadline`` (a
     :func:`time.monotonic` value; default ``policy.time_limit_s`` from now)."""
@@ -65,9 +61,10 @@ def solve_portfolio(problem: Problem, *, deadline: float | None = None) -> Resul
     best = heur
     ran_exact = False
     exact_optimal = False
-    if (not _proven(heur, bound, moved_bound) or problem.target_array() is not None) and (
+    if (not heur.proven_optimal() or problem.target_array() is not None) and (
             candidate_count(problem) <= EXACT_MAX_CANDIDATES):
-        ex = solve_exact(problem, deadline=deadline, start=heur.moves)
+        ex = solve_exact(problem, deadline=deadline, start=heur.moves,
+                         overload_bound=heur.best_bound)
         ran_exact = True
         exact_optimal = ex.status == "optimal"
         # a moved-energy bound holds only at the overload bound it came with: the LP's at the
@@ -81,10 +78,11 @@ def solve_portfolio(problem: Problem, *, deadline: float | None = None) -> Resul
             best = ex
     if bound is not None:
         bound = min(bound, float(best.overload_after_wh))
-    if exact_optimal or _proven(best, bound, moved_bound):
+    res = finish(problem, best.moves, solver=f"portfolio:{best.solver}", t_start=t0,
+                 status="heuristic", mip_gap=best.mip_gap, best_bound=bound,
+                 moved_bound=moved_bound, curtail=best.curtail)
+    if exact_optimal or res.proven_optimal():
         status = "optimal"
     else:
         status = "time_limit" if ran_exact else "heuristic"
-    return finish(problem, best.moves, solver=f"portfolio:{best.solver}", t_start=t0,
-                  status=status, mip_gap=best.mip_gap, best_bound=bound,
-                  moved_bound=moved_bound, curtail=best.curtail)
+    return replace(res, status=status, runtime_s=time.monotonic() - t0)

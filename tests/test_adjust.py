@@ -528,3 +528,32 @@ def test_realistic_day_heuristic() -> None:
         assert res.overload_after_wh < res.overload_before_wh
         again = solve(p, "heuristic")
         assert again.moves == res.moves  # deterministic
+
+
+def test_bench_quick_reports_every_summary_key() -> None:
+    """bench/adjust.py --quick: valid JSON (no Infinity/NaN) with the summary the docs quote."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "bench" / "adjust.py"), "--quick", "--json",
+                        "--budget", "1", "--bound-limit", "1"],
+                       capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    def no_constant(name: str) -> None:
+        raise AssertionError(f"{name} in the JSON")
+
+    out = json.loads(r.stdout, parse_constant=no_constant)
+    s = out["summary"]
+    for key in ("instances", "hard_instances", "default_overload_gap_to_bound_pct_p95",
+                "default_overload_gap_to_bound_pct_max",
+                "default_moved_energy_gap_to_bound_pct_p95",
+                "default_curtailed_gap_to_bound_pct_max", "proven_optimal_fraction",
+                "wall_s_over_budget_max", "goals_met"):
+        assert key in s, key
+    assert s["instances"] == len(out["instances"]) == 10
+    assert s["hard_instances"] >= 4  # curtailment and rigid days at both sizes
+    for row in out["instances"]:
+        assert row["bounds"]["overload"] <= row["default"]["overload_after_wh"] + 0.5

@@ -116,7 +116,7 @@ def test_adjustment_partial_curtail_parse():
     for bad in ([[1, 65536]], [[4, 0]], [[1, -1]], [[1, 2], [1, 3]], [[1, 2], 1], [[1]]):
         obj = dict(adj)
         obj["curtail"] = bad
-        _raises(lambda: adjust.parse_adjustment(obj, 4), "bad_curtail")
+        _raises(lambda o=obj: adjust.parse_adjustment(o, 4), "bad_curtail")
 
 
 def test_frame_at_bounds():

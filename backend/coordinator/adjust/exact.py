@@ -33,6 +33,7 @@ count term) on the moved energy.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -52,6 +53,11 @@ from .model import (
 )
 
 __all__ = ["candidate_count", "solve_exact"]
+
+#: seconds kept back from HiGHS for reading its solution and building the result
+RESERVE_S = 0.15
+#: HiGHS's own time limit first; its interrupt callbacks stop it this much later
+INTERRUPT_GRACE_S = 0.05
 
 @dataclass
 class _Candidates:
@@ -174,8 +180,19 @@ class _Model:
             starts, r, v, integrality,
         )
         self.h = h
+        # HiGHS checks its own time limit rarely in some phases (seconds late on a 200-group
+        # day): its interrupt callbacks stop it at the deadline
+        self.stop_at = float("inf")
+        self.abandoned = False
+        h.cbSimplexInterrupt.subscribe(self._interrupt)
+        h.cbIpmInterrupt.subscribe(self._interrupt)
+        h.cbMipInterrupt.subscribe(self._interrupt)
         # key of each candidate for warm starts
         self.keys = (cand.cell * f_n + cand.t).astype(np.int64)
+
+    def _interrupt(self, e: highspy.highs.HighsCallbackEvent) -> None:
+        if time.monotonic() >= self.stop_at:
+            e.interrupt()
 
     # ------------------------------------------------------------------
     def x_of_moves(self, moves: list[Move]) -> np.ndarray:
@@ -209,9 +226,23 @@ class _Model:
         self.cost = cost
         self.h.changeColsCost(self.n_col, np.arange(self.n_col, dtype=np.int32), cost)
 
-    def run(self, time_limit: float, start: list[Move] | None,
+    def _bounded_run(self, hard_end: float) -> bool:
+        """``h.run()`` in a thread, waited for until ``hard_end`` at most.  False: HiGHS is
+        still busy (a phase that checks neither its time limit nor the interrupt callbacks);
+        it is told to stop and left to finish on its own, and this model is not used again."""
+        th = threading.Thread(target=self.h.run, name="highs", daemon=True)
+        th.start()
+        th.join(max(0.0, hard_end - time.monotonic()))
+        if th.is_alive():
+            self.stop_at = float("-inf")
+            self.abandoned = True
+            return False
+        return True
+
+    def run(self, time_limit: float, start: list[Move] | None, hard_end: float,
             ) -> tuple[list[Move] | None, str, float, float]:
-        """Run HiGHS; return (moves or None, status, gap, dual bound).
+        """Run HiGHS; return (moves or None, status, gap, dual bound).  ``hard_end`` (monotonic)
+        is when the caller must have its answer, whatever HiGHS does.
 
         Work-around: with a user start solution HiGHS 1.16 can report an
         improved objective after presolve yet hand back the start solution
@@ -219,11 +250,13 @@ class _Model:
         reported objective, the solve is repeated with presolve off."""
         h = self.h
         t_end = time.monotonic() + max(float(time_limit), 1e-3)
+        self.stop_at = t_end + INTERRUPT_GRACE_S
         h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
         if start is not None:
             sol = self.full_solution(start)
             h.setSolution(self.n_col, np.arange(self.n_col, dtype=np.int32), sol)
-        h.run()
+        if not self._bounded_run(hard_end):
+            return None, "time_limit", float("inf"), float("-inf")
         info = h.getInfo()
         if info.primal_solution_status == 2:
             got = float(np.dot(self.cost, np.asarray(h.getSolution().col_value)))
@@ -235,13 +268,14 @@ class _Model:
                 if start is not None:
                     h.setSolution(self.n_col, np.arange(self.n_col, dtype=np.int32),
                                   self.full_solution(start))
-                h.run()
+                if not self._bounded_run(hard_end):
+                    return None, "time_limit", float("inf"), float("-inf")
                 h.setOptionValue("presolve", "choose")
         ms = h.getModelStatus()
         info = h.getInfo()
         if ms == highspy.HighsModelStatus.kOptimal:
             status = "optimal"
-        elif ms == highspy.HighsModelStatus.kTimeLimit:
+        elif ms in (highspy.HighsModelStatus.kTimeLimit, highspy.HighsModelStatus.kInterrupt):
             status = "time_limit"
         else:
             status = h.modelStatusToString(ms).lower().replace(" ", "_")
@@ -260,9 +294,6 @@ def _stage2_value(problem: Problem, moves: list[Move], eps: float) -> float:
         val += problem.policy.target_weight * float(np.abs(after - target).sum())
     return val
 
-
-#: seconds kept back from HiGHS for reading its solution and building the result
-RESERVE_S = 0.15
 
 
 def solve_exact(problem: Problem, *, deadline: float | None = None,
@@ -311,7 +342,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         h.setOptionValue("mip_rel_gap", 0.0)
         h.setOptionValue("mip_abs_gap", 0.999)
         budget = 0.6 * left()
-        got, stage1_status, gap1, bound1 = model.run(budget, seed)
+        got, stage1_status, gap1, bound1 = model.run(budget, seed, deadline)
         moves1 = got if got is not None else seed
         o1 = overload_wh(apply_moves(totals, moves1).sum(axis=0), cap)
         if o_seed < o1:
@@ -329,7 +360,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
     gap2: float | None = None
     moved_bound: float | None = None
     budget = left()
-    if budget > 0.01:
+    if budget > 0.01 and not model.abandoned:
         cost = np.zeros(model.n_col)
         cost[:model.nx] = cand.s.astype(np.float64) + eps
         if target is not None:
@@ -339,7 +370,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         h.addRow(-np.inf, float(o1) + 0.5, model.f_n, o_idx, np.ones(model.f_n))
         h.setOptionValue("mip_rel_gap", 1e-4)
         h.setOptionValue("mip_abs_gap", 1.0)
-        got2, stage2_status, gap2, bound2 = model.run(budget, incumbent)
+        got2, stage2_status, gap2, bound2 = model.run(budget, incumbent, deadline)
         if got2 is not None:
             o2 = overload_wh(apply_moves(totals, got2).sum(axis=0), cap)
             if o2 <= o1 and (_stage2_value(problem, got2, eps)

@@ -59,6 +59,9 @@ _TOL = 0.5  # Wh: flows below this are zero
 # Effort bound of the improvement phases, in work units (one cell move ~ 1;
 # a chain-search expansion ~ 5-20).  Deterministic, unlike a clock.
 _WORK_LIMIT = 40_000
+#: rounding (the first plan) may run this long past the deadline when a solve starts after it
+#: (a regrouping re-solve late in a round): a plan that moves something, within a bound
+ROUND_GRACE_S = 0.1
 
 
 @dataclass
@@ -76,6 +79,7 @@ class _State:
     work: int = 0  # deterministic effort counter (see _WORK_LIMIT)
     work_limit: int = 0
     deadline: float = float("inf")  # time.monotonic() value: stop improving at this time
+    round_until: float = float("inf")  # rounding stops here: the deadline, or ROUND_GRACE_S
     _avail: dict[tuple[int, int], tuple[IntArray, IntArray]] = field(default_factory=dict)
     _targets: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     _incoming: dict[int, dict[tuple[int, int], int]] = field(default_factory=dict)
@@ -469,6 +473,8 @@ def _round(st: _State, guide: _Guide) -> None:
     pending_in = flow.sum(axis=0)  # LP inflow still to come from unvisited frames
     processed = np.zeros(f_n, dtype=bool)
     for f in guide.order:
+        if time.monotonic() >= st.round_until:
+            break  # out of time: what is rounded so far is a valid plan
         processed[f] = True
         pending_in -= flow[f]
         excess = float(st.load[f]) - float(guide.level[f])
@@ -995,6 +1001,8 @@ def _new_state(problem: Problem, classes: list[int], deadline: float | None = No
         weight=float(problem.policy.target_weight) if target is not None else 0.0,
         work_limit=_WORK_LIMIT,
         deadline=float("inf") if deadline is None else deadline,
+        round_until=(float("inf") if deadline is None
+                     else max(deadline, time.monotonic() + ROUND_GRACE_S)),
     )
 
 

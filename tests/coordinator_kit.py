@@ -121,10 +121,14 @@ class Homes:
     def mag(self, h: str) -> int:
         return self.mags.get(h, 2)
 
-    def reports(self, day: str = DAY, rnd: int = 1, homes: Iterable[str] | None = None
+    def reports(self, day: str = DAY, rnd: int = 1, homes: Iterable[str] | None = None,
+                mismatched: Iterable[str] = (), bad_seal: Iterable[str] = ()
                 ) -> tuple[list[tuple[str, bytes]], dict[str, list[tuple[str, bytes]]]]:
-        """(plan messages, {broker: mask messages}) for ``homes`` (default all)."""
+        """(plan messages, {broker: mask messages}) for ``homes`` (default all); the homes in
+        ``mismatched`` seal their seeds under another report id than their plan's, those in
+        ``bad_seal`` with a key the broker does not hold."""
         plans, masks = [], {b: [] for b in self.brokers}  # type: ignore[var-annotated]
+        rogue, forged = set(mismatched), set(bad_seal)
         for h in homes if homes is not None else self.ids:
             rid = os.urandom(16).hex()
             self.report_ids[h] = rid
@@ -135,11 +139,13 @@ class Homes:
             masked = (self.plans[h].astype(np.uint32) + mask).astype("<u4").tobytes()
             plans.append((protocol.t_plan(h), protocol.encode(
                 protocol.make_plan_report(h, day, rnd, rid, self.mag(h), masked))))
+            mrid = os.urandom(16).hex() if h in rogue else rid
             for b, sd in seeds.items():
-                blob = seal.seal(self.keys[h][b], protocol.mask_ad(b, h, day, rnd, rid), sd,
+                key = os.urandom(32) if h in forged else self.keys[h][b]
+                blob = seal.seal(key, protocol.mask_ad(b, h, day, rnd, mrid), sd,
                                  os.urandom(seal.NONCE_LEN))
                 masks[b].append((protocol.t_mask(b, h), protocol.encode(
-                    protocol.make_mask_report(h, day, rnd, rid, blob))))
+                    protocol.make_mask_report(h, day, rnd, mrid, blob))))
         return plans, masks
 
     def broker_keys(self, b: str) -> dict[str, bytes]:
@@ -198,3 +204,20 @@ async def until_phase(kit: Kit, *phases: Any, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.001)
 
     await asyncio.wait_for(wait(), timeout)
+
+
+async def play(kit: Kit, homes: Homes, k: int = 3, mismatched: Iterable[str] = (),
+               bad_seal: Iterable[str] = ()) -> None:
+    """Run the kit's round to its end against mask broker cores (one per broker of the round):
+    every home of ``homes`` reports once the round collects (``mismatched``, ``bad_seal``:
+    Homes.reports)."""
+    mbs = {b: MaskBroker(b, homes.broker_keys(b), k) for b in kit.round.s.brokers}
+    wire(kit, mbs)
+    task = asyncio.create_task(kit.round.run())
+    await until_phase(kit, Phase.COLLECTING)
+    plans, masks = homes.reports(mismatched=mismatched, bad_seal=bad_seal)
+    for b, msgs in masks.items():
+        for topic, payload in msgs:
+            mbs[b].handle(topic, payload)
+    take_all(kit, plans)
+    await task

@@ -8,12 +8,14 @@ one home, would unmask that home. Each attack below is refused with its document
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import pytest
-from test_mask_broker_service import (  # the real service + mosquitto fixture
+from mask_broker_kit import (  # the real service + mosquitto fixture
     DAY,
     FRAMES,
+    HOMES,
     B,
     HomeSide,
     Lab,
@@ -25,6 +27,8 @@ from test_mask_broker_service import (  # the real service + mosquitto fixture
     report,
 )
 
+from backend.mask_broker.audit import audit, verdict
+from backend.mask_broker.release_log import read_release_log
 from hemsfw import protocol, protocol_svc
 
 __all__ = ["lab"]  # the fixture, re-exported for pytest
@@ -118,3 +122,89 @@ async def _answer(coord: Any, req: str) -> dict[str, Any]:
         obj = await next_json(coord, protocol_svc.t_groupsum(B))
         if obj.get("req") == req:
             return protocol_svc.parse_group_sums(obj, FRAMES)[4]
+
+
+TODAY = (dt.date.fromisoformat(DAY) - dt.timedelta(days=1)).isoformat()
+
+
+async def _announce(coord: Any, day: str, rnd: int = 1) -> None:
+    ann = protocol_svc.make_round(day, rnd, FRAMES, 900, 1, 0, 3600, [B])
+    await coord.publish(protocol.t_round(), protocol.encode(ann), qos=1, retain=True)
+
+
+async def _a_day(lab: Lab, coord: Any, day: str, homes: list[str]) -> dict[str, HomeSide]:
+    """Announce round 1 of `day`; `homes` report a fresh mask for it."""
+    await _announce(coord, day)
+    lab.wait_stats(lambda s: s["round"] is not None and s["round"]["day"] == day)
+    sides = {n: HomeSide(lab.keys, n) for n in homes}
+    for n, side in sides.items():
+        assert (await report(lab, n, side.payload(day=day)))["status"] == "accepted"
+    return sides
+
+
+def test_a_new_day_cannot_difference_one_home_out(lab: Lab) -> None:
+    """Issue 13, finding 1 (attacker): all homes on day D, all but h1 on D+1.  Plans may repeat
+    exactly, so the two sums would differ by h1's plan: the broker refuses the second."""
+    lab.start_service()
+
+    async def attack() -> None:
+        async with connected(lab, "coordinator", protocol_svc.t_groupsum(B)) as coord:
+            d1 = await _a_day(lab, coord, TODAY, HOMES)
+            res = await ask(coord, "d1", [("all", list(d1.values()))], day=TODAY)
+            assert res["all"] == expected(list(d1.values()))
+            d2 = await _a_day(lab, coord, DAY, HOMES)
+            res = await ask(coord, "d2", [("but-h1", [d2[h] for h in HOMES[1:]])], day=DAY)
+            assert res["but-h1"] == ("would_isolate", [])
+
+    asyncio.run(asyncio.wait_for(attack(), 120))
+    assert verdict(audit(r["members"] for r in read_release_log(lab.release_log))
+                   )["exposed_homes"] == []
+
+
+def test_a_home_missing_a_day_is_carried_and_the_others_are_still_served(lab: Lab) -> None:
+    """Issue 13, finding 1 (no attacker) and 4: h1 misses day D+1.  Its group is asked with h1
+    carried (its day-D report): released, so every other home is served, and what was released
+    over both days isolates nobody (checked by the exact-span audit of the release log)."""
+    lab.start_service()
+
+    async def honest() -> None:
+        async with connected(lab, "coordinator", protocol_svc.t_groupsum(B)) as coord:
+            d1 = await _a_day(lab, coord, TODAY, HOMES)
+            res = await ask(coord, "d1", [("g", list(d1.values()))], day=TODAY)
+            assert res["g"] == expected(list(d1.values()))
+            d2 = await _a_day(lab, coord, DAY, HOMES[1:])
+            group = [d1["h1"], *(d2[h] for h in HOMES[1:])]
+            res = await ask(coord, "d2", [("g", group)], day=DAY, carried={"g": ["h1"]})
+            assert res["g"] == expected(group)
+
+    asyncio.run(asyncio.wait_for(honest(), 120))
+    released = read_release_log(lab.release_log)
+    assert [r["carried"] for r in released] == [[], ["h1"]]
+    assert verdict(audit(r["members"] for r in released))["exposed_homes"] == []
+
+
+def test_a_later_round_of_the_day_serves_the_homes_present_with_the_absent_one_carried(
+        lab: Lab) -> None:
+    """Issue 13, finding 4: one home misses round 2 of the same day.  Without it the group would
+    isolate it (would_isolate, correctly); with it carried the rest are served."""
+    lab.start_service()
+
+    async def later_round() -> None:
+        async with connected(lab, "coordinator", protocol_svc.t_groupsum(B)) as coord:
+            r1 = await _a_day(lab, coord, DAY, HOMES)
+            res = await ask(coord, "r1", [("g", list(r1.values()))], day=DAY)
+            assert res["g"] == expected(list(r1.values()))
+            await _announce(coord, DAY, 2)
+            lab.wait_stats(lambda s: s["round"]["round"] == 2)
+            r2 = {n: HomeSide(lab.keys, n) for n in HOMES[1:]}
+            for n, side in r2.items():
+                assert (await report(lab, n, side.payload(rnd=2, day=DAY)))["status"] == \
+                    "accepted"
+            res = await ask(coord, "r2a", [("g", list(r2.values()))], day=DAY, rnd=2)
+            assert res["g"] == ("would_isolate", [])
+            group = [r1["h1"], *r2.values()]
+            res = await ask(coord, "r2b", [("g", group)], day=DAY, rnd=2,
+                            carried={"g": ["h1"]})
+            assert res["g"] == expected(group)
+
+    asyncio.run(asyncio.wait_for(later_round(), 120))

@@ -50,7 +50,8 @@ def test_metrics_endpoint_during_a_round(tmp_path: Path) -> None:
         try:
             text = ""
             deadline = time.monotonic() + 20
-            while "hems_coordinator_collection_open 1" not in text:
+            # the sample line, not the HELP line ("... collection_open 1 while plan reports ...")
+            while "\nhems_coordinator_collection_open 1\n" not in text:
                 assert time.monotonic() < deadline, text
                 time.sleep(0.05)
                 try:

@@ -93,7 +93,8 @@ async def scenario(tmp: Path) -> None:
 
             proc, result_path, log_path = await start_coordinator(
                 tmp, mq.port, users["coordinator"], "--collect-s", "30",
-                "--expected-homes", str(len(A) + len(B)), "--capacity-wait-s", "5")
+                "--expected-homes", str(len(A) + len(B)), "--capacity-wait-s", "5",
+                "--rated-w", "0")  # no reserve for b3 and x1: the arithmetic of the groups
 
             # every home sees the retained announcement
             anns = {h: (await p.next(protocol.t_round()))[1] for h, p in homes.items()}

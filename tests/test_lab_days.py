@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from backend.mask_broker.audit import audit, verdict
+from backend.mask_broker.release_log import read_release_log
+
 pytestmark = pytest.mark.integration
 
 HEMS = str(Path(sys.prefix) / "bin" / "hems")
@@ -36,8 +39,13 @@ def lab(tmp: Path, *extra: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def undisturbed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return lab(tmp_path_factory.mktemp("undisturbed"))
+def undisturbed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("undisturbed")
+
+
+@pytest.fixture(scope="module")
+def undisturbed(undisturbed_dir: Path) -> dict[str, Any]:
+    return lab(undisturbed_dir)
 
 
 def test_three_days_one_service_with_homes_missing_days(undisturbed: dict[str, Any]) -> None:
@@ -72,6 +80,18 @@ def test_three_days_one_service_with_homes_missing_days(undisturbed: dict[str, A
     # the days are consecutive, each round announced the day before
     days = [d["day"] for d in s["days"]]
     assert days == sorted(days) and len(set(days)) == 3
+
+
+def test_what_the_mask_broker_released_over_the_days_isolates_nobody(
+        undisturbed: dict[str, Any], undisturbed_dir: Path) -> None:
+    """Issue 13, the honest-miss variant of the new-day differencing attack, end to end: homes
+    missed days, their static plans repeat exactly, and the exact-span audit of every group the
+    mask broker released over the three days finds no home (nor any two) isolated."""
+    released = read_release_log(undisturbed_dir / "lab" / "releases-mb1.jsonl")
+    assert len(released) >= sum(len(d["groups"]) for d in undisturbed["days"])
+    assert any(r["carried"] for r in released)  # the absent homes were carried
+    v = verdict(audit(r["members"] for r in released))
+    assert v["exposed_homes"] == [] and v["homes"] == 20
 
 
 @pytest.mark.timeout(900)

@@ -37,6 +37,7 @@ from backend.coordinator.adjust import SOLVERS
 from backend.coordinator.daemon import Daemon, DaemonConfig
 from backend.coordinator.mqtt_adapter import BULK_TOPIC, AdapterError, MqttAdapter
 from backend.coordinator.ports import AcceleratedClock, Clock, SystemClock
+from backend.coordinator.reserve import DEFAULT_RATED_W, MAX_RATED_W, HomeCaps
 from backend.coordinator.round import Round, RoundFailed, RoundSettings
 from backend.coordinator.schedule import Schedule, ScheduleError, parse_clock_time
 from backend.coordinator.supply import SupplyBook, parse_capacity, valid_day
@@ -139,6 +140,13 @@ def build_parser(prog: str = "python -m backend.coordinator") -> argparse.Argume
     c.add_argument("--capacity-file", type=Path, default=None,
                    help="capacity JSON (protocol_svc.make_capacity) for every day, instead of "
                    "hems/v1/capacity[/<day>]")
+    c.add_argument("--homes", type=Path, default=None,
+                   help='the registered homes, JSON {"homes": {"<id>": {"rated_w": W}}}: '
+                   "each one outside every released total is reserved at its cap (rated "
+                   "power x frame length) in the adjustment (docs/adjustment.md, Reserve)")
+    c.add_argument("--rated-w", type=bounded_int(0, MAX_RATED_W), default=DEFAULT_RATED_W,
+                   help="rated power (W) of a home's circuit the registry does not rate "
+                   f"(default {DEFAULT_RATED_W})")
     c.add_argument("--capacity-wait-s", type=bounded_float(0.0), default=10.0,
                    help="how long to wait for the day's capacity after collection")
     c.add_argument("--answer-timeout-s", type=bounded_float(0.0, lo_open=True), default=10.0,
@@ -205,7 +213,7 @@ def settings_of(a: argparse.Namespace) -> RoundSettings:
         window=a.window, time_limit_s=a.time_limit, target_weight=a.target_weight,
         capacity_wait_s=a.capacity_wait_s, answer_timeout_s=a.answer_timeout_s,
         missing_grace_s=a.missing_grace_s, reask_s=a.reask_s, linger_s=a.linger_s,
-        pause_at=a.debug_pause_at)
+        pause_at=a.debug_pause_at, caps=a.caps)
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:
@@ -245,6 +253,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m backend.coordinat
     except ValueError as e:
         p.exit(2, f"{prog}: error: --capacity-file {args.capacity_file}: {e} (expected "
                   f"protocol_svc.make_capacity JSON for {args.frames} frames)\n")
+    try:
+        args.caps = (HomeCaps(default_w=args.rated_w) if args.homes is None
+                     else HomeCaps.load(args.homes, args.rated_w))
+    except ValueError as e:
+        p.exit(2, f"{prog}: error: --homes {e}\n")
     if args.status or args.check:
         return show_status(args)
     logging.basicConfig(

@@ -10,20 +10,22 @@ never announced), ``k``, ``brokers``, ``window``; ``homes`` (reports accepted), 
 ``capacity_updates_after_close`` (grid-feed updates for the day that came after the round took its
 capacity: they apply to the next round); ``coordinator_load_before_wh`` and
 ``coordinator_load_after_wh`` (per frame, from the group totals: before, and after moves and
-curtailment); ``overload_before_wh``, ``overload_after_wh`` (after moves, before curtailment),
-``residual_overload_wh`` (after curtailment), ``moved_wh``, ``curtailed_wh``; ``groups`` (the final
-grouping: [{id, size, magnification, members, total_wh, carried}]: ``carried`` members count with
-their latest released report of an earlier round, and get no adjustment), ``moves`` ([group id,
-from, to]), ``curtail`` ([group id, frame, keep]: the group keeps keep/65536 of its
-post-move load in that frame, docs/adjustment.md); ``regroup_rounds`` (refinements asked for),
-``solver``, ``solve_status``, ``mip_gap``, ``best_bound`` (from the engine, null when not
-finite), ``gaps`` (proven gaps in %: ``overload_pct``, ``moved_pct``, ``curtailed_pct``, null
-where unknown); ``released_groups``
-([{id, broker, size}]), ``refused_groups`` ([{id, broker, reason, missing?}]), ``rejections``
-(counts by "kind:reason"); ``timings`` (collect_s, group_s, sums_s, solve_s, publish_s: this
-process); ``phases`` ([[phase, clock time entered]] of this process); ``resumed`` (this process
-continued a journaled round), ``restarts`` (earlier processes of this round).  Values not reached
-by a failed round are null (or empty lists).
+curtailment); ``reserve_wh`` (per frame: the homes in no released total at their caps, which the
+solver kept free: reserve.py) and ``reserve_homes`` (those homes); ``overload_before_wh``,
+``overload_after_wh`` (after moves, before curtailment), ``residual_overload_wh`` (after
+curtailment; the three against ``capacity_wh - reserve_wh``), ``moved_wh``, ``curtailed_wh``;
+``groups`` (the final grouping: [{id, size, magnification, members, total_wh, carried}]:
+``carried`` members count with their latest released report of an earlier round, and get no
+adjustment), ``moves`` ([group id, from, to]), ``curtail`` ([group id, frame, keep]: the group
+keeps keep/65536 of its post-move load in that frame, docs/adjustment.md); ``regroup_rounds``
+(refinements asked for), ``solver``, ``solve_status``, ``mip_gap``, ``best_bound`` (from the
+engine, null when not finite), ``gaps`` (proven gaps in %: ``overload_pct``, ``moved_pct``,
+``curtailed_pct``, null where unknown); ``released_groups`` ([{id, broker, size}]),
+``refused_groups`` ([{id, broker, reason, missing?}]), ``rejections`` (counts by
+"kind:reason"); ``timings`` (collect_s, group_s, sums_s, solve_s, publish_s: this process);
+``phases`` ([[phase, clock time entered]] of this process); ``resumed`` (this process continued
+a journaled round), ``restarts`` (earlier processes of this round). Values not reached by a
+failed round are null (or empty lists).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def round_record(r: Round, status: str, error: str | None = None) -> dict[str, A
             if r.capacity_taken_at is not None else 0),
         "coordinator_load_before_wh": _ints(res.load_before) if res else None,
         "coordinator_load_after_wh": _ints(res.load_after) if res else None,
+        "reserve_wh": _ints(r.reserve.wh) if r.reserve is not None else None,
+        "reserve_homes": list(r.reserve.homes) if r.reserve is not None else [],
         "overload_before_wh": res.overload_before_wh if res else None,
         "overload_after_wh": res.overload_after_wh if res else None,
         "residual_overload_wh": res.residual_overload_wh if res else None,

@@ -40,7 +40,7 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -60,6 +60,7 @@ from backend.coordinator.journal import Journal
 from backend.coordinator.lifecycle import Lifecycle, Phase
 from backend.coordinator.memory import Carried, Memory
 from backend.coordinator.ports import Clock, Transport
+from backend.coordinator.reserve import HomeCaps, Reserve
 from backend.coordinator.sums import (
     Answer,
     Exclusion,
@@ -124,6 +125,8 @@ class RoundSettings:
     #: fault injection: "adjust:N" stops (forever) after N adjustments were sent; "<day>:<phase>"
     #: stops once the round of that day is in that phase
     pause_at: str | None = None
+    #: the registered homes and their circuits' ratings: the reserve (reserve.py)
+    caps: HomeCaps = field(default_factory=HomeCaps)
 
     def round_config(self, deadline: int) -> RoundConfig:
         return RoundConfig(self.day, self.round, self.frames, self.frame_s, self.quantum_wh,
@@ -193,6 +196,8 @@ class Round:
         self.capacity_taken_at: float | None = None
         self.groups: list[Group] = []
         self.solution: Result | None = None
+        #: homes outside every released total, at their caps (reserve.py), as last solved
+        self.reserve: Reserve | None = None
         self.regroup_rounds = 0
         self.adjusted_homes = 0
         self.timings: dict[str, float] = {"collect_s": 0.0, "group_s": 0.0, "sums_s": 0.0,
@@ -584,9 +589,12 @@ class Round:
         problem = self._problem(ledger, self.groups, capacity, policy)
         result = await self._solve(problem)
         self.solution = result
-        log.info("solve %d (%s, %d groups): overload %d -> %d Wh after moves, %d Wh curtailed",
+        log.info("solve %d (%s, %d groups): overload %d -> %d Wh after moves, %d Wh curtailed "
+                 "(reserve %d Wh per frame for %d home(s) outside every total)",
                  self.regroup_rounds, result.solver, len(self.groups), result.overload_before_wh,
-                 result.overload_after_wh, result.curtailed_wh)
+                 result.overload_after_wh, result.curtailed_wh,
+                 int(self.reserve.wh.max(initial=0)) if self.reserve else 0,
+                 len(self.reserve.homes) if self.reserve else 0)
         if result.overload_after_wh > 0 and self.regroup_rounds < MAX_REGROUP:
             finer = refine(self.groups, result, s.k, problem, frozen=ledger.frozen)
             if finer is not None:
@@ -621,8 +629,12 @@ class Round:
         msg = protocol_svc.make_outcome(
             c.day, c.round, c.frames, c.frame_s, c.start, cap.capacity_wh.tolist(),
             [int(x) for x in res.load_before], [int(x) for x in res.load_after],
-            [0] * c.frames, int(res.residual_overload_wh), int(res.curtailed_wh))
+            self._reserve_list(), int(res.residual_overload_wh), int(res.curtailed_wh))
         return protocol_svc.t_outcome(c.day), protocol.encode(msg), True
+
+    def _reserve_list(self) -> list[int]:
+        r = self.reserve if self.reserve is not None else self._reserve(self.groups)
+        return [int(x) for x in r.wh]
 
     async def _serving(self) -> None:
         """Until the day is over: a home that comes back gets its adjustment again
@@ -736,12 +748,30 @@ class Round:
         self._append("solve", i=i, fp=fp, result=result_to_json(result))
         return result
 
+    def _reserve(self, groups: Sequence[Group]) -> Reserve:
+        """Every home the round knows of (registered, reported, late, excluded, in an earlier
+        group) that is in no released total with this round's report, at its cap."""
+        known: set[str] = set(self.excluded) | self.late_homes
+        if self.intake is not None:
+            known.update(self.intake.state.reports)
+        if self.basis is not None:
+            known.update(h for _, ms in self.basis.groups for h in ms)
+            known.update(self.basis.carried)
+        # a carried member is in its group's total with an earlier plan, but gets no
+        # adjustment and follows its own plan: reserved as well (counted twice: conservative)
+        ledger = self.ledger
+        counted = {h for g in groups
+                   for h in (ledger.current(g) if ledger is not None else g.members)}
+        return self.s.caps.reserve(known, counted, self.s.frames, self.s.frame_s)
+
     def _problem(self, ledger: SumLedger, groups: Sequence[Group], capacity: Capacity,
                  policy: Policy) -> Problem:
+        """The released groups against the capacity minus the reserve (never below 0)."""
         totals = np.stack([ledger.total_quanta(g) for g in groups]) * self.s.quantum_wh
         mags = np.array([g.magnification for g in groups], dtype=np.int64)
-        return Problem(totals=totals, capacity=capacity.capacity_wh, magnification=mags,
-                       policy=policy)
+        self.reserve = self._reserve(groups)
+        room = np.maximum(capacity.capacity_wh - self.reserve.wh, 0)
+        return Problem(totals=totals, capacity=room, magnification=mags, policy=policy)
 
     # ------------------------------------------------------------ mask brokers
 
@@ -760,8 +790,9 @@ class Round:
         finally:
             self.timings["sums_s"] += time.monotonic() - t
             for r in ledger.refused[self._refused_logged:]:
+                named = next((f" ({k} {r[k]})" for k in ("missing", "mismatched") if k in r), "")
                 log.error("mask broker %s refused group %s: %s%s", r["broker"], r["id"],
-                          r["reason"], f" (missing {r['missing']})" if "missing" in r else "")
+                          r["reason"], named)
             self._refused_logged = len(ledger.refused)
 
     async def _ask(self, broker: str, groups: list[Group], ledger: SumLedger

@@ -34,6 +34,12 @@ What a refusal changes (reason codes are the broker's; exclusion reasons are our
   merging into an already released group would make the rest an atom below k at every broker that
   released it, so it is never tried.  Rests that find no partner join each other when together
   >= k; otherwise they leave (exclusion ``group_too_small``).
+* ``checksum_mismatch`` (the members' report ids at the broker are not the ones the coordinator
+  holds: one home sent different report ids with its plan and its seal): the group is asked
+  again from that broker once, naming each member's report id; the broker then names the
+  members whose id differs (``report_mismatch``, list ``mismatched``).  Those homes alone leave
+  the round (exclusion ``report_mismatch``) and the rest is re-formed exactly as for missing
+  members (``<id>m``, ``atom_guard``, merges): one bad report costs only its sender.
 * any other reason, or no answer within the timeout: the whole group leaves the round (exclusion
   ``refused`` or ``no_answer``, with the broker and its reason), unless the group is half of a
   refinement split: then the split is undone, the parent (released earlier) is used again and is
@@ -63,13 +69,23 @@ __all__ = ["MAX_PASSES", "Answer", "Exclusion", "Refusal", "SumLedger", "parse_a
            "split_mismatch"]
 
 MISSING = "missing_members"
+CHECKSUM = "checksum_mismatch"
+MISMATCH = "report_mismatch"  # the broker's refusal naming the members (mask_broker/core.py)
 MAX_PASSES = 8  # request/answer passes per settle (retry, re-form, merge, ...)
 
 
 @dataclass(frozen=True)
 class Refusal:
+    """A broker's refusal of a group; ``missing``: the members it names (those without a mask
+    for ``missing_members``, those whose report id differs for ``report_mismatch``)."""
+
     reason: str
     missing: tuple[str, ...] = ()
+
+    def names_within(self, members: set[str]) -> bool:
+        """It names some members of the group, and only members of it."""
+        return self.reason in (MISSING, MISMATCH) and bool(self.missing) and set(
+            self.missing) <= members
 
 
 #: A broker's answer for one group: its mask sum (LE uint32 bytes), a refusal, or no answer.
@@ -149,6 +165,9 @@ class SumLedger:
         sha, unhex = hashlib.sha256, bytes.fromhex
         digests = b"".join([sha(unhex(report_ids[h])).digest() for h in homes])
         self._digest = np.frombuffer(digests, dtype="<u8").reshape(len(homes), 4)
+        self._report_ids = {h: report_ids[h] for h in homes}
+        #: groups asked (again) with each member's report id, after a checksum mismatch
+        self._check_ids: set[str] = set()
         self.sums: dict[str, dict[str, npt.NDArray[np.uint32]]] = {}
         self._refusals: dict[str, dict[str, Refusal]] = {}
         self._retried: dict[str, int] = {}
@@ -201,9 +220,20 @@ class SumLedger:
             x = x ^ self._carried_digest[h]
         return bytes(x.astype("<u8").tobytes()).hex()
 
-    def request_entry(self, g: Group) -> tuple[str, list[str], str, list[str]]:
-        """(id, members, checksum, carried members) as protocol_svc.make_group_request takes it."""
-        return g.id, sorted(g.members), self.checksum(g), self.carried_in(g)
+    def report_id(self, home: str) -> str:
+        """The report id ``home`` counts with (this round's, or its carried one)."""
+        c = self.carried.get(home)
+        return c.report_id if c is not None else self._report_ids[home]
+
+    def request_entry(self, g: Group) -> tuple[Any, ...]:
+        """(id, members, checksum, carried members[, report ids]) as
+        protocol_svc.make_group_request takes it; the report ids (per member) only when the
+        group is asked again after a checksum mismatch."""
+        members = sorted(g.members)
+        if g.id in self._check_ids:
+            return (g.id, members, self.checksum(g), self.carried_in(g),
+                    [self.report_id(h) for h in members])
+        return g.id, members, self.checksum(g), self.carried_in(g)
 
     def complete(self, g: Group) -> bool:
         got = self.sums.get(g.id, {})
@@ -231,7 +261,7 @@ class SumLedger:
             self._refusals.setdefault(g.id, {})[broker] = ref
             rec: dict[str, Any] = {"id": g.id, "broker": broker, "reason": ref.reason}
             if ref.missing:
-                rec["missing"] = list(ref.missing)
+                rec["mismatched" if ref.reason == MISMATCH else "missing"] = list(ref.missing)
             self.refused.append(rec)
 
     # ------------------------------------------------------------ what the answers change
@@ -257,6 +287,28 @@ class SumLedger:
                 out.append(g)
                 continue
             members = set(g.members)
+            if (g.id not in self._check_ids and any(r.reason == CHECKSUM for r in refs.values())
+                    and all(r.reason == CHECKSUM or r.names_within(members)
+                            for r in refs.values())):
+                self._check_ids.add(g.id)  # ask again naming each member's report id
+                out.append(g)
+                continue
+            if all(r.names_within(members) for r in refs.values()) and any(
+                    r.reason == MISMATCH for r in refs.values()):
+                named: dict[str, str] = {}
+                for b, r in refs.items():
+                    for h in r.missing:
+                        if h not in named:
+                            named[h] = b
+                            if r.reason == MISMATCH:
+                                self._exclude(h, "report_mismatch", g.id, b,
+                                              "its report id at the mask broker is not the one "
+                                              "of its plan report")
+                            else:
+                                self._exclude(h, "mask_missing", g.id, b)
+                rest = [(h, m) for h, m in zip(g.members, g.mags, strict=True) if h not in named]
+                reduced.append((g, rest, len(named)))
+                continue
             missing_only = all(
                 r.reason == MISSING and r.missing and set(r.missing) <= members
                 for r in refs.values()
@@ -279,10 +331,7 @@ class SumLedger:
                 rest = [(h, m) for h, m in zip(g.members, g.mags, strict=True) if h not in gone]
                 reduced.append((g, rest, len(gone)))
                 continue
-            others = [
-                (b, r) for b, r in refs.items()
-                if not (r.reason == MISSING and r.missing and set(r.missing) <= members)
-            ]
+            others = [(b, r) for b, r in refs.items() if not r.names_within(members)]
             b, r = others[0]
             why = "no_answer" if r.reason == "no_answer" else "refused"
             for h in g.members:

@@ -20,6 +20,12 @@ counts carried members with it, and the second adds what the coordinator's view 
 to what the counted relays drew.  Homes the round did not count follow their own plans: their
 relays' energy is ``uncounted_load_wh``, carried members included, and the grid's load after the
 adjustment is everything together (``overload_after_wh`` is measured on it).
+
+The worst case the coordinator must keep room for (docs/adjustment.md, "Reserve"): the counted
+homes' relays plus every other home drawing its full contracted cap in every frame
+(``true_overload_after_wh`` is the overload of that).  A third invariant: it is 0 whenever the
+round left no residual overload and the capacity covers the reserve (``reserve_wh``, the
+coordinator's) in every frame.
 """
 
 from __future__ import annotations
@@ -103,8 +109,10 @@ def split_rejections(counts: dict[str, int]) -> tuple[dict[str, int], int]:
 
 def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str, Any] | None],
                 relays: dict[str, dict[int, list[bool]]], record: dict[str, Any] | None,
-                capacity: IntArray, failures: list[str]) -> dict[str, Any]:
-    """Day d's figures; what its invariants found wrong is appended to ``failures``."""
+                capacity: IntArray, failures: list[str],
+                caps: dict[str, int] | None = None) -> dict[str, Any]:
+    """Day d's figures; what its invariants found wrong is appended to ``failures``.  ``caps``:
+    each home's contracted cap per frame (Wh)."""
     day = tl.date(d).isoformat()
     groups = (record or {}).get("groups", [])
     carried = {m: g["id"] for g in groups for m in g.get("carried", [])}
@@ -172,6 +180,15 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
         failures.append(f"day {d} ({day}): relay_load_after_wh + carried_moved_wh != "
                         "coordinator_load_after_wh")
     grid_before, grid_after = true_load + uncounted_plan, relay_load + uncounted
+    # every home the round did not count with this round's report, at its cap
+    outside = sum((caps or {}).get(h, 0) for h in snapshots if h not in counted)
+    worst = relay_load + outside
+    reserve = np.array((record or {}).get("reserve_wh") or zero, dtype=np.int64)
+    true_overload = overload_wh(worst, capacity)
+    if (caps and record is not None and record.get("residual_overload_wh") == 0
+            and bool(np.all(capacity >= reserve)) and true_overload > 0):
+        failures.append(f"day {d} ({day}): the counted relays plus every other home at its cap "
+                        f"overload the grid by {true_overload} Wh")
     rejections, resends = split_rejections((record or {}).get("rejections", {}))
     return {
         "day": day,
@@ -193,6 +210,9 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
         "peak_after_wh": int(grid_after.max(initial=0)),
         "overload_before_wh": overload_wh(grid_before, capacity),
         "overload_after_wh": overload_wh(grid_after, capacity),
+        "reserve_wh": reserve.tolist(),
+        "reserve_homes": (record or {}).get("reserve_homes", []),
+        "true_overload_after_wh": true_overload,
         "moved_wh": (record or {}).get("moved_wh"),
         "curtailed_wh": (record or {}).get("curtailed_wh") or 0,
         "groups": [{"id": g["id"], "size": g["size"], "magnification": g["magnification"],
@@ -233,6 +253,7 @@ def period_summary(days: list[dict[str, Any]]) -> dict[str, Any]:
         "curtailed_wh": sum(int(d["curtailed_wh"] or 0) for d in days),
         "overload_before_wh": sum(d["overload_before_wh"] for d in days),
         "overload_after_wh": sum(d["overload_after_wh"] for d in days),
+        "true_overload_after_wh": sum(d.get("true_overload_after_wh", 0) for d in days),
         "refusals": {"total": sum(ended.values()), "resolved_by_reask": ended["re-ask"],
                      "resolved_by_reforming": ended["re-formed"],
                      "unresolved": ended["None"]},

@@ -50,6 +50,7 @@ from backend.coordinator.adjust import Policy, Problem, solve
 from backend.lab import budget, days, procs, scenario
 from backend.lab.outdir import OutDir, check_out, check_report
 from backend.lab.progress import Progress, Step, live
+from backend.lab.rogue import Rogue
 from backend.lab.summary import print_table
 from backend.lab.timeline import ANNOUNCE, DAY_S, DEADLINE, Timeline
 from hemsfw import protocol, protocol_svc
@@ -86,6 +87,9 @@ class LabOptions:
     days: int = 1
     #: share of the homes absent (no network over their round) on each day from day 2
     dropout: float = 0.1
+    #: homes that join late (absent before a day drawn in 2..days) and as many that leave
+    #: (absent from such a day on): the coordinator's carry-forward and new-group paths
+    churn: int = 0
     out_dir: Path | None = None
     keep: bool = False
     python_homes: bool = False  # run the firmware under CPython (paho) instead of micropython
@@ -95,6 +99,8 @@ class LabOptions:
     #: fault injection: kill -9 the coordinator at these points ("<day>:<phase>" or
     #: "boundary:<day>"), in order, restarting it each time
     kill_coordinator: tuple[str, ...] = ()
+    #: fault injection: the last home is a rogue (rogue.py) instead of a firmware process
+    rogue: bool = False
 
 
 # ------------------------------------------------------------------------- the scenario
@@ -125,8 +131,9 @@ def choose_capacity(homes: list[scenario.HomeSpec], frames: int) -> tuple[int, f
 
 
 def absent_homes(homes: list[scenario.HomeSpec], o: LabOptions) -> dict[int, list[str]]:
-    """Day -> the homes without network over that day's round (none on day 1; at least one on
-    every later day when ``dropout`` > 0 and enough homes remain to form a group)."""
+    """Day -> the homes without network over that day's round (none on day 1 but the late
+    joiners; at least one on every later day when ``dropout`` > 0 and enough homes remain to
+    form a group), plus the ``churn`` homes that join late and leave early."""
     rng = random.Random(f"absent:{o.seed}")
     out: dict[int, list[str]] = {1: []}
     for d in range(2, o.days + 1):
@@ -135,15 +142,52 @@ def absent_homes(homes: list[scenario.HomeSpec], o: LabOptions) -> dict[int, lis
             n = max(1, n)
         n = min(n, len(homes) - o.k)
         out[d] = sorted(h.home_id for h in rng.sample(homes, max(0, n)))
+    for d, hs in churn_absent(homes, o).items():
+        out[d] = sorted(set(out[d]) | hs)
     return out
 
 
-def day_capacity(homes: list[scenario.HomeSpec], absent: list[str], d: int,
-                 frames: int) -> tuple[np.ndarray[Any, np.dtype[np.int64]], float]:
-    present = [h for h in homes if h.home_id not in absent]
+def churn_days(homes: list[scenario.HomeSpec], o: LabOptions
+               ) -> tuple[dict[str, int], dict[str, int]]:
+    """(home -> the day it joins, home -> the day it leaves) for ``churn`` homes each."""
+    if o.churn == 0 or o.days < 2:
+        return {}, {}
+    rng = random.Random(f"churn:{o.seed}")
+    picked = rng.sample([h.home_id for h in homes], 2 * o.churn)
+    joins = {h: rng.randint(2, o.days) for h in picked[: o.churn]}
+    leaves = {h: rng.randint(2, o.days) for h in picked[o.churn:]}
+    return joins, leaves
+
+
+def churn_absent(homes: list[scenario.HomeSpec], o: LabOptions) -> dict[int, set[str]]:
+    joins, leaves = churn_days(homes, o)
+    out: dict[int, set[str]] = {d: set() for d in range(1, o.days + 1)}
+    for h, j in joins.items():
+        for d in range(1, j):
+            out[d].add(h)
+    for h, left in leaves.items():
+        for d in range(left, o.days + 1):
+            out[d].add(h)
+    return out
+
+
+def cap_wh(rated: dict[str, int], frame_s: int) -> dict[str, int]:
+    """Each home's contracted cap per frame (Wh): its rating x the frame's length, rounded up
+    (as the coordinator's reserve.py computes it from the same registry)."""
+    return {h: -(-w * frame_s // 3600) for h, w in rated.items()}
+
+
+def day_capacity(homes: list[scenario.HomeSpec], outside: list[str], d: int,
+                 frames: int, caps: dict[str, int] | None = None
+                 ) -> tuple[np.ndarray[Any, np.dtype[np.int64]], float]:
+    """Day d's capacity: the tightest level only shifting can satisfy for the homes that will
+    report (times the day's factor), plus the caps of the homes ``outside`` (absent, the
+    rogue), which the coordinator must reserve: the grid carries their contracted load too."""
+    present = [h for h in homes if h.home_id not in outside]
     cap, frac = choose_capacity(present, frames)
     factor = DAY_FACTORS[(d - 1) % len(DAY_FACTORS)]
-    return np.full(frames, int(cap * factor), dtype=np.int64), frac * factor
+    reserve = sum((caps or {}).get(h, 0) for h in outside)
+    return np.full(frames, int(cap * factor) + reserve, dtype=np.int64), frac * factor
 
 
 # ------------------------------------------------------------------------- MQTT clients
@@ -277,6 +321,10 @@ class Run:
     coordinator_starts: int = 0
     anchor: float = 0.0
     snapshots: dict[int, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
+    #: each home's contracted rating (W), as in the coordinator's registry
+    rated: dict[str, int] = field(default_factory=dict)
+    #: the rogue home (--debug-rogue), played by the lab: no firmware process
+    rogue: str | None = None
 
     def now(self) -> float:
         """The lab clock (virtual epoch seconds)."""
@@ -312,11 +360,16 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
         pw[h.home_id] = secrets.token_hex(16)
     run = Run(o, out, tl, homes, absent_homes(homes, o), brokers, pw,
               procs.Procs(out.path("logs")))
-    caps = {d: day_capacity(homes, run.absent[d], d, o.frames) for d in range(1, o.days + 1)}
+    run.rated = {h.home_id: scenario.rated_w(h, o.frame_s) for h in homes}
+    run.rogue = homes[-1].home_id if o.rogue else None
+    hcaps = cap_wh(run.rated, o.frame_s)
+    caps = {d: day_capacity(homes, sorted({*run.absent[d], *([run.rogue] if run.rogue else [])}),
+                            d, o.frames, hcaps) for d in range(1, o.days + 1)}
     pki = make_pki(out.path("pki")) if o.tls else None
     broker = Mosquitto(out.path("mosquitto"), pw, brokers, tls=pki, recorder=o.record)
     observer: Observer | None = None
     recorders: list[Recorder] = []
+    rogue: Rogue | None = None
     vtn: Any = None
     summary: dict[str, Any] = {}
     try:
@@ -324,6 +377,9 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
         for b in brokers:
             reg = {"homes": {h: {"key": keys[h][b]} for h in keys}}
             out.path(f"registry-{b}.json").write_text(json.dumps(reg))
+        # the coordinator's registry: every home and its circuit's rating, no keys
+        out.path("homes-coordinator.json").write_text(json.dumps(
+            {"homes": {h: {"rated_w": w} for h, w in run.rated.items()}}))
         with pg.step("mosquitto", total=1) as st:
             broker.start()
             # With --tls every client (services, homes, the lab's own) uses the TLS listener.
@@ -342,6 +398,10 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
 
         t_fleet = time.monotonic()
         home_procs = start_homes(run, keys, pki is not None, observer, pg)
+        if run.rogue is not None:
+            rh = next(h for h in homes if h.home_id == run.rogue)
+            rogue = Rogue(conn.client(rh.home_id, pw[rh.home_id]), conn.host, conn.port,
+                          rh.home_id, rh.magnification, rh.plan_wh, keys[rh.home_id])
         timings["fleet"] = time.monotonic() - t_fleet
 
         # The lab clock starts a few seconds from now, when the services are up (every one
@@ -375,6 +435,8 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
     finally:
         if observer is not None:
             observer.close()
+        if rogue is not None:
+            rogue.close()
         for r in recorders:
             r.close()
         run.ps.stop_all()
@@ -397,6 +459,7 @@ def start_mask_brokers(run: Run) -> None:
              "--registry", str(out.root / f"registry-{b}.json"), "--k", str(run.o.k),
              "--stats-file", str(out.path(f"stats-{b}.json")),
              "--stats-interval", "0.2", "--state-dir", str(out.path(f"state-{b}")),
+             "--release-log", str(out.path(f"releases-{b}.jsonl")),
              "--timezone", "UTC", "--accelerate", f"{run.anchor},{run.tl.begin},{run.tl.speed}",
              "--port", str(run.port), "--user", b, *run.tls_args],
             env={**procs.micropython_env(), "HEMS_MQTT_PASSWORD": run.pw[b]},
@@ -450,8 +513,9 @@ def start_homes(run: Run, keys: dict[str, dict[str, str]], tls: bool, observer: 
     o, out = run.o, run.out
     py = sys.executable
     home_procs: list[procs.Proc] = []
-    with pg.step("homes online", total=len(run.homes)) as st:
-        for h in run.homes:
+    fleet = [h for h in run.homes if h.home_id != run.rogue]
+    with pg.step("homes online", total=len(fleet)) as st:
+        for h in fleet:
             sdir = out.path("homes") / h.home_id
             sdir.mkdir(parents=True)
             (sdir / "wifi").write_text("up\n")  # the lab's stand-in for the home's Wi-Fi
@@ -475,16 +539,16 @@ def start_homes(run: Run, keys: dict[str, dict[str, str]], tls: bool, observer: 
             if len(home_procs) == 1:
                 check_fleet_memory(home_procs[0], observer, len(run.homes))
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(observer.online) < len(run.homes):
+        while time.monotonic() < deadline and len(observer.online) < len(fleet):
             dead = [p.name for p in home_procs if p.popen.poll() is not None]
             if dead:
                 raise RuntimeError(f"home(s) exited at start: {dead}: {home_procs[0].tail()}")
             st.update(len(observer.online))
             time.sleep(0.05)
         st.update(len(observer.online))
-    if len(observer.online) < len(run.homes):
-        raise RuntimeError(f"only {len(observer.online)}/{len(run.homes)} homes came online")
-    log.info("%d/%d homes online", len(observer.online), len(run.homes))
+    if len(observer.online) < len(fleet):
+        raise RuntimeError(f"only {len(observer.online)}/{len(fleet)} homes came online")
+    log.info("%d/%d homes online", len(observer.online), len(fleet))
     return home_procs
 
 
@@ -512,6 +576,7 @@ def coordinator_argv(run: Run, pause: str | None) -> list[str]:
         "--expected-homes", str(len(run.homes)), "--brokers", ",".join(run.brokers),
         "--k", str(o.k), "--solver", o.solver, "--state-dir", str(run.state_dir),
         "--capacity-wait-s", "10", "--keep-journal-days", str(o.days + 1),
+        "--homes", str(run.out.root / "homes-coordinator.json"),
         "--accelerate", f"{run.anchor},{tl.begin},{tl.speed}",
         "--port", str(run.port), "--user", COORDINATOR_USER, *run.tls_args,
         *(["--debug-pause-at", pause] if pause else []),
@@ -607,6 +672,8 @@ def play_days(run: Run, home_procs: list[procs.Proc], kills: list[tuple[str, int
 
 
 def handle(run: Run, ev: _Event) -> None:
+    if ev.home and ev.home == run.rogue:
+        return  # no firmware process: nothing to take offline
     flag = run.out.root / "homes" / ev.home / "wifi"
     if ev.what == "offline":
         flag.unlink(missing_ok=True)
@@ -665,7 +732,8 @@ def summarise(run: Run, caps: dict[int, Any], failures: list[str]) -> dict[str, 
         except (OSError, ValueError):
             record = None
         snap = run.snapshots.get(d, {h.home_id: None for h in run.homes})
-        s = days.day_summary(d, tl, o.frames, snap, relays, record, caps[d][0], failures)
+        s = days.day_summary(d, tl, o.frames, snap, relays, record, caps[d][0], failures,
+                             cap_wh(run.rated, o.frame_s))
         s["capacity_fraction"] = round(caps[d][1], 4)
         per_day.append(s)
     first = per_day[0]
@@ -687,7 +755,9 @@ def summarise(run: Run, caps: dict[int, Any], failures: list[str]) -> dict[str, 
             "capacity_wh", "true_load_wh", "coordinator_load_before_wh",
             "coordinator_load_after_wh", "relay_load_after_wh", "overload_before_wh",
             "overload_after_wh", "curtailed_wh", "moved_wh", "groups", "moves", "curtail",
-            "regroup_rounds", "released_groups", "refusals", "excluded_homes")},
+            "regroup_rounds", "released_groups", "refusals", "excluded_homes", "reserve_wh",
+            "reserve_homes", "true_overload_after_wh")},
+        "rogue": run.rogue,
         "refused_groups": first["refusals"],
         "relay_timelines": sample,
         "coordinator_rejections": first["coordinator_rejections"],
@@ -698,6 +768,9 @@ def summarise(run: Run, caps: dict[int, Any], failures: list[str]) -> dict[str, 
         "schedule": {"announce": Timeline.hhmm(ANNOUNCE), "deadline": Timeline.hhmm(DEADLINE),
                      "timezone": "UTC", "day_real_s": round(o.frames * o.frame_real_s, 2)},
         "absent": {tl.date(d).isoformat(): hs for d, hs in run.absent.items() if hs},
+        "churn": {kind: {h: tl.date(d).isoformat() for h, d in days_of.items()}
+                  for kind, days_of in zip(("joined", "left"), churn_days(run.homes, o),
+                                           strict=True)},
         "mask_broker_stats": stats,
     }
 
@@ -741,6 +814,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=bounded_float(0.0, 0.5), default=None,
                    help="share of the homes that miss each day's round from day 2 (no "
                    "network over it), 0-0.5 (default 0.1 with --days > 1)")
+    p.add_argument("--churn", type=bounded_int(0), default=0, metavar="N",
+                   help="N homes join on a later day and N others leave on a later day "
+                   "(with --days > 1; default 0)")
     p.add_argument("--seed", type=bounded_int(0), default=d.seed, help="scenario seed (default 1)")
     p.add_argument("--frames", type=bounded_int(1, protocol.MAX_FRAMES), default=d.frames,
                    help="frames per day, a divisor of 86400 s (default 96)")
@@ -777,6 +853,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="no progress bars (they are shown only on a terminal, never "
                    "with --json)")
     p.add_argument("--kill-coordinator", default="", help=argparse.SUPPRESS)
+    p.add_argument("--debug-rogue", action="store_true", help=argparse.SUPPRESS)
 
 
 PHASES = ("collecting", "closed", "summing", "solving", "publishing", "serving")
@@ -794,6 +871,11 @@ def check_args(a: argparse.Namespace) -> None:
                          f"{MIN_DAY_REAL_S:g} real seconds: raise --frame-real-s")
     if a.dropout is None:
         a.dropout = 0.1 if a.days > 1 else 0.0
+    if a.churn and a.days < 2:
+        raise UsageError(f"--churn {a.churn}: homes join and leave between days: give --days")
+    if a.homes - 2 * a.churn - round(a.dropout * a.homes) < a.k:
+        raise UsageError(f"--churn {a.churn} with --dropout {a.dropout:g}: fewer than --k "
+                         f"{a.k} homes would be left on some day")
     for item in filter(None, a.kill_coordinator.split(",")):
         kind, _, rest = item.partition(":")
         ok = (kind == "boundary" and rest.isdigit() and 2 <= int(rest) <= a.days) or (
@@ -843,9 +925,10 @@ def main(a: argparse.Namespace) -> int:
 def _run(a: argparse.Namespace) -> int:
     o = LabOptions(homes=a.homes, seed=a.seed, frames=a.frames, frame_s=DAY_S // a.frames,
                    frame_real_s=a.frame_real_s, k=a.k, mask_brokers=a.mask_brokers,
-                   solver=a.solver, days=a.days, dropout=a.dropout, out_dir=a.out,
+                   solver=a.solver, days=a.days, dropout=a.dropout, churn=a.churn, out_dir=a.out,
                    python_homes=a.python_homes, tls=a.tls, grid_feed=a.grid_feed,
-                   kill_coordinator=tuple(filter(None, a.kill_coordinator.split(","))))
+                   kill_coordinator=tuple(filter(None, a.kill_coordinator.split(","))),
+                   rogue=a.debug_rogue)
     rpath = report_path(a)
     show = not a.json and not a.no_progress and sys.stderr.isatty()
     with live(show) as pg:

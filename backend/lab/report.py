@@ -63,6 +63,8 @@ def summary_section(s: dict[str, Any]) -> str:
         _card("peak", f"{peak_b} → {peak_a}", f"Wh/frame; capacity {cap}"),
         _card("overload", f"{s['overload_before_wh']} → {s['overload_after_wh']}",
               f"Wh; curtailed {s['curtailed_wh']} Wh"),
+        _card("reserve", f"{max(s.get('reserve_wh') or [0])}",
+              f"Wh/frame for {len(s.get('reserve_homes') or [])} home(s) outside the totals"),
         _card("days", str(s.get("days_run", 1)), f"whole lab {t.get('total', '–')} s"),
     ])
     k = int(s["k"])
@@ -75,6 +77,10 @@ def summary_section(s: dict[str, Any]) -> str:
                "the relays did what was decided: every day, the energy the counted homes' "
                "relays switched equals the coordinator's load after the moves in every frame"),
         _check(s["overload_after_wh"] == 0, "no overload left after the adjustment"),
+        _check(all(d.get("true_overload_after_wh", 0) == 0 for d in days),
+               "nobody is invisible load: every day, the counted homes' relays plus every other "
+               "home drawing its full contracted cap stay under capacity (the coordinator "
+               "reserved their caps)"),
         _check(all(g["size"] >= k for g in s["groups"]),
                f"every group has at least k = {k} homes"),
     ])
@@ -102,7 +108,8 @@ def moves_section(s: dict[str, Any]) -> str:
         lead)
 
 
-_RESOLVED = {"re-ask": "released on a re-ask", "re-formed": "re-formed without the missing homes",
+_RESOLVED = {"re-ask": "released on a re-ask",
+             "re-formed": "re-formed without the missing or mismatched homes",
              None: "left the round"}
 
 
@@ -116,9 +123,10 @@ def groups_section(s: dict[str, Any]) -> str:
     later = sum(1 for r in refused if r.get("resolved"))
     title = f"Refused ({len(refused)}" + (f"; {later} of them released later)" if later else ")")
     parts.append(f"<h3>{_e(title)}</h3>")
-    parts.append(_table(["group", "mask broker", "reason", "missing members", "then"],
+    parts.append(_table(["group", "mask broker", "reason", "members named", "then"],
                         [(r.get("id"), r.get("broker"), r.get("reason"),
-                          len(r.get("missing") or []), _RESOLVED.get(r.get("resolved"), "?"))
+                          ", ".join(r.get("missing") or r.get("mismatched") or []) or "–",
+                          _RESOLVED.get(r.get("resolved"), "?"))
                          for r in refused])
                  if refused else "<p>No group sum was refused.</p>")
     rej = s.get("coordinator_rejections") or {}
@@ -163,6 +171,7 @@ def days_section(s: dict[str, Any]) -> str:
         refused = d.get("refusals", [])
         rows.append((d["day"], f"{d['homes_reporting']}/{s['homes']}",
                      ", ".join(d["absent_homes"]) or "–", cap,
+                     max(d.get("reserve_wh") or [0]), d.get("true_overload_after_wh", 0),
                      f"{d['peak_before_wh']} → {d['peak_after_wh']}",
                      f"{d['overload_before_wh']} → {d['overload_after_wh']}",
                      d.get("moved_wh") or 0, d["curtailed_wh"], len(d["groups"]),
@@ -172,7 +181,8 @@ def days_section(s: dict[str, Any]) -> str:
             "the day before, and homes that had no network over their round followed their "
             "own plan that day (their load is in the peak and overload after, not in the "
             "coordinator's view).")
-    body = _table(["day", "reporting", "absent", "capacity (Wh/frame)", "peak (Wh)",
+    body = _table(["day", "reporting", "absent", "capacity (Wh/frame)",
+                   "reserve (Wh/frame)", "overload, outside homes at cap (Wh)", "peak (Wh)",
                    "overload (Wh)", "moved (Wh)", "curtailed (Wh)", "groups", "refusals"],
                   rows, "num")
     p = s.get("period") or {}

@@ -71,3 +71,10 @@ def make_homes(n: int, seed: int, frames: int) -> list[HomeSpec]:
 def true_load(homes: list[HomeSpec]) -> NDArray[np.int64]:
     out: NDArray[np.int64] = np.array([h.plan_wh for h in homes], dtype=np.int64).sum(axis=0)
     return out
+
+
+def rated_w(h: HomeSpec, frame_s: int) -> int:
+    """The home's contracted circuit rating (W): the power of its fullest frame, rounded up to
+    whole kW (at least 1 kW), so its plan never exceeds its cap (rating x frame length)."""
+    peak_w = -(-max(h.plan_wh, default=0) * 3600 // frame_s)
+    return max(1000, -(-peak_w // 1000) * 1000)

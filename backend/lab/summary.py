@@ -21,7 +21,7 @@ def _refusals(s: dict[str, Any]) -> str:
     if reask:
         parts.append(f"{reask} released on a re-ask")
     if reformed:
-        parts.append(f"{reformed} re-formed without the missing homes")
+        parts.append(f"{reformed} re-formed without the missing or mismatched homes")
     if left:
         parts.append(f"{left} left the round ("
                      + ", ".join(sorted({str(r.get('reason')) for r in refused
@@ -53,7 +53,10 @@ def print_table(s: dict[str, Any], out: TextIO) -> None:
           + (f" ({len(absent)} absent)" if absent else "")
           + f"  capacity {cap} Wh/frame  peak {d['peak_before_wh']} -> {d['peak_after_wh']} Wh"
           f"  overload {d['overload_before_wh']} -> {d['overload_after_wh']} Wh"
-          f"  curtailed {d['curtailed_wh']} Wh\n")
+          f"  curtailed {d['curtailed_wh']} Wh"
+          f"  reserve {max(d.get('reserve_wh') or [0])} Wh/frame"
+          f" ({len(d.get('reserve_homes') or [])} homes)"
+          f"  overload with them at cap {d.get('true_overload_after_wh', 0)} Wh\n")
     p = s.get("period")
     if p and n_days > 1:
         r = p["refusals"]

@@ -22,6 +22,7 @@ from backend.common.mqtt import add_mqtt_args, settings_from_args
 from backend.common.usage import Parser, bounded_int, port
 
 from .core import MAX_ROUNDS, DayWindow, MaskBroker
+from .release_log import ReleaseLog
 from .service import Fatal, MetricsUnavailable, Service, configure_logging
 from .state_dir import StateDir
 
@@ -60,6 +61,9 @@ def parser(prog: str = "python -m backend.mask_broker") -> argparse.ArgumentPars
                    help="keep the day's answered groups and the round's masks across restarts "
                    "(without it a restart forgets them: see docs/privacy.md)")
     p.add_argument("--stats-file", type=Path, help="JSON stats, rewritten atomically")
+    p.add_argument("--release-log", type=Path, default=None,
+                   help="append every released group's membership (never a value) to this "
+                   "file, for an auditor: python -m backend.mask_broker.audit FILE")
     p.add_argument("--stats-interval", type=float, default=1.0,
                    help="seconds between stats writes while masks arrive (default 1)")
     p.add_argument("--metrics-port", type=port, default=None,
@@ -153,8 +157,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m backend.mask_brok
                  core.round, core.masks.count, len(core.partition.atom_sizes()))
     else:
         log.warning("no --state-dir: a restart forgets today's answered groups")
+    try:
+        release_log = ReleaseLog(a.release_log) if a.release_log is not None else None
+    except OSError as e:
+        log.error("cannot open --release-log %s: %s", a.release_log, e)
+        return 2
     service = Service(core, settings, state, a.stats_file, a.stats_interval,
-                      metrics_port=a.metrics_port, metrics_host=a.metrics_host)
+                      metrics_port=a.metrics_port, metrics_host=a.metrics_host,
+                      release_log=release_log)
     try:
         asyncio.run(service.run())
     except MetricsUnavailable as e:  # the metrics port is taken, or not ours to bind

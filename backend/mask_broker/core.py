@@ -245,6 +245,9 @@ def decode_request(payload: bytes) -> Any:
     return protocol.decode(payload, protocol.MAX_GROUP_PAYLOAD)
 
 
+#: A group refusal naming the members whose report id differs from the coordinator's.
+REPORT_MISMATCH = "report_mismatch"
+
 #: rounds a planned day may have (round numbers above it are refused: ``too_many_rounds``)
 MAX_ROUNDS = 8
 
@@ -450,7 +453,8 @@ class MaskBroker:
             for entry in groups:
                 gid, members, checksum = entry[0], entry[1], entry[2]
                 carried = list(entry[3]) if len(entry) > 3 else []
-                result = self._group(gid, members, checksum, carried)
+                rids = list(entry[4]) if len(entry) > 4 else []
+                result = self._group(gid, members, checksum, carried, rids)
                 reason = result.get("reason")
                 self.stats.group(req, day, rnd, gid, len(members), reason,
                                  len(result.get("missing", ())))
@@ -466,8 +470,11 @@ class MaskBroker:
         return out
 
     def _group(self, gid: str, members: list[str], checksum: str,
-               carried: Sequence[str] = ()) -> dict[str, Any]:
-        """One group's result: refused with a reason, or released with its sum."""
+               carried: Sequence[str] = (), report_ids: Sequence[str] = ()) -> dict[str, Any]:
+        """One group's result: refused with a reason, or released with its sum.  With
+        ``report_ids`` (one per member) the members whose report id is not the one this broker
+        counts them with are named (``report_mismatch``, list ``mismatched``): a function of
+        report ids only, never of a mask or a plan."""
         if len(set(members)) != len(members):
             return _refused(gid, "duplicate_members")
         get = self.index.get
@@ -490,6 +497,12 @@ class MaskBroker:
         old = np.flatnonzero(is_carried)
         rids = {int(idx[j]): self.masks.report(int(rows[j]))[0] for j in current.tolist()}
         rids.update({int(idx[j]): self.carried[int(idx[j])][0] for j in old.tolist()})
+        if report_ids:
+            wrong = [h for h, i, r in zip(members, idx.tolist(), report_ids, strict=True)
+                     if rids[int(i)] != r]
+            if wrong:
+                return {"id": gid, "status": "refused", "reason": REPORT_MISMATCH,
+                        "mismatched": wrong}
         if any(self.used.get(i, r) != r for i, r in rids.items()):
             return _refused(gid, "report_conflict")
         digest = np.bitwise_xor.reduce(self.masks.digests[rows[current]], axis=0) if len(

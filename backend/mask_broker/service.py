@@ -46,6 +46,7 @@ from backend.common.sdnotify import notify, watchdog_interval_s
 from hemsfw import protocol, protocol_svc
 
 from .core import MaskBroker, Publish, Record
+from .release_log import ReleaseLog
 from .state_dir import StateDir
 
 log = logging.getLogger("hems.mask_broker")
@@ -75,8 +76,9 @@ class Service:
     def __init__(self, core: MaskBroker, settings: MqttSettings,
                  state: StateDir | None = None, stats_file: Path | None = None,
                  stats_interval: float = 1.0, metrics_port: int | None = None,
-                 metrics_host: str = "127.0.0.1") -> None:
+                 metrics_host: str = "127.0.0.1", release_log: ReleaseLog | None = None) -> None:
         self.core = core
+        self.release_log = release_log
         self.settings = dataclasses.replace(settings, client_id=core.id)
         self.state = state
         self.stats_file = stats_file
@@ -107,10 +109,10 @@ class Service:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        """Serve until SIGTERM / SIGINT."""
+        """Serve until SIGTERM, SIGINT or SIGHUP."""
         stop = self._stop
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         server: asyncio.Server | None = None
         try:
@@ -136,12 +138,14 @@ class Service:
         finally:
             if server is not None:
                 server.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             self.connected = False
             self.write_stats(force=True)
             if self.state is not None:
                 self.state.close()
+            if self.release_log is not None:
+                self.release_log.close()
         if self.fatal is not None:
             raise Fatal(self.fatal)
 
@@ -220,6 +224,8 @@ class Service:
             if isinstance(out, Record):
                 if self.state is not None:
                     self.state.write(out)  # before anything that depends on it is published
+                if self.release_log is not None:
+                    self.release_log.write(out)
             else:
                 await self._inflight.acquire()
                 task = asyncio.create_task(self._publish(client, out))

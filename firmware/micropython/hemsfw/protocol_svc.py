@@ -26,8 +26,11 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
 
     from hemsfw.interfaces import Json
 
-    # a group's result: its sum (released) or (reason, missing homes) (refused)
+    # a group's result: its sum (released) or (reason, the members it names) (refused: the
+    # `missing` of missing_members, the `mismatched` of report_mismatch)
     GroupResult = bytes | tuple[str, list[str]]
+    # a requested group: (id, members, checksum, carried members, report ids or [])
+    GroupEntry = tuple[str, list[str], str, list[str], list[str]]
 
 
 def t_capacity() -> str:
@@ -42,13 +45,17 @@ def t_groupsum(broker: str) -> str:
     return PREFIX + "/groupsum/" + broker
 
 
-def _report_id(obj: "Json") -> str:
-    r = obj.get("report_id")
-    if not isinstance(r, str) or len(r) != REPORT_ID_HEX:
-        raise ValueError("bad_report_id")
+def _is_hex(r: str) -> bool:
     for c in r:
         if not ("0" <= c <= "9" or "a" <= c <= "f"):
-            raise ValueError("bad_report_id")
+            return False
+    return True
+
+
+def _report_id(obj: "Json") -> str:
+    r = obj.get("report_id")
+    if not isinstance(r, str) or len(r) != REPORT_ID_HEX or not _is_hex(r):
+        raise ValueError("bad_report_id")
     return r
 
 
@@ -120,21 +127,26 @@ def make_reply(day: str | None, rnd: int | None, report_id: str | None, ok: bool
 
 def make_group_request(req: str, day: str, rnd: int,
                        groups: "Iterable[Sequence[Any]]") -> "Json":
-    """groups: (group id, [member home ids], checksum hex[, [carried members]]).  Carried
-    members count with their latest released report of an earlier round (the checksum covers
-    that report's id): docs/privacy.md, "Over time"."""
+    """groups: (group id, [member home ids], checksum hex[, [carried members][, [report ids]]]).
+    Carried members count with their latest released report of an earlier round (the checksum
+    covers that report's id): docs/privacy.md, "Over time".  Report ids (one per member, in
+    member order) ask the broker to name the members whose report id differs from the one it
+    holds (``report_mismatch``): the coordinator sends them only after a checksum mismatch."""
     out = []
     for g in groups:
         d = {"id": g[0], "members": g[1], "checksum": g[2]}
         if len(g) > 3 and g[3]:
             d["carried"] = g[3]
+        if len(g) > 4 and g[4]:
+            d["report_ids"] = g[4]
         out.append(d)
     return {"v": VERSION, "req": req, "day": day, "round": rnd, "groups": out}
 
 
 def parse_group_request(obj: "Any", max_members: int
-                        ) -> tuple[str, str, int, list[tuple[str, list[str], str, list[str]]]]:
-    """Returns (req, day, round, [(group id, members, checksum, carried members)])."""
+                        ) -> "tuple[str, str, int, list[GroupEntry]]":
+    """Returns (req, day, round, [(group id, members, checksum, carried members, report ids)])
+    (report ids: [] when the request names none)."""
     check_version(obj)
     req = id_field(obj, "req")
     day = day_field(obj)
@@ -172,21 +184,30 @@ def parse_group_request(obj: "Any", max_members: int
             for h in carried:
                 if h not in ms:
                     raise ValueError("bad_carried")
-        out.append((gid, mem, c, carried))
+        rids = g.get("report_ids", [])
+        if not isinstance(rids, list) or (rids and len(rids) != len(mem)):
+            raise ValueError("bad_report_ids")
+        for r in rids:
+            if not isinstance(r, str) or len(r) != REPORT_ID_HEX or not _is_hex(r):
+                raise ValueError("bad_report_ids")
+        out.append((gid, mem, c, carried, rids))
     return req, day, rnd, out
 
 
 def make_group_sums(req: str, broker: str, day: str, rnd: int,
                     results: "list[Json]") -> "Json":
     """results: list of dicts {"id", "status": "released", "sum": b64} or
-    {"id", "status": "refused", "reason", "missing": [...]}."""
+    {"id", "status": "refused", "reason", "missing": [...]} (``report_mismatch``:
+    "mismatched": [...] instead of "missing")."""
     return {"v": VERSION, "req": req, "broker": broker, "day": day, "round": rnd,
             "results": results}
 
 
 def parse_group_sums(obj: "Any", frames: int
                      ) -> "tuple[str, str, str, int, dict[str, GroupResult]]":
-    """Returns (req, broker, day, round, {gid: bytes sum or (reason, missing)})."""
+    """Returns (req, broker, day, round, {gid: bytes sum or (reason, named members)}): the
+    members a refusal names are its ``missing`` (``missing_members``) or its ``mismatched``
+    (``report_mismatch``)."""
     check_version(obj)
     req = id_field(obj, "req")
     broker = id_field(obj, "broker")
@@ -205,7 +226,7 @@ def parse_group_sums(obj: "Any", frames: int
             out[gid] = unb64(r.get("sum"), 4 * frames)
         elif st == "refused":
             reason = r.get("reason")
-            missing = r.get("missing", [])
+            missing = r.get("mismatched" if reason == "report_mismatch" else "missing", [])
             if not isinstance(reason, str) or not isinstance(missing, list):
                 raise ValueError("bad_results")
             out[gid] = (reason, missing)

@@ -160,3 +160,56 @@ def capacity_profile(load: npt.NDArray[np.int64], ratio: float,
         shape[_frame(10):_frame(16)] = 1.05
         shape[_frame(16):_frame(22)] = 0.95
     return np.rint(ratio * peak * shape[: load.shape[0]]).astype(np.int64)
+
+
+# --------------------------------------------------------------------------
+# hard families (bench/adjust.py): days that need curtailment or defeat moving
+# --------------------------------------------------------------------------
+
+Family = Literal["realistic", "curtail", "rigid", "same_frame", "past_end"]
+FAMILIES: tuple[Family, ...] = ("realistic", "curtail", "rigid", "same_frame", "past_end")
+
+
+def family_day(family: Family, n_groups: int, seed: int, ratio: float = 0.9
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(totals, capacity, magnification) of one benchmark instance:
+
+    * ``realistic``: :func:`generate_day` (weekday for odd seeds, weekend for even ones),
+      capacity ``ratio`` of the peak, flat for odd seeds, shaped for even ones;
+    * ``curtail``: a realistic day at 55 % of its peak: moving alone cannot clear it;
+    * ``rigid``: a realistic day where 70 % of the groups have magnification 1 (cannot move)
+      and a 3-hour evening plateau at 1.3 times the groups' own evening peak; capacity 80 % of
+      the peak;
+    * ``same_frame``: every group has one block of 1-3 frames starting at 18:00 (frame 72)
+      on top of a light base load; capacity 60 % of the peak;
+    * ``past_end``: the realistic day's load shifted so that its evening peak falls in the
+      last hour: windows reach past the day's end (clipped); capacity 85 % of the peak.
+    """
+    rng = np.random.default_rng(10_000 + seed)
+    kind: DayKind = "weekday" if seed % 2 else "weekend"
+    profile: ProfileKind = "flat" if seed % 2 else "shaped"
+    day = generate_day(n_groups, seed, kind)
+    totals = day.totals.copy()
+    mag = day.magnification.copy()
+    if family == "realistic":
+        return totals, capacity_profile(totals.sum(axis=0), ratio, profile), mag
+    if family == "curtail":
+        return totals, capacity_profile(totals.sum(axis=0), 0.55, profile), mag
+    if family == "rigid":
+        rigid = rng.random(n_groups) < 0.7
+        mag[rigid] = 1
+        ev = slice(_frame(18), _frame(21))
+        peak = totals[:, ev].max(axis=1, keepdims=True)
+        totals[:, ev] = np.maximum(totals[:, ev], np.rint(1.3 * peak).astype(np.int64))
+        return totals, capacity_profile(totals.sum(axis=0), 0.8, "flat"), mag
+    if family == "same_frame":
+        base = totals // 4
+        size = np.rint(day.homes * rng.uniform(400, 900, size=n_groups)).astype(np.int64)
+        dur = rng.integers(1, 4, size=n_groups)
+        for g in range(n_groups):
+            base[g, _frame(18):_frame(18) + int(dur[g])] += size[g]
+        return base, capacity_profile(base.sum(axis=0), 0.6, "flat"), mag
+    if family == "past_end":
+        shifted = np.roll(totals, _frame(3), axis=1)  # the 17:00-21:00 peak -> 20:00-24:00
+        return shifted, capacity_profile(shifted.sum(axis=0), 0.85, "flat"), mag
+    raise ValueError(f"unknown family {family!r}")

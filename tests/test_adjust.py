@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.coordinator.adjust import (
+    KEEP_SCALE,
     Policy,
     Problem,
     Result,
@@ -19,10 +23,12 @@ from backend.coordinator.adjust import (
     window_offsets,
 )
 from backend.coordinator.adjust.exact import solve_exact
-from backend.coordinator.adjust.heuristic import lower_bounds
+from backend.coordinator.adjust.heuristic import lower_bounds, solve_heuristic
 from backend.coordinator.adjust.model import validate_moves
+from backend.coordinator.adjust.portfolio import solve_portfolio
+from hemsfw import plan as fw_plan
 
-SOLVERS = ["heuristic", "exact"]
+SOLVERS = ["portfolio", "heuristic", "exact"]
 FAST = Policy(time_limit_s=2.0)
 
 
@@ -47,11 +53,16 @@ def check_valid(problem: Problem, res: Result) -> None:
     for g, f, t in res.moves:  # the firmware's loop, verbatim
         after_moves[g, f] -= problem.totals[g, f]
         after_moves[g, t] += problem.totals[g, f]
-    final = after_moves.copy()
-    assert len(set(res.curtail)) == len(res.curtail)
-    for g, f in res.curtail:
+    assert len({(g, f) for g, f, _ in res.curtail}) == len(res.curtail)
+    for g, f, keep in res.curtail:
         assert after_moves[g, f] > 0, "pointless curtailment of an empty cell"
-        final[g, f] = 0
+        assert 0 <= keep < KEEP_SCALE
+    # every group's plan replayed through the firmware's own apply_adjustment
+    final = np.array([fw_plan.apply_adjustment(
+        [int(x) for x in problem.totals[g]],
+        [(f, t) for gg, f, t in res.moves if gg == g],
+        [[f, keep] for gg, f, keep in res.curtail if gg == g]) for g in range(problem.n_groups)],
+        dtype=np.int64).reshape(problem.totals.shape)
     assert np.array_equal(res.group_after, final)
     assert np.array_equal(res.load_before, problem.totals.sum(axis=0))
     assert np.array_equal(res.load_after, final.sum(axis=0))
@@ -60,7 +71,7 @@ def check_valid(problem: Problem, res: Result) -> None:
     assert res.overload_after_wh == int(np.maximum(after_moves.sum(axis=0) - cap, 0).sum())
     assert res.residual_overload_wh == int(np.maximum(final.sum(axis=0) - cap, 0).sum())
     assert res.moved_wh == sum(int(problem.totals[g, f]) for g, f, _ in res.moves)
-    assert res.curtailed_wh == sum(int(after_moves[g, f]) for g, f in res.curtail)
+    assert res.curtailed_wh == int(after_moves.sum() - final.sum())
     if problem.policy.allow_curtail:
         assert res.residual_overload_wh == 0
     else:
@@ -69,6 +80,9 @@ def check_valid(problem: Problem, res: Result) -> None:
     assert res.overload_after_wh <= res.overload_before_wh
     if res.best_bound is not None:
         assert res.best_bound <= res.overload_after_wh + 1e-6
+    if res.curtailed_bound_wh is not None:
+        assert res.curtailed_bound_wh <= res.curtailed_wh + 1e-6
+    json.dumps(res.to_json(), allow_nan=False)
     # evaluate() recomputes the same figures
     again = evaluate(problem, res.moves, res.curtail)
     for name in ("overload_before_wh", "overload_after_wh", "residual_overload_wh",
@@ -152,16 +166,33 @@ def test_problem_validation() -> None:
         solve(make([[1, 1]], [5, 5], [2]), solver="magic")  # type: ignore[arg-type]
 
 
-def test_plan_curtailment_best_fit() -> None:
-    # excess 7: the best single match is the 8 cell, not the 20 one
-    ga = np.array([[3], [8], [20], [0]], dtype=np.int64)
-    assert plan_curtailment(ga, np.array([24])) == [(1, 0)]
-    # excess 25: no single cell holds it -> largest (20), then best fit for 5 (8)
-    assert plan_curtailment(ga, np.array([6])) == [(1, 0), (2, 0)]
-    # ties broken by the lower group index
-    ga2 = np.array([[5], [5], [5]], dtype=np.int64)
-    assert plan_curtailment(ga2, np.array([11])) == [(0, 0)]
-    assert plan_curtailment(ga2, np.array([0])) == [(0, 0), (1, 0), (2, 0)]
+def test_curtailment_is_proportional_to_load() -> None:
+    # load 100 against capacity 50: every group keeps half of its load
+    ga = np.array([[30], [10], [60], [0]], dtype=np.int64)
+    cut = plan_curtailment(ga, np.array([50]))
+    assert [(g, f) for g, f, _ in cut] == [(0, 0), (1, 0), (2, 0)]  # the empty cell is spared
+    kept = [int(ga[g, f]) * keep // KEEP_SCALE for g, f, keep in cut]
+    assert kept == [15, 5, 30]
+
+
+def test_curtailment_sheds_exactly_the_excess() -> None:
+    # shares 24 * (3, 8, 20) / 31 = 2.3, 6.2, 15.5: largest remainder gives the 20 cell the
+    # extra Wh; the frame ends exactly at its capacity, nothing more is curtailed
+    ga = np.array([[3], [8], [20]], dtype=np.int64)
+    cut = plan_curtailment(ga, np.array([24]))
+    kept = [int(ga[g, f]) * keep // KEEP_SCALE for g, f, keep in cut]
+    assert kept == [2, 6, 16]
+    # capacity 0: everything goes, keep 0
+    assert plan_curtailment(ga, np.array([0])) == [(0, 0, 0), (1, 0, 0), (2, 0, 0)]
+
+
+def test_curtailment_never_keeps_more_than_the_share_for_large_cells() -> None:
+    # cells larger than KEEP_SCALE Wh cannot hit their share exactly: rounding goes down
+    ga = np.array([[1_000_003], [999_999], [7]], dtype=np.int64)
+    cap = np.array([1_234_567])
+    cut = plan_curtailment(ga, cap)
+    kept = sum(int(ga[g, f]) * keep // KEEP_SCALE for g, f, keep in cut)
+    assert cap[0] - 3 * (1 + 1_000_003 // KEEP_SCALE) <= kept <= cap[0]
 
 
 # --------------------------------------------------------------------------
@@ -185,8 +216,8 @@ def test_single_frame_needs_curtailment(solver: str) -> None:
     check_valid(p, res)
     assert res.moves == []
     assert res.overload_after_wh == 8
-    assert res.curtail == [(1, 0)] or res.curtailed_wh == 10
-    assert res.curtailed_wh == 10 or res.curtail == [(1, 0)]
+    assert res.curtailed_wh == 8  # fractional curtailment sheds exactly the excess
+    assert [g for g, _, _ in res.curtail] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
@@ -225,7 +256,7 @@ def test_m1_groups_never_move(solver: str) -> None:
     assert all(g != 0 for g, _, _ in res.moves)
     assert res.moves == [(1, 0, 1)] or res.moves[0][:2] == (1, 0)
     assert res.overload_after_wh == 30
-    assert res.curtail == [(0, 0)]
+    assert [(g, f) for g, f, _ in res.curtail] == [(0, 0)] and res.curtailed_wh == 30
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
@@ -234,7 +265,7 @@ def test_window_edges_defer(solver: str) -> None:
     p = make([[0, 0, 5, 8]], [10, 10, 10, 4], [4])
     res = solve(p, solver=solver)  # type: ignore[arg-type]
     check_valid(p, res)
-    assert res.moves == [] and res.curtail == [(0, 3)] and res.curtailed_wh == 8
+    assert res.moves == [] and res.curtail == [(0, 3, KEEP_SCALE // 2)] and res.curtailed_wh == 4
     # overload in the first frame: deferred within the window (frames 1..3)
     p2 = make([[8, 0, 0, 5, 0]], [4, 10, 10, 10, 10], [4])
     res2 = solve(p2, solver=solver)  # type: ignore[arg-type]
@@ -323,12 +354,57 @@ def test_target_profile(solver: str) -> None:
 
 def test_exact_reports_bound_and_status() -> None:
     p = make([[6, 0, 0], [0, 7, 0]], [2, 8, 10], [2, 2])
-    for warm in (True, False):
-        res = solve_exact(p, warm_start=warm)
+    for start in (None, [(0, 0, 1)]):
+        res = solve_exact(p, start=start)
         check_valid(p, res)
         assert res.status == "optimal" and res.mip_gap == 0.0 and res.best_bound == 0.0
-    h = solve(p)
+    h = solve(p, "heuristic")
     assert h.status == "heuristic" and h.solver == "heuristic" and h.mip_gap is None
+
+
+def test_portfolio_proves_optimality_and_reports_gaps() -> None:
+    p = make([[6, 0, 0], [0, 7, 0]], [2, 8, 10], [2, 2])
+    res = solve(p)
+    check_valid(p, res)
+    assert res.solver.startswith("portfolio:") and res.status == "optimal"
+    assert res.gaps() == {"overload_pct": 0.0, "moved_pct": 0.0, "curtailed_pct": 0.0}
+
+
+def test_deadline_already_past_gives_a_valid_heuristic_plan() -> None:
+    """The deadline bounds every stage: with no time left the portfolio never builds the exact
+    model and returns the heuristic's plan (guidance and rounding only)."""
+    totals, mag = _bench_day(30, 2, "weekday")
+    load = totals.sum(axis=0)
+    p = Problem(totals, np.full(96, int(0.8 * load.max())), mag)
+    res = solve_portfolio(p, deadline=time.monotonic() - 1.0)
+    check_valid(p, res)
+    assert res.solver == "portfolio:heuristic" and res.status != "optimal"
+    assert res.overload_after_wh < res.overload_before_wh
+    ex = solve_exact(p, deadline=time.monotonic() - 1.0)
+    check_valid(p, ex)
+    assert ex.moves == [] and ex.status == "time_limit"
+
+
+def test_result_json_is_valid_with_an_infinite_gap() -> None:
+    p = make([[6, 0, 0], [0, 7, 0]], [2, 8, 10], [2, 2])
+    res = evaluate(p, [(0, 0, 1)], [], mip_gap=float("inf"), best_bound=float("-inf"))
+    text = json.dumps(res.to_json(), allow_nan=False)
+    back = Result.from_json(json.loads(text))
+    assert back.mip_gap is None and back.best_bound is None
+    assert back.moves == res.moves and np.array_equal(back.group_after, res.group_after)
+
+
+def test_overshooting_move_lowers_the_overload() -> None:
+    """A chain whose last frame cannot take all it gets, yet lowers the total overload: the
+    heuristic used to accept only chains that the last frame absorbs whole (131 Wh left here,
+    the optimum is 65)."""
+    p = make([[26, 232, 0, 0, 0, 257], [25, 0, 60, 0, 0, 0], [220, 0, 0, 0, 153, 38]],
+             [199, 17, 218, 61, 297, 273], [4, 3, 2])
+    h = solve_heuristic(p)
+    check_valid(p, h)
+    e = solve_exact(p)
+    assert e.status == "optimal" and e.overload_after_wh == 65
+    assert h.overload_after_wh == 65
 
 
 # --------------------------------------------------------------------------
@@ -371,7 +447,7 @@ def test_solvers_agree_on_overload(seed: int, kind: str, window_kind: str) -> No
     load = totals.sum(axis=0)
     p = Problem(totals, np.full(96, int(0.9 * load.max())), mag,
                 Policy(window=window_kind, time_limit_s=5.0))  # type: ignore[arg-type]
-    e = solve_exact(p, warm_start=False)
+    e = solve_exact(p)
     h = solve(p, solver="heuristic")
     check_valid(p, e)
     check_valid(p, h)
@@ -386,7 +462,7 @@ def test_heuristic_vs_optimum_on_tiny_random_days(seed: int) -> None:
     heuristic is never better than a proven optimum and never worse than
     doing nothing; it may miss the optimum (documented)."""
     p = _random_problem(seed, g_n=4, f_n=8, window_kind="defer" if seed % 2 else "symmetric")
-    e = solve_exact(p, warm_start=False)
+    e = solve_exact(p)
     h = solve(p, solver="heuristic")
     check_valid(p, e)
     check_valid(p, h)
@@ -419,9 +495,9 @@ def test_property_results_are_valid(g_n: int, f_n: int, data: st.DataObject) -> 
     check_valid(p, res)
     assert res.overload_after_wh <= res.overload_before_wh  # never worse than nothing
     if g_n <= 3 and f_n <= 6 and data.draw(st.booleans()):
-        ex = solve(p, solver="exact")
+        ex = solve(p, solver="portfolio")
         check_valid(p, ex)
-        assert ex.overload_after_wh <= res.overload_after_wh  # warm-started
+        assert ex.overload_after_wh <= res.overload_after_wh  # the better of both
 
 
 def test_window_longer_than_the_day() -> None:
@@ -430,7 +506,7 @@ def test_window_longer_than_the_day() -> None:
     totals = np.array([[1, 0], [0, 0], [0, 0], [1, 0]], dtype=np.int64)
     p = Problem(totals, np.array([0, 2], dtype=np.int64), np.array([2, 1, 1, 4], dtype=np.int64),
                 Policy(window="defer", allow_curtail=False, time_limit_s=1.0))
-    for solver in ("heuristic", "exact"):
+    for solver in SOLVERS:
         res = solve(p, solver=solver)  # type: ignore[arg-type]
         check_valid(p, res)
         assert res.overload_after_wh == 0  # both cells fit in frame 1
@@ -447,8 +523,37 @@ def test_realistic_day_heuristic() -> None:
     for kind in ("defer", "symmetric"):
         p = Problem(day.totals, capacity_profile(day.totals.sum(axis=0), 0.85),
                     day.magnification, Policy(window=kind))
-        res = solve(p)
+        res = solve(p, "heuristic")
         check_valid(p, res)
         assert res.overload_after_wh < res.overload_before_wh
-        again = solve(p)
+        again = solve(p, "heuristic")
         assert again.moves == res.moves  # deterministic
+
+
+def test_bench_quick_reports_every_summary_key() -> None:
+    """bench/adjust.py --quick: valid JSON (no Infinity/NaN) with the summary the docs quote."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "bench" / "adjust.py"), "--quick", "--json",
+                        "--budget", "1", "--bound-limit", "1"],
+                       capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    def no_constant(name: str) -> None:
+        raise AssertionError(f"{name} in the JSON")
+
+    out = json.loads(r.stdout, parse_constant=no_constant)
+    s = out["summary"]
+    for key in ("instances", "hard_instances", "default_overload_gap_to_bound_pct_p95",
+                "default_overload_gap_to_bound_pct_max",
+                "default_moved_energy_gap_to_bound_pct_p95",
+                "default_curtailed_gap_to_bound_pct_max", "proven_optimal_fraction",
+                "wall_s_over_budget_max", "goals_met"):
+        assert key in s, key
+    assert s["instances"] == len(out["instances"]) == 10
+    assert s["hard_instances"] >= 4  # curtailment and rigid days at both sizes
+    for row in out["instances"]:
+        assert row["bounds"]["overload"] <= row["default"]["overload_after_wh"] + 0.5

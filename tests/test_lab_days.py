@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 
 HEMS = str(Path(sys.prefix) / "bin" / "hems")
 ARGS = ["--days", "3", "--homes", "20", "--seed", "5", "--json", "--no-report"]
+QUANTUM_WH = 1  # the lab's rounds (backend/lab/lab.py: --quantum-wh 1)
 #: every phase of a round, and a day boundary, in the order the days reach them (at most two
 #: kills inside one day's window between deadline and midnight)
 KILLS = "1:collecting,1:closed,2:summing,2:solving,3:publishing,3:serving,boundary:3"
@@ -59,9 +60,15 @@ def test_three_days_one_service_with_homes_missing_days(undisturbed: dict[str, A
             assert key in d, key
         # the invariants, every day, from the homes' own records
         assert d["true_load_wh"] == d["coordinator_load_before_wh"]
-        # the counted relays, plus what the coordinator moved of carried members' plans
-        assert [a + b for a, b in zip(d["relay_load_after_wh"], d["carried_moved_wh"],
-                                      strict=True)] == d["coordinator_load_after_wh"]
+        # the counted relays, plus what the coordinator moved of carried members' plans; in a
+        # partly curtailed frame every member rounds its kept share down (< 1 quantum each)
+        slack = [0] * len(d["coordinator_load_after_wh"])
+        size = {g["id"]: g["size"] for g in d["groups"]}
+        for gid, f, *_ in d["curtail"]:
+            slack[f] += size[gid] * QUANTUM_WH
+        for a, b, c, sl in zip(d["relay_load_after_wh"], d["carried_moved_wh"],
+                               d["coordinator_load_after_wh"], slack, strict=True):
+            assert 0 <= c - (a + b) <= sl
         assert d["homes_reporting"] + len(d["absent_homes"]) == 20
         assert all(g["size"] >= 3 for g in d["groups"])
     assert any(d["absent_homes"] for d in s["days"])  # at least one day has a home absent

@@ -33,6 +33,7 @@ from backend.common.mqtt import add_mqtt_args, mqtt_args_problem, settings_from_
 from backend.common.sdnotify import notify, watchdog_interval_s
 from backend.common.usage import Parser, UsageError, bounded_float, bounded_int, port
 from backend.coordinator import metrics
+from backend.coordinator.adjust import SOLVERS
 from backend.coordinator.daemon import Daemon, DaemonConfig
 from backend.coordinator.mqtt_adapter import AdapterError, MqttAdapter
 from backend.coordinator.ports import AcceleratedClock, Clock, SystemClock
@@ -129,11 +130,14 @@ def build_parser(prog: str = "python -m backend.coordinator") -> argparse.Argume
     g.add_argument("--k", type=bounded_int(2), default=3,
                    help="minimum homes per group (>= 2; the same k as the mask brokers)")
     a = p.add_argument_group("adjustment")
-    a.add_argument("--solver", choices=("heuristic", "exact"), default="heuristic")
+    a.add_argument("--solver", choices=SOLVERS, default="portfolio",
+                   help="portfolio (default): heuristic, then the exact model where it fits in "
+                   "the time left, the better plan of both")
     a.add_argument("--window", choices=("defer", "symmetric"), default="defer",
                    help="magnification window: defer = k+1..k+m-1 (docs/adjustment.md)")
     a.add_argument("--time-limit", type=bounded_float(0.0, lo_open=True), default=10.0,
-                   help="solver time limit per solve (seconds)")
+                   help="wall-clock budget of a round's adjustment, every regrouping "
+                   "re-solve included (seconds)")
     a.add_argument("--target-weight", type=bounded_float(0.0), default=0.0,
                    help="weight of the capacity message's target profile (0 = ignore it)")
     c = p.add_argument_group("inputs and timeouts")

@@ -42,35 +42,12 @@ def answers_from_json(obj: Mapping[str, Any]) -> dict[str, Answer]:
 
 
 def result_to_json(r: Result) -> dict[str, Any]:
-    return {
-        "moves": [[int(g), int(f), int(t)] for g, f, t in r.moves],
-        "curtail": [[int(g), int(f)] for g, f in r.curtail],
-        "group_after": np.asarray(r.group_after, dtype=np.int64).tolist(),
-        "load_before": np.asarray(r.load_before, dtype=np.int64).tolist(),
-        "load_after": np.asarray(r.load_after, dtype=np.int64).tolist(),
-        "overload_before_wh": int(r.overload_before_wh),
-        "overload_after_wh": int(r.overload_after_wh),
-        "residual_overload_wh": int(r.residual_overload_wh),
-        "moved_wh": int(r.moved_wh), "curtailed_wh": int(r.curtailed_wh),
-        "solver": r.solver, "runtime_s": float(r.runtime_s), "status": r.status,
-        "mip_gap": r.mip_gap, "best_bound": r.best_bound,
-    }
+    """The journal's form of a result: :meth:`Result.to_json` (valid JSON, no Infinity)."""
+    return r.to_json()
 
 
 def result_from_json(d: Mapping[str, Any]) -> Result:
-    return Result(
-        moves=[(int(g), int(f), int(t)) for g, f, t in d["moves"]],
-        curtail=[(int(g), int(f)) for g, f in d["curtail"]],
-        group_after=np.array(d["group_after"], dtype=np.int64),
-        load_before=np.array(d["load_before"], dtype=np.int64),
-        load_after=np.array(d["load_after"], dtype=np.int64),
-        overload_before_wh=int(d["overload_before_wh"]),
-        overload_after_wh=int(d["overload_after_wh"]),
-        residual_overload_wh=int(d["residual_overload_wh"]),
-        moved_wh=int(d["moved_wh"]), curtailed_wh=int(d["curtailed_wh"]),
-        solver=str(d["solver"]), runtime_s=float(d["runtime_s"]), status=str(d["status"]),
-        mip_gap=d["mip_gap"], best_bound=d["best_bound"],
-    )
+    return Result.from_json(d)
 
 
 def fingerprint(p: Problem, solver: str) -> str:

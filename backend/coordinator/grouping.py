@@ -218,11 +218,11 @@ def contributing(
         over = moved.sum(axis=0) > problem.capacity
         return np.asarray((moved[:, over] > 0).any(axis=1), dtype=bool)
     c = np.zeros(n_groups, dtype=bool)
-    frames = sorted({f for _, f in result.curtail})
+    frames = sorted({f for _, f, _ in result.curtail})
     if frames:
         ga = np.asarray(result.group_after)
         c |= (ga[:, frames] > 0).any(axis=1)
-    for g, _ in result.curtail:
+    for g, _, _ in result.curtail:
         c[g] = True
     return c
 

@@ -16,13 +16,16 @@ solver kept free: reserve.py) and ``reserve_homes`` (those homes); ``overload_be
 curtailment; the three against ``capacity_wh - reserve_wh``), ``moved_wh``, ``curtailed_wh``;
 ``groups`` (the final grouping: [{id, size, magnification, members, total_wh, carried}]:
 ``carried`` members count with their latest released report of an earlier round, and get no
-adjustment), ``moves`` ([group id, from, to]), ``curtail`` ([group id, frame]); ``regroup_rounds``
+adjustment), ``moves`` ([group id, from, to]), ``curtail`` ([group id, frame, keep]: the group
+keeps keep/65536 of its post-move load in that frame, docs/adjustment.md); ``regroup_rounds``
 (refinements asked for), ``solver``, ``solve_status``, ``mip_gap``, ``best_bound`` (from the
-engine); ``released_groups`` ([{id, broker, size}]), ``refused_groups`` ([{id, broker, reason,
-missing?}]), ``rejections`` (counts by "kind:reason"); ``timings`` (collect_s, group_s, sums_s,
-solve_s, publish_s: this process); ``phases`` ([[phase, clock time entered]] of this process);
-``resumed`` (this process continued a journaled round), ``restarts`` (earlier processes of this
-round). Values not reached by a failed round are null (or empty lists).
+engine, null when not finite), ``gaps`` (proven gaps in %: ``overload_pct``, ``moved_pct``,
+``curtailed_pct``, null where unknown); ``released_groups`` ([{id, broker, size}]),
+``refused_groups`` ([{id, broker, reason, missing?}]), ``rejections`` (counts by
+"kind:reason"); ``timings`` (collect_s, group_s, sums_s, solve_s, publish_s: this process);
+``phases`` ([[phase, clock time entered]] of this process); ``resumed`` (this process continued
+a journaled round), ``restarts`` (earlier processes of this round). Values not reached by a
+failed round are null (or empty lists).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy.typing as npt
 
+from backend.coordinator.adjust.model import finite_or_none
 from backend.coordinator.round import Round
 
 __all__ = ["round_record"]
@@ -85,12 +89,13 @@ def round_record(r: Round, status: str, error: str | None = None) -> dict[str, A
         "curtailed_wh": res.curtailed_wh if res else None,
         "groups": groups,
         "moves": [[gid[g], f, t] for g, f, t in res.moves] if res else [],
-        "curtail": [[gid[g], f] for g, f in res.curtail] if res else [],
+        "curtail": [[gid[g], f, keep] for g, f, keep in res.curtail] if res else [],
         "regroup_rounds": r.regroup_rounds,
         "solver": res.solver if res else s.solver,
         "solve_status": res.status if res else None,
-        "mip_gap": res.mip_gap if res else None,
-        "best_bound": res.best_bound if res else None,
+        "mip_gap": finite_or_none(res.mip_gap) if res else None,
+        "best_bound": finite_or_none(res.best_bound) if res else None,
+        "gaps": res.gaps() if res else None,
         "window": s.window,
         "released_groups": ledger.released if ledger else [],
         "refused_groups": ledger.refused if ledger else [],

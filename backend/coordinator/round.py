@@ -48,7 +48,7 @@ import numpy as np
 from backend.common import flp_batch
 from backend.common.rejects import Rejections
 from backend.coordinator import proofs
-from backend.coordinator.adjust import Policy, Problem, Result, solve
+from backend.coordinator.adjust import Policy, Problem, Result, SolverName, solve
 from backend.coordinator.codec import (
     answers_from_json,
     answers_to_json,
@@ -110,8 +110,10 @@ class RoundSettings:
     collect_s: float = 10.0
     #: close collection early once this many homes were accepted
     expected_homes: int | None = None
-    solver: Literal["heuristic", "exact"] = "heuristic"
+    solver: SolverName = "portfolio"
     window: Literal["defer", "symmetric"] = "defer"
+    #: wall-clock budget of all the round's solves together (every regrouping re-solve shares
+    #: one deadline, set when the first solve starts)
     time_limit_s: float = 10.0
     target_weight: float = 0.0
     capacity_wait_s: float = 10.0
@@ -227,6 +229,7 @@ class Round:
         self._answers: dict[tuple[str, str], dict[str, Answer]] = {}
         self._solves: dict[int, dict[str, Any]] = {}
         self._nsolve = 0
+        self._solve_deadline: float | None = None  # time.monotonic(): the round's solve budget
         self._nreq = 0
         self._enough = asyncio.Event()
         self._pending: dict[tuple[str, str], asyncio.Future[dict[str, Answer]]] = {}
@@ -859,8 +862,10 @@ class Round:
                 raise RoundFailed(f"journal diverged at solve {i}: the problem differs")
             return result_from_json(logged["result"])
         t = time.monotonic()
+        if self._solve_deadline is None:
+            self._solve_deadline = t + self.s.time_limit_s
         try:
-            result = await asyncio.to_thread(solve, problem, self.s.solver)
+            result = await asyncio.to_thread(solve, problem, self.s.solver, self._solve_deadline)
         except Exception as e:
             log.exception("adjustment engine failed")
             raise RoundFailed(f"adjustment engine ({self.s.solver}) failed: {e!r}") from e
@@ -984,11 +989,11 @@ class Round:
     async def _send_adjustments(self, groups: Sequence[Group], result: Result) -> None:
         c = self.cfg
         moves: list[list[tuple[int, int]]] = [[] for _ in groups]
-        curtail: list[list[int]] = [[] for _ in groups]
+        curtail: list[list[tuple[int, int]]] = [[] for _ in groups]
         for g, f, t in result.moves:
             moves[g].append((f, t))
-        for g, f in result.curtail:
-            curtail[g].append(f)
+        for g, f, keep in result.curtail:
+            curtail[g].append((f, keep))
         out: Replies = []
         ledger = self.ledger
         assert ledger is not None

@@ -906,8 +906,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-brokers", type=bounded_int(1, MAX_MASK_BROKERS),
                    default=d.mask_brokers,
                    help=f"number of mask brokers, 1-{MAX_MASK_BROKERS} (default 1)")
-    p.add_argument("--solver", choices=["heuristic", "exact"], default=d.solver,
-                   help="adjustment engine (default heuristic)")
+    p.add_argument("--solver", choices=["heuristic", "exact", "portfolio"], default=d.solver,
+                   help="adjustment engine (default heuristic: a lab day lasts seconds)")
     p.add_argument("--grid-feed", choices=["openadr"], default=None,
                    help="capacity from openleadr's real VTN through the OpenADR grid feed "
                    "(installed by ./run lab when given)")

@@ -16,6 +16,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
+from backend.coordinator.adjust import KEEP_SCALE
+
 BLUE, GREY, RED, GREEN, INK = "#1f6feb", "#8c959f", "#cf222e", "#2da44e", "#24292f"
 PLANNED, MOVED = "#d0d7de", "#ff8182"
 Array = NDArray[np.int64]
@@ -89,8 +91,9 @@ def group_after(totals: Array, moves: Sequence[Sequence[Any]], curtail: Sequence
     for g, f, t in moves:
         after[row[g], f] -= totals[row[g], f]
         after[row[g], t] += totals[row[g], f]
-    for g, f in curtail:
-        after[row[g], f] = 0
+    for c in curtail:  # [group, frame, keep]: keep/KEEP_SCALE of the cell stays
+        g, f = c[0], c[1]
+        after[row[g], f] = after[row[g], f] * c[2] // KEEP_SCALE if len(c) > 2 else 0
     return after
 
 

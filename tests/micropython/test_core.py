@@ -102,6 +102,23 @@ def test_apply_adjustment_is_simultaneous():
     assert p == [1, 2, 3, 4]
 
 
+def test_apply_adjustment_partial_curtailment():
+    p = [8, 3, 10, 5]
+    # [frame, keep]: keep/65536 of the adjusted load stays, rounded down; keep 0 is off
+    got = plan.apply_adjustment(p, [(0, 1)], [[1, 49152], [2, 0], [3, 32768]])
+    assert got == [0, 8, 0, 2]   # 11 * 3/4 = 8.25 -> 8; 5 / 2 = 2.5 -> 2
+    assert plan.apply_adjustment(p, [], [[0, 65535]]) == [7, 3, 10, 5]   # never rounds up
+
+
+def test_adjustment_partial_curtail_parse():
+    adj = protocol_svc.make_adjustment("2026-11-28", 1, "g1", [], [(1, 40000), (3, 0)], 9)
+    assert adjust.parse_adjustment(_rt(adj), 4)[4] == [[1, 40000], [3, 0]]
+    for bad in ([[1, 65536]], [[4, 0]], [[1, -1]], [[1, 2], [1, 3]], [[1, 2], 1], [[1]]):
+        obj = dict(adj)
+        obj["curtail"] = bad
+        _raises(lambda o=obj: adjust.parse_adjustment(o, 4), "bad_curtail")
+
+
 def test_frame_at_bounds():
     assert plan.frame_at(None, 1000, 10, 3) is None
     assert plan.frame_at(999.9, 1000, 10, 3) is None

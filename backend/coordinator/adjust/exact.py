@@ -11,7 +11,9 @@ deviations ``dp[f], dm[f] >= 0``::
     L[f] - sum_{j: f_j = f} s_j x_j + sum_{j: t_j = f} s_j x_j - o[f] <= C[f]
     (same load expression) - dp[f] + dm[f] = target[f]       (target only)
 
-Solved lexicographically, all within ``policy.time_limit_s``:
+Solved lexicographically, all before the caller's ``deadline`` (a
+:func:`time.monotonic` value; model building included: HiGHS gets only the
+time left, minus a small reserve for reading the solution back):
 
 1. ``min sum_f o[f]`` (overload that moves cannot remove).  The objective is
    integral at integral ``x``, so HiGHS runs with an absolute gap < 1.
@@ -19,18 +21,18 @@ Solved lexicographically, all within ``policy.time_limit_s``:
    the tolerance, below 1 Wh) and ``min sum_j (s_j + eps) x_j +
    target_weight * sum_f (dp[f] + dm[f])`` with ``eps = 1 / (n_moves + 1)``,
    so the move count only breaks ties between equal energies.
-3. curtailment: the greedy of :func:`model.plan_curtailment`, improved by a
-   small knapsack-cover MIP per overloaded frame when time remains.
+3. curtailment: the fair, minimal rule of :func:`model.plan_curtailment`
+   (it curtails exactly what the moves leave over, so it needs no search).
 
-By default the heuristic's plan is handed to HiGHS as the starting incumbent
-(``warm_start=True``), so the exact result is never worse than the
-heuristic's; the benchmark also runs it cold to compare the two honestly.
+``start`` (optional) is a plan handed to HiGHS as the first incumbent (the
+portfolio passes the heuristic's); without it the model runs cold.  The
+result reports proven bounds: ``best_bound`` on the overload, and when stage 1
+is proven optimal ``moved_bound_wh`` (stage 2's dual bound, less the move
+count term) on the moved energy.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -38,8 +40,8 @@ from dataclasses import dataclass
 import highspy
 import numpy as np
 
+from .highs import new_highs, to_csc
 from .model import (
-    Cell,
     IntArray,
     Move,
     Problem,
@@ -47,60 +49,15 @@ from .model import (
     apply_moves,
     finish,
     overload_wh,
-    plan_curtailment,
     window_offsets,
 )
 
-__all__ = ["new_highs", "solve_exact"]
+__all__ = ["candidate_count", "solve_exact"]
 
-_BANNER_LOCK = threading.Lock()
-_BANNER_DONE = False
-
-
-def new_highs() -> highspy.Highs:
-    """A silent Highs instance.
-
-    HiGHS prints its banner to the C-level stdout when the first instance of
-    the process is created, before any option can be set; that one creation
-    runs with file descriptor 1 pointed at /dev/null.
-    """
-    global _BANNER_DONE
-    with _BANNER_LOCK:
-        if not _BANNER_DONE:
-            _BANNER_DONE = True
-            sys.stdout.flush()
-            saved = os.dup(1)
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            try:
-                os.dup2(devnull, 1)
-                h = highspy.Highs()
-            finally:
-                os.dup2(saved, 1)
-                os.close(saved)
-                os.close(devnull)
-        else:
-            h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("log_to_console", False)
-    h.setOptionValue("threads", 1)
-    h.setOptionValue("random_seed", 0)
-    return h
-
-
-def to_csc(
-    rows: list[np.ndarray], cols: list[np.ndarray], vals: list[np.ndarray], n_col: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Coordinate triplets (pieces to concatenate) -> HiGHS's column-wise matrix: column start
-    offsets (int32, n_col of them), row indices (int32) and values, sorted by column then row."""
-    r = np.concatenate(rows)
-    c = np.concatenate(cols)
-    v = np.concatenate(vals)
-    order = np.lexsort((r, c))
-    r, c, v = r[order], c[order], v[order]
-    starts = np.zeros(n_col + 1, dtype=np.int64)
-    np.cumsum(np.bincount(c, minlength=n_col), out=starts[1:])
-    return starts[:-1].astype(np.int32), r.astype(np.int32), v
-
+#: seconds kept back from HiGHS for reading its solution and building the result
+RESERVE_S = 0.15
+#: HiGHS's own time limit first; its interrupt callbacks stop it this much later
+INTERRUPT_GRACE_S = 0.05
 
 @dataclass
 class _Candidates:
@@ -109,6 +66,18 @@ class _Candidates:
     t: IntArray
     s: IntArray
     cell: IntArray  # cell index (g * F + f) of each candidate
+
+
+def candidate_count(problem: Problem) -> int:
+    """Number of binary variables of the model (candidate moves), without building it."""
+    totals = problem.totals
+    f_n = int(totals.shape[1])
+    n = 0
+    for m in np.unique(problem.magnification).tolist():
+        cells = (totals[problem.magnification == m] > 0).sum(axis=0)
+        for d in window_offsets(int(m), problem.policy.window):
+            n += int(cells[max(0, -d):min(f_n, f_n - d)].sum())
+    return n
 
 
 def _candidates(problem: Problem) -> _Candidates:
@@ -211,8 +180,19 @@ class _Model:
             starts, r, v, integrality,
         )
         self.h = h
+        # HiGHS checks its own time limit rarely in some phases (seconds late on a 200-group
+        # day): its interrupt callbacks stop it at the deadline
+        self.stop_at = float("inf")
+        self.abandoned = False
+        h.cbSimplexInterrupt.subscribe(self._interrupt)
+        h.cbIpmInterrupt.subscribe(self._interrupt)
+        h.cbMipInterrupt.subscribe(self._interrupt)
         # key of each candidate for warm starts
         self.keys = (cand.cell * f_n + cand.t).astype(np.int64)
+
+    def _interrupt(self, e: highspy.highs.HighsCallbackEvent) -> None:
+        if time.monotonic() >= self.stop_at:
+            e.interrupt()
 
     # ------------------------------------------------------------------
     def x_of_moves(self, moves: list[Move]) -> np.ndarray:
@@ -246,39 +226,56 @@ class _Model:
         self.cost = cost
         self.h.changeColsCost(self.n_col, np.arange(self.n_col, dtype=np.int32), cost)
 
-    def run(self, time_limit: float, start: list[Move] | None,
+    def _bounded_run(self, hard_end: float) -> bool:
+        """``h.run()`` in a thread, waited for until ``hard_end`` at most.  False: HiGHS is
+        still busy (a phase that checks neither its time limit nor the interrupt callbacks);
+        it is told to stop and left to finish on its own, and this model is not used again."""
+        th = threading.Thread(target=self.h.run, name="highs", daemon=True)
+        th.start()
+        th.join(max(0.0, hard_end - time.monotonic()))
+        if th.is_alive():
+            self.stop_at = float("-inf")
+            self.abandoned = True
+            return False
+        return True
+
+    def run(self, time_limit: float, start: list[Move] | None, hard_end: float,
             ) -> tuple[list[Move] | None, str, float, float]:
-        """Run HiGHS; return (moves or None, status, gap, dual bound).
+        """Run HiGHS; return (moves or None, status, gap, dual bound).  ``hard_end`` (monotonic)
+        is when the caller must have its answer, whatever HiGHS does.
 
         Work-around: with a user start solution HiGHS 1.16 can report an
         improved objective after presolve yet hand back the start solution
         (seen on tiny models).  When the returned solution does not attain the
         reported objective, the solve is repeated with presolve off."""
         h = self.h
-        t_end = time.perf_counter() + max(float(time_limit), 1e-3)
+        t_end = time.monotonic() + max(float(time_limit), 1e-3)
+        self.stop_at = t_end + INTERRUPT_GRACE_S
         h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
         if start is not None:
             sol = self.full_solution(start)
             h.setSolution(self.n_col, np.arange(self.n_col, dtype=np.int32), sol)
-        h.run()
+        if not self._bounded_run(hard_end):
+            return None, "time_limit", float("inf"), float("-inf")
         info = h.getInfo()
         if info.primal_solution_status == 2:
             got = float(np.dot(self.cost, np.asarray(h.getSolution().col_value)))
             rep = float(info.objective_function_value)
-            left = t_end - time.perf_counter()
+            left = t_end - time.monotonic()
             if got > rep + 1e-6 * max(1.0, abs(rep)) + 0.5 and left > 0.01:
                 h.setOptionValue("presolve", "off")
                 h.setOptionValue("time_limit", left)
                 if start is not None:
                     h.setSolution(self.n_col, np.arange(self.n_col, dtype=np.int32),
                                   self.full_solution(start))
-                h.run()
+                if not self._bounded_run(hard_end):
+                    return None, "time_limit", float("inf"), float("-inf")
                 h.setOptionValue("presolve", "choose")
         ms = h.getModelStatus()
         info = h.getInfo()
         if ms == highspy.HighsModelStatus.kOptimal:
             status = "optimal"
-        elif ms == highspy.HighsModelStatus.kTimeLimit:
+        elif ms in (highspy.HighsModelStatus.kTimeLimit, highspy.HighsModelStatus.kInterrupt):
             status = "time_limit"
         else:
             status = h.modelStatusToString(ms).lower().replace(" ", "_")
@@ -298,104 +295,58 @@ def _stage2_value(problem: Problem, moves: list[Move], eps: float) -> float:
     return val
 
 
-def _exact_curtailment(problem: Problem, moves: list[Move], deadline: float) -> list[Cell]:
-    """Greedy curtailment, then a knapsack-cover MIP for frames it overshoots."""
-    moved = apply_moves(problem.totals, moves)
-    cap = problem.capacity
-    greedy = plan_curtailment(moved, cap)
-    if not greedy:
-        return greedy
-    load = moved.sum(axis=0)
-    excess = load - cap
-    by_frame: dict[int, list[Cell]] = {}
-    for g, f in greedy:
-        by_frame.setdefault(f, []).append((g, f))
-    frames = [f for f, cells in by_frame.items()
-              if sum(int(moved[g, ff]) for g, ff in cells) > int(excess[f])]
-    remaining = deadline - time.perf_counter()
-    if not frames or remaining < 0.05:
-        return greedy
-    # one block-diagonal MIP: min sum a y  s.t.  sum_{g in frame} a y >= excess
-    ys_g: list[int] = []
-    ys_f: list[int] = []
-    for f in frames:
-        gs = np.flatnonzero(moved[:, f] > 0).tolist()
-        ys_g += gs
-        ys_f += [f] * len(gs)
-    n = len(ys_g)
-    a = moved[np.asarray(ys_g), np.asarray(ys_f)].astype(np.float64)
-    frow = {f: i for i, f in enumerate(frames)}
-    r = np.asarray([frow[f] for f in ys_f], dtype=np.int32)
-    # tiny tie-break towards lower group index keeps the choice deterministic
-    cost = a + 1e-6 * (np.asarray(ys_g, dtype=np.float64) + 1) / (problem.n_groups + 1)
-    starts = np.arange(n, dtype=np.int32)
-    h = new_highs()
-    h.passModel(
-        n, len(frames), n, 1, 1, 0.0, cost, np.zeros(n), np.ones(n),
-        np.asarray([float(excess[f]) for f in frames]), np.full(len(frames), np.inf),
-        starts, r, a, np.ones(n, dtype=np.int32),
-    )
-    h.setOptionValue("time_limit", max(remaining, 1e-3))
-    h.setOptionValue("mip_rel_gap", 0.0)
-    h.setOptionValue("mip_abs_gap", 0.5)
-    h.run()
-    if h.getInfo().primal_solution_status != 2:
-        return greedy
-    y = np.asarray(h.getSolution().col_value) > 0.5
-    out = [c for c in greedy if c[1] not in frow]
-    for f in frames:
-        pick = [(ys_g[i], f) for i in range(n) if ys_f[i] == f and y[i]]
-        mip_e = sum(int(moved[g, f]) for g, _ in pick)
-        gr_e = sum(int(moved[g, f]) for g, _ in by_frame[f])
-        ok = mip_e >= int(excess[f])
-        out.extend(pick if ok and mip_e < gr_e else by_frame[f])
-    out.sort(key=lambda c: (c[1], c[0]))
-    return out
 
+def solve_exact(problem: Problem, *, deadline: float | None = None,
+                start: list[Move] | None = None, overload_bound: float | None = None) -> Result:
+    """Lexicographic MIP (see the module docstring), returning before ``deadline``
+    (default: ``policy.time_limit_s`` from now) up to HiGHS's own overshoot.
 
-def solve_exact(problem: Problem, *, warm_start: bool = True) -> Result:
-    """Lexicographic MIP (see the module docstring) within the time limit."""
-    t0 = time.perf_counter()
-    deadline = t0 + problem.policy.time_limit_s
+    ``overload_bound``: a proven lower bound on the overload (the LP's); when ``start``
+    reaches it, stage 1 is already solved and stage 2 gets all the time."""
+    t0 = time.monotonic()
+    if deadline is None:
+        deadline = t0 + problem.policy.time_limit_s
     totals = problem.totals
     cap = problem.capacity
     before = overload_wh(totals.sum(axis=0), cap)
-
-    start: list[Move] = []
-    if warm_start:
-        from .heuristic import solve_heuristic
-
-        start = solve_heuristic(problem).moves
-
     cand = _candidates(problem)
     target = problem.target_array()
     if cand.g.shape[0] == 0 or (before == 0 and target is None):
         # nothing can move, or nothing needs to: doing nothing is optimal
         return finish(problem, [], solver="exact", t_start=t0, status="optimal",
-                      mip_gap=0.0, best_bound=float(before))
+                      mip_gap=0.0, best_bound=float(before), moved_bound=0.0)
 
+    def left() -> float:
+        return deadline - time.monotonic() - RESERVE_S
+
+    seed = list(start) if start is not None else []
+    o_seed = overload_wh(apply_moves(totals, seed).sum(axis=0), cap)
+    if left() <= 0.01:
+        return finish(problem, seed, solver="exact", t_start=t0, status="time_limit",
+                      best_bound=None)
     model = _Model(problem, cand)
     h = model.h
     statuses: list[str] = []
 
     # ---- stage 1: min overload ------------------------------------------
-    if before == 0:
-        moves1: list[Move] = []
-        o1 = 0
-        bound1 = 0.0
+    if before == 0 or (overload_bound is not None and o_seed <= overload_bound + 0.5):
+        moves1: list[Move] = seed if before else []
+        o1 = o_seed if before else 0
+        bound1 = float(o1)
         gap1 = 0.0
         stage1_status = "optimal"
+    elif left() <= 0.01:
+        moves1, o1, bound1, gap1, stage1_status = seed, o_seed, float("-inf"), float("inf"), \
+            "time_limit"
     else:
         h.setOptionValue("mip_rel_gap", 0.0)
         h.setOptionValue("mip_abs_gap", 0.999)
-        budget = 0.6 * (deadline - time.perf_counter())
-        got, stage1_status, gap1, bound1 = model.run(budget, start if warm_start else [])
-        moves1 = got if got is not None else (start if warm_start else [])
+        budget = 0.6 * left()
+        got, stage1_status, gap1, bound1 = model.run(budget, seed, deadline)
+        moves1 = got if got is not None else seed
         o1 = overload_wh(apply_moves(totals, moves1).sum(axis=0), cap)
-        if warm_start:
-            o_start = overload_wh(apply_moves(totals, start).sum(axis=0), cap)
-            if o_start < o1 or (o_start == o1 and got is None):
-                moves1, o1 = start, o_start
+        if o_seed < o1:
+            moves1, o1 = seed, o_seed
         if stage1_status == "optimal":
             gap1 = 0.0
             bound1 = float(o1)
@@ -403,36 +354,34 @@ def solve_exact(problem: Problem, *, warm_start: bool = True) -> Result:
 
     # ---- stage 2: min moved energy (+ target deviation, + move count) ----
     eps = 1.0 / (model.nx + 1)
-    cost = np.zeros(model.n_col)
-    cost[:model.nx] = cand.s.astype(np.float64) + eps
-    if target is not None:
-        cost[model.nx + model.f_n:] = problem.policy.target_weight
-    model.set_cost(cost)
-    o_idx = np.arange(model.nx, model.nx + model.f_n, dtype=np.int32)
-    h.addRow(-np.inf, float(o1) + 0.5, model.f_n, o_idx, np.ones(model.f_n))
-    h.setOptionValue("mip_rel_gap", 1e-4)
-    h.setOptionValue("mip_abs_gap", 1.0)
     incumbent = moves1
-    if (warm_start and overload_wh(apply_moves(totals, start).sum(axis=0), cap) <= o1
-            and _stage2_value(problem, start, eps) < _stage2_value(problem, incumbent, eps)):
-        incumbent = start
-    budget = 0.9 * (deadline - time.perf_counter())
+    if o_seed <= o1 and _stage2_value(problem, seed, eps) < _stage2_value(problem, moves1, eps):
+        incumbent = seed
     gap2: float | None = None
-    if budget > 0.01:
-        got2, stage2_status, gap2, _ = model.run(budget, incumbent)
+    moved_bound: float | None = None
+    budget = left()
+    if budget > 0.01 and not model.abandoned:
+        cost = np.zeros(model.n_col)
+        cost[:model.nx] = cand.s.astype(np.float64) + eps
+        if target is not None:
+            cost[model.nx + model.f_n:] = problem.policy.target_weight
+        model.set_cost(cost)
+        o_idx = np.arange(model.nx, model.nx + model.f_n, dtype=np.int32)
+        h.addRow(-np.inf, float(o1) + 0.5, model.f_n, o_idx, np.ones(model.f_n))
+        h.setOptionValue("mip_rel_gap", 1e-4)
+        h.setOptionValue("mip_abs_gap", 1.0)
+        got2, stage2_status, gap2, bound2 = model.run(budget, incumbent, deadline)
         if got2 is not None:
             o2 = overload_wh(apply_moves(totals, got2).sum(axis=0), cap)
             if o2 <= o1 and (_stage2_value(problem, got2, eps)
                              <= _stage2_value(problem, incumbent, eps)):
                 incumbent = got2
+        if stage1_status == "optimal" and target is None and np.isfinite(bound2):
+            # eps * (number of moves) < 1 Wh: the energy is at least the bound less 1
+            moved_bound = max(0.0, float(bound2) - 1.0)
     else:
         stage2_status = "time_limit"
     statuses.append(stage2_status)
-
-    # ---- stage 3: curtailment ---------------------------------------------
-    curtail: list[Cell] = []
-    if problem.policy.allow_curtail:
-        curtail = _exact_curtailment(problem, incumbent, deadline)
 
     if all(s == "optimal" for s in statuses):
         status = "optimal"
@@ -445,4 +394,4 @@ def solve_exact(problem: Problem, *, warm_start: bool = True) -> Result:
     if best_bound is not None:
         best_bound = min(max(0.0, best_bound), float(o1))
     return finish(problem, incumbent, solver="exact", t_start=t0, status=status,
-                  mip_gap=mip_gap, best_bound=best_bound, curtail=curtail)
+                  mip_gap=mip_gap, best_bound=best_bound, moved_bound=moved_bound)

@@ -48,7 +48,7 @@ import highspy
 import numpy as np
 import numpy.typing as npt
 
-from .exact import new_highs, to_csc
+from .highs import new_highs, to_csc
 from .model import FloatArray, IntArray, Move, Problem, Result, finish, window_offsets
 
 __all__ = ["lower_bounds", "solve_heuristic"]
@@ -59,6 +59,9 @@ _TOL = 0.5  # Wh: flows below this are zero
 # Effort bound of the improvement phases, in work units (one cell move ~ 1;
 # a chain-search expansion ~ 5-20).  Deterministic, unlike a clock.
 _WORK_LIMIT = 40_000
+#: rounding (the first plan) may run this long past the deadline when a solve starts after it
+#: (a regrouping re-solve late in a round): a plan that moves something, within a bound
+ROUND_GRACE_S = 0.1
 
 
 @dataclass
@@ -75,6 +78,8 @@ class _State:
     n_moves: int = 0
     work: int = 0  # deterministic effort counter (see _WORK_LIMIT)
     work_limit: int = 0
+    deadline: float = float("inf")  # time.monotonic() value: stop improving at this time
+    round_until: float = float("inf")  # rounding stops here: the deadline, or ROUND_GRACE_S
     _avail: dict[tuple[int, int], tuple[IntArray, IntArray]] = field(default_factory=dict)
     _targets: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     _incoming: dict[int, dict[tuple[int, int], int]] = field(default_factory=dict)
@@ -185,7 +190,12 @@ class _State:
         return self._offmask[c][d + int(self.load.shape[0])]
 
     def spent(self) -> bool:
-        return self.work >= self.work_limit
+        return self.work >= self.work_limit or time.monotonic() >= self.deadline
+
+    def lp_time(self) -> float:
+        """Time limit of one guidance LP: what is left before the deadline (at least 0.05 s, so
+        that a solve whose deadline has passed still gets its guidance and a valid plan)."""
+        return max(0.05, min(10.0, self.deadline - time.monotonic()))
 
     def window_of(self, g: int, u: int) -> list[int]:
         n = int(self.load.shape[0])
@@ -281,7 +291,7 @@ def _guide(problem: Problem, st: _State, classes: list[int]) -> _Guide:
     h.passModel(n_col, n_row, int(v.shape[0]), 1, 1, 0.0, cost, np.zeros(n_col),
                 np.full(n_col, np.inf), np.concatenate(row_lo), np.concatenate(row_hi),
                 starts, r, v, np.zeros(n_col, dtype=np.int32))
-    h.setOptionValue("time_limit", max(1.0, problem.policy.time_limit_s))
+    h.setOptionValue("time_limit", st.lp_time())
     h.run()
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         return fallback
@@ -308,7 +318,9 @@ def _guide(problem: Problem, st: _State, classes: list[int]) -> _Guide:
     if target is not None:
         level = np.where(out > _TOL, planned, level)
     return _Guide(flow=flow, level=level, bound=bound, order=_topo(flow.sum(axis=0)),
-                  energy_bound=float(np.asarray(h.getSolution().col_value)[:ny].sum()),
+                  # sum y (1 + 1e-6 |t - f|) >= the optimum for every feasible y
+                  energy_bound=float(h.getInfo().objective_function_value) / (1.0 + 1e-6 * f_n)
+                  if target is None else None,
                   planned=planned)
 
 
@@ -461,6 +473,8 @@ def _round(st: _State, guide: _Guide) -> None:
     pending_in = flow.sum(axis=0)  # LP inflow still to come from unvisited frames
     processed = np.zeros(f_n, dtype=bool)
     for f in guide.order:
+        if time.monotonic() >= st.round_until:
+            break  # out of time: what is rounded so far is a valid plan
         processed[f] = True
         pending_in -= flow[f]
         excess = float(st.load[f]) - float(guide.level[f])
@@ -627,6 +641,9 @@ def _deep_path(st: _State, f: int) -> list[_Op] | None:
     e = int(st.load[f] - st.cap[f])
     if int((st.cap - st.load).max()) <= 0:
         return None  # no frame can absorb anything
+    # best chain whose last frame cannot absorb all it gets, yet lowers the overload
+    # (an overshooting move): (overload change, energy, ops), used when nothing better is found
+    over: tuple[int, int, tuple[_Op, ...]] | None = None
     for partial in (False, True):
         heap: list[tuple[int, int, int, int, tuple[int, ...], tuple[_Op, ...]]] = []
         tick = 0
@@ -649,13 +666,16 @@ def _deep_path(st: _State, f: int) -> list[_Op] | None:
                 if _path_delta(st, ops) < 0:
                     return list(ops)
                 continue
+            d = _path_delta(st, ops)
+            if d < 0 and (over is None or (d, energy) < over[:2]):
+                over = (d, energy, ops)
             used = _cells(ops)
             for a, de, w, new_ops in _steps(st, v, x - max(0, room), False, frames):
                 if a >= best_x.get(w, 1 << 62) or used & _cells(new_ops):
                     continue
                 heapq.heappush(heap, (energy + de, tick, w, a, (*frames, w), ops + new_ops))
                 tick += 1
-    return None
+    return list(over[2]) if over is not None else None
 
 
 def _apply_hop(st: _State, op: _Op) -> None:
@@ -940,7 +960,7 @@ def _near_bound(st: _State, guide: _Guide) -> bool:
     return st.energy <= guide.energy_bound * 1.0005 + 1.0
 
 
-def lower_bounds(problem: Problem) -> tuple[float, float | None]:
+def lower_bounds(problem: Problem, deadline: float | None = None) -> tuple[float, float | None]:
     """LP lower bounds (overload Wh, moved energy Wh at that overload) from
     the aggregated relaxation; the energy bound is None when the LP fails.
     Valid for any plan; the energy bound only for plans reaching the
@@ -955,14 +975,14 @@ def lower_bounds(problem: Problem) -> tuple[float, float | None]:
     classes = [m for m in np.unique(mags).tolist() if window_offsets(int(m), kind)]
     if g_n == 0 or f_n == 0 or not classes:
         return over0, 0.0
-    st = _new_state(problem, classes)
+    st = _new_state(problem, classes, deadline)
     guide = _guide(problem, st, classes)
     if guide.bound is None:
         return over0, None
     return guide.bound, guide.energy_bound
 
 
-def _new_state(problem: Problem, classes: list[int]) -> _State:
+def _new_state(problem: Problem, classes: list[int], deadline: float | None = None) -> _State:
     totals = problem.totals
     g_n, f_n = totals.shape
     target = problem.target_array()
@@ -980,12 +1000,17 @@ def _new_state(problem: Problem, classes: list[int]) -> _State:
         target=target,
         weight=float(problem.policy.target_weight) if target is not None else 0.0,
         work_limit=_WORK_LIMIT,
+        deadline=float("inf") if deadline is None else deadline,
+        round_until=(float("inf") if deadline is None
+                     else max(deadline, time.monotonic() + ROUND_GRACE_S)),
     )
 
 
-def solve_heuristic(problem: Problem) -> Result:
-    """Fast deterministic heuristic (see the module docstring)."""
-    t0 = time.perf_counter()
+def solve_heuristic(problem: Problem, *, deadline: float | None = None) -> Result:
+    """Fast deterministic heuristic (see the module docstring).  ``deadline`` (a
+    :func:`time.monotonic` value) stops the improvement phases early; a deadline already past
+    still gives a valid plan (guidance LP and rounding only)."""
+    t0 = time.monotonic()
     totals = problem.totals
     g_n, f_n = totals.shape
     target = problem.target_array()
@@ -994,18 +1019,22 @@ def solve_heuristic(problem: Problem) -> Result:
     over0 = int(np.maximum(load - cap, 0).sum())
     if g_n == 0 or f_n == 0 or (over0 == 0 and target is None):
         return finish(problem, [], solver="heuristic", t_start=t0, status="heuristic",
-                      best_bound=0.0 if over0 == 0 else None)
+                      best_bound=0.0 if over0 == 0 else None,
+                      moved_bound=0.0 if over0 == 0 else None)
     kind = problem.policy.window
     mags = problem.magnification
     classes = [m for m in np.unique(mags).tolist() if window_offsets(int(m), kind)]
-    st = _new_state(problem, classes)
-    bound: float | None = None
+    st = _new_state(problem, classes, deadline)
+    # no class can move: nothing can change, doing nothing is optimal
+    bound: float | None = None if classes else float(over0)
+    moved_bound: float | None = None if classes else 0.0
     if classes:
         guide = _guide(problem, st, classes)
         bound = guide.bound
+        moved_bound = guide.energy_bound
         _round(st, guide)
         for _ in range(4):  # re-plan what rounding left over
-            if st.overload() == 0:
+            if st.overload() == 0 or st.spent():
                 break
             key = st.key()
             snap = st.dest.copy()
@@ -1030,4 +1059,4 @@ def solve_heuristic(problem: Problem) -> Result:
     if bound is None and st.overload() == 0:
         bound = 0.0
     return finish(problem, moves, solver="heuristic", t_start=t0, status="heuristic",
-                  best_bound=bound)
+                  best_bound=bound, moved_bound=moved_bound)

@@ -28,16 +28,24 @@ moves are applied *simultaneously on the original totals*::
         after[g, f] -= totals[g, f]
         after[g, t] += totals[g, f]
 
-``curtail`` is then a list of ``(group, frame)`` cells, each at most once,
-whose post-move load is switched off: ``after[g, frame] = 0``.
+``curtail`` is then a list of ``(group, frame, keep)`` entries, each
+``(group, frame)`` at most once, ``0 <= keep < KEEP_SCALE`` (65536): the
+group keeps ``keep / 65536`` of its post-move load there, rounded down::
+
+    after[g, frame] = after[g, frame] * keep // KEEP_SCALE
+
+``keep = 0`` switches the cell off.  Every member applies the same rule to its
+own post-move load (``hemsfw.plan.apply_adjustment``); rounding down per home
+keeps the group's real total at or below the engine's figure.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -45,10 +53,15 @@ import numpy.typing as npt
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 Move = tuple[int, int, int]
-Cell = tuple[int, int]
+Cell = tuple[int, int, int]  # (group, frame, keep in 1/KEEP_SCALE of the post-move load)
 WindowKind = Literal["defer", "symmetric"]
 
+#: curtailment keeps ``keep / KEEP_SCALE`` of a cell's post-move load (rounded down)
+KEEP_SCALE = 1 << 16
+
 __all__ = [
+    "KEEP_SCALE",
+    "OPT_TOL_PCT",
     "Cell",
     "Move",
     "Policy",
@@ -58,6 +71,8 @@ __all__ = [
     "apply_curtailment",
     "apply_moves",
     "evaluate",
+    "finite_or_none",
+    "gap_pct",
     "overload_wh",
     "plan_curtailment",
     "target_deviation_wh",
@@ -73,8 +88,8 @@ class Policy:
     """How the coordinator wants the day adjusted.
 
     ``window``: magnification window kind (see the module docstring).
-    ``time_limit_s``: wall-clock budget of a solve (the exact solver splits it
-    over its stages; the heuristic ignores it, it is far faster).
+    ``time_limit_s``: wall-clock budget of a solve when ``solve`` is given no
+    deadline (model building, every stage and curtailment included).
     ``target``/``target_weight``: optional per-frame target profile (Wh).
     When given with a positive weight, the second (moved-energy) objective
     stage becomes ``moved_wh + target_weight * sum_f |load_f - target_f|``,
@@ -167,9 +182,38 @@ class Problem:
         return np.asarray(p.target, dtype=np.float64)
 
 
+def finite_or_none(x: float | None) -> float | None:
+    """``x`` as a float, or None when absent or not finite (JSON has no Infinity/NaN)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+#: a plan within this many % of its proven bounds counts as proven optimal (the exact model's
+#: relative MIP gap tolerance on moved energy, 1e-4; the LP bound's tie-break term is smaller)
+OPT_TOL_PCT = 0.01
+
+
+def gap_pct(value: float, bound: float | None) -> float | None:
+    """How far ``value`` is above a proven lower ``bound``, in % of the bound (0 when both are
+    0; None when no bound is known; 100 * value when the bound is 0 and the value is not)."""
+    if bound is None:
+        return None
+    b = max(0.0, float(bound))
+    excess = max(0.0, float(value) - b)
+    if excess <= 0.5:  # integer Wh: below half a Wh is equality
+        return 0.0
+    return 100.0 * excess / max(b, 1.0)
+
+
 @dataclass(frozen=True, eq=False)
 class Result:
-    """Outcome of a solve (see docs/adjustment.md for every field)."""
+    """Outcome of a solve (see docs/adjustment.md for every field).
+
+    ``best_bound``, ``moved_bound_wh`` and ``curtailed_bound_wh`` are proven lower bounds (None:
+    unknown) on the overload after moves, on the moved energy of any plan at that overload, and
+    on the energy any plan must curtail; :meth:`gaps` turns them into proven gaps."""
 
     moves: list[Move]
     curtail: list[Cell]
@@ -186,6 +230,63 @@ class Result:
     status: str
     mip_gap: float | None
     best_bound: float | None
+    moved_bound_wh: float | None = None
+    curtailed_bound_wh: float | None = None
+
+    def proven_optimal(self) -> bool:
+        """Overload and moved energy proven within :data:`OPT_TOL_PCT` of their bounds."""
+        g = self.gaps()
+        return all(v is not None and v <= OPT_TOL_PCT for v in (g["overload_pct"],
+                                                               g["moved_pct"]))
+
+    def gaps(self) -> dict[str, float | None]:
+        """Proven gaps in % of the bounds: overload after moves, moved energy (only meaningful
+        when the overload is at its bound), curtailed energy; None where no bound is known."""
+        at_bound = gap_pct(self.overload_after_wh, self.best_bound) == 0.0
+        moved_b = self.moved_bound_wh if at_bound else None
+        return {"overload_pct": gap_pct(self.overload_after_wh, self.best_bound),
+                "moved_pct": gap_pct(self.moved_wh, moved_b),
+                "curtailed_pct": gap_pct(self.curtailed_wh, self.curtailed_bound_wh)}
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (valid JSON: a non-finite gap or bound is written as null)."""
+        return {
+            "moves": [[int(g), int(f), int(t)] for g, f, t in self.moves],
+            "curtail": [[int(g), int(f), int(k)] for g, f, k in self.curtail],
+            "group_after": np.asarray(self.group_after, dtype=np.int64).tolist(),
+            "load_before": np.asarray(self.load_before, dtype=np.int64).tolist(),
+            "load_after": np.asarray(self.load_after, dtype=np.int64).tolist(),
+            "overload_before_wh": int(self.overload_before_wh),
+            "overload_after_wh": int(self.overload_after_wh),
+            "residual_overload_wh": int(self.residual_overload_wh),
+            "moved_wh": int(self.moved_wh), "curtailed_wh": int(self.curtailed_wh),
+            "solver": self.solver, "runtime_s": float(self.runtime_s), "status": self.status,
+            "mip_gap": finite_or_none(self.mip_gap), "best_bound": finite_or_none(self.best_bound),
+            "moved_bound_wh": finite_or_none(self.moved_bound_wh),
+            "curtailed_bound_wh": finite_or_none(self.curtailed_bound_wh),
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Result:
+        """The inverse of :meth:`to_json` (a curtail entry ``[group, frame]`` from before
+        partial curtailment reads as keep 0)."""
+        return cls(
+            moves=[(int(g), int(f), int(t)) for g, f, t in d["moves"]],
+            curtail=[(int(c[0]), int(c[1]), int(c[2]) if len(c) > 2 else 0)
+                     for c in d["curtail"]],
+            group_after=np.array(d["group_after"], dtype=np.int64),
+            load_before=np.array(d["load_before"], dtype=np.int64),
+            load_after=np.array(d["load_after"], dtype=np.int64),
+            overload_before_wh=int(d["overload_before_wh"]),
+            overload_after_wh=int(d["overload_after_wh"]),
+            residual_overload_wh=int(d["residual_overload_wh"]),
+            moved_wh=int(d["moved_wh"]), curtailed_wh=int(d["curtailed_wh"]),
+            solver=str(d["solver"]), runtime_s=float(d["runtime_s"]), status=str(d["status"]),
+            mip_gap=finite_or_none(d.get("mip_gap")),
+            best_bound=finite_or_none(d.get("best_bound")),
+            moved_bound_wh=finite_or_none(d.get("moved_bound_wh")),
+            curtailed_bound_wh=finite_or_none(d.get("curtailed_bound_wh")),
+        )
 
 
 # --------------------------------------------------------------------------
@@ -239,10 +340,6 @@ def _tuples3(arr: IntArray) -> list[Move]:
     return [(a, b, c) for a, b, c in arr.tolist()]
 
 
-def _tuples2(arr: IntArray) -> list[Cell]:
-    return [(a, b) for a, b in arr.tolist()]
-
-
 def _checked_moves(problem: Problem, arr: IntArray) -> IntArray:
     g_n, f_n = problem.totals.shape
     if arr.shape[0] == 0:
@@ -291,43 +388,49 @@ def apply_moves(totals: np.ndarray, moves: Iterable[Sequence[int]]) -> IntArray:
 
 
 def validate_curtailment(problem: Problem, curtail: Iterable[Sequence[int]]) -> list[Cell]:
-    """Check ``curtail`` (each (group, frame) in range, at most once); return
-    it as int tuples."""
-    return _tuples2(_checked_cells(problem, _cell_array(curtail)))
+    """Check ``curtail`` (each (group, frame) in range and at most once, ``0 <= keep <
+    KEEP_SCALE``); return it as int tuples."""
+    return _tuples3(_checked_cells(problem, _cell_array(curtail)))
 
 
 def _checked_cells(problem: Problem, arr: IntArray) -> IntArray:
     g_n, f_n = problem.totals.shape
     if arr.shape[0] == 0:
         return arr
-    g, f = arr[:, 0], arr[:, 1]
+    g, f, k = arr[:, 0], arr[:, 1], arr[:, 2]
     bad = ~((g >= 0) & (g < g_n) & (f >= 0) & (f < f_n))
     if bad.any():
         raise ValueError(f"curtailment {tuple(arr[np.argmax(bad)].tolist())} out of range")
+    bad = ~((k >= 0) & (k < KEEP_SCALE))
+    if bad.any():
+        raise ValueError(f"curtailment {tuple(arr[np.argmax(bad)].tolist())}: keep must be "
+                         f"0..{KEEP_SCALE - 1}")
     key = g * f_n + f
     uniq, counts = np.unique(key, return_counts=True)
     if (counts > 1).any():
-        k = int(uniq[np.argmax(counts > 1)])
-        raise ValueError(f"cell {(k // f_n, k % f_n)} curtailed twice")
+        k2 = int(uniq[np.argmax(counts > 1)])
+        raise ValueError(f"cell {(k2 // f_n, k2 % f_n)} curtailed twice")
     return arr
 
 
 def _cell_array(cells: Iterable[Sequence[int]]) -> IntArray:
     if isinstance(cells, np.ndarray):
-        return np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+        return np.asarray(cells, dtype=np.int64).reshape(-1, 3)
     lst = list(cells)
     for c in lst:
-        if len(c) != 2:
-            raise ValueError(f"a curtailment is (group, frame), got {c!r}")
-    return np.asarray(lst, dtype=np.int64).reshape(-1, 2)
+        if len(c) != 3:
+            raise ValueError(f"a curtailment is (group, frame, keep), got {c!r}")
+    return np.asarray(lst, dtype=np.int64).reshape(-1, 3)
 
 
 def apply_curtailment(group_after: np.ndarray, curtail: Iterable[Sequence[int]]) -> IntArray:
-    """Zero the curtailed (group, frame) cells of a post-move matrix (copy)."""
+    """Curtail a post-move matrix (copy): each ``(g, f, keep)`` leaves
+    ``after[g, f] * keep // KEEP_SCALE``."""
     out = np.array(group_after, dtype=np.int64, copy=True)
     arr = _cell_array(curtail)
     if arr.shape[0]:
-        out[arr[:, 0], arr[:, 1]] = 0
+        g, f = arr[:, 0], arr[:, 1]
+        out[g, f] = out[g, f] * arr[:, 2] // KEEP_SCALE
     return out
 
 
@@ -342,55 +445,41 @@ def target_deviation_wh(load: np.ndarray, target: np.ndarray) -> float:
 
 
 def plan_curtailment(group_after: np.ndarray, capacity: np.ndarray) -> list[Cell]:
-    """Choose whole (group, frame) cells to switch off so that no frame exceeds
-    its capacity, curtailing little energy (greedy best fit).
-
-    Per overloaded frame with excess ``e``: while no remaining cell holds the
-    remaining excess, curtail the largest cell; then curtail the smallest cell
-    that holds what is left (the best match for the excess).  Ties are broken
-    by the lower group index.  Result sorted by (frame, group).
-    """
-    return _tuples2(_curtail_array(group_after, capacity))
+    """Fair, minimal curtailment of a post-move matrix: in every frame whose load ``L``
+    exceeds its capacity ``C``, every group with load ``a_g`` there keeps its share
+    ``a_g * C / L`` (the same fraction for all): the frame sheds exactly its excess
+    ``L - C``, spread over the groups in proportion to their load.  Shares are made integer
+    by largest remainder (ties to the lower group), then written as ``keep`` (1/65536 of the
+    cell) rounded so that the group never keeps more than its share; a group whose share is
+    its whole load gets no entry.  Sorted by (frame, group)."""
+    return _tuples3(_curtail_array(group_after, capacity))
 
 
 def _curtail_array(group_after: np.ndarray, capacity: np.ndarray) -> IntArray:
-    """:func:`plan_curtailment` as an (N, 2) array of (group, frame) rows."""
+    """:func:`plan_curtailment` as an (N, 3) array of (group, frame, keep) rows."""
     ga = np.asarray(group_after, dtype=np.int64)
     cap = np.asarray(capacity, dtype=np.int64)
-    empty = np.zeros((0, 2), dtype=np.int64)
+    empty = np.zeros((0, 3), dtype=np.int64)
     if ga.size == 0:
         return empty
     load = ga.sum(axis=0)
-    out_g: list[IntArray] = []
-    out_f: list[IntArray] = []
+    rows: list[IntArray] = []
     for f in np.flatnonzero(load > cap).tolist():
-        chosen = _cover_groups(ga[:, f], int(load[f] - cap[f]))
-        out_g.append(chosen)
-        out_f.append(np.full(chosen.shape[0], f, dtype=np.int64))
-    if not out_g:
-        return empty
-    g = np.concatenate(out_g)
-    f_arr = np.concatenate(out_f)
-    o = np.lexsort((g, f_arr))
-    return np.stack([g[o], f_arr[o]], axis=1)
-
-
-def _cover_groups(col: IntArray, excess: int) -> IntArray:
-    """Groups of one frame to curtail so that at least ``excess`` is removed."""
-    idx = np.flatnonzero(col > 0)
-    v = col[idx]
-    o = np.lexsort((idx, -v))  # value descending, group ascending
-    d, gi = v[o], idx[o]
-    cs = np.cumsum(d)
-    j = int(np.searchsorted(cs, excess, side="left"))  # first j with cs[j] >= excess
-    if j >= d.shape[0]:  # pragma: no cover - capacity >= 0 makes the total suffice
-        return np.sort(gi)
-    remaining = excess - (int(cs[j - 1]) if j else 0)
-    rest = d[j:]
-    m = int(np.searchsorted(-rest, -remaining, side="right"))  # rest[:m] >= remaining
-    smallest = rest[m - 1]
-    first = int(np.searchsorted(-rest, -smallest, side="left"))
-    return np.sort(np.concatenate([gi[:j], gi[j + first:j + first + 1]]))
+        gs = np.flatnonzero(ga[:, f] > 0)
+        a = ga[gs, f]
+        total, keep_total = int(load[f]), int(cap[f])
+        share = a * keep_total // total
+        rem = a * keep_total - share * total
+        extra = keep_total - int(share.sum())
+        if extra > 0:
+            share[np.lexsort((gs, -rem))[:extra]] += 1
+        q = -(-share * KEEP_SCALE // a)  # ceil: a * q // S >= share
+        q = np.where(a * q // KEEP_SCALE > share, q - 1, q)
+        q = np.minimum(q, KEEP_SCALE - 1)
+        cut = share < a
+        n = int(cut.sum())
+        rows.append(np.stack([gs[cut], np.full(n, f, dtype=np.int64), q[cut]], axis=1))
+    return np.concatenate(rows) if rows else empty
 
 
 def evaluate(
@@ -421,9 +510,9 @@ def evaluate(
     load_moved = moved.sum(axis=0, dtype=np.int64)
     load_after = final.sum(axis=0, dtype=np.int64)
     moved_wh = int(totals[mv_arr[:, 0], mv_arr[:, 1]].sum())
-    curtailed_wh = int(moved[ct_arr[:, 0], ct_arr[:, 1]].sum())
+    curtailed_wh = int(load_moved.sum() - load_after.sum())
     mv = _tuples3(mv_arr)
-    ct = _tuples2(ct_arr)
+    ct = _tuples3(ct_arr)
     return Result(
         moves=mv,
         curtail=ct,
@@ -452,12 +541,14 @@ def finish(
     status: str,
     mip_gap: float | None = None,
     best_bound: float | None = None,
+    moved_bound: float | None = None,
     curtail: Sequence[Cell] | None = None,
 ) -> Result:
     """Plan curtailment (unless given or disallowed) and build the Result.
 
-    ``t_start`` is a :func:`time.perf_counter` value; the runtime includes
-    curtailment planning and evaluation.
+    ``t_start`` is a :func:`time.monotonic` value; the runtime includes
+    curtailment planning and evaluation.  Any plan curtails at least the overload its moves
+    leave, so the overload bound is also the curtailed-energy bound.
     """
     plan: Sequence[Cell] | IntArray
     if curtail is not None:
@@ -468,4 +559,6 @@ def finish(
         plan = []
     res = evaluate(problem, moves, plan, solver=solver, runtime_s=0.0,
                    status=status, mip_gap=mip_gap, best_bound=best_bound)
-    return replace(res, runtime_s=time.perf_counter() - t_start)
+    cb = (best_bound if problem.policy.allow_curtail else 0.0) if best_bound is not None else None
+    return replace(res, runtime_s=time.monotonic() - t_start, moved_bound_wh=moved_bound,
+                   curtailed_bound_wh=cb)

@@ -15,8 +15,9 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
 
 
 def parse_adjustment(obj: "Any", frames: int
-                     ) -> tuple[str, int, str, list[tuple[int, int]], list[int], int]:
-    """Returns (day, round, group, moves [(from, to)], curtail [frames], expires)."""
+                     ) -> "tuple[str, int, str, list[tuple[int, int]], list[Any], int]":
+    """Returns (day, round, group, moves [(from, to)], curtail [[frame, keep] or frame],
+    expires)."""
     check_version(obj)
     day = day_field(obj)
     rnd = int_field(obj, "round", 1, 1 << 30)
@@ -35,7 +36,18 @@ def parse_adjustment(obj: "Any", frames: int
     cu = obj.get("curtail")
     if not isinstance(cu, list) or len(cu) > frames:
         raise ValueError("bad_curtail")
-    int_list(cu, len(cu), 0, frames - 1, "bad_curtail")
+    seen = set()
+    for c in cu:   # [frame, keep] (keep/65536 of the frame stays) or a bare frame (keep 0)
+        if isinstance(c, list):
+            int_list(c, 2, 0, plan.KEEP_SCALE - 1, "bad_curtail")
+            f = c[0]
+            int_list([f], 1, 0, frames - 1, "bad_curtail")
+        else:
+            int_list([c], 1, 0, frames - 1, "bad_curtail")
+            f = c
+        if f in seen:
+            raise ValueError("bad_curtail")
+        seen.add(f)
     return day, rnd, group, moves, cu, int_field(obj, "expires", 0, 1 << 40)
 
 

@@ -4,10 +4,15 @@
 # another frame.  Every member of the group receives the same moves and applies them to its own
 # plan, so the group total moves exactly as the coordinator decided.  Semantics (shared with
 # backend/coordinator/adjust/model.py): moves apply simultaneously to the original plan, each
-# from-frame at most once; curtailment then zeroes the named frames.  MicroPython subset only.
+# from-frame at most once; curtailment then keeps keep/65536 of each named frame (rounded down;
+# a bare frame number, or keep 0, switches it off).  MicroPython subset only.
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from collections.abc import Iterable, Sequence
+    from typing import Any
+
+#: a curtail entry [frame, keep] keeps keep / KEEP_SCALE of the frame's adjusted load
+KEEP_SCALE = 65536
 
 
 def to_quanta(plan_wh: list[int], quantum_wh: int) -> list[int]:
@@ -46,14 +51,19 @@ def resample(values: list[int], frames: int) -> list[int]:
 
 
 def apply_adjustment(plan: list[int], moves: "Iterable[Sequence[int]]",
-                     curtail: "Iterable[int]") -> list[int]:
-    """Adjusted plan: moves (from, to) applied simultaneously to `plan`, then curtailed frames 0."""
+                     curtail: "Iterable[Any]") -> list[int]:
+    """Adjusted plan: moves (from, to) applied simultaneously to `plan`, then each curtail
+    entry [frame, keep] leaves out[frame] * keep // KEEP_SCALE (a bare frame: 0).  Rounding
+    down here keeps the group's total at or below what the coordinator planned."""
     out = list(plan)
     for f, t in moves:
         out[f] -= plan[f]
         out[t] += plan[f]
-    for f in curtail:
-        out[f] = 0
+    for c in curtail:
+        if isinstance(c, int):
+            out[c] = 0
+        else:
+            out[c[0]] = out[c[0]] * c[1] // KEEP_SCALE
     return out
 
 

@@ -114,9 +114,12 @@ def parse_mask_report(obj: "Any") -> tuple[str, str, int, str, bytes]:
             _report_id(obj), blob)
 
 def make_adjustment(day: str, rnd: int, group: str, moves: "Iterable[Sequence[int]]",
-                    curtail: "Iterable[int]", expires: int) -> "Json":
+                    curtail: "Iterable[Any]", expires: int) -> "Json":
+    """``curtail``: (frame, keep) pairs (keep/65536 of the frame stays), or bare frames (off)."""
     return {"v": VERSION, "day": day, "round": rnd, "group": group,
-            "moves": [[f, t] for f, t in moves], "curtail": list(curtail), "expires": expires}
+            "moves": [[f, t] for f, t in moves],
+            "curtail": [c if isinstance(c, int) else [c[0], c[1]] for c in curtail],
+            "expires": expires}
 
 
 def make_reply(day: str | None, rnd: int | None, report_id: str | None, ok: bool,

@@ -1,0 +1,88 @@
+"""The default solver: a portfolio of the heuristic and the exact model under one deadline.
+
+1. The heuristic runs first (fractions of a second; its guidance LP gives proven lower bounds
+   on the overload and on the moved energy).
+2. When the heuristic's plan is not already proven optimal by those bounds and the exact model
+   is small enough to build and search in the time left (at most ``EXACT_MAX_CANDIDATES``
+   candidate moves), the exact model runs, started from the heuristic's plan, with the time
+   left before the deadline.
+3. The better plan under the lexicographic objective (overload, then moved energy plus target
+   term, then number of moves) is returned, curtailed by the fair rule, with the best proven
+   bounds of both runs (the larger bound is the better one; a bound stays valid whichever
+   solver found it).
+
+``status`` is ``"optimal"`` when the bounds prove the plan optimal in overload and moved
+energy, else ``"time_limit"`` (exact ran out of time), or ``"heuristic"`` (exact did not run).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from .exact import candidate_count, solve_exact
+from .heuristic import solve_heuristic
+from .model import Problem, Result, apply_moves, finish
+
+__all__ = ["EXACT_MAX_CANDIDATES", "solve_portfolio"]
+
+#: larger models (about 1000 groups and more) are left to the heuristic: building them alone
+#: takes seconds
+EXACT_MAX_CANDIDATES = 60_000
+
+
+def _key(problem: Problem, r: Result) -> tuple[int, float, int]:
+    second = float(r.moved_wh)
+    target = problem.target_array()
+    if target is not None:
+        after = apply_moves(problem.totals, r.moves).sum(axis=0)
+        second += problem.policy.target_weight * float(np.abs(after - target).sum())
+    return (r.overload_after_wh, second, len(r.moves))
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def solve_portfolio(problem: Problem, *, deadline: float | None = None) -> Result:
+    """Best plan of the heuristic and the exact model before ``deadline`` (a
+    :func:`time.monotonic` value; default ``policy.time_limit_s`` from now)."""
+    t0 = time.monotonic()
+    if deadline is None:
+        deadline = t0 + problem.policy.time_limit_s
+    heur = solve_heuristic(problem, deadline=deadline)
+    bound, moved_bound = heur.best_bound, heur.moved_bound_wh
+    best = heur
+    ran_exact = False
+    exact_optimal = False
+    if (not heur.proven_optimal() or problem.target_array() is not None) and (
+            candidate_count(problem) <= EXACT_MAX_CANDIDATES):
+        ex = solve_exact(problem, deadline=deadline, start=heur.moves,
+                         overload_bound=heur.best_bound)
+        ran_exact = True
+        exact_optimal = ex.status == "optimal"
+        # a moved-energy bound holds only at the overload bound it came with: the LP's at the
+        # LP's, the exact stage 2's at the proven optimal overload
+        hb, eb = heur.best_bound, ex.best_bound
+        if eb is not None and (hb is None or eb > hb):
+            bound, moved_bound = eb, ex.moved_bound_wh
+        elif eb is not None and eb == hb:
+            moved_bound = _max(moved_bound, ex.moved_bound_wh)
+        if _key(problem, ex) < _key(problem, best):
+            best = ex
+    if bound is not None:
+        bound = min(bound, float(best.overload_after_wh))
+    res = finish(problem, best.moves, solver=f"portfolio:{best.solver}", t_start=t0,
+                 status="heuristic", mip_gap=best.mip_gap, best_bound=bound,
+                 moved_bound=moved_bound, curtail=best.curtail)
+    if exact_optimal or res.proven_optimal():
+        status = "optimal"
+    else:
+        status = "time_limit" if ran_exact else "heuristic"
+    return replace(res, status=status, runtime_s=time.monotonic() - t0)

@@ -232,11 +232,11 @@ def score(name: str, run: dict[str, Any]) -> dict[str, Any]:
     excluded = {e["home"]: e["reason"] for e in res.get("excluded", [])}
     gid = {h: g["id"] for g in res.get("groups", []) for h in g["members"]}
     moves: dict[str, list[tuple[int, int]]] = {}
-    curtail: dict[str, list[int]] = {}
+    curtail: dict[str, list[Any]] = {}
     for g, f, t in res.get("moves", []):
         moves.setdefault(g, []).append((f, t))
-    for g, f in res.get("curtail", []):
-        curtail.setdefault(g, []).append(f)
+    for c in res.get("curtail", []):  # [group, frame, keep] (or [group, frame]: all off)
+        curtail.setdefault(c[0], []).append(c[1] if len(c) == 2 else [c[1], c[2]])
     honest = [h for h in homes if h != ATTACKER]
     served = [h for h in honest if h in gid and h not in excluded]
     load = [0] * frames

@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from backend.common import rabbitmq
+from backend.lab.days import relays_as_decided
 from backend.lab.lab import LabOptions, run_lab
 from bench import cluster
 from hemsfw import protocol, protocol_svc
@@ -58,7 +59,8 @@ def test_lab_round_with_real_firmware_on_three_nodes(tmp_path: Path) -> None:
     assert not failures, failures
     assert len(summary["groups"]) >= 1
     assert summary["true_load_wh"] == summary["coordinator_load_before_wh"]
-    assert summary["relay_load_after_wh"] == summary["coordinator_load_after_wh"]
+    # the relays drew what was decided (short by at most partial curtailment's rounding)
+    assert relays_as_decided(summary["days"][0])
     hosts = {json.loads((d / "config.json").read_text())["mqtt"]["hosts"][0]
              for d in (Path(summary["lab_dir"]) / "homes").iterdir()}
     assert len(hosts) == 3  # every node has homes

@@ -27,9 +27,8 @@
 
 import json
 
-from hemsfw import VERSION
+from hemsfw import VERSION, unload
 from hemsfw.clock import ticks_diff
-from hemsfw.home import unload
 from hemsfw.link import Link
 
 DIAG_MS = 60000

@@ -23,8 +23,8 @@
 
 import json
 
+from hemsfw import unload
 from hemsfw.clock import ticks_diff
-from hemsfw.home import unload
 
 try:
     import asyncio

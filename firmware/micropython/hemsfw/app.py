@@ -66,8 +66,7 @@ def main(path: str, make_log: "Callable[[str], Log]") -> int:
     threshold = getattr(gc, "threshold", None)   # MicroPython only
     if threshold is not None:
         threshold(GC_BOOT)
-    from hemsfw import config
-    from hemsfw.home import unload
+    from hemsfw import config, unload
 
     try:
         cfg = config.load(path)

@@ -39,7 +39,7 @@ MAX_LEN = 64
 
 def pbkdf2(password: bytes, salt: bytes, n: int) -> bytes:
     """PBKDF2-HMAC-SHA256, one 32-byte block (RFC 8018, section 5.2)."""
-    from hemsfw.home import unload
+    from hemsfw import unload
     from hemsfw.seal import hmac_pads, hmac_sha256
 
     unload("seal")   # (the functions stay referenced here: the module leaves sys.modules)

@@ -27,9 +27,8 @@
 
 import json
 
-from hemsfw import VERSION
+from hemsfw import VERSION, unload
 from hemsfw.clock import ticks_diff
-from hemsfw.home import unload
 from hemsfw.link import Link
 
 DIAG_MS = 60000
@@ -63,7 +62,7 @@ class HA:
                 (self.t_birth, 0)]
         self.link = Link("local", client, self.t_avail, subs, runner.on_msg, runner.urandom,
                          runner.ticks, runner.log, lcfg["keepalive"], 1000 * lcfg["timeout_s"],
-                         on_up=self._up, clean=True)
+                         on_up=self.up, clean=True)
         self.announced = 0
         self.mode_sent: str | None = None
         self.uptime_ms = 0               # summed tick by tick: ticks wrap after ~12 days
@@ -89,7 +88,7 @@ class HA:
         unload("ha_disc")
         self.announced += 1
 
-    def _up(self, link: Link) -> None:
+    def up(self, link: Link) -> None:
         self.announce()
         self.relay_changed()
         self.plan_changed()
@@ -168,37 +167,14 @@ class HA:
                                 "planned_wh": [v * q for v in st["plan"]],
                                 "adjusted_wh": [v * q for v in adj]})
 
-    # ------------------------------------------------------------ commands
-
     def handle(self, topic: str, msg: bytes) -> bool:
-        """A message from the local broker; False if the topic is not ours."""
-        if topic == self.t_birth:
-            if bytes(msg) == b"online":
-                self.r.log("home assistant online: announcing again")
-                self._up(self.link)
-            return True
-        if topic == self.t_relay_set:
-            words = bytes(msg).decode().strip().upper().split()
-            if not words or words[0] not in ("ON", "OFF", "AUTO", "TOGGLE"):
-                self.r.log("local relay command ignored:", msg)
-                return True
-            until = "day" if len(words) > 1 and words[1] == "DAY" else "frame"
-            self.r.override(words[0].lower(), until)
-            return True
-        if topic == self.t_mode_set:
-            m = bytes(msg).decode().strip().lower()
-            if m not in MODES:
-                self.r.log("local mode command ignored:", msg)
-                return True
-            self.r.override(m, "day")      # a mode holds until the end of the day
-            self.poll()
-            return True
-        if topic == self.t_plan_set:
-            try:
-                obj = json.loads(msg)
-            except ValueError:
-                obj = None
-            why = self.r.resident.on_plan_command(obj)
-            self.r.log("local plan", "stored" if why is None else "ignored: " + why)
-            return True
-        return False
+        """A message from the local broker; False if the topic is not ours.  The commands are
+        rare: their code (hemsfw/ha_cmd.py) is loaded for one and dropped after it."""
+        if topic not in (self.t_birth, self.t_relay_set, self.t_mode_set, self.t_plan_set):
+            return False
+        from hemsfw import ha_cmd
+
+        ha_cmd.handle(self, topic, msg)
+        del ha_cmd
+        unload("ha_cmd")
+        return True

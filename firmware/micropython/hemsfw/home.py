@@ -21,10 +21,8 @@
 # it as "late"): the home just follows its own plan that day.  MicroPython subset only.
 
 import binascii
-import json
-import sys
 
-from hemsfw import plan, protocol
+from hemsfw import plan, protocol, unload
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from collections.abc import Callable
@@ -40,22 +38,6 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
 
 NEW = "round.json"
 PREV = "prev.json"
-
-
-def _hex(b: bytes) -> str:
-    return binascii.hexlify(b).decode()
-
-
-def unload(*names: str) -> None:
-    """Drop once-a-day modules after use on MicroPython (their code leaves the heap)."""
-    if sys.implementation.name != "micropython":
-        return
-    import hemsfw
-
-    for n in names:
-        sys.modules.pop("hemsfw." + n, None)
-        if n in hemsfw.__dict__:
-            delattr(hemsfw, n)
 
 
 def _service_of(topic: str) -> str:
@@ -121,18 +103,6 @@ class Home:
 
     # ------------------------------------------------------------ the round
 
-    def _plan_for(self, day: str, frames: int, quantum_wh: int) -> tuple[list[int], str]:
-        # (the day's plan in quanta, its source), the plan recorded in the history.  A function
-        # of its own: once it has returned, no stack slot (which the collector scans
-        # conservatively) still points at the Wh list or the history it read while the report
-        # is built, the round's heap peak.
-        if self.planner is None:
-            wh, source = plan.resample(self.plan_wh, frames), "config"
-        else:
-            wh, source = self.planner.plan_for(day, frames)
-            self.planner.record(day, wh, source)
-        return plan.to_quanta(wh, quantum_wh), source
-
     def on_round(self, ann: "Json", wall: float | None = None, now: float | None = None
                  ) -> list[tuple[str, bytes]]:
         """A validated round announcement -> [(topic, payload)] still to publish (maybe none;
@@ -148,30 +118,16 @@ class Home:
                 return []
             if day == st["day"] and rnd == st["round"]:
                 return self._out(wall)   # a repeat (retained, reconnect): nothing new
-        why = self._refuse(ann, now)
-        if why:
-            # not stored: a genuine announcement of the same day and round still counts
-            self.log("round", day, rnd, "refused:", why, "(following the own plan)")
+        # The announcement taken (refused, or planned and reported) by code loaded for it only
+        # (hemsfw/report.py): a new round comes once or a few times a day.
+        from hemsfw import report
+
+        try:
+            new = report.take(self, ann, wall, now)
+        finally:
+            unload("report")
+        if new is None:
             return []
-        frames = ann["frames"]
-        values, source = self._plan_for(day, frames, ann["quantum_wh"])
-        brokers = ann["brokers"]
-        status = "reported"
-        if wall is not None and wall > ann["deadline"]:
-            status = "late"
-        else:
-            for b in brokers:
-                if b not in self.keys:
-                    status = "no_key"
-        new: Slot = {"day": day, "round": rnd, "start": ann["start"], "frame_s": ann["frame_s"],
-                     "frames": frames, "quantum_wh": ann["quantum_wh"],
-                     "deadline": ann["deadline"], "source": source, "status": status,
-                     "report_id": None, "plan": values, "outbox": [], "acked": [], "sent": True,
-                     "adjustment": None, "adjusted": None}
-        if status == "reported":
-            self._report(new, brokers)
-        else:
-            self.log("round", day, rnd, "not reported:", status, "(following the own plan)")
         # Day-ahead: keep the running day's round until it has been played out.
         if st and day != st["day"]:
             if now is None or now < day_end(st):
@@ -187,71 +143,8 @@ class Home:
         self.new = new
         return self._out(wall)
 
-    def _refuse(self, ann: "Json", now: float | None) -> str | None:
-        """Why this home will not take part in an announced round, or None.  The broker set is
-        the home's own (provisioned), not the announcer's: every named broker must be one of
-        the home's, and at least ``min_mask_brokers`` of them (else one colluding broker would
-        see every seed).  The day follows the home's clock: a day already over, or more than
-        ``days_ahead`` days ahead, is refused, and so is a round beyond the day's limit."""
-        brokers = ann["brokers"]
-        for b in brokers:
-            if b not in self.brokers:
-                return "brokers_not_provisioned"
-        if len(brokers) < self.min_brokers:
-            return "too_few_brokers"
-        if ann["round"] > self.max_rounds:
-            return "too_many_rounds"
-        if now is not None:
-            start = ann["start"]
-            if start + ann["frames"] * ann["frame_s"] <= now or \
-                    start > now + (self.days_ahead + 1) * 86400:
-                return "day_window"
-        return None
-
     def _out(self, wall: float | None) -> list[tuple[str, bytes]]:
         return [(t, p.encode()) for _i, t, p in self.pending(wall)]
-
-    def _report(self, new: "Slot", brokers: list[str]) -> None:
-        # masking and seal are needed once a day: each is loaded only for its step and dropped
-        # right after it, so their code is never in the heap at the same time.
-        from hemsfw import masking
-
-        day, rnd, frames = new["day"], new["round"], new["frames"]
-        rid = _hex(self.urandom(16))
-        seeds = [self.urandom(protocol.SEED_LEN) for _ in brokers]
-        proof = None
-        if self.rated_w is None:
-            masked = masking.add_plan(masking.mask_from_seeds(seeds, frames), new["plan"])
-        else:   # the range proof (docs/integrity.md): its code is loaded for this step only
-            from hemsfw import flp
-
-            masked, proof = flp.home_report(self.id, new, rid, self.rated_w, seeds,
-                                            self.urandom(2 * flp.SEED_LEN))
-            del flp
-            unload("flp")
-        del masking            # (the local name too: else the module stays referenced)
-        unload("masking")
-        # Stored as the encoded JSON text: a re-send after a reboot is byte for byte what was
-        # sent first (a dict read back from the file would encode with another key order).
-        out = [[protocol.t_plan(self.id), json.dumps(protocol.make_plan_report(
-            self.id, day, rnd, rid, self.mag, masked, proof))]]
-        del masked, proof
-        from hemsfw import seal
-
-        for b, s in zip(brokers, seeds):
-            ad = protocol.mask_ad(b, self.id, day, rnd, rid)
-            blob = seal.seal(self.keys[b], ad, s, self.urandom(seal.NONCE_LEN))
-            out.append([protocol.t_mask(b, self.id),
-                        json.dumps(protocol.make_mask_report(self.id, day, rnd, rid, blob))])
-        # Only the sealed seeds are kept (in the outbox, until acknowledged); the mask itself
-        # never reaches the storage.
-        self.phase("sealed")   # the round's code peak (bench/firmware_mem.py samples it)
-        del seal
-        unload("seal")
-        new["report_id"] = rid
-        new["outbox"] = out
-        new["acked"] = [0] * len(out)
-        new["sent"] = False
 
     def pending(self, wall: float | None = None, resend: bool = False
                 ) -> list[tuple[int, str, str]]:

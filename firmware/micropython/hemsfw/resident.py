@@ -18,8 +18,7 @@
 # survives a reboot (resident.json).  Set while the time is unknown, it holds until the time is
 # known.  MicroPython subset only.
 
-from hemsfw import plan, protocol
-from hemsfw.home import unload
+from hemsfw import plan, protocol, unload
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from typing import Any, TypeGuard

@@ -56,6 +56,25 @@ def test_a_member_with_no_report_and_nothing_to_carry_is_a_hole() -> None:
     assert [sorted(g.members) for g in groups] == [["a", "b"]]  # the dry run refuses it
 
 
+def test_homes_a_round_dropped_are_grouped_as_the_atom_they_form_at_a_broker() -> None:
+    # mb1 answered the full group, mb2 lacked g's mask: the coordinator dropped g with e and f
+    # (atom_guard) and both answered the rest.  At mb1 {e, f, g} is now an atom: regrouped with
+    # a new home (as the last round's grouping alone would do) it is refused for good.
+    m = Memory(3, ("mb1", "mb2"))
+    full, rest = ["a", "b", "c", "d", "e", "f", "g"], ["a", "b", "c", "d"]
+    assert m.partitions["mb1"].release(full) is None
+    for b in m.brokers:
+        assert m.partitions[b].release(rest) is None
+    m.absorb(("2026-11-28", 1), m.partitions, [], [("g1m", rest)])
+    assert m.cells() == [("c1", rest), ("c2", ["e", "f", "g"])]
+    mags = dict.fromkeys([*full, "n1", "n2", "n3"], 1)
+    groups, _, waiting, holes = stable_grouping(mags, m.cells(), {}, 3, "r1g")
+    assert [sorted(g.members) for g in groups] == [rest, ["e", "f", "g"], ["n1", "n2", "n3"]]
+    assert waiting == [] and holes == []
+    assert all(m.partitions[b].check(list(g.members)) is None
+               for g in groups for b in m.brokers)
+
+
 def test_memory_round_trips_and_ignores_an_older_round(tmp_path: Path) -> None:
     m = Memory(3, ("mb1",))
     m.partitions["mb1"].release(["a", "b", "c", "d"])

@@ -77,6 +77,27 @@ class Memory:
         for b in self.brokers:
             self.partitions.setdefault(b, Partition(self.k))
 
+    def cells(self) -> list[tuple[str, list[str]]]:
+        """The homes any broker ever answered, in the cells of the brokers' common refinement:
+        two homes share a cell iff they share an atom at every broker (docs/privacy.md, "Over
+        time").  Every union of cells is answerable at every broker when each cell has >= k
+        homes; a cell below k (one broker answered a group another refused) never is.  This,
+        not the last round's grouping, is what a round starts from: homes a round dropped
+        (``atom_guard``) or whose group it could not ask still form atoms at the brokers, and
+        regrouped with anybody else they would be refused for good.  Ids ``c1, c2, ...`` in
+        the order of each cell's smallest home id (deterministic)."""
+        key: dict[str, list[int]] = {}
+        for i, b in enumerate(self.brokers):
+            snap = self.partitions[b].snapshot()
+            homes, atoms = snap["homes"], snap["atoms"]
+            assert isinstance(homes, list) and isinstance(atoms, list)
+            for h, a in zip(homes, atoms, strict=True):
+                key.setdefault(str(h), [0] * len(self.brokers))[i] = int(a)
+        cells: dict[tuple[int, ...], list[str]] = {}
+        for h in sorted(key):
+            cells.setdefault(tuple(key[h]), []).append(h)
+        return [(f"c{n}", ms) for n, ms in enumerate(cells.values(), start=1)]
+
     # ------------------------------------------------------------ JSON
 
     def as_json(self) -> dict[str, Any]:

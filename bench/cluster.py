@@ -43,7 +43,9 @@ Figures (JSON on stdout; a table on stderr):
     homes whose adjustment the outside subscriber never received.
 ``identical_to_reference``
     the result file (groups, sums, overload before and after, adjusted homes; left out: this
-    run's timings, phase times, deadline (the start time + --collect-s), state directory,
+    run's timings, phase times, deadline (the start time + --collect-s), state directory, the
+    solver's status, bounds and gaps (under a time limit the exact stage's dual bound depends
+    on how far it got in that time, not on the round; the plan itself must match),
     intake and control-link connection counters and rejection counts: redelivered copies the
     coordinator recognised and dropped are ``plan:replay`` there, reported as
     ``redelivered_copies_dropped``) and
@@ -281,7 +283,7 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
         # what is the same round's outcome, not this run's clock or directories
         "result": {k: v for k, v in result.items()
                    if k not in ("timings", "ingest", "phases", "deadline", "state_dir",
-                                "rejections", "mqtt_connects")},
+                                "rejections", "mqtt_connects", *SOLVER_BOUNDS)},
         "mqtt_connects": result.get("mqtt_connects"),
         "rejections": result.get("rejections", {}),
         "ingest": result.get("ingest", {}),
@@ -292,6 +294,10 @@ def run_round(cluster: rabbitmq.RabbitCluster, fleet: fl.Fleet, spec: fl.FleetSp
         "round_latency_s": round(float(jr["done"]["at"]) - closed, 3),
         "coordinator_cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
     }
+
+
+#: result keys from the time-limited solver's dual bound: this run's speed, not the round's outcome
+SOLVER_BOUNDS = ("mip_gap", "best_bound", "moved_bound", "gaps", "solve_status")
 
 
 def run(nodes: int, homes: int, kill: str | None, brokers: tuple[str, ...], k: int,

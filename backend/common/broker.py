@@ -10,6 +10,7 @@ import contextlib
 import getpass
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -163,8 +164,40 @@ def render_conf(
     return text
 
 
+PORT_FLOOR = 10000  # free_port draws from [PORT_FLOOR, the kernel's ephemeral range)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free loopback port for a server we start.
+
+    Not ``bind(0)``: that port lies in the kernel's ephemeral range, where every outgoing
+    connection (ours, or another test worker's) takes its local port, so a server restarted on
+    its port (a broker-restart test) could find it taken.  Drawn at random below that range
+    instead; under pytest-xdist each worker draws from its own slice, so two workers never
+    hand out the same port."""
+    low, high = PORT_FLOOR, max(PORT_FLOOR + 1000, _ephemeral_low())
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        width = (high - low) // count
+        low += int(worker[2:]) % count * width
+        high = low + width
+    for _ in range(200):
+        port = secrets.randbelow(high - low) + low
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded range: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -72,7 +72,7 @@ def test_capacity_exit_1_when_the_broker_is_unreachable() -> None:
 
 
 def test_report_command(tmp_path: Path) -> None:
-    from test_report import make_summary
+    from report_kit import make_summary
 
     src = tmp_path / "summary.json"
     src.write_text(json.dumps(make_summary()))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_firmware_mqtt import (
+from firmware_peers import (
     DAY,
     FRAME_S,
     FRAMES,

@@ -19,7 +19,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from test_firmware_mqtt import (
+from firmware_peers import (
     DAY,
     FRAME_S,
     FRAMES,

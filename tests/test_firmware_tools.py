@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 from firmware_kit import write_board_config
-from pty_board import PtyBoard, run_bounded
-from test_firmware_mqtt import (
+from firmware_peers import (
     DAY_REAL_S,
     HOME,
     MICROPYTHON,
@@ -39,6 +38,7 @@ from test_firmware_mqtt import (
     wait_until,
     write_config,
 )
+from pty_board import PtyBoard, run_bounded
 
 from backend.common.broker import acl_text, free_port, render_conf, wait_port
 from firmware import host, romfs

@@ -17,8 +17,10 @@ of two unit vectors lies in their span.
 * ``isolated_homes``: homes whose plan, or whose difference with another home's plan, some
   linear combination of the released sums reveals (goal 0);
 * ``served_fraction_min`` / ``_mean`` over the days: reporting homes whose load was in a
-  released total, over reporting homes (a carried home's load is in its group's total too;
-  goal: min >= 0.95).
+  released total, over reporting homes (the lab's ``homes_in_totals``: counted with this
+  round's report, or with its previous one when a mask broker lacked this round's mask; goal:
+  min >= 0.95).  Homes that did not report (absent, or too late for the lab's compressed day)
+  are in neither count; the lab's invariants report them.
 """
 
 from __future__ import annotations
@@ -53,12 +55,13 @@ def measure(o: LabOptions) -> dict[str, Any]:
     released = [r for f in logs for r in read_release_log(f)]
     v = verdict(audit(r["members"] for r in released))
     days = summary.get("days", [])
-    served = [d["homes_counted"] / d["homes_reporting"] if d["homes_reporting"] else 1.0
+    served = [d["homes_in_totals"] / d["homes_reporting"] if d["homes_reporting"] else 1.0
               for d in days]
     return {
         "days": len(days),
         "homes": o.homes,
         "dropout": o.dropout,
+        "frame_real_s": o.frame_real_s,
         "churn": summary.get("churn", {}),
         "mask_brokers": o.mask_brokers,
         "k": o.k,
@@ -81,6 +84,7 @@ def table(r: dict[str, Any]) -> str:
     rows = [
         ("days / homes / mask brokers / k",
          f"{r['days']} / {r['homes']} / {r['mask_brokers']} / {r['k']}"),
+        ("real seconds per lab frame", f"{r['frame_real_s']:g}"),
         ("dropout per day, churn (joined / left)",
          f"{r['dropout']:g}, {len(r['churn'].get('joined', {}))} / "
          f"{len(r['churn'].get('left', {}))}"),
@@ -106,13 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-brokers", type=bounded_int(1, 4), default=2)
     p.add_argument("--k", type=bounded_int(2), default=3)
     p.add_argument("--frames", type=bounded_int(1, 96), default=96)
-    p.add_argument("--frame-real-s", type=bounded_float(0.0, 60.0, lo_open=True), default=0.2)
+    p.add_argument("--frame-real-s", type=bounded_float(0.0, 60.0, lo_open=True), default=None,
+                   help="real seconds per lab frame (default: 0.2, or 0.0025 s per home from "
+                        "80 homes on: 0.5 for 200, so a 2-core machine's homes keep up)")
     p.add_argument("--seed", type=bounded_int(0), default=1)
     p.add_argument("--out", type=Path, default=None,
                    help="keep the lab's folder here (a new or empty folder)")
     p.add_argument("--json", action="store_true", help="JSON on stdout, table on stderr")
     a = p.parse_args(argv)
     churn = a.churn if a.churn is not None else max(1, a.homes // 50)
+    # 200 MicroPython homes on 2 cores at 0.2 s a frame (a 19 s day): many reports and seals
+    # missed the 4.8 s collection window, masks arrived after the coordinator's grace, and a
+    # missing mask drops k homes (atom_guard); the bench measures the release rule, not that
+    frame_real_s = a.frame_real_s if a.frame_real_s is not None else max(0.2, a.homes / 400)
     if a.homes - 2 * churn - round(a.dropout * a.homes) < a.k:
         p.error("too few homes left on some day for --k: lower --churn or --dropout")
     if 86400 % a.frames:
@@ -121,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--out {a.out}: not empty")
     out = a.out.resolve() if a.out is not None else Path(tempfile.mkdtemp(prefix="hems-privacy-"))
     o = LabOptions(homes=a.homes, seed=a.seed, frames=a.frames, frame_s=86400 // a.frames,
-                   frame_real_s=a.frame_real_s, k=a.k, mask_brokers=a.mask_brokers,
+                   frame_real_s=frame_real_s, k=a.k, mask_brokers=a.mask_brokers,
                    days=a.days, dropout=a.dropout, churn=churn, out_dir=out)
     try:
         with stop_on_signals():

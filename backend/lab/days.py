@@ -242,6 +242,9 @@ def day_summary(d: int, tl: Timeline, frames: int, snapshots: dict[str, dict[str
         "start": tl.start(d),
         "homes_reporting": len(reporting),
         "homes_counted": len(counted),
+        # reporting homes whose load is in a released total: with this round's report, or with
+        # their previous one when a mask broker lacked this round's mask (carried)
+        "homes_in_totals": len(set(reporting) & (counted | set(carried))),
         "absent_homes": absent,
         "excluded_homes": (record or {}).get("excluded", []),
         "capacity_wh": capacity.tolist(),

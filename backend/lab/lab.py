@@ -72,6 +72,10 @@ MIN_DAY_REAL_S = 2.0
 #: real seconds from the moment the lab fixes its clock's anchor to the anchor: the mask
 #: brokers and the coordinator start before it, so no announcement is due while they start
 CLOCK_LEAD_S = 4.0
+#: ... plus this per home: a large fleet's MicroPython processes, all booting, slow down the
+#: services' start (200 homes on 2 cores: the mask brokers took over 20 s to connect, and the
+#: first two lab days passed before the coordinator ran)
+CLOCK_LEAD_S_PER_HOME = 0.1
 #: capacity of day d: the tightest level only shifting can satisfy, times this (cycled); below
 #: 1 the day needs curtailment too
 DAY_FACTORS = (1.0, 0.97, 1.03)
@@ -446,10 +450,12 @@ def run_lab(o: LabOptions, progress: Progress | None = None) -> tuple[dict[str, 
         # The lab clock starts a few seconds from now, when the services are up (every one
         # gets the same anchor: the homes on hems/v1/lab/clock, the services as --accelerate;
         # the mask brokers refuse a round outside today..tomorrow on it).
-        run.anchor = time.time() + CLOCK_LEAD_S
+        lead = CLOCK_LEAD_S + CLOCK_LEAD_S_PER_HOME * len(homes)
+        run.anchor = time.time() + lead
         with pg.step("mask brokers", total=len(brokers)) as st:
             start_mask_brokers(run)
-            wait_for(lambda: all(_connected(work / f"stats-{b}.json") for b in brokers), 20,
+            wait_for(lambda: all(_connected(work / f"stats-{b}.json") for b in brokers),
+                     16 + lead,
                      "mask broker(s) did not connect", st,
                      lambda: sum(_connected(work / f"stats-{b}.json") for b in brokers))
             st.update(len(brokers))

@@ -431,6 +431,21 @@ class Runner:
             self.log("turn failed:", type(e).__name__, e)
         return max(0, self.loop_ms - ticks_diff(self.ticks(), t0))
 
+    def serve(self) -> int:
+        """Run the controller: the loop, under asyncio with the resident's page if the config
+        has one (hemsfw/web.py); returns the exit status (130: interrupted)."""
+        try:
+            h = self.cfg.get("http")
+            if h:
+                from hemsfw import web
+
+                return web.run(self, h)
+            return self.run()
+        except KeyboardInterrupt:
+            self.log("interrupted")
+            self.shutdown()
+            return 130
+
     def run(self) -> int:
         """Loop forever (boards) or until the day is over (lab exit_after_day); returns 0."""
         self.start()

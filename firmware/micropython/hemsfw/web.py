@@ -240,6 +240,7 @@ async def _main(r: "Runner", hcfg: "Json") -> int:
         await asyncio.sleep(rest / 1000)
 
 
-def run(r: "Runner", hcfg: "Json") -> int:
-    """Run the control loop and the page together; returns the loop's exit status."""
-    return asyncio.run(_main(r, hcfg))
+def run(r: "Runner") -> int:
+    """Run the control loop and the page (the config's "http") together; returns the loop's
+    exit status."""
+    return asyncio.run(_main(r, r.cfg["http"]))

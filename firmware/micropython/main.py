@@ -44,10 +44,13 @@ if not halt.safe_mode("/" + halt.FLAG, "/config.json"):
         del sys.modules[name]   # (their code leaves the heap; the slot's hemsfw loads next)
     if slot:
         sys.path.insert(0, slot)
-    from hemsfw import app
+    from hemsfw import app, unload
 
     try:
-        rc = app.main("/config.json", make_log)
+        r = app.build("/config.json", make_log)
+        del app
+        unload("app")   # the wiring ran once: its code leaves the heap before the loop
+        rc = r if isinstance(r, int) else r.serve()
     except Exception:
         if slot and halt_trial():
             import machine  # the update on trial crashed: reset, the next boot rolls back

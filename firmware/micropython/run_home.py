@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: run_home.py CONFIG.json", file=sys.stderr)
         return 2
-    from hemsfw import app
+    from hemsfw import app, unload
 
     def make_log(name: str) -> "Log":
         prefix = "[" + name + "]"
@@ -34,7 +34,10 @@ def main(argv: list[str]) -> int:
 
         return log
 
-    return app.main(argv[1], make_log)
+    r = app.build(argv[1], make_log)
+    del app
+    unload("app")   # the wiring ran once: its code leaves the heap before the loop
+    return r if isinstance(r, int) else r.serve()
 
 
 if __name__ == "__main__":

@@ -236,7 +236,7 @@ def test_main_in_safe_mode_starts_neither_the_app_nor_the_watchdog():
     try:
         with open(MAIN) as f:
             exec(f.read(), {"__name__": "__main__"})
-        assert "hemsfw.app" not in sys.modules  # app.main (and its watchdog) never ran
+        assert "hemsfw.app" not in sys.modules  # app.build (and its watchdog) never ran
     finally:
         _Rp2.pressed = False
         for n, m in saved.items():

@@ -1,7 +1,8 @@
-# Wiring: config -> board (relay in its safe state first) -> store -> MQTT clients -> runner, then
-# the loop (plain, or under asyncio with the resident's web page).  Shared by main.py (boards)
-# and run_home.py (unix port, CPython).  One function on purpose: every function is an object
-# and its bytecode in a MicroPython heap, and this code runs once.  MicroPython subset only.
+# Wiring: config -> board (relay in its safe state first) -> store -> MQTT clients -> runner.
+# Shared by main.py (boards) and run_home.py (unix port, CPython), which then drop this module
+# (hemsfw.unload) and start the loop (Runner.serve): this code runs once, and its bytecode
+# leaves the heap before the loop starts.  One function on purpose: every function is an object
+# and its bytecode in a MicroPython heap.  MicroPython subset only.
 
 import gc
 
@@ -10,8 +11,7 @@ from hemsfw import store
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from collections.abc import Callable
 
-    from hemsfw.interfaces import Board, Json, Log
-    from hemsfw.link import Link
+    from hemsfw.interfaces import Log
     from hemsfw.runner import Runner
 
 # Collect after every GC_BOOT bytes allocated while the firmware loads, not only when the heap
@@ -29,40 +29,10 @@ GC_BOOT = 1024
 GC_LOOP = 4096
 
 
-def _ota(ocfg: "Json", r: "Runner", board: "Board", log: "Log") -> None:
-    """Over-the-air update (hemsfw/ota.py): the code on trial is confirmed once the broker
-    link is up; the board's per-turn housekeeping also checks for a published update."""
-    from hemsfw import VERSION, ota
-    from hemsfw.clock import ticks_add
-
-    up = r.main.on_up
-
-    def confirm(link: "Link") -> None:
-        ota.confirm(".", log)
-        r.main.on_up = up
-        if up is not None:
-            up(link)
-
-    r.main.on_up = confirm
-    u = ota.Updater(ocfg, VERSION, ".", log)
-    u.due = ticks_add(r.ticks(), ota.FIRST_MS)
-    service = board.service
-    wd = r.watchdog
-
-    def feed() -> None:   # between download chunks: the watchdog, if the loop is healthy
-        if wd is not None and r.healthy():
-            wd.feed()
-
-    def housekeeping(runner: object) -> None:
-        service(runner)
-        u.turn(board.net_up(), r.ticks(), feed)
-
-    board.service = housekeeping  # type: ignore[method-assign]  # (an instance attribute)
-
-
-def main(path: str, make_log: "Callable[[str], Log]") -> int:
-    """Load the config at `path`, build, run.  make_log(name) -> log(*args) (name: the home id).
-    Returns the exit status (2: config error)."""
+def build(path: str, make_log: "Callable[[str], Log]") -> "Runner | int":
+    """Load the config at `path` and build the home controller: its Runner, ready to start
+    (Runner.serve), or an exit status (2: config error; the set-up access point's).
+    make_log(name) -> log(*args) (name: the home id)."""
     threshold = getattr(gc, "threshold", None)   # MicroPython only
     if threshold is not None:
         threshold(GC_BOOT)
@@ -108,18 +78,15 @@ def main(path: str, make_log: "Callable[[str], Log]") -> int:
     r = runner.Runner(cfg, client, board.clock, board.relay, st, log, board=board, local=local)
     # The loop, with the watchdog from the board, and the web page if configured.
     r.watchdog = board.watchdog(cfg.get("watchdog_ms", 30000))
+    if cfg.get("http"):   # the loop under asyncio, with the resident's page
+        from hemsfw import web
+
+        r.loop = web.run
     if cfg.get("ota"):
-        _ota(cfg["ota"], r, board, log)
+        from hemsfw import ota
+
+        ota.hook(cfg["ota"], r, board, log)
     gc.collect()
     if threshold is not None:
         threshold(GC_LOOP)
-    try:
-        if cfg.get("http"):
-            from hemsfw import web
-
-            return web.run(r, cfg["http"])
-        return r.run()
-    except KeyboardInterrupt:
-        log("interrupted")
-        r.shutdown()
-        return 130
+    return r

@@ -37,7 +37,9 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
     from collections.abc import Callable
     from typing import Any
 
-    from hemsfw.interfaces import Json, Log
+    from hemsfw.interfaces import Board, Json, Log
+    from hemsfw.link import Link
+    from hemsfw.runner import Runner
 
 
 def _split(url: str) -> tuple[str, int, str]:
@@ -229,3 +231,35 @@ def boot_slot(root: str = ".", log: "Log | None" = None) -> str:
         if s:
             return str(s["slot"])
     return ""
+
+
+def hook(ocfg: "Json", r: "Runner", board: "Board", log: "Log") -> None:
+    """Hooks the updater into a built controller (hemsfw/app.py): the code on trial is confirmed
+    once the broker link is up; the board's per-turn housekeeping also checks for a published
+    update."""
+    from hemsfw import VERSION
+    from hemsfw.clock import ticks_add
+
+    up = r.main.on_up
+
+    def confirmed(link: "Link") -> None:
+        confirm(".", log)
+        r.main.on_up = up
+        if up is not None:
+            up(link)
+
+    r.main.on_up = confirmed
+    u = Updater(ocfg, VERSION, ".", log)
+    u.due = ticks_add(r.ticks(), FIRST_MS)
+    service = board.service
+    wd = r.watchdog
+
+    def feed() -> None:   # between download chunks: the watchdog, if the loop is healthy
+        if wd is not None and r.healthy():
+            wd.feed()
+
+    def housekeeping(runner: object) -> None:
+        service(runner)
+        u.turn(board.net_up(), r.ticks(), feed)
+
+    board.service = housekeeping  # type: ignore[method-assign]  # (an instance attribute)

@@ -36,6 +36,8 @@ from hemsfw.link import Link
 from hemsfw.resident import Resident
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Callable
+
     from hemsfw import debug, ha
     from hemsfw.interfaces import (
         Board,
@@ -143,6 +145,7 @@ class Runner:
         self.relay_error: Exception | None = None
         self.starved: str | None = None
         self.turns = 0
+        self.loop: "Callable[[Runner], int] | None" = None   # set by app.build (the page)
 
     # ------------------------------------------------------------------ helpers
 
@@ -430,6 +433,17 @@ class Runner:
             self.errors += 1
             self.log("turn failed:", type(e).__name__, e)
         return max(0, self.loop_ms - ticks_diff(self.ticks(), t0))
+
+    def serve(self) -> int:
+        """Run the controller: the plain loop (run), or `loop` (hemsfw/app.py sets web.run when
+        the config has the resident's page: the loop under asyncio); returns the exit status
+        (130: interrupted)."""
+        try:
+            return self.run() if self.loop is None else self.loop(self)
+        except KeyboardInterrupt:
+            self.log("interrupted")
+            self.shutdown()
+            return 130
 
     def run(self) -> int:
         """Loop forever (boards) or until the day is over (lab exit_after_day); returns 0."""

@@ -132,74 +132,12 @@ def _gate(r: "Runner", a: "Auth", msg: str = "") -> "Iterator[str]":
 
 async def _serve(r: "Runner", st: "dict[str, Any]", rd: "asyncio.StreamReader",
                  w: "asyncio.StreamWriter") -> None:
+    # The request is answered in a coroutine of its own (_answer), whose frame (the session's
+    # Auth, the page's generator: their modules' code) is freed as soon as it returns: asyncio
+    # may keep a finished request's coroutine referenced until the next request (a stale slot
+    # of its server loop), and this frame then holds only the streams.
     try:
-        line = await asyncio.wait_for(rd.readline(), REQ_S)
-        parts = line.decode().split()
-        clen = 0
-        total = 0
-        tok = None
-        while True:   # headers
-            h = await asyncio.wait_for(rd.readline(), REQ_S)
-            total += len(h)
-            if h in (b"\r\n", b"\n", b"") or total > 1024:
-                break
-            lo = h.lower()
-            if lo.startswith(b"content-length:"):
-                clen = int(h.split(b":")[1])
-            elif lo.startswith(b"cookie:"):
-                tok = _cookie(h)
-        if len(parts) < 2:
-            return
-        method, path = parts[0], parts[1].split("?")[0]
-        exp = st["sessions"].get(tok) if tok else None     # (auth.valid, without loading it)
-        authed = exp is not None and ticks_diff(exp, r.ticks()) > 0
-        a = None if authed and path in ("/", "/state.json", "/override") else _auth(r, st)
-        f: dict[str, str] = {}
-        if method == "POST":
-            if not 0 <= clen <= 256:
-                await _send(w, "413 Payload Too Large", "text/plain", ["too large\n"])
-                return
-            body = await asyncio.wait_for(rd.read(clen), REQ_S) if clen else b""
-            f = form_fields(body.decode())
-        if method == "GET" and path == "/":
-            await _send(w, "200 OK", HTML, _page(r) if a is None else _gate(r, a))
-        elif a is not None and method == "POST" and path == "/login":
-            if a.locked():
-                await _send(w, "429 Too Many Requests", HTML,
-                            _gate(r, a, "Too many wrong passwords: wait a little."))
-                return
-            new = a.login(f.get("password", ""))
-            if new is None:
-                await _send(w, "403 Forbidden", HTML, _gate(r, a, "Wrong password."))
-            else:
-                await _send(w, "303 See Other", "text/plain", ["ok\n"], _set_cookie(new))
-        elif a is not None and method == "POST" and path == "/password":
-            if not (authed or a.setup_open()):
-                await _send(w, "401 Unauthorized", HTML, _gate(r, a, "Log in first."))
-                return
-            why = a.set_password(f.get("new", ""))
-            if why is not None:
-                await _send(w, "400 Bad Request", HTML,
-                            _page(r) if authed else _gate(r, a, why))
-            else:
-                await _send(w, "303 See Other", "text/plain", ["ok\n"],
-                            _set_cookie(a.new_session()))
-        elif a is not None and method == "POST" and path == "/logout":
-            a.logout(tok)
-            await _send(w, "303 See Other", "text/plain", ["ok\n"],
-                        "Set-Cookie: %s=; Max-Age=0; Path=/\r\n%s" % (COOKIE, SEE_HOME))
-        elif path in ("/state.json", "/override") and not authed:
-            await _send(w, "401 Unauthorized", "text/plain", ["log in first\n"])
-        elif method == "GET" and path == "/state.json":
-            await _send(w, "200 OK", "application/json", [json.dumps(_state(r))])
-        elif method == "POST" and path == "/override":
-            if f.get("state") not in ("on", "off", "auto"):
-                await _send(w, "400 Bad Request", "text/plain", ["state must be on|off|auto\n"])
-            else:
-                r.override(f["state"], "day" if f.get("until") == "day" else "frame")
-                await _send(w, "303 See Other", "text/plain", ["ok\n"], "Location: /\r\n")
-        else:
-            await _send(w, "404 Not Found", "text/plain", ["not found\n"])
+        await _answer(r, st, rd, w)
     except Exception as e:   # a bad request must never reach the control loop
         r.log("web:", type(e).__name__, e)
     finally:
@@ -209,6 +147,77 @@ async def _serve(r: "Runner", st: "dict[str, Any]", rd: "asyncio.StreamReader",
             await w.wait_closed()
         except Exception:
             pass
+
+
+async def _answer(r: "Runner", st: "dict[str, Any]", rd: "asyncio.StreamReader",
+                  w: "asyncio.StreamWriter") -> None:
+    line = await asyncio.wait_for(rd.readline(), REQ_S)
+    parts = line.decode().split()
+    clen = 0
+    total = 0
+    tok = None
+    while True:   # headers
+        h = await asyncio.wait_for(rd.readline(), REQ_S)
+        total += len(h)
+        if h in (b"\r\n", b"\n", b"") or total > 1024:
+            break
+        lo = h.lower()
+        if lo.startswith(b"content-length:"):
+            clen = int(h.split(b":")[1])
+        elif lo.startswith(b"cookie:"):
+            tok = _cookie(h)
+    if len(parts) < 2:
+        return
+    method, path = parts[0], parts[1].split("?")[0]
+    exp = st["sessions"].get(tok) if tok else None     # (auth.valid, without loading it)
+    authed = exp is not None and ticks_diff(exp, r.ticks()) > 0
+    a = None if authed and path in ("/", "/state.json", "/override") else _auth(r, st)
+    f: dict[str, str] = {}
+    if method == "POST":
+        if not 0 <= clen <= 256:
+            await _send(w, "413 Payload Too Large", "text/plain", ["too large\n"])
+            return
+        body = await asyncio.wait_for(rd.read(clen), REQ_S) if clen else b""
+        f = form_fields(body.decode())
+    if method == "GET" and path == "/":
+        await _send(w, "200 OK", HTML, _page(r) if a is None else _gate(r, a))
+    elif a is not None and method == "POST" and path == "/login":
+        if a.locked():
+            await _send(w, "429 Too Many Requests", HTML,
+                        _gate(r, a, "Too many wrong passwords: wait a little."))
+            return
+        new = a.login(f.get("password", ""))
+        if new is None:
+            await _send(w, "403 Forbidden", HTML, _gate(r, a, "Wrong password."))
+        else:
+            await _send(w, "303 See Other", "text/plain", ["ok\n"], _set_cookie(new))
+    elif a is not None and method == "POST" and path == "/password":
+        if not (authed or a.setup_open()):
+            await _send(w, "401 Unauthorized", HTML, _gate(r, a, "Log in first."))
+            return
+        why = a.set_password(f.get("new", ""))
+        if why is not None:
+            await _send(w, "400 Bad Request", HTML,
+                        _page(r) if authed else _gate(r, a, why))
+        else:
+            await _send(w, "303 See Other", "text/plain", ["ok\n"],
+                        _set_cookie(a.new_session()))
+    elif a is not None and method == "POST" and path == "/logout":
+        a.logout(tok)
+        await _send(w, "303 See Other", "text/plain", ["ok\n"],
+                    "Set-Cookie: %s=; Max-Age=0; Path=/\r\n%s" % (COOKIE, SEE_HOME))
+    elif path in ("/state.json", "/override") and not authed:
+        await _send(w, "401 Unauthorized", "text/plain", ["log in first\n"])
+    elif method == "GET" and path == "/state.json":
+        await _send(w, "200 OK", "application/json", [json.dumps(_state(r))])
+    elif method == "POST" and path == "/override":
+        if f.get("state") not in ("on", "off", "auto"):
+            await _send(w, "400 Bad Request", "text/plain", ["state must be on|off|auto\n"])
+        else:
+            r.override(f["state"], "day" if f.get("until") == "day" else "frame")
+            await _send(w, "303 See Other", "text/plain", ["ok\n"], "Location: /\r\n")
+    else:
+        await _send(w, "404 Not Found", "text/plain", ["not found\n"])
 
 
 async def _main(r: "Runner", hcfg: "Json") -> int:
@@ -231,6 +240,7 @@ async def _main(r: "Runner", hcfg: "Json") -> int:
         await asyncio.sleep(rest / 1000)
 
 
-def run(r: "Runner", hcfg: "Json") -> int:
-    """Run the control loop and the page together; returns the loop's exit status."""
-    return asyncio.run(_main(r, hcfg))
+def run(r: "Runner") -> int:
+    """Run the control loop and the page (the config's "http") together; returns the loop's
+    exit status."""
+    return asyncio.run(_main(r, r.cfg["http"]))

@@ -2,10 +2,14 @@
 
 1. The heuristic runs first (fractions of a second; its guidance LP gives proven lower bounds
    on the overload and on the moved energy).
-2. When the heuristic's plan is not already proven optimal by those bounds and the exact model
-   is small enough to build and search in the time left (at most ``EXACT_MAX_CANDIDATES``
-   candidate moves), the exact model runs, started from the heuristic's plan, with the time
-   left before the deadline.
+2. When the heuristic's plan is not already proven optimal by those bounds, the exact model
+   is small enough to build and search (at most ``EXACT_MAX_CANDIDATES`` candidate moves) and
+   at least ``EXACT_MIN_LEFT_S`` are left, the exact model runs, started from the heuristic's
+   plan, with the time left before the deadline.  It runs in a worker thread that is waited
+   for until the deadline and no longer: model building, warm start and every HiGHS call
+   included.  A run still busy then (a machine too loaded to build the model in time, or a
+   HiGHS phase late to check its interrupt) is told to stop and left behind; the heuristic's
+   plan is used.
 3. The better plan under the lexicographic objective (overload, then moved energy plus target
    term, then number of moves) is returned, curtailed by the fair rule, with the best proven
    bounds of both runs (the larger bound is the better one; a bound stays valid whichever
@@ -17,6 +21,7 @@ energy, else ``"time_limit"`` (exact ran out of time), or ``"heuristic"`` (exact
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 
@@ -24,13 +29,39 @@ import numpy as np
 
 from .exact import candidate_count, solve_exact
 from .heuristic import solve_heuristic
-from .model import Problem, Result, apply_moves, finish
+from .model import Move, Problem, Result, apply_moves, finish
 
-__all__ = ["EXACT_MAX_CANDIDATES", "solve_portfolio"]
+__all__ = ["EXACT_MAX_CANDIDATES", "EXACT_MIN_LEFT_S", "solve_portfolio"]
 
 #: larger models (about 1000 groups and more) are left to the heuristic: building them alone
 #: takes seconds
 EXACT_MAX_CANDIDATES = 60_000
+#: the exact model is not started with less time than this left (it could not even be built)
+EXACT_MIN_LEFT_S = 0.2
+
+
+def _exact_before(problem: Problem, deadline: float, start: list[Move],
+                  overload_bound: float | None) -> Result | None:
+    """:func:`solve_exact` in a worker thread, waited for until ``deadline`` at most; None when
+    it has not answered by then (it stops on its own at its next deadline check)."""
+    box: list[Result | BaseException] = []
+
+    def work() -> None:
+        try:
+            box.append(solve_exact(problem, deadline=deadline, start=start,
+                                   overload_bound=overload_bound))
+        except BaseException as e:  # handed to the caller below
+            box.append(e)
+
+    th = threading.Thread(target=work, name="adjust-exact", daemon=True)
+    th.start()
+    th.join(max(0.0, deadline - time.monotonic()))
+    if not box:
+        return None
+    got = box[0]
+    if isinstance(got, BaseException):
+        raise got
+    return got
 
 
 def _key(problem: Problem, r: Result) -> tuple[int, float, int]:
@@ -61,21 +92,22 @@ def solve_portfolio(problem: Problem, *, deadline: float | None = None) -> Resul
     best = heur
     ran_exact = False
     exact_optimal = False
-    if (not heur.proven_optimal() or problem.target_array() is not None) and (
-            candidate_count(problem) <= EXACT_MAX_CANDIDATES):
-        ex = solve_exact(problem, deadline=deadline, start=heur.moves,
-                         overload_bound=heur.best_bound)
+    if ((not heur.proven_optimal() or problem.target_array() is not None)
+            and deadline - time.monotonic() >= EXACT_MIN_LEFT_S
+            and candidate_count(problem) <= EXACT_MAX_CANDIDATES):
+        ex = _exact_before(problem, deadline, heur.moves, heur.best_bound)
         ran_exact = True
-        exact_optimal = ex.status == "optimal"
-        # a moved-energy bound holds only at the overload bound it came with: the LP's at the
-        # LP's, the exact stage 2's at the proven optimal overload
-        hb, eb = heur.best_bound, ex.best_bound
-        if eb is not None and (hb is None or eb > hb):
-            bound, moved_bound = eb, ex.moved_bound_wh
-        elif eb is not None and eb == hb:
-            moved_bound = _max(moved_bound, ex.moved_bound_wh)
-        if _key(problem, ex) < _key(problem, best):
-            best = ex
+        if ex is not None:
+            exact_optimal = ex.status == "optimal"
+            # a moved-energy bound holds only at the overload bound it came with: the LP's at
+            # the LP's, the exact stage 2's at the proven optimal overload
+            hb, eb = heur.best_bound, ex.best_bound
+            if eb is not None and (hb is None or eb > hb):
+                bound, moved_bound = eb, ex.moved_bound_wh
+            elif eb is not None and eb == hb:
+                moved_bound = _max(moved_bound, ex.moved_bound_wh)
+            if _key(problem, ex) < _key(problem, best):
+                best = ex
     if bound is not None:
         bound = min(bound, float(best.overload_after_wh))
     res = finish(problem, best.moves, solver=f"portfolio:{best.solver}", t_start=t0,

@@ -1,7 +1,9 @@
 """The default solver: a portfolio of the heuristic and the exact model under one deadline.
 
 1. The heuristic runs first (fractions of a second; its guidance LP gives proven lower bounds
-   on the overload and on the moved energy).
+   on the overload and on the moved energy).  Its improvement phases stop, at the latest,
+   when half the time is spent (``HEURISTIC_SHARE``): on a loaded machine, where its work
+   budget takes longer than the deadline, the exact model still gets the other half.
 2. When the heuristic's plan is not already proven optimal by those bounds, the exact model
    is small enough to build and search (at most ``EXACT_MAX_CANDIDATES`` candidate moves) and
    at least ``EXACT_MIN_LEFT_S`` are left, the exact model runs, started from the heuristic's
@@ -31,11 +33,13 @@ from .exact import candidate_count, solve_exact
 from .heuristic import solve_heuristic
 from .model import Move, Problem, Result, apply_moves, finish
 
-__all__ = ["EXACT_MAX_CANDIDATES", "EXACT_MIN_LEFT_S", "solve_portfolio"]
+__all__ = ["EXACT_MAX_CANDIDATES", "EXACT_MIN_LEFT_S", "HEURISTIC_SHARE", "solve_portfolio"]
 
 #: larger models (about 1000 groups and more) are left to the heuristic: building them alone
 #: takes seconds
 EXACT_MAX_CANDIDATES = 60_000
+#: the heuristic's improvement phases stop when this share of the time to the deadline is spent
+HEURISTIC_SHARE = 0.5
 #: the exact model is not started with less time than this left (it could not even be built)
 EXACT_MIN_LEFT_S = 0.2
 
@@ -87,7 +91,8 @@ def solve_portfolio(problem: Problem, *, deadline: float | None = None) -> Resul
     t0 = time.monotonic()
     if deadline is None:
         deadline = t0 + problem.policy.time_limit_s
-    heur = solve_heuristic(problem, deadline=deadline)
+    heur = solve_heuristic(problem, deadline=deadline,
+                           improve_until=t0 + HEURISTIC_SHARE * (deadline - t0))
     bound, moved_bound = heur.best_bound, heur.moved_bound_wh
     best = heur
     ran_exact = False

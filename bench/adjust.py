@@ -3,7 +3,7 @@
     .venv/bin/python bench/adjust.py            # table on stdout
     .venv/bin/python bench/adjust.py --json     # table on stderr, JSON on stdout
     .venv/bin/python bench/adjust.py --quick    # a few small instances, 2 s budget (a test)
-    .venv/bin/python bench/adjust.py --budget 10 --bound-limit 10 --bound-limit-small 30
+    .venv/bin/python bench/adjust.py --budget 10 --bound-limit 10 --bound-limit-small 20
 
 Instances (bench/daygen.py ``family_day``), seeds 1, 2, 3 (odd: weekday, flat capacity,
 window "defer"; even: weekend, shaped capacity, window "symmetric"):
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bound-limit", type=float, default=None,
                     help="time limit of the cold exact bound run (s, default 10)")
     ap.add_argument("--bound-limit-small", type=float, default=None,
-                    help=f"the same for up to {SMALL_BOUND_GROUPS} groups (s, default 30; "
+                    help=f"the same for up to {SMALL_BOUND_GROUPS} groups (s, default 20; "
                          "--quick: the --bound-limit)")
     args = ap.parse_args(argv)
     for name in ("budget", "bound_limit", "bound_limit_small"):
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is None:
             setattr(args, name, 2.0 if args.quick else 10.0)
     if args.bound_limit_small is None:
-        args.bound_limit_small = args.bound_limit if args.quick else 30.0
+        args.bound_limit_small = args.bound_limit if args.quick else 20.0
     t0 = time.monotonic()
     result = run(args)
     result["config"]["wall_s"] = round(time.monotonic() - t0, 1)

@@ -1061,6 +1061,10 @@ def solve_heuristic(problem: Problem, *, deadline: float | None = None,
             d = _drop(st)
             if not (a or b or c or d) or st.spent():
                 break
+    if classes and st.key() > _State.key(_new_state(problem, classes)):
+        # rounding cut short by the deadline can leave a chain half built (load sent into a
+        # frame that was to pass it on): doing nothing is then better
+        st.restore(np.full((g_n, f_n), -1, dtype=np.int64))
     g, f = np.nonzero(st.dest >= 0)
     moves: list[Move] = [(int(a), int(b), int(st.dest[a, b]))
                          for a, b in zip(g.tolist(), f.tolist(), strict=True)]

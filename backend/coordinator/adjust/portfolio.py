@@ -47,19 +47,24 @@ EXACT_MIN_LEFT_S = 0.2
 def _exact_before(problem: Problem, deadline: float, start: list[Move],
                   overload_bound: float | None) -> Result | None:
     """:func:`solve_exact` in a worker thread, waited for until ``deadline`` at most; None when
-    it has not answered by then (it stops on its own at its next deadline check)."""
+    it has not answered by then (it is told to stop, and does at its next check)."""
     box: list[Result | BaseException] = []
+    stop = threading.Event()
 
     def work() -> None:
         try:
             box.append(solve_exact(problem, deadline=deadline, start=start,
-                                   overload_bound=overload_bound))
+                                   overload_bound=overload_bound, stop=stop))
         except BaseException as e:  # handed to the caller below
             box.append(e)
 
-    th = threading.Thread(target=work, name="adjust-exact", daemon=True)
+    # not a daemon: an interpreter exiting while HiGHS runs would abort; told to stop, the
+    # thread ends at its next check
+    th = threading.Thread(target=work, name="adjust-exact")
     th.start()
     th.join(max(0.0, deadline - time.monotonic()))
+    if th.is_alive():
+        stop.set()
     if not box:
         return None
     got = box[0]

@@ -61,6 +61,10 @@ __all__ = ["candidate_count", "solve_exact"]
 RESERVE_S = 0.15
 #: HiGHS's own time limit first; its interrupt callbacks stop it this much later
 INTERRUPT_GRACE_S = 0.05
+#: a HiGHS call still busy this long before the deadline is left behind (and told to stop), so
+#: that the incumbent so far is turned into a result before the deadline: the portfolio waits
+#: for this solver until the deadline and not a moment longer
+HANDBACK_S = 0.1
 
 @dataclass
 class _Candidates:
@@ -360,7 +364,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         h.setOptionValue("mip_rel_gap", 0.0)
         h.setOptionValue("mip_abs_gap", 0.499)
         budget = 0.6 * left()
-        got, stage1_status, gap1, bound1 = model.run(budget, seed, deadline)
+        got, stage1_status, gap1, bound1 = model.run(budget, seed, deadline - HANDBACK_S)
         if np.isfinite(bound1):
             # overload = objective - tie-break > bound - 0.5, and the overload is integral
             bound1 = float(np.floor(bound1 - 0.5 - 1e-6 * max(1.0, abs(bound1))) + 1.0)
@@ -391,7 +395,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         h.addRow(-np.inf, float(o1) + 0.5, model.f_n, o_idx, np.ones(model.f_n))
         h.setOptionValue("mip_rel_gap", 1e-4)
         h.setOptionValue("mip_abs_gap", 1.0)
-        got2, stage2_status, gap2, bound2 = model.run(budget, incumbent, deadline)
+        got2, stage2_status, gap2, bound2 = model.run(budget, incumbent, deadline - HANDBACK_S)
         if got2 is not None:
             o2 = overload_wh(apply_moves(totals, got2).sum(axis=0), cap)
             if o2 <= o1 and (_stage2_value(problem, got2, eps)

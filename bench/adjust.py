@@ -3,7 +3,7 @@
     .venv/bin/python bench/adjust.py            # table on stdout
     .venv/bin/python bench/adjust.py --json     # table on stderr, JSON on stdout
     .venv/bin/python bench/adjust.py --quick    # a few small instances, 2 s budget (a test)
-    .venv/bin/python bench/adjust.py --budget 10 --bound-limit 10
+    .venv/bin/python bench/adjust.py --budget 10 --bound-limit 10 --bound-limit-small 20
 
 Instances (bench/daygen.py ``family_day``), seeds 1, 2, 3 (odd: weekday, flat capacity,
 window "defer"; even: weekend, shaped capacity, window "symmetric"):
@@ -21,11 +21,17 @@ all of it past the budget.
 
 Scoring uses bounds computed here, independently of the plan scored: the LP relaxation's bounds
 (``heuristic.lower_bounds``) and, unless they already prove the plan optimal, the exact model
-run *cold* (no start) for ``--bound-limit`` seconds (up to 200 groups): its dual bounds.  A
+run *cold* (no start) for ``--bound-limit`` seconds (up to 200 groups; ``--bound-limit-small``
+for up to 20 groups, where a longer run often closes the moved-energy bound): its dual bounds.  A
 bound above a valid plan's value stops the run (it would be a bug).  Gaps are in % of the bound
 (``model.gap_pct``): overload after moves vs the overload bound; moved energy vs the moved-energy
 bound, only where the overload is proven minimal (else not defined); curtailed energy vs the
-overload bound (any plan curtails at least the overload its moves leave).  A plan within
+overload bound (any plan curtails at least the overload its moves leave), in % of the bound but
+of no less than ``QUANTUM_WH`` per home of the day (``curtail_floor_wh``): every member of a
+curtailed group rounds its own share down (docs/adjustment.md), so the energy really curtailed
+in one frame exceeds the plan's figure by up to one quantum per member; a difference below that
+is below the plan's resolution, and a percentage of a bound of 0 Wh would be meaningless.  The
+excess in Wh is reported as well (``curtailed_excess_wh``).  A plan within
 ``OPT_TOL_PCT`` (0.01 %) of both its overload and moved-energy bounds counts as proven optimal.
 """
 
@@ -62,6 +68,11 @@ CASES: tuple[tuple[Family, float, str], ...] = (
 BIG = ((1000, "real80"), (1000, "curtail"), (1000, "same_frame"),
        (5000, "real80"), (5000, "curtail"))
 BOUND_MAX_GROUPS = 200
+#: instances up to this many groups get ``--bound-limit-small`` for their cold bound run
+SMALL_BOUND_GROUPS = 20
+#: the energy unit of the instances' totals: one quantum (``hems coordinator --quantum-wh``
+#: default); the curtailed gap is in % of no less than one quantum per home
+QUANTUM_WH = 1
 RESOLVES = 2
 GOALS = {"default_overload_gap_to_bound_pct_p95": 1.0,
          "default_moved_energy_gap_to_bound_pct_p95": 2.0,
@@ -93,6 +104,15 @@ def _default(problem: Problem, budget: float) -> tuple[Result, float, int]:
             solve(problem, "portfolio", deadline)
             n += 1
     return res, time.monotonic() - t, n
+
+
+def _floor_gap_pct(value: float, bound: float, floor: float) -> float:
+    """How far ``value`` is above a proven lower ``bound``, in % of ``max(bound, floor)`` (0
+    below half a Wh, as :func:`gap_pct`)."""
+    excess = max(0.0, float(value) - max(0.0, float(bound)))
+    if excess <= 0.5:
+        return 0.0
+    return 100.0 * excess / max(float(bound), float(floor), 1.0)
 
 
 def _bounds(problem: Problem, res: Result, limit: float) -> dict[str, Any]:
@@ -128,15 +148,17 @@ def _bounds(problem: Problem, res: Result, limit: float) -> dict[str, Any]:
 
 def _row(g_n: int, seed: int, fam: Family, ratio: float, label: str,
          args: argparse.Namespace) -> dict[str, Any]:
-    totals, cap, mag = family_day(fam, g_n, seed, ratio)
+    totals, cap, mag, homes = family_day(fam, g_n, seed, ratio)
+    floor = float(int(homes.sum()) * QUANTUM_WH)
     window = "defer" if seed % 2 else "symmetric"
     problem = Problem(totals, cap, mag,
                       Policy(window=window, time_limit_s=args.budget))  # type: ignore[arg-type]
     res, wall, n = _default(problem, args.budget)
-    b = _bounds(problem, res, args.bound_limit)
+    limit = args.bound_limit_small if g_n <= SMALL_BOUND_GROUPS else args.bound_limit
+    b = _bounds(problem, res, limit)
     gaps = {"overload": gap_pct(res.overload_after_wh, b["overload"]),
             "moved": gap_pct(res.moved_wh, b["moved"]),
-            "curtailed": gap_pct(res.curtailed_wh, b["overload"])}
+            "curtailed": _floor_gap_pct(res.curtailed_wh, b["overload"], floor)}
     return {
         "family": label, "groups": g_n, "seed": seed, "window": window,
         "overload_before_wh": res.overload_before_wh,
@@ -146,6 +168,8 @@ def _row(g_n: int, seed: int, fam: Family, ratio: float, label: str,
                     "runtime_s": round(res.runtime_s, 3), "solves": n,
                     "wall_s": round(wall, 3), "own_gaps": res.gaps()},
         "bounds": b,
+        "homes": int(homes.sum()), "curtail_floor_wh": floor,
+        "curtailed_excess_wh": max(0.0, res.curtailed_wh - b["overload"]),
         "hard": bool(b["overload"] > 0.5 or fam in ("curtail", "rigid")),
         "gaps_pct": gaps,
         "proven_optimal": all(v is not None and v <= OPT_TOL_PCT
@@ -175,6 +199,8 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "default_moved_energy_gap_to_bound_pct_max": max(moved) if moved else None,
         "moved_energy_gap_defined_instances": len(moved),
         "default_curtailed_gap_to_bound_pct_max": max(curt) if curt else None,
+        "default_curtailed_excess_wh_max": (max(r["curtailed_excess_wh"] for r in rows)
+                                            if rows else None),
         "proven_optimal_fraction": (round(sum(1 for r in rows if r["proven_optimal"])
                                           / len(rows), 4) if rows else None),
         "wall_s_over_budget_max": max(walls) if walls else None,
@@ -213,6 +239,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(row)
         _print_row(row, stream, i == 0)
     return {"config": {"budget_s": args.budget, "bound_limit_s": args.bound_limit,
+                       "bound_limit_small_s": args.bound_limit_small,
+                       "small_bound_groups": SMALL_BOUND_GROUPS, "quantum_wh": QUANTUM_WH,
                        "quick": args.quick, "seeds": list(SEEDS), "resolves": RESOLVES,
                        "bound_max_groups": BOUND_MAX_GROUPS, "goals": GOALS},
             "instances": rows, "summary": _summary(rows)}
@@ -227,13 +255,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="wall-clock budget of the default solve (s, default 10)")
     ap.add_argument("--bound-limit", type=float, default=None,
                     help="time limit of the cold exact bound run (s, default 10)")
+    ap.add_argument("--bound-limit-small", type=float, default=None,
+                    help=f"the same for up to {SMALL_BOUND_GROUPS} groups (s, default 20; "
+                         "--quick: the --bound-limit)")
     args = ap.parse_args(argv)
-    for name in ("budget", "bound_limit"):
+    for name in ("budget", "bound_limit", "bound_limit_small"):
         v = getattr(args, name)
         if v is not None and not v > 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
-        if v is None:
+    for name in ("budget", "bound_limit"):
+        if getattr(args, name) is None:
             setattr(args, name, 2.0 if args.quick else 10.0)
+    if args.bound_limit_small is None:
+        args.bound_limit_small = args.bound_limit if args.quick else 20.0
     t0 = time.monotonic()
     result = run(args)
     result["config"]["wall_s"] = round(time.monotonic() - t0, 1)

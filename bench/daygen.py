@@ -171,8 +171,9 @@ FAMILIES: tuple[Family, ...] = ("realistic", "curtail", "rigid", "same_frame", "
 
 
 def family_day(family: Family, n_groups: int, seed: int, ratio: float = 0.9
-               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """(totals, capacity, magnification) of one benchmark instance:
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64],
+                          npt.NDArray[np.int64]]:
+    """(totals, capacity, magnification, homes per group) of one benchmark instance:
 
     * ``realistic``: :func:`generate_day` (weekday for odd seeds, weekend for even ones),
       capacity ``ratio`` of the peak, flat for odd seeds, shaped for even ones;
@@ -192,24 +193,24 @@ def family_day(family: Family, n_groups: int, seed: int, ratio: float = 0.9
     totals = day.totals.copy()
     mag = day.magnification.copy()
     if family == "realistic":
-        return totals, capacity_profile(totals.sum(axis=0), ratio, profile), mag
+        return totals, capacity_profile(totals.sum(axis=0), ratio, profile), mag, day.homes
     if family == "curtail":
-        return totals, capacity_profile(totals.sum(axis=0), 0.55, profile), mag
+        return totals, capacity_profile(totals.sum(axis=0), 0.55, profile), mag, day.homes
     if family == "rigid":
         rigid = rng.random(n_groups) < 0.7
         mag[rigid] = 1
         ev = slice(_frame(18), _frame(21))
         peak = totals[:, ev].max(axis=1, keepdims=True)
         totals[:, ev] = np.maximum(totals[:, ev], np.rint(1.3 * peak).astype(np.int64))
-        return totals, capacity_profile(totals.sum(axis=0), 0.8, "flat"), mag
+        return totals, capacity_profile(totals.sum(axis=0), 0.8, "flat"), mag, day.homes
     if family == "same_frame":
         base = totals // 4
         size = np.rint(day.homes * rng.uniform(400, 900, size=n_groups)).astype(np.int64)
         dur = rng.integers(1, 4, size=n_groups)
         for g in range(n_groups):
             base[g, _frame(18):_frame(18) + int(dur[g])] += size[g]
-        return base, capacity_profile(base.sum(axis=0), 0.6, "flat"), mag
+        return base, capacity_profile(base.sum(axis=0), 0.6, "flat"), mag, day.homes
     if family == "past_end":
         shifted = np.roll(totals, _frame(3), axis=1)  # the 17:00-21:00 peak -> 20:00-24:00
-        return shifted, capacity_profile(shifted.sum(axis=0), 0.85, "flat"), mag
+        return shifted, capacity_profile(shifted.sum(axis=0), 0.85, "flat"), mag, day.homes
     raise ValueError(f"unknown family {family!r}")

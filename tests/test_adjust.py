@@ -379,7 +379,7 @@ def test_deadline_already_past_gives_a_valid_heuristic_plan() -> None:
     res = solve_portfolio(p, deadline=time.monotonic() - 1.0)
     check_valid(p, res)
     assert res.solver == "portfolio:heuristic" and res.status != "optimal"
-    assert res.overload_after_wh < res.overload_before_wh
+    assert res.overload_after_wh <= res.overload_before_wh  # never worse than doing nothing
     ex = solve_exact(p, deadline=time.monotonic() - 1.0)
     check_valid(p, ex)
     assert ex.moves == [] and ex.status == "time_limit"

@@ -15,8 +15,11 @@ Solved lexicographically, all before the caller's ``deadline`` (a
 :func:`time.monotonic` value; model building included: HiGHS gets only the
 time left, minus a small reserve for reading the solution back):
 
-1. ``min sum_f o[f]`` (overload that moves cannot remove).  The objective is
-   integral at integral ``x``, so HiGHS runs with an absolute gap < 1.
+1. ``min sum_f o[f] + eps1 * sum_j s_j x_j`` (overload that moves cannot remove; the
+   tie-break ``eps1 = 0.5 / (sum_j s_j + 1)`` is worth less than half a Wh in all, so among
+   plans of equal overload the one moving less wins and stage 2 starts from it).  The overload
+   is integral at integral ``x``, so HiGHS runs with an absolute gap of 0.499: the incumbent's
+   overload is then optimal, and the overload bound is ``floor(dual bound - 0.5) + 1``.
 2. add ``sum_f o[f] <= o1 + 0.5`` (``o1`` = stage-1 incumbent; the 0.5 is
    the tolerance, below 1 Wh) and ``min sum_j (s_j + eps) x_j +
    target_weight * sum_f (dp[f] + dm[f])`` with ``eps = 1 / (n_moves + 1)``,
@@ -58,6 +61,10 @@ __all__ = ["candidate_count", "solve_exact"]
 RESERVE_S = 0.15
 #: HiGHS's own time limit first; its interrupt callbacks stop it this much later
 INTERRUPT_GRACE_S = 0.05
+#: a HiGHS call still busy this long before the deadline is left behind (and told to stop), so
+#: that the incumbent so far is turned into a result before the deadline: the portfolio waits
+#: for this solver until the deadline and not a moment longer
+HANDBACK_S = 0.1
 
 @dataclass
 class _Candidates:
@@ -110,7 +117,9 @@ def _candidates(problem: Problem) -> _Candidates:
 class _Model:
     """The MIP, kept in one Highs instance across the stages."""
 
-    def __init__(self, problem: Problem, cand: _Candidates) -> None:
+    def __init__(self, problem: Problem, cand: _Candidates,
+                 stop: threading.Event | None = None) -> None:
+        self.stop = stop
         self.problem = problem
         self.cand = cand
         f_n = problem.n_frames
@@ -191,7 +200,7 @@ class _Model:
         self.keys = (cand.cell * f_n + cand.t).astype(np.int64)
 
     def _interrupt(self, e: highspy.highs.HighsCallbackEvent) -> None:
-        if time.monotonic() >= self.stop_at:
+        if time.monotonic() >= self.stop_at or (self.stop is not None and self.stop.is_set()):
             e.interrupt()
 
     # ------------------------------------------------------------------
@@ -230,7 +239,9 @@ class _Model:
         """``h.run()`` in a thread, waited for until ``hard_end`` at most.  False: HiGHS is
         still busy (a phase that checks neither its time limit nor the interrupt callbacks);
         it is told to stop and left to finish on its own, and this model is not used again."""
-        th = threading.Thread(target=self.h.run, name="highs", daemon=True)
+        # not a daemon: an interpreter exiting while HiGHS runs would abort; told to stop, it
+        # ends at its next interrupt check
+        th = threading.Thread(target=self.h.run, name="highs")
         th.start()
         th.join(max(0.0, hard_end - time.monotonic()))
         if th.is_alive():
@@ -297,12 +308,15 @@ def _stage2_value(problem: Problem, moves: list[Move], eps: float) -> float:
 
 
 def solve_exact(problem: Problem, *, deadline: float | None = None,
-                start: list[Move] | None = None, overload_bound: float | None = None) -> Result:
+                start: list[Move] | None = None, overload_bound: float | None = None,
+                stop: threading.Event | None = None) -> Result:
     """Lexicographic MIP (see the module docstring), returning before ``deadline``
     (default: ``policy.time_limit_s`` from now) up to HiGHS's own overshoot.
 
     ``overload_bound``: a proven lower bound on the overload (the LP's); when ``start``
-    reaches it, stage 1 is already solved and stage 2 gets all the time."""
+    reaches it, stage 1 is already solved and stage 2 gets all the time.  ``stop`` (optional):
+    once set, no further step starts and a running HiGHS call is interrupted (the portfolio
+    sets it when it stops waiting)."""
     t0 = time.monotonic()
     if deadline is None:
         deadline = t0 + problem.policy.time_limit_s
@@ -317,6 +331,8 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
                       mip_gap=0.0, best_bound=float(before), moved_bound=0.0)
 
     def left() -> float:
+        if stop is not None and stop.is_set():
+            return -1.0
         return deadline - time.monotonic() - RESERVE_S
 
     seed = list(start) if start is not None else []
@@ -324,7 +340,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
     if left() <= 0.01:
         return finish(problem, seed, solver="exact", t_start=t0, status="time_limit",
                       best_bound=None)
-    model = _Model(problem, cand)
+    model = _Model(problem, cand, stop)
     h = model.h
     statuses: list[str] = []
 
@@ -339,10 +355,19 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         moves1, o1, bound1, gap1, stage1_status = seed, o_seed, float("-inf"), float("inf"), \
             "time_limit"
     else:
+        # the overload plus a tie-break on the moved energy, worth less than half a Wh in all:
+        # among plans of equal overload HiGHS keeps the one moving less (stage 2 starts there)
+        eps1 = 0.5 / (float(cand.s.sum()) + 1.0)
+        cost1 = model.cost.copy()
+        cost1[:model.nx] = eps1 * cand.s.astype(np.float64)
+        model.set_cost(cost1)
         h.setOptionValue("mip_rel_gap", 0.0)
-        h.setOptionValue("mip_abs_gap", 0.999)
+        h.setOptionValue("mip_abs_gap", 0.499)
         budget = 0.6 * left()
-        got, stage1_status, gap1, bound1 = model.run(budget, seed, deadline)
+        got, stage1_status, gap1, bound1 = model.run(budget, seed, deadline - HANDBACK_S)
+        if np.isfinite(bound1):
+            # overload = objective - tie-break > bound - 0.5, and the overload is integral
+            bound1 = float(np.floor(bound1 - 0.5 - 1e-6 * max(1.0, abs(bound1))) + 1.0)
         moves1 = got if got is not None else seed
         o1 = overload_wh(apply_moves(totals, moves1).sum(axis=0), cap)
         if o_seed < o1:
@@ -370,7 +395,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         h.addRow(-np.inf, float(o1) + 0.5, model.f_n, o_idx, np.ones(model.f_n))
         h.setOptionValue("mip_rel_gap", 1e-4)
         h.setOptionValue("mip_abs_gap", 1.0)
-        got2, stage2_status, gap2, bound2 = model.run(budget, incumbent, deadline)
+        got2, stage2_status, gap2, bound2 = model.run(budget, incumbent, deadline - HANDBACK_S)
         if got2 is not None:
             o2 = overload_wh(apply_moves(totals, got2).sum(axis=0), cap)
             if o2 <= o1 and (_stage2_value(problem, got2, eps)

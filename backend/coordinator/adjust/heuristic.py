@@ -62,6 +62,9 @@ _WORK_LIMIT = 40_000
 #: rounding (the first plan) may run this long past the deadline when a solve starts after it
 #: (a regrouping re-solve late in a round): a plan that moves something, within a bound
 ROUND_GRACE_S = 0.1
+#: a guidance LP gets at least this long (milliseconds on a quiet machine; a loaded one can
+#: need more, and without its guidance rounding moves nothing)
+LP_MIN_S = 0.2
 
 
 @dataclass
@@ -193,9 +196,10 @@ class _State:
         return self.work >= self.work_limit or time.monotonic() >= self.deadline
 
     def lp_time(self) -> float:
-        """Time limit of one guidance LP: what is left before the deadline (at least 0.05 s, so
-        that a solve whose deadline has passed still gets its guidance and a valid plan)."""
-        return max(0.05, min(10.0, self.deadline - time.monotonic()))
+        """Time limit of one guidance LP: what is left before the deadline (at least
+        ``LP_MIN_S``, so that a solve whose deadline has passed still gets its guidance and a
+        plan that moves)."""
+        return max(LP_MIN_S, min(10.0, self.deadline - time.monotonic()))
 
     def window_of(self, g: int, u: int) -> list[int]:
         n = int(self.load.shape[0])
@@ -982,7 +986,8 @@ def lower_bounds(problem: Problem, deadline: float | None = None) -> tuple[float
     return guide.bound, guide.energy_bound
 
 
-def _new_state(problem: Problem, classes: list[int], deadline: float | None = None) -> _State:
+def _new_state(problem: Problem, classes: list[int], deadline: float | None = None,
+               improve_until: float | None = None) -> _State:
     totals = problem.totals
     g_n, f_n = totals.shape
     target = problem.target_array()
@@ -1000,16 +1005,20 @@ def _new_state(problem: Problem, classes: list[int], deadline: float | None = No
         target=target,
         weight=float(problem.policy.target_weight) if target is not None else 0.0,
         work_limit=_WORK_LIMIT,
-        deadline=float("inf") if deadline is None else deadline,
+        deadline=(float("inf") if deadline is None
+                  else deadline if improve_until is None else min(deadline, improve_until)),
         round_until=(float("inf") if deadline is None
                      else max(deadline, time.monotonic() + ROUND_GRACE_S)),
     )
 
 
-def solve_heuristic(problem: Problem, *, deadline: float | None = None) -> Result:
+def solve_heuristic(problem: Problem, *, deadline: float | None = None,
+                    improve_until: float | None = None) -> Result:
     """Fast deterministic heuristic (see the module docstring).  ``deadline`` (a
     :func:`time.monotonic` value) stops the improvement phases early; a deadline already past
-    still gives a valid plan (guidance LP and rounding only)."""
+    still gives a valid plan (guidance LP and rounding only).  ``improve_until`` (optional,
+    monotonic) stops the improvement phases earlier than the deadline, rounding still runs
+    until the deadline."""
     t0 = time.monotonic()
     totals = problem.totals
     g_n, f_n = totals.shape
@@ -1024,7 +1033,7 @@ def solve_heuristic(problem: Problem, *, deadline: float | None = None) -> Resul
     kind = problem.policy.window
     mags = problem.magnification
     classes = [m for m in np.unique(mags).tolist() if window_offsets(int(m), kind)]
-    st = _new_state(problem, classes, deadline)
+    st = _new_state(problem, classes, deadline, improve_until)
     # no class can move: nothing can change, doing nothing is optimal
     bound: float | None = None if classes else float(over0)
     moved_bound: float | None = None if classes else 0.0
@@ -1052,6 +1061,10 @@ def solve_heuristic(problem: Problem, *, deadline: float | None = None) -> Resul
             d = _drop(st)
             if not (a or b or c or d) or st.spent():
                 break
+    if classes and st.key() > _State.key(_new_state(problem, classes)):
+        # rounding cut short by the deadline can leave a chain half built (load sent into a
+        # frame that was to pass it on): doing nothing is then better
+        st.restore(np.full((g_n, f_n), -1, dtype=np.int64))
     g, f = np.nonzero(st.dest >= 0)
     moves: list[Move] = [(int(a), int(b), int(st.dest[a, b]))
                          for a, b in zip(g.tolist(), f.tolist(), strict=True)]

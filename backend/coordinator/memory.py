@@ -77,6 +77,15 @@ class Memory:
         for b in self.brokers:
             self.partitions.setdefault(b, Partition(self.k))
 
+    def answered(self) -> set[str]:
+        """Every home some broker ever answered in a group (the homes ``cells`` places)."""
+        out: set[str] = set()
+        for p in self.partitions.values():
+            homes = p.snapshot()["homes"]
+            assert isinstance(homes, list)
+            out.update(str(h) for h in homes)
+        return out
+
     def cells(self) -> list[tuple[str, list[str]]]:
         """The homes any broker ever answered, in the cells of the brokers' common refinement:
         two homes share a cell iff they share an atom at every broker (docs/privacy.md, "Over

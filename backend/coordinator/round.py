@@ -367,7 +367,7 @@ class Round:
     def _basis_json(self, m: Memory, intake: Intake) -> dict[str, Any]:
         """The part of the memory this round uses: the earlier grouping, the carried reports of
         its members and of this round's reporters, the brokers' partitions."""
-        wanted = {h for _, ms in m.cells() for h in ms} | set(intake.state.reports)
+        wanted = m.answered() | set(intake.state.reports)
         return {"k": m.k, "brokers": list(m.brokers),
                 "partitions": {b: p.snapshot() for b, p in m.partitions.items()},
                 "carried": {h: c.as_json() for h, c in m.carried.items() if h in wanted},
@@ -880,7 +880,7 @@ class Round:
         if self.intake is not None:
             known.update(self.intake.state.reports)
         if self.basis is not None:
-            known.update(h for _, ms in self.basis.cells() for h in ms)
+            known.update(self.basis.answered())
             known.update(self.basis.carried)
         # a carried member is in its group's total with an earlier plan, but gets no
         # adjustment and follows its own plan: reserved as well (counted twice: conservative)

@@ -22,7 +22,7 @@ from backend.coordinator.adjust import (
     window,
     window_offsets,
 )
-from backend.coordinator.adjust.exact import solve_exact
+from backend.coordinator.adjust.exact import moved_energy_bound, solve_exact
 from backend.coordinator.adjust.heuristic import lower_bounds, solve_heuristic
 from backend.coordinator.adjust.model import validate_moves
 from backend.coordinator.adjust.portfolio import solve_portfolio
@@ -405,6 +405,68 @@ def test_overshooting_move_lowers_the_overload() -> None:
     e = solve_exact(p)
     assert e.status == "optimal" and e.overload_after_wh == 65
     assert h.overload_after_wh == 65
+
+
+def _enumerated_optimum(p: Problem) -> tuple[int, int]:
+    """(minimal overload, least energy moved at it) by trying every plan: each non-empty cell
+    stays or goes to one frame of its window; loads recomputed here from the totals."""
+    import itertools
+
+    totals = p.totals
+    f_n = p.n_frames
+    cells = [(g, f) for g in range(p.n_groups) for f in range(f_n) if totals[g, f] > 0]
+    options = [[None, *window(int(p.magnification[g]), f, f_n, p.policy.window)]
+               for g, f in cells]
+    best: tuple[int, int] | None = None
+    for choice in itertools.product(*options):
+        load = [int(x) for x in totals.sum(axis=0)]
+        moved = 0
+        for (g, f), t in zip(cells, choice, strict=True):
+            if t is not None:
+                load[f] -= int(totals[g, f])
+                load[t] += int(totals[g, f])
+                moved += int(totals[g, f])
+        over = sum(max(0, load[k] - int(p.capacity[k])) for k in range(f_n))
+        if best is None or (over, moved) < best:
+            best = (over, moved)
+    assert best is not None
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_moved_energy_bound_is_the_enumerated_minimum(seed: int) -> None:
+    """Stage 2 alone (the benchmark's moved-energy bound at a proven overload) on days small
+    enough to enumerate: solved to optimality, its bound is the least energy moved among the
+    plans of minimal overload, less at most the 1 Wh of its move-count term."""
+    rng = np.random.default_rng(100 + seed)
+    g_n, f_n = 3, 4
+    totals = rng.integers(1, 30, size=(g_n, f_n)) * (rng.random((g_n, f_n)) < 0.6)
+    cap = np.full(f_n, int(totals.sum(axis=0).max() * 0.7))
+    p = Problem(totals.astype(np.int64), cap.astype(np.int64),
+                rng.choice([2, 3], size=g_n).astype(np.int64),
+                Policy(window="symmetric" if seed % 2 else "defer"))
+    over, moved = _enumerated_optimum(p)
+    bound, status = moved_energy_bound(p, over, deadline=time.monotonic() + 10)
+    assert status == "optimal" and bound is not None
+    assert moved - 1 - 1e-6 <= bound <= moved + 1e-6
+
+
+def test_moved_energy_bound_refuses_an_overload_no_plan_reaches() -> None:
+    p = make([[10, 10]], [5, 5], [2])  # 10 Wh over whatever moves
+    with pytest.raises(ValueError, match="no plan"):
+        moved_energy_bound(p, 0, deadline=time.monotonic() + 5)
+
+
+def test_improving_exact_run_is_valid_and_never_worse_than_its_start() -> None:
+    """The neighbourhood search (``improve``, what the portfolio runs) keeps every invariant and
+    returns a plan at least as good as the one it started from, lexicographically."""
+    totals, mag = _bench_day(30, 2, "weekday")
+    p = Problem(totals, np.full(96, int(0.8 * totals.sum(axis=0).max())), mag)
+    h = solve_heuristic(p)
+    e = solve_exact(p, deadline=time.monotonic() + 3, start=h.moves,
+                    overload_bound=h.best_bound, improve=True)
+    check_valid(p, e)
+    assert (e.overload_after_wh, e.moved_wh) <= (h.overload_after_wh, h.moved_wh)
 
 
 # --------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import highspy
@@ -55,7 +56,7 @@ from .model import (
     window_offsets,
 )
 
-__all__ = ["candidate_count", "solve_exact"]
+__all__ = ["candidate_count", "moved_energy_bound", "solve_exact"]
 
 #: seconds kept back from HiGHS for reading its solution and building the result
 RESERVE_S = 0.15
@@ -65,6 +66,16 @@ INTERRUPT_GRACE_S = 0.05
 #: that the incumbent so far is turned into a result before the deadline: the portfolio waits
 #: for this solver until the deadline and not a moment longer
 HANDBACK_S = 0.1
+#: the neighbourhood search's time slice per sub-model, and the least time worth a slice
+LNS_SLICE_S = 0.5
+LNS_MIN_SLICE_S = 0.05
+#: candidates set free in the search's first neighbourhood
+LNS_START_FREE = 300
+#: with ``improve``, the share of a stage's time the whole model gets first (it may prove the
+#: start optimal, or find better at once); the neighbourhood search takes most of the rest and
+#: the whole model, warm-started from the search's plan, the last ``FINAL_SHARE`` (its bound)
+PROBE_SHARE = 0.15
+FINAL_SHARE = 0.25
 
 @dataclass
 class _Candidates:
@@ -296,6 +307,106 @@ class _Model:
         return moves, status, float(info.mip_gap), float(info.mip_dual_bound)
 
 
+    def relaxation(self, time_limit: float, hard_end: float) -> np.ndarray | None:
+        """The x of the linear relaxation's optimum under the current cost and rows (None when
+        not solved in ``time_limit``); the model is a MIP again afterwards."""
+        nx = self.nx
+        idx = np.arange(nx, dtype=np.int32)
+        h = self.h
+        h.changeColsIntegrality(nx, idx, np.zeros(nx, dtype=np.uint8))
+        h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
+        self.stop_at = time.monotonic() + max(float(time_limit), 1e-3) + INTERRUPT_GRACE_S
+        done = self._bounded_run(hard_end)
+        out: np.ndarray | None = None
+        if done and h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+            out = np.asarray(h.getSolution().col_value)[:nx].copy()
+        if not self.abandoned:
+            h.changeColsIntegrality(nx, idx, np.ones(nx, dtype=np.uint8))
+        return out
+
+    def neighbourhood_search(self, moves: list[Move], until: float, hard_end: float,
+                             key: Callable[[list[Move]], tuple[float, ...]],
+                             enough: Callable[[tuple[float, ...]], bool] | None = None,
+                             ) -> list[Move]:
+        """Large-neighbourhood search around ``moves`` under the model's current cost and rows
+        until ``until`` (monotonic): each step fixes every candidate outside a neighbourhood
+        (a few groups, or a window of frames) at its value in the incumbent and lets HiGHS
+        solve what is left, started from the incumbent, for a short slice; a better plan under
+        ``key`` (smaller) becomes the incumbent.  The neighbourhood grows while its sub-models
+        are solved to optimality in their slice and shrinks when they are not.  Why: on 10-200
+        group days the whole model's branch and bound rarely improves a good start within
+        seconds (it spends them on the bound), while small sub-models are solved in
+        milliseconds each (docs/adjustment.md, "Exact model").  ``enough`` (optional): the
+        search stops once it holds for the incumbent's key (a proven bound reached)."""
+        c = self.cand
+        nx = self.nx
+        if nx == 0:
+            return moves
+        groups = np.unique(c.g)
+        n_g = int(groups.shape[0])
+        rng = np.random.default_rng(len(moves) * 7919 + nx)
+        idx = np.arange(nx, dtype=np.int32)
+        ones = np.ones(nx)
+        per_group = np.bincount(c.g, minlength=int(groups.max()) + 1)
+        best, best_key = moves, key(moves)
+        target = float(LNS_START_FREE)  # candidates set free, adapted to what solves in a slice
+        x_lp: np.ndarray | None = None  # the relaxation's optimum, computed at the first need
+        step = 0
+        while not self.abandoned and (self.stop is None or not self.stop.is_set()):
+            if enough is not None and enough(best_key):
+                break
+            left = until - time.monotonic()
+            if left < LNS_MIN_SLICE_S:
+                break
+            x = self.x_of_moves(best)
+            kind = step % 3
+            if kind == 2 and x_lp is None:
+                x_lp = self.relaxation(min(LNS_SLICE_S, left), hard_end)
+                left = until - time.monotonic()
+                if x_lp is None or left < LNS_MIN_SLICE_S:
+                    kind, x_lp = 0, np.zeros(0)
+            if kind == 2 and x_lp is not None and x_lp.shape[0] == nx:
+                # where the plan and the relaxation's optimum disagree (the relaxation bounds
+                # the moved energy within a few % on these days, so its choices are mostly
+                # right): those candidates, topped up at random to ``target``, are free
+                differ = np.flatnonzero(np.abs(x_lp - x) > 0.1)
+                if differ.shape[0] > target:
+                    differ = rng.choice(differ, size=int(target), replace=False)
+                free = np.zeros(nx, dtype=bool)
+                free[differ] = True
+                extra = int(target) - int(differ.shape[0])
+                if extra > 0:
+                    free[rng.choice(nx, size=min(extra, nx), replace=False)] = True
+            elif kind == 0 or n_g < 3:
+                # a window of frames around a random one, grown until it holds ``target``
+                # candidates: every candidate leaving or entering it is free
+                mid = int(rng.integers(0, self.f_n))
+                lo_f, hi_f = mid, mid + 1
+                while True:
+                    free = (((c.f >= lo_f) & (c.f < hi_f)) | ((c.t >= lo_f) & (c.t < hi_f)))
+                    if int(free.sum()) >= target or (lo_f == 0 and hi_f == self.f_n):
+                        break
+                    lo_f, hi_f = max(0, lo_f - 1), min(self.f_n, hi_f + 1)
+            else:
+                # random groups until they hold ``target`` candidates
+                order = rng.permutation(groups)
+                k = int(np.searchsorted(np.cumsum(per_group[order]), target)) + 1
+                free = np.isin(c.g, order[:k])
+            step += 1
+            lo = np.where(free, 0.0, x)
+            hi = np.where(free, ones, x)
+            self.h.changeColsBounds(nx, idx, lo, hi)
+            got, status, _, _ = self.run(min(LNS_SLICE_S, left), best, hard_end)
+            if got is not None and key(got) < best_key:
+                best, best_key = got, key(got)
+            if status == "optimal":
+                target = min(float(nx), target * 1.25)
+            else:
+                target = max(20.0, target * 0.7)
+        self.h.changeColsBounds(nx, idx, np.zeros(nx), ones)
+        return best
+
+
 def _stage2_value(problem: Problem, moves: list[Move], eps: float) -> float:
     totals = problem.totals
     val = float(sum(int(totals[g, f]) for g, f, _ in moves)) + eps * len(moves)
@@ -309,14 +420,17 @@ def _stage2_value(problem: Problem, moves: list[Move], eps: float) -> float:
 
 def solve_exact(problem: Problem, *, deadline: float | None = None,
                 start: list[Move] | None = None, overload_bound: float | None = None,
-                stop: threading.Event | None = None) -> Result:
+                stop: threading.Event | None = None, improve: bool = False) -> Result:
     """Lexicographic MIP (see the module docstring), returning before ``deadline``
     (default: ``policy.time_limit_s`` from now) up to HiGHS's own overshoot.
 
     ``overload_bound``: a proven lower bound on the overload (the LP's); when ``start``
     reaches it, stage 1 is already solved and stage 2 gets all the time.  ``stop`` (optional):
     once set, no further step starts and a running HiGHS call is interrupted (the portfolio
-    sets it when it stops waiting)."""
+    sets it when it stops waiting).  ``improve``: spend part of each stage's time on a
+    neighbourhood search for better plans (:meth:`_Model.neighbourhood_search`) rather than all
+    of it on the whole model's search; the bounds come from the whole model's runs only.  The
+    portfolio sets it; a bound-only run (the benchmark's cold run) does not."""
     t0 = time.monotonic()
     if deadline is None:
         deadline = t0 + problem.policy.time_limit_s
@@ -364,7 +478,9 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         h.setOptionValue("mip_rel_gap", 0.0)
         h.setOptionValue("mip_abs_gap", 0.499)
         budget = 0.6 * left()
-        got, stage1_status, gap1, bound1 = model.run(budget, seed, deadline - HANDBACK_S)
+        t1_end = time.monotonic() + budget
+        got, stage1_status, gap1, bound1 = model.run(budget * (0.5 if improve else 1.0),
+                                                     seed, deadline - HANDBACK_S)
         if np.isfinite(bound1):
             # overload = objective - tie-break > bound - 0.5, and the overload is integral
             bound1 = float(np.floor(bound1 - 0.5 - 1e-6 * max(1.0, abs(bound1))) + 1.0)
@@ -372,6 +488,23 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         o1 = overload_wh(apply_moves(totals, moves1).sum(axis=0), cap)
         if o_seed < o1:
             moves1, o1 = seed, o_seed
+        if improve and stage1_status != "optimal" and not (np.isfinite(bound1)
+                                                           and o1 <= bound1):
+            def key1(m: list[Move]) -> tuple[float, ...]:
+                return (overload_wh(apply_moves(totals, m).sum(axis=0), cap),
+                        _stage2_value(problem, m, 0.0))
+            known = bound1
+
+            def reached(k: tuple[float, ...]) -> bool:
+                # stage 1's own objective is the overload: once it is at its proven bound
+                # the rest of the time is stage 2's
+                return bool(np.isfinite(known) and k[0] <= known)
+
+            moves1 = model.neighbourhood_search(moves1, t1_end, deadline - HANDBACK_S, key1,
+                                                reached)
+            o1 = overload_wh(apply_moves(totals, moves1).sum(axis=0), cap)
+            if np.isfinite(bound1) and o1 <= bound1:
+                stage1_status = "optimal"
         if stage1_status == "optimal":
             gap1 = 0.0
             bound1 = float(o1)
@@ -395,12 +528,30 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         h.addRow(-np.inf, float(o1) + 0.5, model.f_n, o_idx, np.ones(model.f_n))
         h.setOptionValue("mip_rel_gap", 1e-4)
         h.setOptionValue("mip_abs_gap", 1.0)
-        got2, stage2_status, gap2, bound2 = model.run(budget, incumbent, deadline - HANDBACK_S)
-        if got2 is not None:
-            o2 = overload_wh(apply_moves(totals, got2).sum(axis=0), cap)
-            if o2 <= o1 and (_stage2_value(problem, got2, eps)
-                             <= _stage2_value(problem, incumbent, eps)):
-                incumbent = got2
+
+        def take(got2: list[Move] | None, incumbent: list[Move]) -> list[Move]:
+            if got2 is not None:
+                o2 = overload_wh(apply_moves(totals, got2).sum(axis=0), cap)
+                if o2 <= o1 and (_stage2_value(problem, got2, eps)
+                                 <= _stage2_value(problem, incumbent, eps)):
+                    return got2
+            return incumbent
+
+        t2_end = time.monotonic() + budget
+        got2, stage2_status, gap2, bound2 = model.run(
+            budget * (PROBE_SHARE if improve else 1.0), incumbent, deadline - HANDBACK_S)
+        incumbent = take(got2, incumbent)
+        if improve and stage2_status != "optimal" and not model.abandoned:
+            def key2(m: list[Move]) -> tuple[float, ...]:
+                return (_stage2_value(problem, m, eps),)
+            incumbent = model.neighbourhood_search(
+                incumbent, t2_end - FINAL_SHARE * budget, deadline - HANDBACK_S, key2)
+            last = t2_end - time.monotonic()
+            if last > LNS_MIN_SLICE_S and not model.abandoned:
+                got2, stage2_status, gap2, b2 = model.run(last, incumbent, deadline - HANDBACK_S)
+                incumbent = take(got2, incumbent)
+                if np.isfinite(b2):
+                    bound2 = max(bound2, b2) if np.isfinite(bound2) else b2
         if stage1_status == "optimal" and target is None and np.isfinite(bound2):
             # eps * (number of moves) < 1 Wh: the energy is at least the bound less 1
             moved_bound = max(0.0, float(bound2) - 1.0)
@@ -420,3 +571,40 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         best_bound = min(max(0.0, best_bound), float(o1))
     return finish(problem, incumbent, solver="exact", t_start=t0, status=status,
                   mip_gap=mip_gap, best_bound=best_bound, moved_bound=moved_bound)
+
+
+def moved_energy_bound(problem: Problem, overload: float, *, deadline: float,
+                       ) -> tuple[float | None, str]:
+    """A proven lower bound on the energy any plan of overload at most ``overload`` moves:
+    stage 2 alone, run *cold* (no start) with ``sum_f o[f] <= overload + 0.5`` until
+    ``deadline`` (monotonic).  Used by the benchmark where the minimal overload is already
+    proven (a plan attains a proven overload bound) but the cold run's stage 1 did not finish,
+    so it gave no moved-energy bound.  Returns (bound or None, HiGHS status); None also with a
+    target profile (stage 2 then minimises more than the moved energy)."""
+    cand = _candidates(problem)
+    if problem.target_array() is not None:
+        return None, "target"
+    if cand.g.shape[0] == 0:
+        return 0.0, "optimal"
+    model = _Model(problem, cand)
+    h = model.h
+    eps = 1.0 / (model.nx + 1)
+    cost = np.zeros(model.n_col)
+    cost[:model.nx] = cand.s.astype(np.float64) + eps
+    model.set_cost(cost)
+    o_idx = np.arange(model.nx, model.nx + model.f_n, dtype=np.int32)
+    h.addRow(-np.inf, float(overload) + 0.5, model.f_n, o_idx, np.ones(model.f_n))
+    h.setOptionValue("mip_rel_gap", 1e-4)
+    h.setOptionValue("mip_abs_gap", 1.0)
+    left = deadline - time.monotonic() - RESERVE_S
+    if left <= 0.01:
+        return None, "time_limit"
+    _, status, _, bound = model.run(left, None, deadline)
+    if status == "infeasible":
+        # no plan reaches ``overload``: every plan's moved energy is unbounded below it
+        raise ValueError(f"no plan has an overload of at most {overload} Wh")
+    if not np.isfinite(bound):
+        return None, status
+    # eps * (number of moves) < 1 Wh: the energy is at least the bound less 1
+    return max(0.0, float(bound) - 1.0), status
+

@@ -54,7 +54,8 @@ def _exact_before(problem: Problem, deadline: float, start: list[Move],
     def work() -> None:
         try:
             box.append(solve_exact(problem, deadline=deadline, start=start,
-                                   overload_bound=overload_bound, stop=stop))
+                                   overload_bound=overload_bound, stop=stop,
+                                   improve=True))
         except BaseException as e:  # handed to the caller below
             box.append(e)
 

@@ -224,8 +224,12 @@ class Bench:
               romfs: bool = False) -> subprocess.Popen[bytes]:
         """The firmware in `src` (a bundle or the sources) as a process; romfs: the bundle's
         ROMFS image in read-only memory outside the heap, as a board's flash (firmware/romfs.py)"""
-        lib = src / "lib" if (src / "lib").is_dir() else MPYLIB
-        env = dict(os.environ, MICROPYPATH=f"{src}:{lib}")
+        # As a board imports it: from the working directory (sys.path ''), so each module's
+        # __file__ (interned) is "hemsfw/x.mpy" as on a board, not the bundle's long temporary
+        # path; `-m run_home` keeps the script's directory out of sys.path.
+        lib = "lib" if (src / "lib").is_dir() else str(MPYLIB)
+        env = dict(os.environ, MICROPYPATH=lib)
+        cwd = src
         if romfs:
             cmd = [sys.executable, "-m", "firmware.romfs", "run", str(src / ROMFS_IMAGE), str(cfg)]
             if self.external:
@@ -233,13 +237,14 @@ class Bench:
             if heap:
                 cmd += ["--heapsize", str(heap + self.rom_extra)]
             env = dict(os.environ, MICROPYPATH="")
+            cwd = REPO
         else:
             cmd = [str(self.mp)]
             if heap:
                 cmd += ["-X", f"heapsize={heap}"]
-            cmd += [str(src / "run_home.py"), str(cfg)]
+            cmd += ["-m", "run_home", str(cfg)]
         with open(log, "wb") as f:
-            return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+            return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
 
     def round(self, src: Path, heap: int | None, day_real_s: float = 2.0,
               memtrace: bool = True, week: bool = False, romfs: bool = False,

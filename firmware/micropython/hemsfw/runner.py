@@ -436,7 +436,7 @@ class Runner:
 
     def serve(self) -> int:
         """Run the controller: the plain loop (run), or `loop` (hemsfw/app.py sets web.run when
-        the config has the resident's page: the loop under asyncio); returns the exit status
+        the config has the resident's page: the loop with its server); returns the exit status
         (130: interrupted)."""
         try:
             return self.run() if self.loop is None else self.loop(self)

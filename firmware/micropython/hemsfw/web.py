@@ -103,16 +103,8 @@ def _send(w: "Any", status: str, ctype: str, chunks: "Iterable[str]", extra: str
     _out(w, ("HTTP/1.0 %s\r\nContent-Type: %s\r\nCache-Control: no-store\r\n%s"
              "X-Frame-Options: DENY\r\nConnection: close\r\n\r\n" % (status, ctype, extra)
              ).encode(), end)
-    buf: list[str] = []
-    n = 0
-    for c in chunks:
-        buf.append(c)
-        n += len(c)
-        if n > 512:
-            _out(w, "".join(buf).encode(), end)
-            buf = []
-            n = 0
-    _out(w, "".join(buf).encode(), end)
+    for c in chunks:   # each as it is drawn (no buffer: a heap late in the day has small gaps)
+        _out(w, c.encode(), end)
 
 
 HTML = "text/html; charset=utf-8"
@@ -237,7 +229,7 @@ def _take(r: "Runner", st: "dict[str, Any]", w: "Any", c: "list[Any]") -> bool:
     """Read what arrived on connection `w` (c: [bytes so far, deadline]); once the request is
     complete, answer it.  True when the connection is done with (then closed by the caller)."""
     try:
-        d = w.recv(512)
+        d = w.recv(128)    # (small reads: no large block needed)
     except OSError:   # nothing yet (EAGAIN)
         return False
     c[0] += d

@@ -3,7 +3,8 @@
 #   GET  /             the day's planned vs adjusted (and, with a meter, metered) load per frame
 #                      as an SVG bar chart (clock times, a Wh scale), the adjustment in words,
 #                      the relay's state, and the override buttons; it reloads every REFRESH_S
-#                      (drawn by hemsfw/webpage.py, loaded per request)
+#                      (hemsfw/pagestate.py, then hemsfw/webpage.py draws it: each loaded
+#                      per request, never both at once)
 #   GET  /state.json   the same as JSON
 #   POST /override     form fields state=on|off|auto, until=frame|day: the resident's override
 #                      (hemsfw/resident.py)
@@ -124,16 +125,20 @@ def _auth(r: "Runner", st: "dict[str, Any]") -> "Auth":
 
 
 def _page(r: "Runner") -> "Iterator[str]":
-    """The page, drawn by a module loaded for this request only (hemsfw/webpage.py)."""
+    """The page, drawn by a module loaded for this request only (hemsfw/webpage.py), from
+    its state, taken first by another (hemsfw/pagestate.py, unloaded before webpage loads)."""
+    s = _state(r)
     from hemsfw.webpage import page
 
-    return page(r)
+    return page(r, s)
 
 
 def _state(r: "Runner") -> "Json":
-    from hemsfw.webpage import state
+    from hemsfw.pagestate import state
 
-    return state(r)
+    s = state(r)
+    unload("pagestate")
+    return s
 
 
 def _gate(r: "Runner", a: "Auth", msg: str = "") -> "Iterator[str]":
@@ -244,7 +249,7 @@ def _take(r: "Runner", st: "dict[str, Any]", w: "Any", c: "list[Any]") -> bool:
     except Exception as e:   # a bad request must never reach the control loop
         r.log("web:", type(e).__name__, e)
     finally:
-        unload("auth", "webpage")   # (their code leaves the heap with the request)
+        unload("auth", "pagestate", "webpage")   # (their code leaves the heap with the request)
     return True
 
 

@@ -54,6 +54,7 @@ import json
 import os
 import queue
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -244,7 +245,11 @@ class Bench:
                 cmd += ["-X", f"heapsize={heap}"]
             cmd += ["-m", "run_home", str(cfg)]
         with open(log, "wb") as f:
-            return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
+            # a session of its own: a failed round kills the whole group, so a ROMFS round's
+            # micropython (a child of firmware/romfs.py) never outlives it as an orphan that
+            # keeps the home's MQTT client id connected to the broker
+            return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
+                                    start_new_session=True)
 
     def round(self, src: Path, heap: int | None, day_real_s: float = 2.0,
               memtrace: bool = True, week: bool = False, romfs: bool = False,
@@ -326,7 +331,7 @@ class Bench:
             ok = False
         finally:
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
             for p in (coord, mb1, clock):
                 p.close()
@@ -360,7 +365,7 @@ class Bench:
             time.sleep(seconds)
             t1, c1 = time.monotonic(), _cpu(proc.pid)
         finally:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
             coord.close()
         return 100.0 * (c1 - c0) / (t1 - t0)

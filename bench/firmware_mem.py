@@ -54,6 +54,7 @@ import json
 import os
 import queue
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -224,8 +225,12 @@ class Bench:
               romfs: bool = False) -> subprocess.Popen[bytes]:
         """The firmware in `src` (a bundle or the sources) as a process; romfs: the bundle's
         ROMFS image in read-only memory outside the heap, as a board's flash (firmware/romfs.py)"""
-        lib = src / "lib" if (src / "lib").is_dir() else MPYLIB
-        env = dict(os.environ, MICROPYPATH=f"{src}:{lib}")
+        # As a board imports it: from the working directory (sys.path ''), so each module's
+        # __file__ (interned) is "hemsfw/x.mpy" as on a board, not the bundle's long temporary
+        # path; `-m run_home` keeps the script's directory out of sys.path.
+        lib = "lib" if (src / "lib").is_dir() else str(MPYLIB)
+        env = dict(os.environ, MICROPYPATH=lib)
+        cwd = src
         if romfs:
             cmd = [sys.executable, "-m", "firmware.romfs", "run", str(src / ROMFS_IMAGE), str(cfg)]
             if self.external:
@@ -233,13 +238,18 @@ class Bench:
             if heap:
                 cmd += ["--heapsize", str(heap + self.rom_extra)]
             env = dict(os.environ, MICROPYPATH="")
+            cwd = REPO
         else:
             cmd = [str(self.mp)]
             if heap:
                 cmd += ["-X", f"heapsize={heap}"]
-            cmd += [str(src / "run_home.py"), str(cfg)]
+            cmd += ["-m", "run_home", str(cfg)]
         with open(log, "wb") as f:
-            return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+            # a session of its own: a failed round kills the whole group, so a ROMFS round's
+            # micropython (a child of firmware/romfs.py) never outlives it as an orphan that
+            # keeps the home's MQTT client id connected to the broker
+            return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
+                                    start_new_session=True)
 
     def round(self, src: Path, heap: int | None, day_real_s: float = 2.0,
               memtrace: bool = True, week: bool = False, romfs: bool = False,
@@ -321,7 +331,7 @@ class Bench:
             ok = False
         finally:
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
             for p in (coord, mb1, clock):
                 p.close()
@@ -355,7 +365,7 @@ class Bench:
             time.sleep(seconds)
             t1, c1 = time.monotonic(), _cpu(proc.pid)
         finally:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
             coord.close()
         return 100.0 * (c1 - c0) / (t1 - t0)

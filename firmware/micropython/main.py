@@ -3,13 +3,13 @@
 # Everything board-specific lives in hemsfw/boards/<board>.py (chosen by config "board"): the
 # relay pin is created at its safe level first, then Wi-Fi (non-blocking, supervised with
 # backoff), NTP, the watchdog and the same runner the lab runs.  Files on the device:
-# /config.json, /hemsfw/ (.mpy), /lib/umqtt/simple.mpy, /main.py.  docs/firmware.md.
+# /config.json, /hemsfw/ (.mpy, its own MQTT client included), /main.py.  docs/firmware.md.
 
 import sys
 
 from hemsfw import halt
 
-halt.filesystem_first(sys.path)   # /lib/umqtt (flash installs it) before the image's frozen copy
+halt.filesystem_first(sys.path)   # flashed modules before the image's frozen ones
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from hemsfw.interfaces import Log

@@ -1,20 +1,18 @@
 # Run one home controller on a host: the MicroPython unix port (lab, CI) or CPython (Raspberry Pi).
 #
-#   export MICROPYPATH=firmware/micropython:.venv/lib/micropython   (hemsfw + umqtt.simple)
+#   export MICROPYPATH=firmware/micropython
 #   micropython firmware/micropython/run_home.py CONFIG.json
 #   python firmware/micropython/run_home.py CONFIG.json             (CPython + paho-mqtt)
 #
 # The board module (config "board": unix / rpi) picks the relay driver and the clock; the MQTT
-# adapter follows the interpreter (umqtt.simple on MicroPython, paho-mqtt on CPython).  Logs go
-# to stderr prefixed with the home id.  Exit status: 0 when the loop ends (exit_after_day), 2 on a
-# usage or configuration error, 1 on an unexpected crash.
+# adapter follows the interpreter (the firmware's own client, hemsfw/net_umqtt.py, on
+# MicroPython; paho-mqtt on CPython).  Logs go to stderr prefixed with the home id.  Exit
+# status: 0 when the loop ends (exit_after_day), 2 on a usage or configuration error, 1 on an
+# unexpected crash.
 #
 # MicroPython subset only (this file runs under both interpreters).
 
 import sys
-
-if sys.implementation.name == "micropython" and ".frozen" not in sys.path:
-    sys.path.append(".frozen")   # asyncio (web page) is frozen into the unix port
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from hemsfw.interfaces import Log

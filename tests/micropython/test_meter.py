@@ -5,7 +5,7 @@ import json
 
 from fakes import CountingRandom, FakeClient, FakeClock, FakePulses, FakeRelay, MemStore
 
-from hemsfw import config, history, meter, runner, webpage
+from hemsfw import config, history, meter, pagestate, runner, webpage
 from hemsfw.simload import SimLoad
 
 KEY = "c8" * 32
@@ -244,7 +244,7 @@ def _metered_day(local=None):
 
 def test_page_shows_metered_energy_today_against_plan_and_adjustment():
     r = _metered_day()
-    s = webpage.state(r)
+    s = pagestate.state(r)
     assert s["metered_wh"] == [0, 0, 120, 0] and s["meter"] == "counting"
     chunks = list(webpage.page(r))
     html = "".join(chunks)

@@ -7,7 +7,7 @@ import binascii
 
 from fakes import CountingRandom, FakeClient, FakeClock, FakeRelay, MemStore, Ticks
 
-from hemsfw import auth, config, protocol, protocol_svc, runner, web, webpage
+from hemsfw import auth, config, pagestate, protocol, protocol_svc, runner, web, webpage
 
 KEY = "c8" * 32
 START = 1795824000
@@ -141,7 +141,7 @@ def test_the_page_explains_the_adjustment_in_words():
 
 
 def test_without_adjustment_the_page_says_the_plan_is_followed():
-    assert webpage.explain(None, 900) == [
+    assert pagestate.explain(None, 900) == [
         "No adjustment from the grid: the relay follows your plan."]
 
 

@@ -5,7 +5,7 @@ import json
 
 from fakes import CountingRandom, FakeClient, FakeClock, FakeRelay, MemStore, Ticks
 
-from hemsfw import config, protocol, protocol_svc, runner, web, webpage
+from hemsfw import config, pagestate, protocol, protocol_svc, runner, web, webpage
 
 KEY = "c8" * 32
 START = 1795824000
@@ -52,7 +52,7 @@ def test_svg_shows_planned_and_adjusted():
     _round_and_adjust(r, cl)
     ck.t = START + 1000
     r.step()
-    s = webpage.state(r)
+    s = pagestate.state(r)
     assert s["planned_wh"] == [0, 300, 0, 500] and s["adjusted_wh"] == [0, 0, 300, 500]
     assert s["relay"] == "off" and s["frame"] == 1
     chunks = list(webpage.page(r))   # a generator: one small string at a time

@@ -78,7 +78,7 @@ def build(path: str, make_log: "Callable[[str], Log]") -> "Runner | int":
     r = runner.Runner(cfg, client, board.clock, board.relay, st, log, board=board, local=local)
     # The loop, with the watchdog from the board, and the web page if configured.
     r.watchdog = board.watchdog(cfg.get("watchdog_ms", 30000))
-    if cfg.get("http"):   # the loop under asyncio, with the resident's page
+    if cfg.get("http"):   # the loop with the resident's page (its server polled between turns)
         from hemsfw import web
 
         r.loop = web.run

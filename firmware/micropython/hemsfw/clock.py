@@ -112,3 +112,8 @@ class LabClock:
     # The lab's coordinator service runs on the same virtual clock (--accelerate): its round
     # deadlines are instants of the virtual day too, so the deadline check reads it as well.
     wall = now
+
+
+def hhmm(s: int) -> str:
+    """Seconds since the day's (local) midnight -> "HH:MM"."""
+    return "%02d:%02d" % (s // 3600, s // 60 % 60)

@@ -5,7 +5,7 @@
 # connect(clean_session) / set_callback / set_last_will / subscribe / publish / check_msg / ping /
 # disconnect, optionally close() (drop the socket without DISCONNECT, so the will fires) and
 # set_budget(ms) (one deadline for all the socket work that follows).  Any exception from the
-# client means the link is lost (umqtt raises AssertionError/IndexError on protocol surprises).
+# client means the link is lost (net_umqtt raises OSError, also on protocol surprises).
 #
 # Never blocking: a reconnect is only *scheduled* (retry_at); each turn does at most one bounded
 # connect attempt or one poll, both under the budget `timeout_s`.  Availability: the will is

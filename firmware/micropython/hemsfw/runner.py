@@ -1,7 +1,7 @@
 # The home controller's main loop: the I/O shell around hemsfw.home.Home (DESIGN.md decision 6).
 #
-# Adapters are passed in, so the same loop runs on boards (umqtt + machine.Pin + NTP clock), on the
-# MicroPython unix port (umqtt + LabRelay + LabClock) and on CPython (paho + gpiod ...):
+# Adapters are passed in, so the same loop runs on boards (MQTT + machine.Pin + NTP clock), on the
+# MicroPython unix port (MQTT + LabRelay + LabClock) and on CPython (paho + gpiod ...):
 #   client  umqtt.simple.MQTTClient interface (hemsfw/link.py); any exception = link lost
 #   clock   now() -> frame-clock epoch s or None; wall() -> wall-clock epoch s or None (the
 #           round deadline); `topic` (None, or the lab clock topic) and update(obj)
@@ -24,8 +24,8 @@
 # (timeout_s, default 5 s) plus DNS: docs/firmware.md.
 #
 # Incoming messages are queued by the MQTT callback and handled after the poll, never inside it:
-# umqtt delivers messages while it waits for a PUBACK, and handling a round there would re-enter
-# publish.  MicroPython subset only.
+# the client delivers messages while it waits for a PUBACK, and handling a round there would
+# re-enter publish.  MicroPython subset only.
 
 import os
 
@@ -436,7 +436,7 @@ class Runner:
 
     def serve(self) -> int:
         """Run the controller: the plain loop (run), or `loop` (hemsfw/app.py sets web.run when
-        the config has the resident's page: the loop under asyncio); returns the exit status
+        the config has the resident's page: the loop with its server); returns the exit status
         (130: interrupted)."""
         try:
             return self.run() if self.loop is None else self.loop(self)

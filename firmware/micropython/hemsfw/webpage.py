@@ -1,8 +1,10 @@
-# The resident's page drawn (hemsfw/web.py serves it): what it shows as a dict (GET /state.json),
-# the adjustment in words, the SVG chart, the HTML, each as small strings yielded one at a time.
-# web.py loads this module for a request that shows the page and unloads it after, so that its
-# code is not in the heap between requests (docs/benchmarks.md, Firmware memory).  MicroPython
-# subset only.
+# The resident's page drawn (hemsfw/web.py serves it) from its state (hemsfw/pagestate.py): the
+# SVG chart and the HTML, each as small strings yielded one at a time.  web.py loads this module
+# for a request that shows the page, once the state is taken and pagestate.py unloaded, and
+# unloads it after, so that its code is not in the heap between requests (docs/benchmarks.md,
+# Firmware memory).  MicroPython subset only.
+
+from hemsfw.clock import hhmm
 
 W = 720          # chart width (px)
 H = 160          # chart height (px)
@@ -11,80 +13,8 @@ REFRESH_S = 60
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from collections.abc import Iterator
 
-    from hemsfw.interfaces import Json, Slot
+    from hemsfw.interfaces import Json
     from hemsfw.runner import Runner
-
-
-def _slot(r: "Runner") -> "Slot | None":
-    h = r.home
-    return h.slot_at(r.clock.now()) or h.new
-
-
-def state(r: "Runner") -> "Json":
-    """What the page shows, as a dict (also GET /state.json)."""
-    st = _slot(r)
-    on, frame = r.state
-    out: Json = {"home": r.id, "relay": "on" if on else "off", "frame": frame,
-                 "online": r.main.online, "override": r.resident.ovr, "day": None}
-    if st:
-        q = st["quantum_wh"]
-        adj = st.get("adjusted") or st["plan"]
-        out["day"] = st["day"]
-        out["round"] = st["round"]
-        out["status"] = st.get("status")
-        out["planned_wh"] = [v * q for v in st["plan"]]
-        out["adjusted_wh"] = [v * q for v in adj]
-        out["frame_s"] = st["frame_s"]
-        out["start"] = st["start"]
-        out["adjustment"] = explain(st.get("adjustment"), st["frame_s"], r.clock.now())
-        m = r.meter   # the special circuit's meter (hemsfw/meter.py), if it has one
-        if m is not None and m.meter.day == st["day"]:
-            out["metered_wh"] = m.meter.today_wh()
-            out["meter"] = m.budget.state
-    return out
-
-
-def hhmm(s: int) -> str:
-    """Seconds since the day's (local) midnight -> "HH:MM"."""
-    return "%02d:%02d" % (s // 3600, s // 60 % 60)
-
-
-def _runs(frames: "list[int]") -> "list[tuple[int, int]]":
-    """Sorted frame indices -> [(first, count)] of consecutive runs."""
-    out: list[tuple[int, int]] = []
-    for k in frames:
-        if out and out[-1][0] + out[-1][1] == k:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
-        else:
-            out.append((k, 1))
-    return out
-
-
-def explain(adj: "Json | None", frame_s: int, now: float | None = None) -> "list[str]":
-    """The grid's adjustment in words, one sentence per run of frames moved by the same
-    shift ("The grid moved 19:00-19:45 to 20:30-21:15.") and per run cut."""
-    if not adj:
-        return ["No adjustment from the grid: the relay follows your plan."]
-    out = []
-    if now is not None and now >= adj["expires"]:
-        out.append("The grid's adjustment has expired: the relay follows your plan.")
-    mv = sorted([(m[0], m[1]) for m in adj["moves"]])
-    i = 0
-    while i < len(mv):
-        j = i
-        while j + 1 < len(mv) and mv[j + 1][0] == mv[j][0] + 1 and \
-                mv[j + 1][1] == mv[j][1] + 1:
-            j += 1
-        n = j - i + 1
-        f, t = mv[i]
-        out.append("The grid moved %s-%s to %s-%s." % (
-            hhmm(f * frame_s), hhmm((f + n) * frame_s), hhmm(t * frame_s),
-            hhmm((t + n) * frame_s)))
-        i = j + 1
-    for f, n in _runs(sorted(adj["curtail"])):
-        out.append("The grid cut %s-%s: the circuit gets no power then." % (
-            hhmm(f * frame_s), hhmm((f + n) * frame_s)))
-    return out
 
 
 def svg(planned: list[int], adjusted: list[int], frame: int | None,
@@ -138,9 +68,13 @@ def _head(title: str, refresh: bool = False) -> str:
                               if refresh else ""))
 
 
-def page(r: "Runner") -> "Iterator[str]":
-    """The page as small strings yielded one at a time (the state is taken once, first)."""
-    s = state(r)
+def page(r: "Runner", s: "Json | None" = None) -> "Iterator[str]":
+    """The page as small strings yielded one at a time, from its state `s` (taken here from
+    hemsfw/pagestate.py if not given; web.py gives it)."""
+    if s is None:
+        from hemsfw.pagestate import state
+
+        s = state(r)
     yield _head("HEMS " + r.id, True)
     yield ('<h1>Special circuit of %s</h1><p>Relay: <b id="relay">%s</b>'
            % (r.id, s["relay"].upper()))

@@ -1,6 +1,6 @@
 # Board "unix": the MicroPython unix port (or CPython) in the lab and in CI; HostBoard is what
 # the host boards (unix, rpi) share: no `machine`, the clock from the config, the MQTT adapter for
-# the interpreter (umqtt.simple on MicroPython, paho-mqtt on CPython).
+# the interpreter (net_umqtt on MicroPython, paho-mqtt on CPython).
 #
 # Relay: hemsfw.relay.LabRelay, a JSON-lines log of switches in <state_dir>/relay.log that the lab
 # and the tests replay.  Meter: config meter.kind "sim", the lab's simulated load (simload.py).

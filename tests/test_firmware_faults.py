@@ -304,7 +304,12 @@ def test_broker_restart_between_persist_and_publish(lab: Lab) -> None:
             p.close()
     plans = coord.payloads(protocol.t_plan(HOME))
     masks = mb1.payloads(protocol.t_mask("mb1", HOME))
-    assert len(plans) == 1 and len(masks) == 1
+    # One report.  On a loaded machine the publish can reach the broker as it stops, its PUBACK
+    # lost: the home then sends the *same* message again after reconnecting (QoS 1 is at least
+    # once; the services drop the copy by its report id), never a second draw.
+    rids = {protocol.decode(p)["report_id"] for p in plans + masks}
+    assert len(rids) == 1 and 1 <= len(plans) <= 2 and 1 <= len(masks) <= 2
+    assert len(set(plans)) == 1 and len(set(masks)) == 1
     check_unmasks(lab, plans[0], masks[0])
     check_relay(state, EXPECTED, safe=False)
     assert log.read_text().count("mqtt connected") >= 2

@@ -76,6 +76,15 @@ LNS_START_FREE = 300
 #: the whole model, warm-started from the search's plan, the last ``FINAL_SHARE`` (its bound)
 PROBE_SHARE = 0.15
 FINAL_SHARE = 0.25
+#: from this many candidate moves on (about 100 groups), the portfolio's whole-model runs go
+#: without HiGHS's presolve: it takes 0.4 s at 8,000 candidates and 2-7 s at 15,000-43,000
+#: (100-200 groups; longer on a loaded machine), most or all of a stage's first run, which then
+#: ends before searching at all (a 200-group curtailment day: presolve on, the heuristic's plan
+#: 8.1 % above the overload bound after the whole 10 s; off, 0.9-1.6 %).  Below it presolve is
+#: cheap and its effect varies by day (a 20-group day finds its plan without overload only with
+#: it), so it stays on.  The neighbourhood search's sub-models keep it: there it removes the
+#: fixed columns.  Bound-only runs (no ``improve``) keep it everywhere.
+PRESOLVE_OFF_FROM = 8_000
 
 @dataclass
 class _Candidates:
@@ -129,7 +138,7 @@ class _Model:
     """The MIP, kept in one Highs instance across the stages."""
 
     def __init__(self, problem: Problem, cand: _Candidates,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, presolve: bool = True) -> None:
         self.stop = stop
         self.problem = problem
         self.cand = cand
@@ -200,6 +209,8 @@ class _Model:
             starts, r, v, integrality,
         )
         self.h = h
+        self.presolve = "choose"
+        self.set_presolve(presolve)
         # HiGHS checks its own time limit rarely in some phases (seconds late on a 200-group
         # day): its interrupt callbacks stop it at the deadline
         self.stop_at = float("inf")
@@ -241,6 +252,11 @@ class _Model:
             sol[self.nx + self.f_n:self.nx + 2 * self.f_n] = np.maximum(dev, 0.0)
             sol[self.nx + 2 * self.f_n:] = np.maximum(-dev, 0.0)
         return sol
+
+    def set_presolve(self, on: bool) -> None:
+        """HiGHS's presolve on ("choose") or off for the runs that follow."""
+        self.presolve = "choose" if on else "off"
+        self.h.setOptionValue("presolve", self.presolve)
 
     def set_cost(self, cost: np.ndarray) -> None:
         self.cost = cost
@@ -292,7 +308,7 @@ class _Model:
                                   self.full_solution(start))
                 if not self._bounded_run(hard_end):
                     return None, "time_limit", float("inf"), float("-inf")
-                h.setOptionValue("presolve", "choose")
+                h.setOptionValue("presolve", self.presolve)
         ms = h.getModelStatus()
         info = h.getInfo()
         if ms == highspy.HighsModelStatus.kOptimal:
@@ -349,6 +365,8 @@ class _Model:
         ones = np.ones(nx)
         per_group = np.bincount(c.g, minlength=int(groups.max()) + 1)
         best, best_key = moves, key(moves)
+        whole_presolve = self.presolve == "choose"
+        self.set_presolve(True)  # it removes the fixed columns of each sub-model
         target = float(LNS_START_FREE)  # candidates set free, adapted to what solves in a slice
         x_lp: np.ndarray | None = None  # the relaxation's optimum, computed at the first need
         step = 0
@@ -404,6 +422,7 @@ class _Model:
             else:
                 target = max(20.0, target * 0.7)
         self.h.changeColsBounds(nx, idx, np.zeros(nx), ones)
+        self.set_presolve(whole_presolve)
         return best
 
 
@@ -454,7 +473,8 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
     if left() <= 0.01:
         return finish(problem, seed, solver="exact", t_start=t0, status="time_limit",
                       best_bound=None)
-    model = _Model(problem, cand, stop)
+    model = _Model(problem, cand, stop,
+                   presolve=not (improve and cand.g.shape[0] >= PRESOLVE_OFF_FROM))
     h = model.h
     statuses: list[str] = []
 

@@ -7,7 +7,7 @@ import binascii
 
 from fakes import CountingRandom, FakeClient, FakeClock, FakeRelay, MemStore, Ticks
 
-from hemsfw import auth, config, pagestate, protocol, protocol_svc, runner, web, webpage
+from hemsfw import auth, config, pagestate, protocol, protocol_svc, runner, webpage, webreq
 
 KEY = "c8" * 32
 START = 1795824000
@@ -167,7 +167,7 @@ def test_the_setup_form_only_in_the_window_after_boot():
 
 
 def test_form_values_are_url_decoded():
-    f = web.form_fields("password=p%C3%A4ss+w%26rd&x=%zz")
+    f = webreq.form_fields("password=p%C3%A4ss+w%26rd&x=%zz")
     assert f == {"password": "päss w&rd", "x": "%zz"}
 
 

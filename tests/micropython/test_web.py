@@ -5,7 +5,7 @@ import json
 
 from fakes import CountingRandom, FakeClient, FakeClock, FakeRelay, MemStore, Ticks
 
-from hemsfw import config, pagestate, protocol, protocol_svc, runner, web, webpage
+from hemsfw import config, pagestate, protocol, protocol_svc, runner, webpage, webreq
 
 KEY = "c8" * 32
 START = 1795824000
@@ -87,7 +87,7 @@ def test_page_is_drawn_a_small_piece_at_a_time():
 def test_page_without_plan():
     r, _, _, _ = _runner()
     assert "No plan yet" in "".join(webpage.page(r))
-    assert web.form_fields("state=on&until=day&x") == {"state": "on", "until": "day"}
+    assert webreq.form_fields("state=on&until=day&x") == {"state": "on", "until": "day"}
 
 
 def test_home_assistant_discovery_and_commands():

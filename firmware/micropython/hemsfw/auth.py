@@ -1,8 +1,8 @@
 # Who may see the resident's page and switch the relay from it: whoever knows the password the
-# resident set (a PIN of 4 digits will do).  hemsfw/web.py loads this module only for a request
+# resident set (a PIN of 4 digits will do).  hemsfw/webreq.py loads this module only for a request
 # that needs it (log in, set the password, the log-in page) and drops it after: what lives
 # between requests is the state dict (new_state: sessions, failures, the set-up window) that
-# web.py keeps, and the session check (valid), which web.py does itself.
+# web.py keeps, and the session check (valid), which webreq.py does itself.
 #
 #   auth.json   {"salt": hex, "hash": hex, "iter": n}: PBKDF2-HMAC-SHA256 of the password
 #               (RFC 8018; the HMAC is hemsfw.seal's), never the password itself
@@ -69,7 +69,7 @@ def new_state(ticks: "Ticks") -> "dict[str, Any]":
 
 
 def valid(state: "dict[str, Any]", tok: str | None, now: int) -> bool:
-    """tok is a live session (web.py has its own copy of these three lines, so that a logged-in
+    """tok is a live session (webreq.py has its own copy of these three lines, so that a logged-in
     request does not load this module)."""
     exp = state["sessions"].get(tok) if tok else None
     return exp is not None and ticks_diff(exp, now) > 0

@@ -1,5 +1,5 @@
 # The resident's page drawn (hemsfw/web.py serves it) from its state (hemsfw/pagestate.py): the
-# SVG chart and the HTML, each as small strings yielded one at a time.  web.py loads this module
+# SVG chart and the HTML, each as small strings yielded one at a time.  webreq.py loads this module
 # for a request that shows the page, once the state is taken and pagestate.py unloaded, and
 # unloads it after, so that its code is not in the heap between requests (docs/benchmarks.md,
 # Firmware memory).  MicroPython subset only.
@@ -70,7 +70,7 @@ def _head(title: str, refresh: bool = False) -> str:
 
 def page(r: "Runner", s: "Json | None" = None) -> "Iterator[str]":
     """The page as small strings yielded one at a time, from its state `s` (taken here from
-    hemsfw/pagestate.py if not given; web.py gives it)."""
+    hemsfw/pagestate.py if not given; webreq.py gives it)."""
     if s is None:
         from hemsfw.pagestate import state
 

@@ -80,7 +80,6 @@ from hemsfw import protocol, protocol_svc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FW = REPO / "firmware" / "micropython"
-MPYLIB = Path(sys.prefix) / "lib" / "micropython"
 MICROPYTHON = Path(sys.prefix) / "bin" / "micropython"
 HOME = "h1"
 PROOF_CAP = 7       # quanta per frame: 3 bits, the board representation of docs/integrity.md
@@ -228,8 +227,7 @@ class Bench:
         # As a board imports it: from the working directory (sys.path ''), so each module's
         # __file__ (interned) is "hemsfw/x.mpy" as on a board, not the bundle's long temporary
         # path; `-m run_home` keeps the script's directory out of sys.path.
-        lib = "lib" if (src / "lib").is_dir() else str(MPYLIB)
-        env = dict(os.environ, MICROPYPATH=lib)
+        env = dict(os.environ, MICROPYPATH="")
         cwd = src
         if romfs:
             cmd = [sys.executable, "-m", "firmware.romfs", "run", str(src / ROMFS_IMAGE), str(cfg)]
@@ -418,7 +416,7 @@ def inproc(mp: Path, src: Path, frames: int, runs: int, work: Path) -> dict[str,
     d.mkdir(exist_ok=True)
     code = INPROC % {"frames": frames, "runs": runs, "dir": str(d), "plan": plan_wh(frames)}
     p = subprocess.run([str(mp), "-c", code], env=dict(os.environ,
-                       MICROPYPATH=f"{src}:{src / 'lib'}"), capture_output=True, text=True,
+                       MICROPYPATH=str(src)), capture_output=True, text=True,
                        timeout=300)
     if p.returncode != 0:
         raise RuntimeError(p.stdout + p.stderr)

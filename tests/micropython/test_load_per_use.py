@@ -90,3 +90,19 @@ def test_a_page_request_is_answered_by_code_dropped_with_its_connection():
     assert w.out.startswith(b"HTTP/1.0 401") and w.closed and not conns
     if MP:
         assert "hemsfw.webreq" not in sys.modules and "hemsfw.auth" not in sys.modules
+
+
+def test_the_page_text_and_its_chart_are_never_in_the_heap_together():
+    from hemsfw import webreq
+
+    r, cl, _ = _runner()
+    cl.inject("hems/v1/round", protocol.encode(protocol_svc.make_round(
+        DAY, 1, 4, 900, 100, START, START + 3600, ["mb1"])))
+    r.step()
+    chart = 0
+    for c in webreq.page(r):
+        if MP and c.startswith("<rect"):     # the chart being drawn
+            chart += 1
+            assert "hemsfw.webchart" in sys.modules and "hemsfw.webpage" not in sys.modules
+            assert "hemsfw.pagestate" not in sys.modules
+    assert chart or not MP

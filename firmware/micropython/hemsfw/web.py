@@ -3,8 +3,8 @@
 #   GET  /             the day's planned vs adjusted (and, with a meter, metered) load per frame
 #                      as an SVG bar chart (clock times, a Wh scale), the adjustment in words,
 #                      the relay's state, and the override buttons; it reloads every REFRESH_S
-#                      (hemsfw/pagestate.py, then hemsfw/webpage.py draws it: each loaded
-#                      per request, never both at once)
+#                      (hemsfw/pagestate.py, then hemsfw/webpage.py and webchart.py draw
+#                      it: each loaded per request, one at a time; hemsfw/webreq.py)
 #   GET  /state.json   the same as JSON
 #   POST /override     form fields state=on|off|auto, until=frame|day: the resident's override
 #                      (hemsfw/resident.py)
@@ -69,7 +69,7 @@ def _take(r: "Runner", st: "dict[str, Any]", w: "Any", c: "list[Any]") -> bool:
     except Exception as e:   # a bad request must never reach the control loop
         r.log("web:", type(e).__name__, e)
     finally:
-        unload("auth", "pagestate", "webpage")   # (their code leaves the heap with the request)
+        unload("auth", "pagestate", "webpage", "webchart")   # (their code leaves with it)
     return True
 
 

@@ -94,13 +94,30 @@ def _auth(r: "Runner", st: "dict[str, Any]") -> "Auth":
     return Auth(r.store, r.ticks, r.urandom, r.log, st)
 
 
-def _page(r: "Runner") -> "Iterator[str]":
-    """The page, drawn by a module loaded for this request only (hemsfw/webpage.py), from
-    its state, taken first by another (hemsfw/pagestate.py, unloaded before webpage loads)."""
-    s = _state(r)
-    from hemsfw.webpage import page
+def page(r: "Runner") -> "Iterator[str]":
+    """The page, one small string at a time, drawn by modules loaded for it only and never in
+    the heap together: its state first (hemsfw/pagestate.py, dropped once taken), then its
+    text before the chart (hemsfw/webpage.py), the chart (hemsfw/webchart.py) and the text
+    after it (webpage.py again), each dropped before the next loads."""
+    return _draw(r, _state(r))   # (the state taken before the answer starts)
 
-    return page(r, s)
+
+def _draw(r: "Runner", s: "Json") -> "Iterator[str]":
+    from hemsfw import unload, webpage
+
+    yield from webpage.top(r, s)
+    del webpage
+    unload("webpage")
+    if s["day"]:
+        from hemsfw import webchart
+
+        yield from webchart.svg(s["planned_wh"], s["adjusted_wh"], s["frame"], s["frame_s"],
+                                s.get("metered_wh"))
+        del webchart
+        unload("webchart")
+    from hemsfw import webpage
+
+    yield from webpage.bottom(s)
 
 
 def _state(r: "Runner") -> "Json":
@@ -159,7 +176,7 @@ def answer(r: "Runner", st: "dict[str, Any]", w: "Any", method: str, path: str,
     a = None if authed and path in ("/", "/state.json", "/override") else _auth(r, st)
     f = form_fields(body.decode()) if method == "POST" else {}
     if method == "GET" and path == "/":
-        send(w, "200 OK", HTML, _page(r) if a is None else _gate(r, a))
+        send(w, "200 OK", HTML, page(r) if a is None else _gate(r, a))
     elif a is not None and method == "POST" and path == "/login":
         if a.locked():
             send(w, "429 Too Many Requests", HTML,
@@ -176,7 +193,7 @@ def answer(r: "Runner", st: "dict[str, Any]", w: "Any", method: str, path: str,
             return
         why = a.set_password(f.get("new", ""))
         if why is not None:
-            send(w, "400 Bad Request", HTML, _page(r) if authed else _gate(r, a, why))
+            send(w, "400 Bad Request", HTML, page(r) if authed else _gate(r, a, why))
         else:
             send(w, "303 See Other", "text/plain", ["ok\n"], _set_cookie(a.new_session()))
     elif a is not None and method == "POST" and path == "/logout":

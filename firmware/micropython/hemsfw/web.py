@@ -69,7 +69,7 @@ def _take(r: "Runner", st: "dict[str, Any]", w: "Any", c: "list[Any]") -> bool:
     except Exception as e:   # a bad request must never reach the control loop
         r.log("web:", type(e).__name__, e)
     finally:
-        unload("auth", "pagestate", "webpage", "webchart")   # (their code leaves with it)
+        unload("auth", "authgate", "pagestate", "webpage", "webchart")   # (with it)
     return True
 
 

@@ -130,7 +130,7 @@ def _state(r: "Runner") -> "Json":
 
 
 def _gate(r: "Runner", a: "Auth", msg: str = "") -> "Iterator[str]":
-    from hemsfw.auth import gate
+    from hemsfw.authgate import gate
 
     return gate("Special circuit of " + r.id, a, msg)
 

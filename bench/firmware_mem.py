@@ -12,7 +12,8 @@ plan + sealed seed), adjusted, and the day is played out on an accelerated clock
 * peak_heap_bytes        peak heap in use during the round: the largest live heap
                          (gc.mem_alloc() right after gc.collect()) sampled at every loop turn
                          and at every phase of the round (seeds sealed, report drawn,
-                         persisted, each PUBACK, adjustment applied), firmware code included
+                         persisted, each PUBACK, adjustment applied; whole firmware: also
+                         inside the page's requests), firmware code included
                          (bundle; a run without heap limit, the memtrace's own hemsfw/debug.py
                          counted too); source_peak_heap_bytes the same for the .py sources
 * round_heap_bytes       peak_heap_bytes minus the idle heap after boot (baseline_heap_bytes):

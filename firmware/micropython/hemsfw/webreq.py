@@ -105,12 +105,14 @@ def page(r: "Runner") -> "Iterator[str]":
 def _draw(r: "Runner", s: "Json") -> "Iterator[str]":
     from hemsfw import unload, webpage
 
+    r.home.phase("page")   # (test hook: the page's state and text loaded; hemsfw/debug.py)
     yield from webpage.top(r, s)
     del webpage
     unload("webpage")
     if s["day"]:
         from hemsfw import webchart
 
+        r.home.phase("chart")
         yield from webchart.svg(s["planned_wh"], s["adjusted_wh"], s["frame"], s["frame_s"],
                                 s.get("metered_wh"))
         del webchart
@@ -174,6 +176,8 @@ def answer(r: "Runner", st: "dict[str, Any]", w: "Any", method: str, path: str,
     exp = st["sessions"].get(tok) if tok else None     # (auth.valid, without loading it)
     authed = exp is not None and ticks_diff(exp, r.ticks()) > 0
     a = None if authed and path in ("/", "/state.json", "/override") else _auth(r, st)
+    if a is not None:
+        r.home.phase("auth")   # (test hook: the password code loaded)
     f = form_fields(body.decode()) if method == "POST" else {}
     if method == "GET" and path == "/":
         send(w, "200 OK", HTML, page(r) if a is None else _gate(r, a))

@@ -93,16 +93,16 @@ def test_a_page_request_is_answered_by_code_dropped_with_its_connection():
 
 
 def test_the_page_text_and_its_chart_are_never_in_the_heap_together():
-    from hemsfw import webreq
+    from hemsfw import web
 
     r, cl, _ = _runner()
     cl.inject("hems/v1/round", protocol.encode(protocol_svc.make_round(
         DAY, 1, 4, 900, 100, START, START + 3600, ["mb1"])))
     r.step()
     chart = 0
-    for c in webreq.page(r):
+    for c in web.page(r):
         if MP and c.startswith("<rect"):     # the chart being drawn
             chart += 1
             assert "hemsfw.webchart" in sys.modules and "hemsfw.webpage" not in sys.modules
-            assert "hemsfw.pagestate" not in sys.modules
+            assert "hemsfw.pagestate" not in sys.modules and "hemsfw.webreq" not in sys.modules
     assert chart or not MP

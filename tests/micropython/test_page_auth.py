@@ -15,6 +15,7 @@ from hemsfw import (
     protocol,
     protocol_svc,
     runner,
+    web,
     webpage,
     webreq,
 )
@@ -131,7 +132,7 @@ def _runner():
 
 
 def test_the_page_shows_clock_times_not_frame_numbers():
-    html = "".join(webreq.page(_runner()))
+    html = "".join(web.page(_runner()))
     assert "frame 0" not in html and "frame 95" not in html
     for t in ("00:00", "06:00", "12:00", "18:00", "24:00"):
         assert ">" + t + "</text>" in html, t
@@ -139,13 +140,13 @@ def test_the_page_shows_clock_times_not_frame_numbers():
 
 
 def test_the_page_has_a_wh_scale():
-    html = "".join(webreq.page(_runner()))
+    html = "".join(web.page(_runner()))
     assert '<text class="scale" x="2" y="12" font-size="12">800 Wh</text>' in html
     assert "in Wh per 15 minutes" in html
 
 
 def test_the_page_explains_the_adjustment_in_words():
-    html = "".join(webreq.page(_runner()))
+    html = "".join(web.page(_runner()))
     assert "<li>The grid moved 19:00-19:45 to 20:30-21:15.</li>" in html
     assert "<li>The grid cut 02:30-03:00: the circuit gets no power then.</li>" in html
 
@@ -156,7 +157,7 @@ def test_without_adjustment_the_page_says_the_plan_is_followed():
 
 
 def test_the_page_refreshes_itself():
-    html = "".join(webreq.page(_runner()))
+    html = "".join(web.page(_runner()))
     assert '<meta http-equiv="refresh" content="%d">' % webpage.REFRESH_S in html
 
 

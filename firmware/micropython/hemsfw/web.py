@@ -25,9 +25,12 @@
 # as a list of its ~200 strings the 96-frame page held ~30 KB of heap at once
 # (bench/firmware_mem.py, whole firmware).  Without asyncio the whole firmware's heap is
 # ~3 KB smaller (its objects and the coroutines; docs/benchmarks.md).  Only this module's loop
-# stays in the heap: a request is parsed and answered by hemsfw/webreq.py, loaded while a
-# connection is open and dropped once none is (~4 KB less resident on a 32-bit port).
+# and the page's drawing (page) stay in the heap: a request is parsed and answered by
+# hemsfw/webreq.py, loaded while a connection is open and dropped once none is (~4 KB less
+# resident on a 32-bit port), and before the page is drawn (~4 KB less at the page).
 # LAN only: there is no TLS on the page.  MicroPython subset only.
+
+import gc
 
 from hemsfw import unload
 from hemsfw.clock import ticks_add, ticks_diff, ticks_ms
@@ -42,8 +45,10 @@ REQ_S = 5
 MAX_CONN = 4
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
+    from collections.abc import Iterator
     from typing import Any
 
+    from hemsfw.interfaces import Json
     from hemsfw.runner import Runner
 
 
@@ -64,13 +69,55 @@ def _take(r: "Runner", st: "dict[str, Any]", w: "Any", c: "list[Any]") -> bool:
     try:
         if isinstance(req, int):
             webreq.send(w, webreq.STATUS[req], "text/plain", ["bad request\n"])
-        else:
-            webreq.answer(r, st, w, *req)
+            return True
+        s = webreq.answer(r, st, w, *req)
+        if s is not None:   # the page: drawn once the request's code has left the heap
+            del webreq
+            unload("webreq", "auth", "authgate")
+            gc.collect()   # (its blocks freed before the page's code loads into the gaps)
+            end = ticks_add(ticks_ms(), 1000 * REQ_S)
+            for chunk in page(r, s):   # each as it is drawn (no buffer: the heap has small gaps)
+                left = ticks_diff(end, ticks_ms())
+                if left <= 0:
+                    raise OSError("answer too slow")
+                w.settimeout(left / 1000)
+                w.sendall(chunk.encode())
     except Exception as e:   # a bad request must never reach the control loop
         r.log("web:", type(e).__name__, e)
     finally:
         unload("auth", "authgate", "pagestate", "webpage", "webchart")   # (with it)
     return True
+
+
+def page(r: "Runner", s: "Json | None" = None) -> "Iterator[str]":
+    """The page, one small string at a time, from its state `s` (None: taken here, by
+    hemsfw/webreq.py), drawn by modules loaded for it only, never in the heap together nor
+    with webreq.py: its text before the chart (hemsfw/webpage.py), the chart
+    (hemsfw/webchart.py) and the text after it (webpage.py again), each dropped before the
+    next loads."""
+    if s is None:
+        from hemsfw import webreq
+
+        s = webreq.state(r)
+        del webreq
+        unload("webreq")
+    from hemsfw import webpage
+
+    r.home.phase("page")   # (test hook: the page's state and text loaded; hemsfw/debug.py)
+    yield from webpage.top(r, s)
+    del webpage
+    unload("webpage")
+    if s["day"]:
+        from hemsfw import webchart
+
+        r.home.phase("chart")
+        yield from webchart.svg(s["planned_wh"], s["adjusted_wh"], s["frame"], s["frame_s"],
+                                s.get("metered_wh"))
+        del webchart
+        unload("webchart")
+    from hemsfw import webpage
+
+    yield from webpage.bottom(s)
 
 
 def _drop(p: "Any", conns: "dict[Any, list[Any]]", w: "Any") -> None:

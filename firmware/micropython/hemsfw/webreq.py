@@ -94,40 +94,19 @@ def _auth(r: "Runner", st: "dict[str, Any]") -> "Auth":
     return Auth(r.store, r.ticks, r.urandom, r.log, st)
 
 
-def page(r: "Runner") -> "Iterator[str]":
-    """The page, one small string at a time, drawn by modules loaded for it only and never in
-    the heap together: its state first (hemsfw/pagestate.py, dropped once taken), then its
-    text before the chart (hemsfw/webpage.py), the chart (hemsfw/webchart.py) and the text
-    after it (webpage.py again), each dropped before the next loads."""
-    return _draw(r, _state(r))   # (the state taken before the answer starts)
-
-
-def _draw(r: "Runner", s: "Json") -> "Iterator[str]":
-    from hemsfw import unload, webpage
-
-    r.home.phase("page")   # (test hook: the page's state and text loaded; hemsfw/debug.py)
-    yield from webpage.top(r, s)
-    del webpage
-    unload("webpage")
-    if s["day"]:
-        from hemsfw import webchart
-
-        r.home.phase("chart")
-        yield from webchart.svg(s["planned_wh"], s["adjusted_wh"], s["frame"], s["frame_s"],
-                                s.get("metered_wh"))
-        del webchart
-        unload("webchart")
-    from hemsfw import webpage
-
-    yield from webpage.bottom(s)
-
-
-def _state(r: "Runner") -> "Json":
+def state(r: "Runner") -> "Json":
     from hemsfw import unload
     from hemsfw.pagestate import state
 
     s = state(r)
     unload("pagestate")
+    return s
+
+
+def _head(w: "Any", status: str, r: "Runner") -> "Json":
+    """The page's state, taken before its head is written (so a failure sends nothing)."""
+    s = state(r)
+    send(w, status, HTML, [])
     return s
 
 
@@ -172,7 +151,9 @@ def request(data: bytes) -> "tuple[str, str, str | None, bytes] | int | None":
 
 
 def answer(r: "Runner", st: "dict[str, Any]", w: "Any", method: str, path: str,
-            tok: str | None, body: bytes) -> None:
+            tok: str | None, body: bytes) -> "Json | None":
+    """Answer the request, or, for the page, write its head and return its state: the caller
+    (web.py) draws the page once this module has left the heap (web.page)."""
     exp = st["sessions"].get(tok) if tok else None     # (auth.valid, without loading it)
     authed = exp is not None and ticks_diff(exp, r.ticks()) > 0
     a = None if authed and path in ("/", "/state.json", "/override") else _auth(r, st)
@@ -180,12 +161,14 @@ def answer(r: "Runner", st: "dict[str, Any]", w: "Any", method: str, path: str,
         r.home.phase("auth")   # (test hook: the password code loaded)
     f = form_fields(body.decode()) if method == "POST" else {}
     if method == "GET" and path == "/":
-        send(w, "200 OK", HTML, page(r) if a is None else _gate(r, a))
+        if a is None:
+            return _head(w, "200 OK", r)
+        send(w, "200 OK", HTML, _gate(r, a))
     elif a is not None and method == "POST" and path == "/login":
         if a.locked():
             send(w, "429 Too Many Requests", HTML,
                   _gate(r, a, "Too many wrong passwords: wait a little."))
-            return
+            return None
         new = a.login(f.get("password", ""))
         if new is None:
             send(w, "403 Forbidden", HTML, _gate(r, a, "Wrong password."))
@@ -194,10 +177,12 @@ def answer(r: "Runner", st: "dict[str, Any]", w: "Any", method: str, path: str,
     elif a is not None and method == "POST" and path == "/password":
         if not (authed or a.setup_open()):
             send(w, "401 Unauthorized", HTML, _gate(r, a, "Log in first."))
-            return
+            return None
         why = a.set_password(f.get("new", ""))
         if why is not None:
-            send(w, "400 Bad Request", HTML, page(r) if authed else _gate(r, a, why))
+            if authed:
+                return _head(w, "400 Bad Request", r)
+            send(w, "400 Bad Request", HTML, _gate(r, a, why))
         else:
             send(w, "303 See Other", "text/plain", ["ok\n"], _set_cookie(a.new_session()))
     elif a is not None and method == "POST" and path == "/logout":
@@ -207,7 +192,7 @@ def answer(r: "Runner", st: "dict[str, Any]", w: "Any", method: str, path: str,
     elif path in ("/state.json", "/override") and not authed:
         send(w, "401 Unauthorized", "text/plain", ["log in first\n"])
     elif method == "GET" and path == "/state.json":
-        send(w, "200 OK", "application/json", [json.dumps(_state(r))])
+        send(w, "200 OK", "application/json", [json.dumps(state(r))])
     elif method == "POST" and path == "/override":
         if f.get("state") not in ("on", "off", "auto"):
             send(w, "400 Bad Request", "text/plain", ["state must be on|off|auto\n"])
@@ -216,6 +201,7 @@ def answer(r: "Runner", st: "dict[str, Any]", w: "Any", method: str, path: str,
             send(w, "303 See Other", "text/plain", ["ok\n"], "Location: /\r\n")
     else:
         send(w, "404 Not Found", "text/plain", ["not found\n"])
+    return None
 
 
 STATUS = {400: "400 Bad Request", 413: "413 Payload Too Large",

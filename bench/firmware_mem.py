@@ -12,7 +12,8 @@ plan + sealed seed), adjusted, and the day is played out on an accelerated clock
 * peak_heap_bytes        peak heap in use during the round: the largest live heap
                          (gc.mem_alloc() right after gc.collect()) sampled at every loop turn
                          and at every phase of the round (seeds sealed, report drawn,
-                         persisted, each PUBACK, adjustment applied), firmware code included
+                         persisted, each PUBACK, adjustment applied; whole firmware: also
+                         inside the page's requests), firmware code included
                          (bundle; a run without heap limit, the memtrace's own hemsfw/debug.py
                          counted too); source_peak_heap_bytes the same for the .py sources
 * round_heap_bytes       peak_heap_bytes minus the idle heap after boot (baseline_heap_bytes):
@@ -80,7 +81,6 @@ from hemsfw import protocol, protocol_svc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FW = REPO / "firmware" / "micropython"
-MPYLIB = Path(sys.prefix) / "lib" / "micropython"
 MICROPYTHON = Path(sys.prefix) / "bin" / "micropython"
 HOME = "h1"
 PROOF_CAP = 7       # quanta per frame: 3 bits, the board representation of docs/integrity.md
@@ -228,8 +228,7 @@ class Bench:
         # As a board imports it: from the working directory (sys.path ''), so each module's
         # __file__ (interned) is "hemsfw/x.mpy" as on a board, not the bundle's long temporary
         # path; `-m run_home` keeps the script's directory out of sys.path.
-        lib = "lib" if (src / "lib").is_dir() else str(MPYLIB)
-        env = dict(os.environ, MICROPYPATH=lib)
+        env = dict(os.environ, MICROPYPATH="")
         cwd = src
         if romfs:
             cmd = [sys.executable, "-m", "firmware.romfs", "run", str(src / ROMFS_IMAGE), str(cfg)]
@@ -418,7 +417,7 @@ def inproc(mp: Path, src: Path, frames: int, runs: int, work: Path) -> dict[str,
     d.mkdir(exist_ok=True)
     code = INPROC % {"frames": frames, "runs": runs, "dir": str(d), "plan": plan_wh(frames)}
     p = subprocess.run([str(mp), "-c", code], env=dict(os.environ,
-                       MICROPYPATH=f"{src}:{src / 'lib'}"), capture_output=True, text=True,
+                       MICROPYPATH=str(src)), capture_output=True, text=True,
                        timeout=300)
     if p.returncode != 0:
         raise RuntimeError(p.stdout + p.stderr)

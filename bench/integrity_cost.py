@@ -80,7 +80,7 @@ else:
 def _run(mp: Path, src: Path, frames: int, cap: int, runs: int, heap: int | None) -> str | None:
     code = CODE % {"frames": frames, "cap": cap, "runs": runs, "rid": RID}
     cmd = [str(mp)] + (["-X", f"heapsize={heap}"] if heap else []) + ["-c", code]
-    p = subprocess.run(cmd, env=dict(os.environ, MICROPYPATH=f"{src}:{src / 'lib'}"),
+    p = subprocess.run(cmd, env=dict(os.environ, MICROPYPATH=str(src)),
                        capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
         if heap:

@@ -1,19 +1,18 @@
 """Host tools for the home firmware: build, provision, flash (`hems firmware ...`).
 
   build      compile the device code with mpy-cross into a bundle directory:
-             hemsfw/**/*.mpy, main.py, run_home.py and lib/umqtt/*.mpy (for the unix port:
-             MICROPYPATH=BUNDLE:BUNDLE/lib), manifest.json, and romfs.img, the same code as a
-             ROMFS image (firmware/romfs.py)
+             hemsfw/**/*.mpy, main.py, run_home.py (for the unix port: MICROPYPATH=BUNDLE),
+             manifest.json, and romfs.img, the same code as a ROMFS image (firmware/romfs.py)
   provision  create a home's identity (MQTT password, one key per mask broker, config.json) and
              register it: mosquitto password file (mosquitto_passwd), ACL (homes need no
              per-home line: the %u patterns cover them; the file is written if missing), and
              each mask broker's registry {"homes": {"<home id>": {"key": "<64 hex>"}}}
   flash      check the config as the board will (and no placeholder, a non-zero plan, the CA it
              names beside it: exit 2 otherwise), put the board in safe mode (flag file + reset:
-             no app, no watchdog), copy the bundle, the CA and the config with mpremote and
-             install umqtt.simple with mip, leave safe mode, then reset the board (--romfs:
-             deploy romfs.img to the board's ROMFS partition instead); --dry-run prints the
-             exact commands, --resume
+             no app, no watchdog), copy the bundle, the CA and the config with mpremote (and
+             remove the umqtt.simple an older flash installed), leave safe mode, then reset the
+             board (--romfs: deploy romfs.img to the board's ROMFS partition instead);
+             --dry-run prints the exact commands, --resume
              skips mpremote's soft reset, --no-reset leaves out the final reset, a step still
              running after --step-timeout seconds is killed and the flash fails
 
@@ -132,17 +131,7 @@ def build(out: Path, march: str | None = None, opt: int = 0, source_lines: bool 
         # interns both, so one name per module instead of two (~20 bytes of heap each)
         _compile(exe, src, rel.as_posix(), dst, opt, extra)
         files[rel.as_posix()] = {"bytes": dst.stat().st_size, "sha256": _sha256(dst)}
-    # umqtt.simple for the unix port (a board gets it with `mip install umqtt.simple`, which
-    # installs a .mpy too): compiled, because compiling its source at import needs ~20 KB of RAM.
-    umqtt = Path(sys.prefix) / "lib" / "micropython" / "umqtt"
-    if (umqtt / "simple.py").exists():
-        (out / "lib" / "umqtt").mkdir(parents=True)
-        for name in ("__init__", "simple"):
-            if (umqtt / f"{name}.py").exists():
-                dst = out / "lib" / "umqtt" / f"{name}.mpy"
-                _compile(exe, umqtt / f"{name}.py", f"umqtt/{name}.py", dst, opt)
-                files[f"lib/umqtt/{name}.mpy"] = {"bytes": dst.stat().st_size,
-                                                  "sha256": _sha256(dst)}
+    # No umqtt.simple: the firmware's MQTT client is its own (hemsfw/net_umqtt.py).
     for entry in ("main.py", "run_home.py"):   # entry points stay source (MicroPython runs
         shutil.copy(SRC / entry, out / entry)  # /main.py; run_home.py is for the unix port)
         files[entry] = {"bytes": (out / entry).stat().st_size, "sha256": _sha256(out / entry)}
@@ -398,13 +387,13 @@ STEP_TIMEOUT_S = 300.0
 
 
 def flash_commands(port: str, bundle: Path, config: Path, mpremote: str = "mpremote",
-                   install_umqtt: bool = True, resume: bool = False,
-                   reset: bool = True, romfs: bool = False) -> list[list[str]]:
+                   resume: bool = False, reset: bool = True,
+                   romfs: bool = False) -> list[list[str]]:
     """The mpremote invocations that put a bundle and a config on a board, in order.
 
     resume: `mpremote connect PORT resume ...`: enter the raw REPL without a soft reset.
     reset: end with `reset` (machine.reset(): the board boots into the new main.py).
-    romfs: deploy the bundle's ROMFS image (hemsfw and umqtt.simple) to the board's ROMFS
+    romfs: deploy the bundle's ROMFS image (hemsfw) to the board's ROMFS
     partition instead of copying hemsfw to its filesystem: the code then runs from flash and
     leaves the heap to the data (firmware/romfs.py; MicroPython >= 1.25 built with ROMFS)."""
     if not (bundle / "hemsfw").is_dir() or not (bundle / "main.py").exists():
@@ -423,19 +412,17 @@ def flash_commands(port: str, bundle: Path, config: Path, mpremote: str = "mprem
     if reset:
         cmds.append([*c, "reset"])
     if romfs:
-        # umqtt.simple is in the image (/rom/lib): no mip.  mpremote refuses a board without a
-        # ROMFS partition ("ROMFS is not enabled on this device") or an image too big for it.
+        # mpremote refuses a board without a ROMFS partition ("ROMFS is not enabled on this
+        # device") or an image too big for it.
         cmds.append([*c, "romfs", "deploy", str(bundle / ROMFS_IMAGE)])
-    elif install_umqtt:
-        cmds.append([*c, "mip", "install", "umqtt.simple"])
     # Remove an older hemsfw first (a stale .py would shadow the new .mpy of the same name; with
     # romfs, any copy on the filesystem would shadow /rom, which comes later on sys.path);
     # this step may fail on a fresh board, where there is nothing to remove.
     cmds.append([*c, "rm", "-r", ":hemsfw"])
-    if romfs:
-        # and umqtt.simple as an earlier `mip install` left it (it would load into the heap)
-        cmds.append([*c, "rm", "-r", ":lib/umqtt"])
-    else:
+    # And umqtt.simple as an older flash's `mip install` left it: nothing imports it any more
+    # (the firmware has its own client); allowed to fail where there is none.
+    cmds.append([*c, "rm", "-r", ":lib/umqtt"])
+    if not romfs:
         # Then `:hemsfw` is absent, so `cp -r` creates it as the copy.  Not `:`: mpremote copies
         # into the destination only if it exists, and whether the path "" does depends on the
         # port (it does on a board's VFS; on the unix port the modules would land in the root).
@@ -459,7 +446,7 @@ def _may_fail(cmd: list[str]) -> bool:
 
 
 def flash(port: str, bundle: Path, config: Path, dry_run: bool = False,
-          install_umqtt: bool = True, out: Any = None, resume: bool = False,
+          out: Any = None, resume: bool = False,
           reset: bool = True, step_timeout: float = STEP_TIMEOUT_S, romfs: bool = False) -> int:
     """Run (or with dry_run only print) flash_commands(); 0 on success, 1 when a step fails or
     times out (the remaining steps are not run)."""
@@ -471,7 +458,7 @@ def flash(port: str, bundle: Path, config: Path, dry_run: bool = False,
         exe = str(cand) if cand.exists() else (shutil.which("mpremote") or "")
         if not exe:
             raise ToolError("mpremote not found (pip install mpremote)")
-    cmds = flash_commands(port, bundle, config, exe, install_umqtt, resume, reset, romfs)
+    cmds = flash_commands(port, bundle, config, exe, resume, reset, romfs)
     for i, cmd in enumerate(cmds):
         # flushed: the line comes before mpremote's own output when both go to one pipe
         print(shlex.join(cmd), file=out, flush=True)
@@ -553,7 +540,9 @@ def build_parser(prog: str = "hems firmware") -> argparse.ArgumentParser:
     f.add_argument("--bundle", default="build/firmware")
     f.add_argument("--config", required=True, help="the home's config.json")
     f.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    f.add_argument("--no-mip", action="store_true", help="skip `mip install umqtt.simple`")
+    f.add_argument("--no-mip", action="store_true",
+                   help="no effect, kept for older scripts: nothing is installed with mip any "
+                        "more (the firmware has its own MQTT client)")
     f.add_argument("--resume", action="store_true",
                    help="`mpremote connect PORT resume ...`: no soft reset before each step "
                         "(the running program is only interrupted; also for boards or ports "
@@ -562,7 +551,7 @@ def build_parser(prog: str = "hems firmware") -> argparse.ArgumentParser:
                    help="leave out the resets (machine.reset(): into safe mode first, the "
                         "new firmware last); reset the board yourself to start it")
     f.add_argument("--romfs", action="store_true",
-                   help="deploy the bundle's romfs.img (hemsfw + umqtt.simple) to the board's "
+                   help="deploy the bundle's romfs.img (hemsfw) to the board's "
                         "ROMFS partition instead of copying hemsfw: the code runs from flash, "
                         "not from the heap (MicroPython >= 1.25 with ROMFS; `mpremote romfs "
                         "query` tells)")
@@ -597,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if a.step_timeout <= 0:
             raise ToolError("--step-timeout must be positive")
-        return flash(a.port, Path(a.bundle), Path(a.config), a.dry_run, not a.no_mip,
+        return flash(a.port, Path(a.bundle), Path(a.config), a.dry_run,
                      resume=a.resume, reset=not a.no_reset, step_timeout=a.step_timeout,
                      romfs=a.romfs)
     except ToolError as e:

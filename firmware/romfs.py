@@ -8,7 +8,7 @@ strings stay there; only the small per-function and per-module objects reach the
 (docs.micropython.org/en/latest/reference/romfs.html).  On a board with a ROMFS partition
 (`mpremote romfs query` tells), `hems firmware flash --romfs` deploys this image there.
 
-  image      romfs.img of a bundle (firmware/host.py build): hemsfw/**/*.mpy, lib/umqtt/*.mpy and
+  image      romfs.img of a bundle (firmware/host.py build): hemsfw/**/*.mpy and
              run_home.mpy (the unix port's entry point; a board runs /main.py from its own
              filesystem and never this one).  A board mounts the partition at /rom and puts /rom
              and /rom/lib on sys.path itself.
@@ -41,7 +41,7 @@ from pathlib import Path
 from mpremote.romfs import VfsRomWriter
 
 #: What goes into the image, relative to the bundle.
-IMAGE_DIRS = ("hemsfw", "lib")
+IMAGE_DIRS = ("hemsfw",)
 IMAGE_FILES = ("run_home.mpy",)
 #: The first bytes of every ROMFS image (mpremote.romfs.VfsRomWriter.ROMFS_HEADER).
 HEADER = VfsRomWriter.ROMFS_HEADER

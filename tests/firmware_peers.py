@@ -25,7 +25,6 @@ from hemsfw import masking, plan, protocol, protocol_svc, seal
 
 REPO = Path(__file__).resolve().parents[1]
 FW = REPO / "firmware" / "micropython"
-MPYLIB = REPO / ".venv" / "lib" / "micropython"
 MICROPYTHON = REPO / ".venv" / "bin" / "micropython"
 
 HOME = "h1"
@@ -133,7 +132,7 @@ def write_config(lab: Lab, state: Path, **extra: Any) -> Path:
 def start_home(impl: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     if impl == "micropython":
-        env["MICROPYPATH"] = f"{FW}:{MPYLIB}"
+        env["MICROPYPATH"] = str(FW)
         cmd = [str(MICROPYTHON), str(FW / "run_home.py"), str(cfg)]
     else:
         cmd = [sys.executable, str(FW / "run_home.py"), str(cfg)]

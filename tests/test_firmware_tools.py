@@ -125,7 +125,7 @@ def test_romfs_image_runs_a_round_with_its_code_outside_the_heap(lab: Lab,
     lab.tmp.mkdir()
     cfg = write_config(lab, lab.tmp / "state")
     p = subprocess.run([str(MICROPYTHON), "-X", "heapsize=52K", str(bundle / "run_home.py"),
-                        str(cfg)], env=dict(os.environ, MICROPYPATH=f"{bundle}:{bundle / 'lib'}"),
+                        str(cfg)], env=dict(os.environ, MICROPYPATH=str(bundle)),
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "MemoryError" in p.stdout + p.stderr
 
@@ -134,7 +134,7 @@ def test_bundle_runs_a_round_on_the_unix_port(lab: Lab, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     host.build(bundle)
     cfg = write_config(lab, lab.tmp / "state")
-    run_round(lab, bundle / "run_home.py", cfg, f"{bundle}:{bundle / 'lib'}")
+    run_round(lab, bundle / "run_home.py", cfg, str(bundle))
 
 
 def test_provision_registers_a_home_that_connects(tmp_path: Path) -> None:
@@ -184,8 +184,7 @@ def test_provision_registers_a_home_that_connects(tmp_path: Path) -> None:
     log = tmp_path / "home.log"
     try:
         wait_port(port)
-        mpylib = MICROPYTHON.parent.parent / "lib" / "micropython"
-        env = dict(os.environ, MICROPYPATH=f"{host.SRC}:{mpylib}")
+        env = dict(os.environ, MICROPYPATH=str(host.SRC))
         with open(log, "wb") as f:
             proc = subprocess.Popen([str(MICROPYTHON), str(host.SRC / "run_home.py"),
                                      str(tmp_path / "h7" / "config.json")], env=env,
@@ -212,9 +211,9 @@ def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
     assert lines[:2] == [
         "mpremote connect /dev/ttyUSB0 exec 'open(\"safemode\", \"w\").close()'",
         "mpremote connect /dev/ttyUSB0 reset"]
-    assert lines[2] == "mpremote connect /dev/ttyUSB0 mip install umqtt.simple"
-    assert lines[3:] == [
+    assert lines[2:] == [
         "mpremote connect /dev/ttyUSB0 rm -r :hemsfw",     # the old one (may be absent)
+        "mpremote connect /dev/ttyUSB0 rm -r :lib/umqtt",  # an older flash's (may be absent)
         f"mpremote connect /dev/ttyUSB0 cp -r {bundle / 'hemsfw'} :hemsfw",
         f"mpremote connect /dev/ttyUSB0 cp {bundle / 'main.py'} :main.py",
         f"mpremote connect /dev/ttyUSB0 cp {cfg} :config.json",
@@ -234,11 +233,12 @@ def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
     assert p.stdout.splitlines()[-1] == "mpremote connect /dev/ttyACM0 reset"
     # --resume: `resume` right after `connect PORT` (no soft reset); --no-reset: no final reset
     out = io.StringIO()
-    assert host.flash("/dev/ttyUSB0", bundle, cfg, dry_run=True, install_umqtt=False,
-                      resume=True, reset=False, out=out) == 0
+    assert host.flash("/dev/ttyUSB0", bundle, cfg, dry_run=True, resume=True, reset=False,
+                      out=out) == 0
     assert out.getvalue().splitlines() == [
         "mpremote connect /dev/ttyUSB0 resume exec 'open(\"safemode\", \"w\").close()'",
         "mpremote connect /dev/ttyUSB0 resume rm -r :hemsfw",
+        "mpremote connect /dev/ttyUSB0 resume rm -r :lib/umqtt",
         f"mpremote connect /dev/ttyUSB0 resume cp -r {bundle / 'hemsfw'} :hemsfw",
         f"mpremote connect /dev/ttyUSB0 resume cp {bundle / 'main.py'} :main.py",
         f"mpremote connect /dev/ttyUSB0 resume cp {cfg} :config.json",
@@ -246,8 +246,8 @@ def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
     ]
     rc, stdout, _, _ = flash_cli("--port", "/dev/ttyACM0", "--bundle", str(bundle), "--config",
                                  str(cfg), "--dry-run", "--resume")
-    assert rc == 0 and stdout.splitlines()[2] == ("mpremote connect /dev/ttyACM0 resume mip "
-                                                  "install umqtt.simple")
+    assert rc == 0 and stdout.splitlines()[2] == ("mpremote connect /dev/ttyACM0 resume rm -r "
+                                                  ":hemsfw")
     assert stdout.splitlines()[-1] == "mpremote connect /dev/ttyACM0 resume reset"
     rc, stdout, _, _ = flash_cli("--port", "/dev/ttyACM0", "--bundle", str(bundle), "--config",
                                  str(cfg), "--dry-run", "--no-reset")
@@ -255,8 +255,8 @@ def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
     assert " resume " not in stdout
     assert host.main(["flash", "--port", "x", "--bundle", str(bundle), "--config", str(cfg),
                       "--dry-run", "--step-timeout", "0"]) == 2
-    # --romfs: the image to the ROMFS partition (umqtt.simple inside: no mip), and no copy of
-    # hemsfw or umqtt left on the filesystem to shadow /rom
+    # --romfs: the image to the ROMFS partition, and no copy of hemsfw left on the filesystem
+    # to shadow /rom (nor an older flash's umqtt)
     rc, stdout, _, _ = flash_cli("--port", "/dev/ttyACM0", "--bundle", str(bundle), "--config",
                                  str(cfg), "--dry-run", "--romfs")
     assert rc == 0 and stdout.splitlines() == [
@@ -294,21 +294,23 @@ def test_flash_to_a_serial_board_then_run_a_round(lab: Lab, tmp_path: Path) -> N
     left alone; then twice (the second flash replaces the first), and the flashed files run a
     round.  --resume (a soft reset would end the unix REPL) and --no-reset (the unix port has no
     machine.reset(); mpremote's `reset` does not wait for the result, so it would pass anyway);
-    --no-mip (no internet: umqtt.simple is on the board already, as a `mip install` left it)."""
+    --no-mip (no effect any more: older scripts pass it).  The umqtt.simple an older flash
+    installed with mip is removed; the rest of /lib is left alone."""
     bundle = tmp_path / "bundle"
     host.build(bundle)
-    umqtt = {f"lib/{k}": v for k, v in tree(bundle / "lib").items()}
-    assert "lib/umqtt/simple.mpy" in umqtt, "no umqtt.simple in the bundle (./run setup)"
+    assert not (bundle / "lib").exists()    # no umqtt.simple: the firmware's own client
+    lib = {"lib/other.mpy": b"M\x06\x00\x1f"}     # someone else's library
+    umqtt = {"lib/umqtt/simple.mpy": b"M\x06\x00\x1f", "lib/umqtt/__init__.mpy": b""}
     code = {f"hemsfw/{k}": v for k, v in tree(bundle / "hemsfw").items()}
     assert code and all(k.endswith(".mpy") for k in code)
     code["main.py"] = (bundle / "main.py").read_bytes()
 
     board = tmp_path / "board"
     # An older firmware: a source module that would shadow home.mpy (a .py wins over an .mpy), a
-    # module since retired, old main.py and config.json; and /lib from an earlier mip install.
+    # module since retired, old main.py and config.json; /lib from an earlier mip install.
     old = {"hemsfw/home.py": b"raise ImportError('stale hemsfw/home.py')\n",
            "hemsfw/boards/retired.mpy": b"M\x06\x00\x1f", "main.py": b"print('old')\n",
-           "config.json": b"{}\n", **umqtt}
+           "config.json": b"{}\n", **umqtt, **lib}
     for rel, data in old.items():
         (board / rel).parent.mkdir(parents=True, exist_ok=True)
         (board / rel).write_bytes(data)
@@ -326,11 +328,11 @@ def test_flash_to_a_serial_board_then_run_a_round(lab: Lab, tmp_path: Path) -> N
             assert rc == 0, (out, err, b.output()[-2000:])
             ran = [x for x in out.splitlines() if x.startswith(exe + " ")]
             assert ran == [shlex.join(c) for c in host.flash_commands(
-                b.port, bundle, conf, exe, install_umqtt=False, resume=True, reset=False)]
+                b.port, bundle, conf, exe, resume=True, reset=False)]
             # --dry-run prints these very commands (with the bare name)
             rc, dry, _, _ = flash_cli(*args, "--dry-run")
             assert rc == 0 and dry.splitlines() == [x.replace(exe, "mpremote", 1) for x in ran]
-            assert tree(board) == {**code, "config.json": conf.read_bytes(), **umqtt}
+            assert tree(board) == {**code, "config.json": conf.read_bytes(), **lib}
         # the board was not reset and sees the same files
         rc, out, err, _ = run_bounded(
             [exe, "connect", b.port, "resume", "exec",
@@ -340,7 +342,7 @@ def test_flash_to_a_serial_board_then_run_a_round(lab: Lab, tmp_path: Path) -> N
         assert b.proc is not None and b.proc.poll() is None
 
     # The flashed firmware runs a round: the bundle's run_home.py (the unix port's entry point;
-    # nothing beside it) imports hemsfw and umqtt from the board only, with the flashed config.
+    # nothing beside it) imports hemsfw from the board only, with the flashed config.
     runner = tmp_path / "runner"
     runner.mkdir()
     shutil.copy(bundle / "run_home.py", runner / "run_home.py")

@@ -20,7 +20,7 @@ MICROPYTHON = REPO / ".venv" / "bin" / "micropython"
 
 def _run(cmd: list[str]) -> str:
     env = dict(os.environ)
-    env["MICROPYPATH"] = f"{REPO / 'firmware' / 'micropython'}:{REPO / '.venv/lib/micropython'}"
+    env["MICROPYPATH"] = str(REPO / "firmware" / "micropython")
     p = subprocess.run([*cmd, str(RUN_ALL)], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=120)
     out = p.stdout + p.stderr

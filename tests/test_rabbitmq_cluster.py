@@ -99,7 +99,7 @@ def test_micropython_home_fails_over_to_another_node_and_keeps_its_session(
         (tmp_path / "home.json").write_text(json.dumps(cfg))
         log = tmp_path / "home.log"
         fw = ROOT / "firmware" / "micropython"
-        env = {**os.environ, "MICROPYPATH": f"{fw}:{ROOT / '.venv' / 'lib' / 'micropython'}"}
+        env = {**os.environ, "MICROPYPATH": str(fw)}
         got: queue.Queue[tuple[str, bytes]] = queue.Queue()
         coord = _peer(ports[1], "coordinator", pw["coordinator"], protocol.t_plan(home), got)
         with open(log, "wb") as f:

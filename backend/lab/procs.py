@@ -15,7 +15,6 @@ from backend.common.children import tied
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware" / "micropython"
 VENV = Path(sys.prefix)
-MPYLIB = VENV / "lib" / "micropython"
 
 
 def micropython_exe() -> str:
@@ -32,7 +31,7 @@ def micropython_exe() -> str:
 
 def micropython_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["MICROPYPATH"] = f"{FIRMWARE}:{MPYLIB}"
+    env["MICROPYPATH"] = str(FIRMWARE)
     return env
 
 

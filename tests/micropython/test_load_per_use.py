@@ -44,3 +44,65 @@ def test_a_home_assistant_command_is_handled_by_code_dropped_after_it():
     assert r.resident.ovr is not None and r.resident.ovr["on"] is True
     if MP:
         assert "hemsfw.ha_cmd" not in sys.modules
+
+
+class _Conn:
+    """A page connection whose request has arrived whole (what web.run's poll hands _take)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.out = b""
+        self.closed = False
+
+    def recv(self, n):
+        d, self.data = self.data[:n], self.data[n:]
+        return d
+
+    def settimeout(self, s):
+        pass
+
+    def sendall(self, b):
+        self.out += b
+
+    def close(self):
+        self.closed = True
+
+
+class _Poll:
+    def __init__(self):
+        self.gone = []
+
+    def unregister(self, w):
+        self.gone.append(w)
+
+
+def test_a_page_request_is_answered_by_code_dropped_with_its_connection():
+    from hemsfw import auth, web
+
+    r, _, _ = _runner()
+    st = auth.new_state(r.ticks)
+    w = _Conn(b"GET /state.json HTTP/1.0\r\n\r\n")
+    conns = {w: [b"", 0]}
+    done = False
+    while not done:      # 128 bytes a read, as web.run reads them
+        done = web._take(r, st, w, conns[w])
+    web._drop(_Poll(), conns, w)
+    assert w.out.startswith(b"HTTP/1.0 401") and w.closed and not conns
+    if MP:
+        assert "hemsfw.webreq" not in sys.modules and "hemsfw.auth" not in sys.modules
+
+
+def test_the_page_text_and_its_chart_are_never_in_the_heap_together():
+    from hemsfw import web
+
+    r, cl, _ = _runner()
+    cl.inject("hems/v1/round", protocol.encode(protocol_svc.make_round(
+        DAY, 1, 4, 900, 100, START, START + 3600, ["mb1"])))
+    r.step()
+    chart = 0
+    for c in web.page(r):
+        if MP and c.startswith("<rect"):     # the chart being drawn
+            chart += 1
+            assert "hemsfw.webchart" in sys.modules and "hemsfw.webpage" not in sys.modules
+            assert "hemsfw.pagestate" not in sys.modules and "hemsfw.webreq" not in sys.modules
+    assert chart or not MP

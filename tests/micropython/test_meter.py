@@ -5,7 +5,7 @@ import json
 
 from fakes import CountingRandom, FakeClient, FakeClock, FakePulses, FakeRelay, MemStore
 
-from hemsfw import config, history, meter, pagestate, runner, webpage
+from hemsfw import config, history, meter, pagestate, runner, web
 from hemsfw.simload import SimLoad
 
 KEY = "c8" * 32
@@ -246,7 +246,7 @@ def test_page_shows_metered_energy_today_against_plan_and_adjustment():
     r = _metered_day()
     s = pagestate.state(r)
     assert s["metered_wh"] == [0, 0, 120, 0] and s["meter"] == "counting"
-    chunks = list(webpage.page(r))
+    chunks = list(web.page(r))
     html = "".join(chunks)
     assert 'id="metered">120</b> Wh of 800 Wh' in html
     bars = [c for c in chunks if c.startswith('<rect class="m"')]

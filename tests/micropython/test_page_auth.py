@@ -7,7 +7,18 @@ import binascii
 
 from fakes import CountingRandom, FakeClient, FakeClock, FakeRelay, MemStore, Ticks
 
-from hemsfw import auth, config, pagestate, protocol, protocol_svc, runner, web, webpage
+from hemsfw import (
+    auth,
+    authgate,
+    config,
+    pagestate,
+    protocol,
+    protocol_svc,
+    runner,
+    web,
+    webpage,
+    webreq,
+)
 
 KEY = "c8" * 32
 START = 1795824000
@@ -121,7 +132,7 @@ def _runner():
 
 
 def test_the_page_shows_clock_times_not_frame_numbers():
-    html = "".join(webpage.page(_runner()))
+    html = "".join(web.page(_runner()))
     assert "frame 0" not in html and "frame 95" not in html
     for t in ("00:00", "06:00", "12:00", "18:00", "24:00"):
         assert ">" + t + "</text>" in html, t
@@ -129,13 +140,13 @@ def test_the_page_shows_clock_times_not_frame_numbers():
 
 
 def test_the_page_has_a_wh_scale():
-    html = "".join(webpage.page(_runner()))
+    html = "".join(web.page(_runner()))
     assert '<text class="scale" x="2" y="12" font-size="12">800 Wh</text>' in html
     assert "in Wh per 15 minutes" in html
 
 
 def test_the_page_explains_the_adjustment_in_words():
-    html = "".join(webpage.page(_runner()))
+    html = "".join(web.page(_runner()))
     assert "<li>The grid moved 19:00-19:45 to 20:30-21:15.</li>" in html
     assert "<li>The grid cut 02:30-03:00: the circuit gets no power then.</li>" in html
 
@@ -146,28 +157,28 @@ def test_without_adjustment_the_page_says_the_plan_is_followed():
 
 
 def test_the_page_refreshes_itself():
-    html = "".join(webpage.page(_runner()))
+    html = "".join(web.page(_runner()))
     assert '<meta http-equiv="refresh" content="%d">' % webpage.REFRESH_S in html
 
 
 def test_an_unauthenticated_client_sees_no_plan_no_relay_and_no_secret():
     a, _ = _auth()
     a.set_password("4711")
-    html = "".join(auth.gate("Special circuit of h1", a))
+    html = "".join(authgate.gate("Special circuit of h1", a))
     assert 'action="/login"' in html and "<svg" not in html and "Relay" not in html
     assert "4711" not in html and "hash" not in html and "token" not in html
 
 
 def test_the_setup_form_only_in_the_window_after_boot():
     a, tk = _auth()
-    assert 'action="/password"' in "".join(auth.gate("Special circuit of h1", a))
+    assert 'action="/password"' in "".join(authgate.gate("Special circuit of h1", a))
     tk.ms += 1000 * auth.SETUP_S
-    html = "".join(auth.gate("Special circuit of h1", a))
+    html = "".join(authgate.gate("Special circuit of h1", a))
     assert 'action="/password"' not in html and "off and on again" in html
 
 
 def test_form_values_are_url_decoded():
-    f = web.form_fields("password=p%C3%A4ss+w%26rd&x=%zz")
+    f = webreq.form_fields("password=p%C3%A4ss+w%26rd&x=%zz")
     assert f == {"password": "päss w&rd", "x": "%zz"}
 
 

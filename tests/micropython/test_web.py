@@ -5,7 +5,7 @@ import json
 
 from fakes import CountingRandom, FakeClient, FakeClock, FakeRelay, MemStore, Ticks
 
-from hemsfw import config, pagestate, protocol, protocol_svc, runner, web, webpage
+from hemsfw import config, pagestate, protocol, protocol_svc, runner, web, webchart, webreq
 
 KEY = "c8" * 32
 START = 1795824000
@@ -55,7 +55,7 @@ def test_svg_shows_planned_and_adjusted():
     s = pagestate.state(r)
     assert s["planned_wh"] == [0, 300, 0, 500] and s["adjusted_wh"] == [0, 0, 300, 500]
     assert s["relay"] == "off" and s["frame"] == 1
-    chunks = list(webpage.page(r))   # a generator: one small string at a time
+    chunks = list(web.page(r))   # a generator: one small string at a time
     html = "".join(chunks)
     assert "<svg" in html and "</svg>" in html and "Relay: <b id=\"relay\">OFF" in html
     assert _rects(chunks, "p") == {0: 0, 1: 300, 2: 0, 3: 500}
@@ -75,7 +75,7 @@ def test_page_is_drawn_a_small_piece_at_a_time():
     gc.collect()
     base = gc.mem_alloc()
     peak = n = size = 0
-    for c in webpage.svg(planned, adjusted, 5):
+    for c in webchart.svg(planned, adjusted, 5):
         n += 1
         size += len(c)
         gc.collect()
@@ -86,8 +86,8 @@ def test_page_is_drawn_a_small_piece_at_a_time():
 
 def test_page_without_plan():
     r, _, _, _ = _runner()
-    assert "No plan yet" in "".join(webpage.page(r))
-    assert web.form_fields("state=on&until=day&x") == {"state": "on", "until": "day"}
+    assert "No plan yet" in "".join(web.page(r))
+    assert webreq.form_fields("state=on&until=day&x") == {"state": "on", "until": "day"}
 
 
 def test_home_assistant_discovery_and_commands():

@@ -1,8 +1,8 @@
 # Who may see the resident's page and switch the relay from it: whoever knows the password the
-# resident set (a PIN of 4 digits will do).  hemsfw/web.py loads this module only for a request
+# resident set (a PIN of 4 digits will do).  hemsfw/webreq.py loads this module only for a request
 # that needs it (log in, set the password, the log-in page) and drops it after: what lives
 # between requests is the state dict (new_state: sessions, failures, the set-up window) that
-# web.py keeps, and the session check (valid), which web.py does itself.
+# web.py keeps, and the session check (valid), which webreq.py does itself.
 #
 #   auth.json   {"salt": hex, "hash": hex, "iter": n}: PBKDF2-HMAC-SHA256 of the password
 #               (RFC 8018; the HMAC is hemsfw.seal's), never the password itself
@@ -21,7 +21,6 @@ import binascii
 from hemsfw.clock import ticks_add, ticks_diff
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
-    from collections.abc import Iterator
     from typing import Any
 
     from hemsfw.interfaces import Log, Storage, Ticks, Urandom
@@ -40,9 +39,9 @@ MAX_LEN = 64
 def pbkdf2(password: bytes, salt: bytes, n: int) -> bytes:
     """PBKDF2-HMAC-SHA256, one 32-byte block (RFC 8018, section 5.2)."""
     from hemsfw import unload
-    from hemsfw.seal import hmac_pads, hmac_sha256
+    from hemsfw.hmacsha import hmac_pads, hmac_sha256
 
-    unload("seal")   # (the functions stay referenced here: the module leaves sys.modules)
+    unload("hmacsha")   # (the functions stay referenced here: the module leaves sys.modules)
     pads = hmac_pads(password)
     u = hmac_sha256(password, salt + b"\x00\x00\x00\x01", pads)
     out = bytearray(u)
@@ -69,7 +68,7 @@ def new_state(ticks: "Ticks") -> "dict[str, Any]":
 
 
 def valid(state: "dict[str, Any]", tok: str | None, now: int) -> bool:
-    """tok is a live session (web.py has its own copy of these three lines, so that a logged-in
+    """tok is a live session (webreq.py has its own copy of these three lines, so that a logged-in
     request does not load this module)."""
     exp = state["sessions"].get(tok) if tok else None
     return exp is not None and ticks_diff(exp, now) > 0
@@ -156,25 +155,3 @@ class Auth:
     def logout(self, tok: str | None) -> None:
         if tok:
             self.sessions.pop(tok, None)
-
-
-def gate(title: str, a: Auth, msg: str = "") -> "Iterator[str]":
-    """What an unauthenticated client gets instead of the page: log in, or set the password
-    (only in the set-up window after boot), or how to open that window.  No state."""
-    yield ('<!doctype html><html><head><meta charset="utf-8"><title>%s</title><meta '
-           'name="viewport" content="width=device-width"></head><body style="font-family:'
-           'sans-serif"><h1>%s</h1>' % (title, title))
-    if msg:
-        yield '<p id="msg"><b>%s</b></p>' % msg
-    if a.is_set():
-        yield ('<form method="post" action="/login">Password: <input type="password" '
-               'name="password" autocomplete="current-password" autofocus> <button>Log in'
-               '</button></form>')
-    elif a.setup_open():
-        yield ('<p>Choose the password for this page (at least 4 characters; a PIN will do)'
-               '.</p><form method="post" action="/password"><input type="password" name="new" '
-               'minlength="4" autocomplete="new-password" autofocus> <button>Set</button></form>')
-    else:
-        yield ("<p>No password is set. Switch the controller off and on again, then set one "
-               "here within 10 minutes.</p>")
-    yield "</body></html>"

@@ -6,7 +6,8 @@
 # Phases: boot, sealed (the seeds sealed, seal.py still loaded: the round's code peak), drawn
 # (report built, not persisted), reported (persisted, nothing published),
 # acked (one message acknowledged and persisted), sent (all acknowledged), adjusted, frame
-# (the first frame change after frame 0).  MicroPython subset only.
+# (the first frame change after frame 0); the page's requests (hemsfw/webreq.py): auth (the
+# password code loaded), page (its state and text), chart.  MicroPython subset only.
 
 import gc
 import json

@@ -152,7 +152,7 @@ class Updater:
         one, write it to the slot not running and mark it pending.  Returns the staged
         version or None (nothing new); ValueError / OSError when the bundle is refused
         (bad MAC, a hash or size that does not match) or unreachable: nothing is marked."""
-        from hemsfw.seal import hmac_sha256
+        from hemsfw.hmacsha import hmac_sha256
 
         buf = bytearray()
 

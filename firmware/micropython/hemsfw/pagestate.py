@@ -1,5 +1,5 @@
 # What the resident's page shows, as a dict (GET /state.json, and what hemsfw/webpage.py draws),
-# with the grid's adjustment in words.  hemsfw/web.py loads this module for a request that shows
+# with the grid's adjustment in words.  hemsfw/webreq.py loads this module for a request that shows
 # the page or the state, takes the state and unloads it before the page's own code
 # (webpage.py) loads: the two are never in the heap together (docs/benchmarks.md, Firmware
 # memory).  MicroPython subset only.

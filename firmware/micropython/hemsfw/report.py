@@ -118,7 +118,7 @@ def report(h: "Any", new: "Slot", brokers: list[str]) -> None:
     # never reaches the storage.
     h.phase("sealed")   # the round's code peak (bench/firmware_mem.py samples it)
     del seal
-    unload("seal")
+    unload("seal", "hmacsha")
     new["report_id"] = rid
     new["outbox"] = out
     new["acked"] = [0] * len(out)

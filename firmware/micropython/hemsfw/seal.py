@@ -11,34 +11,12 @@
 #
 # MicroPython subset only.
 
-import hashlib
+# (hemsfw/hmacsha.py: HMAC-SHA256 on its own; re-exported, hosts call seal.hmac_sha256)
+from hemsfw.hmacsha import hmac_pads as hmac_pads
+from hemsfw.hmacsha import hmac_sha256 as hmac_sha256
 
 TAG_LEN = 32
 NONCE_LEN = 16
-
-
-def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
-    """HMAC's (inner, outer) padded keys: compute once to MAC many messages with one key."""
-    if len(key) > 64:
-        key = hashlib.sha256(key).digest()
-    k = bytearray(64)
-    k[:len(key)] = key
-    ipad = bytearray(64)
-    opad = bytearray(64)
-    for i in range(64):
-        ipad[i] = k[i] ^ 0x36
-        opad[i] = k[i] ^ 0x5C
-    return bytes(ipad), bytes(opad)
-
-
-def hmac_sha256(key: bytes, msg: bytes, pads: "tuple[bytes, bytes] | None" = None) -> bytes:
-    """HMAC-SHA256 (RFC 2104); pads: hmac_pads(key), if already computed."""
-    ipad, opad = pads or hmac_pads(key)
-    inner = hashlib.sha256(ipad)
-    inner.update(msg)
-    outer = hashlib.sha256(opad)
-    outer.update(inner.digest())
-    return outer.digest()
 
 
 def _keys(key: bytes) -> tuple[bytes, bytes]:

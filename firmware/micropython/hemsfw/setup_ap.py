@@ -11,7 +11,7 @@ try:
 except ImportError:   # very old ports
     import uasyncio as asyncio  # type: ignore[import-not-found, no-redef]
 
-from hemsfw.web import form_fields
+from hemsfw.webreq import form_fields
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
     from collections.abc import Callable

@@ -3,8 +3,8 @@
 #   GET  /             the day's planned vs adjusted (and, with a meter, metered) load per frame
 #                      as an SVG bar chart (clock times, a Wh scale), the adjustment in words,
 #                      the relay's state, and the override buttons; it reloads every REFRESH_S
-#                      (hemsfw/pagestate.py, then hemsfw/webpage.py draws it: each loaded
-#                      per request, never both at once)
+#                      (hemsfw/pagestate.py, then hemsfw/webpage.py and webchart.py draw
+#                      it: each loaded per request, one at a time; hemsfw/webreq.py)
 #   GET  /state.json   the same as JSON
 #   POST /override     form fields state=on|off|auto, until=frame|day: the resident's override
 #                      (hemsfw/resident.py)
@@ -24,10 +24,13 @@
 # waits for it; on a LAN a few ms).  A page never needs more than a few hundred bytes of buffer:
 # as a list of its ~200 strings the 96-frame page held ~30 KB of heap at once
 # (bench/firmware_mem.py, whole firmware).  Without asyncio the whole firmware's heap is
-# ~3 KB smaller (its objects and the coroutines; docs/benchmarks.md).
+# ~3 KB smaller (its objects and the coroutines; docs/benchmarks.md).  Only this module's loop
+# and the page's drawing (page) stay in the heap: a request is parsed and answered by
+# hemsfw/webreq.py, loaded while a connection is open and dropped once none is (~4 KB less
+# resident on a 32-bit port), and before the page is drawn (~4 KB less at the page).
 # LAN only: there is no TLS on the page.  MicroPython subset only.
 
-import json
+import gc
 
 from hemsfw import unload
 from hemsfw.clock import ticks_add, ticks_diff, ticks_ms
@@ -39,195 +42,14 @@ except ImportError:   # very old ports
 import socket
 
 REQ_S = 5
-HEAD_MAX = 1024
-BODY_MAX = 256
 MAX_CONN = 4
-COOKIE = "hems"
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterator
     from typing import Any
 
-    from hemsfw.auth import Auth
     from hemsfw.interfaces import Json
     from hemsfw.runner import Runner
-
-
-def unquote(s: str) -> str:
-    """application/x-www-form-urlencoded value -> text ("+" and %XX, UTF-8)."""
-    b = s.replace("+", " ").encode()
-    out = bytearray()
-    i = 0
-    while i < len(b):
-        c = b[i]
-        if c == 37 and i + 2 < len(b):   # "%XX"
-            try:
-                out.append(int(b[i + 1:i + 3], 16))
-                i += 3
-                continue
-            except ValueError:
-                pass
-        out.append(c)
-        i += 1
-    return out.decode()
-
-
-def form_fields(body: str) -> dict[str, str]:
-    out = {}
-    for part in body.split("&"):
-        if "=" in part:
-            k, v = part.split("=", 1)
-            out[k] = unquote(v)
-    return out
-
-
-def _cookie(h: bytes) -> str | None:
-    """The session token from a Cookie: header line, or None."""
-    for part in h.decode().split(":", 1)[1].split(";"):
-        kv = part.strip().split("=", 1)
-        if len(kv) == 2 and kv[0] == COOKIE:
-            return kv[1]
-    return None
-
-
-def _out(w: "Any", b: bytes, end: int) -> None:
-    """Write all of `b`, within the answer's deadline `end` (ticks_ms)."""
-    left = ticks_diff(end, ticks_ms())
-    if left <= 0:
-        raise OSError("answer too slow")
-    w.settimeout(left / 1000)
-    w.sendall(b)
-
-
-def _send(w: "Any", status: str, ctype: str, chunks: "Iterable[str]", extra: str = "") -> None:
-    end = ticks_add(ticks_ms(), 1000 * REQ_S)
-    _out(w, ("HTTP/1.0 %s\r\nContent-Type: %s\r\nCache-Control: no-store\r\n%s"
-             "X-Frame-Options: DENY\r\nConnection: close\r\n\r\n" % (status, ctype, extra)
-             ).encode(), end)
-    for c in chunks:   # each as it is drawn (no buffer: a heap late in the day has small gaps)
-        _out(w, c.encode(), end)
-
-
-HTML = "text/html; charset=utf-8"
-SEE_HOME = "Location: /\r\n"
-
-
-def _set_cookie(tok: str) -> str:
-    return ("Set-Cookie: %s=%s; HttpOnly; SameSite=Strict; Path=/\r\n%s"
-            % (COOKIE, tok, SEE_HOME))
-
-
-def _auth(r: "Runner", st: "dict[str, Any]") -> "Auth":
-    """The password logic, loaded for this request only (hemsfw/auth.py; unload after)."""
-    from hemsfw.auth import Auth
-
-    return Auth(r.store, r.ticks, r.urandom, r.log, st)
-
-
-def _page(r: "Runner") -> "Iterator[str]":
-    """The page, drawn by a module loaded for this request only (hemsfw/webpage.py), from
-    its state, taken first by another (hemsfw/pagestate.py, unloaded before webpage loads)."""
-    s = _state(r)
-    from hemsfw.webpage import page
-
-    return page(r, s)
-
-
-def _state(r: "Runner") -> "Json":
-    from hemsfw.pagestate import state
-
-    s = state(r)
-    unload("pagestate")
-    return s
-
-
-def _gate(r: "Runner", a: "Auth", msg: str = "") -> "Iterator[str]":
-    from hemsfw.auth import gate
-
-    return gate("Special circuit of " + r.id, a, msg)
-
-
-def _request(data: bytes) -> "tuple[str, str, str | None, bytes] | int | None":
-    """(method, path, session token, body) of a complete request; None: more to come; an
-    HTTP status (400, 413, 431) for a request that cannot be served."""
-    e = data.find(b"\r\n\r\n")
-    if e < 0:
-        e = data.find(b"\n\n")
-        if e < 0:
-            return 431 if len(data) > HEAD_MAX else None
-        e += 2
-    else:
-        e += 4
-    if e > HEAD_MAX + 4:
-        return 431
-    lines = data[:e].split(b"\n")
-    parts = lines[0].decode().split()
-    if len(parts) < 2:
-        return 400
-    clen = 0
-    tok = None
-    for h in lines[1:]:
-        lo = h.lower()
-        if lo.startswith(b"content-length:"):
-            clen = int(h.split(b":")[1])
-        elif lo.startswith(b"cookie:"):
-            tok = _cookie(h.strip())
-    if parts[0] != "POST":
-        clen = 0
-    elif not 0 <= clen <= BODY_MAX:
-        return 413
-    if len(data) < e + clen:
-        return None
-    return parts[0], parts[1].split("?")[0], tok, data[e:e + clen]
-
-
-def _answer(r: "Runner", st: "dict[str, Any]", w: "Any", method: str, path: str,
-            tok: str | None, body: bytes) -> None:
-    exp = st["sessions"].get(tok) if tok else None     # (auth.valid, without loading it)
-    authed = exp is not None and ticks_diff(exp, r.ticks()) > 0
-    a = None if authed and path in ("/", "/state.json", "/override") else _auth(r, st)
-    f = form_fields(body.decode()) if method == "POST" else {}
-    if method == "GET" and path == "/":
-        _send(w, "200 OK", HTML, _page(r) if a is None else _gate(r, a))
-    elif a is not None and method == "POST" and path == "/login":
-        if a.locked():
-            _send(w, "429 Too Many Requests", HTML,
-                  _gate(r, a, "Too many wrong passwords: wait a little."))
-            return
-        new = a.login(f.get("password", ""))
-        if new is None:
-            _send(w, "403 Forbidden", HTML, _gate(r, a, "Wrong password."))
-        else:
-            _send(w, "303 See Other", "text/plain", ["ok\n"], _set_cookie(new))
-    elif a is not None and method == "POST" and path == "/password":
-        if not (authed or a.setup_open()):
-            _send(w, "401 Unauthorized", HTML, _gate(r, a, "Log in first."))
-            return
-        why = a.set_password(f.get("new", ""))
-        if why is not None:
-            _send(w, "400 Bad Request", HTML, _page(r) if authed else _gate(r, a, why))
-        else:
-            _send(w, "303 See Other", "text/plain", ["ok\n"], _set_cookie(a.new_session()))
-    elif a is not None and method == "POST" and path == "/logout":
-        a.logout(tok)
-        _send(w, "303 See Other", "text/plain", ["ok\n"],
-              "Set-Cookie: %s=; Max-Age=0; Path=/\r\n%s" % (COOKIE, SEE_HOME))
-    elif path in ("/state.json", "/override") and not authed:
-        _send(w, "401 Unauthorized", "text/plain", ["log in first\n"])
-    elif method == "GET" and path == "/state.json":
-        _send(w, "200 OK", "application/json", [json.dumps(_state(r))])
-    elif method == "POST" and path == "/override":
-        if f.get("state") not in ("on", "off", "auto"):
-            _send(w, "400 Bad Request", "text/plain", ["state must be on|off|auto\n"])
-        else:
-            r.override(f["state"], "day" if f.get("until") == "day" else "frame")
-            _send(w, "303 See Other", "text/plain", ["ok\n"], "Location: /\r\n")
-    else:
-        _send(w, "404 Not Found", "text/plain", ["not found\n"])
-
-
-STATUS = {400: "400 Bad Request", 413: "413 Payload Too Large",
-          431: "431 Request Header Fields Too Large"}
 
 
 def _take(r: "Runner", st: "dict[str, Any]", w: "Any", c: "list[Any]") -> bool:
@@ -238,19 +60,73 @@ def _take(r: "Runner", st: "dict[str, Any]", w: "Any", c: "list[Any]") -> bool:
     except OSError:   # nothing yet (EAGAIN)
         return False
     c[0] += d
-    req = _request(c[0])
+    # the request's code (hemsfw/webreq.py): in the heap while a connection is open
+    from hemsfw import webreq
+
+    req = webreq.request(c[0])
     if req is None:
         return not d            # the client closed before its request was complete
     try:
         if isinstance(req, int):
-            _send(w, STATUS[req], "text/plain", ["bad request\n"])
-        else:
-            _answer(r, st, w, *req)
+            webreq.send(w, webreq.STATUS[req], "text/plain", ["bad request\n"])
+            return True
+        s = webreq.answer(r, st, w, *req)
+        if s is not None:   # the page: drawn once the request's code has left the heap
+            del webreq
+            unload("webreq", "auth", "authgate")
+            gc.collect()   # (its blocks freed before the page's code loads into the gaps)
+            end = ticks_add(ticks_ms(), 1000 * REQ_S)
+            for chunk in page(r, s):   # each as it is drawn (no buffer: the heap has small gaps)
+                left = ticks_diff(end, ticks_ms())
+                if left <= 0:
+                    raise OSError("answer too slow")
+                w.settimeout(left / 1000)
+                w.sendall(chunk.encode())
     except Exception as e:   # a bad request must never reach the control loop
         r.log("web:", type(e).__name__, e)
     finally:
-        unload("auth", "pagestate", "webpage")   # (their code leaves the heap with the request)
+        unload("auth", "authgate", "pagestate", "webpage", "webchart")   # (with it)
     return True
+
+
+def page(r: "Runner", s: "Json | None" = None) -> "Iterator[str]":
+    """The page, one small string at a time, from its state `s` (None: taken here, by
+    hemsfw/webreq.py), drawn by modules loaded for it only, never in the heap together nor
+    with webreq.py: its text before the chart (hemsfw/webpage.py), the chart
+    (hemsfw/webchart.py) and the text after it (webpage.py again), each dropped before the
+    next loads."""
+    if s is None:
+        from hemsfw import webreq
+
+        s = webreq.state(r)
+        del webreq
+        unload("webreq")
+    from hemsfw import webpage
+
+    r.home.phase("page")   # (test hook: the page's state and text loaded; hemsfw/debug.py)
+    yield from webpage.top(r, s)
+    del webpage
+    unload("webpage")
+    if s["day"]:
+        from hemsfw import webchart
+
+        r.home.phase("chart")
+        yield from webchart.svg(s["planned_wh"], s["adjusted_wh"], s["frame"], s["frame_s"],
+                                s.get("metered_wh"))
+        del webchart
+        unload("webchart")
+    from hemsfw import webpage
+
+    yield from webpage.bottom(s)
+
+
+def _drop(p: "Any", conns: "dict[Any, list[Any]]", w: "Any") -> None:
+    """Close connection `w`; the last one open takes the request's code out of the heap."""
+    p.unregister(w)
+    del conns[w]
+    w.close()
+    if not conns:
+        unload("webreq")
 
 
 def run(r: "Runner") -> int:
@@ -292,9 +168,7 @@ def run(r: "Runner") -> int:
                         pass
                 for w in list(conns):
                     if _take(r, st, w, conns[w]) or ticks_diff(ticks_ms(), conns[w][1]) > 0:
-                        p.unregister(w)
-                        del conns[w]
-                        w.close()
+                        _drop(p, conns, w)
                 if ticks_diff(end, ticks_ms()) <= 0:
                     break
     finally:

@@ -106,3 +106,45 @@ def test_the_page_text_and_its_chart_are_never_in_the_heap_together():
             assert "hemsfw.webchart" in sys.modules and "hemsfw.webpage" not in sys.modules
             assert "hemsfw.pagestate" not in sys.modules and "hemsfw.webreq" not in sys.modules
     assert chart or not MP
+
+
+class _NoMemory:
+    """hemsfw.webreq as it is when the heap cannot hold the request's code or its parsing."""
+
+    @staticmethod
+    def request(data):
+        raise MemoryError("memory allocation failed, allocating 136 bytes")
+
+
+def test_a_page_request_that_runs_out_of_memory_costs_the_loop_nothing():
+    """A request that fails (MemoryError in the request's code) is logged, its code leaves
+    the heap, its connection is closed, and the loop goes on: the next announcement is still
+    taken and the relay still driven."""
+    import hemsfw
+    from hemsfw import auth, web, webreq
+
+    r, cl, _ = _runner()
+    logged = []
+    r.log = lambda *a: logged.append(" ".join(str(x) for x in a))
+    st = auth.new_state(r.ticks)
+    w = _Conn(b"GET / HTTP/1.0\r\n\r\n")
+    conns = {w: [b"", 0]}
+    hemsfw.webreq = _NoMemory
+    try:
+        assert web._take(r, st, w, conns[w]) is True   # done with: never raised to the loop
+    finally:
+        if MP:
+            hemsfw.unload("webreq")
+        else:
+            hemsfw.webreq = webreq
+    web._drop(_Poll(), conns, w)
+    assert w.closed and not conns and w.out == b""
+    assert [x for x in logged if x.startswith("web: MemoryError")]
+    if MP:
+        assert "hemsfw.webreq" not in sys.modules and "hemsfw.auth" not in sys.modules
+    driven = len(r.relay.calls)
+    cl.inject("hems/v1/round", protocol.encode(protocol_svc.make_round(
+        DAY, 1, 4, 900, 100, START, START + 3600, ["mb1"])))
+    r.step()
+    assert r.home.new is not None and r.home.new["status"] == "reported"
+    assert len(r.relay.calls) > driven   # the relay still driven every turn

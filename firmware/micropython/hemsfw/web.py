@@ -54,19 +54,22 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
 
 def _take(r: "Runner", st: "dict[str, Any]", w: "Any", c: "list[Any]") -> bool:
     """Read what arrived on connection `w` (c: [bytes so far, deadline]); once the request is
-    complete, answer it.  True when the connection is done with (then closed by the caller)."""
+    complete, answer it.  True when the connection is done with (then closed by the caller).
+    Never raises: a request that fails anywhere (MemoryError loading its code, parsing it,
+    drawing the page) is logged and its code leaves the heap; the connection is then closed
+    and the heap collected (_drop), and the control loop goes on."""
     try:
         d = w.recv(128)    # (small reads: no large block needed)
     except OSError:   # nothing yet (EAGAIN)
         return False
-    c[0] += d
-    # the request's code (hemsfw/webreq.py): in the heap while a connection is open
-    from hemsfw import webreq
-
-    req = webreq.request(c[0])
-    if req is None:
-        return not d            # the client closed before its request was complete
     try:
+        c[0] += d
+        # the request's code (hemsfw/webreq.py): in the heap while a connection is open
+        from hemsfw import webreq
+
+        req = webreq.request(c[0])
+        if req is None:
+            return not d            # the client closed before its request was complete
         if isinstance(req, int):
             webreq.send(w, webreq.STATUS[req], "text/plain", ["bad request\n"])
             return True
@@ -82,8 +85,11 @@ def _take(r: "Runner", st: "dict[str, Any]", w: "Any", c: "list[Any]") -> bool:
                     raise OSError("answer too slow")
                 w.settimeout(left / 1000)
                 w.sendall(chunk.encode())
-    except Exception as e:   # a bad request must never reach the control loop
+    except Exception as e:   # a bad or failed request must never reach the control loop
+        c[0] = b""
         r.log("web:", type(e).__name__, e)
+        unload("webreq", "auth", "authgate", "pagestate", "webpage", "webchart")
+        return True   # (the heap is collected once the connection is dropped: _drop)
     finally:
         unload("auth", "authgate", "pagestate", "webpage", "webchart")   # (with it)
     return True
@@ -121,12 +127,15 @@ def page(r: "Runner", s: "Json | None" = None) -> "Iterator[str]":
 
 
 def _drop(p: "Any", conns: "dict[Any, list[Any]]", w: "Any") -> None:
-    """Close connection `w`; the last one open takes the request's code out of the heap."""
+    """Close connection `w`; the last one open takes the request's code out of the heap (and
+    collects it, so that a request's garbage, a failed one's too, is gone before the next
+    turn)."""
     p.unregister(w)
     del conns[w]
     w.close()
     if not conns:
         unload("webreq")
+        gc.collect()
 
 
 def run(r: "Runner") -> int:

@@ -82,6 +82,20 @@ def test_round_publishes_qos1_not_retained_then_marks_sent():
     assert len(h.cl.published) == 3
 
 
+def test_a_round_repeated_before_its_acks_is_published_and_logged_once():
+    """The retained round may come twice at once (the broker's queued copy for the persistent
+    session and the retained one on subscribing): each report message is published once, and
+    the log says "publishing" once, not once per copy."""
+    h = _setup()
+    h.r.step()
+    h.cl.inject("hems/v1/round", _round())
+    h.cl.inject("hems/v1/round", _round())
+    for _ in range(4):
+        h.r.step()
+    assert [t for t, _, _, _ in h.cl.published[1:]] == ["hems/v1/plan/h1", "hems/v1/mask/mb1/h1"]
+    assert len([a for a in h.logs if "publishing" in " ".join([str(x) for x in a])]) == 1
+
+
 def test_relay_follows_plan_and_adjustment():
     h = _setup(safe_state=True)
     h.r.step()

@@ -175,8 +175,11 @@ class Runner:
             obj = protocol.decode(msg)
             if topic == self.t_round:
                 ann = protocol.parse_round(obj)
+                was = self.home.new
                 n = len(self.home.on_round(ann, self._wall(), self.clock.now()))
-                if n:
+                if n and self.home.new is not was:   # (a repeat, e.g. the retained round
+                    # again with the session's queued copy, says nothing: _flush publishes
+                    # each message once either way)
                     self.log("round", ann["day"], ann["round"], ": publishing", n, "reports")
                     self._phase("reported")
                 if self.ha is not None:

@@ -209,7 +209,6 @@ class _Model:
             starts, r, v, integrality,
         )
         self.h = h
-        self.presolve = "choose"
         self.set_presolve(presolve)
         # HiGHS checks its own time limit rarely in some phases (seconds late on a 200-group
         # day): its interrupt callbacks stop it at the deadline

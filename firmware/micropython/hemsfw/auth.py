@@ -5,7 +5,7 @@
 # web.py keeps, and the session check (valid), which webreq.py does itself.
 #
 #   auth.json   {"salt": hex, "hash": hex, "iter": n}: PBKDF2-HMAC-SHA256 of the password
-#               (RFC 8018; the HMAC is hemsfw.seal's), never the password itself
+#               (RFC 8018; the HMAC is hemsfw.hmacsha's), never the password itself
 #
 # Setting it: while no password is set, the page offers to set one during the first SETUP_S
 # after boot only (power-cycling the controller is the physical proof of being the resident);

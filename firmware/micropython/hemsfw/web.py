@@ -88,7 +88,7 @@ def _take(r: "Runner", st: "dict[str, Any]", w: "Any", c: "list[Any]") -> bool:
     except Exception as e:   # a bad or failed request must never reach the control loop
         c[0] = b""
         r.log("web:", type(e).__name__, e)
-        unload("webreq", "auth", "authgate", "pagestate", "webpage", "webchart")
+        unload("webreq")   # (the page's modules: below)
         return True   # (the heap is collected once the connection is dropped: _drop)
     finally:
         unload("auth", "authgate", "pagestate", "webpage", "webchart")   # (with it)

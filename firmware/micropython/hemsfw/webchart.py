@@ -1,4 +1,4 @@
-# The resident's page's chart (hemsfw/webreq.py draws the page): planned vs adjusted (and
+# The resident's page's chart (hemsfw/web.py's page draws the page): planned vs adjusted (and
 # metered) load per frame as an SVG bar chart, as small strings yielded one at a time.  Loaded
 # for the chart only, between the page's text before and after it (hemsfw/webpage.py, not in
 # the heap meanwhile), and dropped after it (docs/benchmarks.md, Firmware memory).

@@ -1,7 +1,7 @@
-# The resident's page's text (hemsfw/webreq.py draws the page) from its state
+# The resident's page's text (hemsfw/web.py's page draws it) from its state
 # (hemsfw/pagestate.py): what comes before the chart (top) and after it (bottom), each as small
-# strings yielded one at a time.  webreq.py loads this module for each of the two, once the
-# state is taken and pagestate.py unloaded, and unloads it in between, while the chart
+# strings yielded one at a time.  web.page loads this module for each of the two, once the
+# state is taken and webreq.py unloaded, and unloads it in between, while the chart
 # (hemsfw/webchart.py) is drawn, and after: the page's code is never in the heap all at once,
 # nor between requests (docs/benchmarks.md, Firmware memory).  MicroPython subset only.
 

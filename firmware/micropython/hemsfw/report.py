@@ -4,6 +4,7 @@
 # the heap between rounds).  MicroPython subset only.
 
 import binascii
+import gc
 import json
 
 from hemsfw import plan, protocol, unload
@@ -96,8 +97,24 @@ def report(h: "Any", new: "Slot", brokers: list[str]) -> None:
     else:   # the range proof (docs/integrity.md): its code is loaded for this step only
         from hemsfw import flp
 
-        masked, proof = flp.home_report(h.id, new, rid, h.rated_w, seeds,
-                                        h.urandom(2 * flp.SEED_LEN))
+        # The proof makes ~1 MB of short-lived 128-bit field elements.  Under the loop's GC
+        # threshold (hemsfw/app.py GC_LOOP: a collection per 4 KB allocated) that is hundreds
+        # of collections, each sweeping the whole heap: on the unix port's 2 MB heap 0.5 s
+        # alone and 1.3-2.6 s per lab home (50 ms collecting only when full), and six homes
+        # missed a 4.8 s collection window on a loaded 2-core machine.  A collection costs
+        # in proportion to the heap, so collect after a quarter of what is free: on a board's
+        # small heap that is about GC_LOOP anyway (collecting only when full was measured:
+        # the proof round's smallest 32-bit heap from files 80 -> 93 KB, its results strewn).
+        th = getattr(gc, "threshold", None)   # MicroPython only
+        was = th() if th is not None else -1
+        if th is not None and was > 0:
+            th(max(was, gc.mem_free() // 4))
+        try:
+            masked, proof = flp.home_report(h.id, new, rid, h.rated_w, seeds,
+                                            h.urandom(2 * flp.SEED_LEN))
+        finally:
+            if th is not None:
+                th(was)
         del flp
         unload("flp")
     del masking            # (the local name too: else the module stays referenced)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import highspy
 import numpy as np
 
-from .highs import new_highs, to_csc
+from .highs import Interrupter, new_highs, set_lp_time_limit, to_csc
 from .model import (
     IntArray,
     Move,
@@ -210,19 +210,12 @@ class _Model:
         )
         self.h = h
         self.set_presolve(presolve)
-        # HiGHS checks its own time limit rarely in some phases (seconds late on a 200-group
-        # day): its interrupt callbacks stop it at the deadline
-        self.stop_at = float("inf")
+        # HiGHS checks its own time limit rarely in some phases: the interrupt callbacks stop
+        # it at the deadline (``interrupt.stop_at``)
+        self.interrupt = Interrupter(h, stop)
         self.abandoned = False
-        h.cbSimplexInterrupt.subscribe(self._interrupt)
-        h.cbIpmInterrupt.subscribe(self._interrupt)
-        h.cbMipInterrupt.subscribe(self._interrupt)
         # key of each candidate for warm starts
         self.keys = (cand.cell * f_n + cand.t).astype(np.int64)
-
-    def _interrupt(self, e: highspy.highs.HighsCallbackEvent) -> None:
-        if time.monotonic() >= self.stop_at or (self.stop is not None and self.stop.is_set()):
-            e.interrupt()
 
     # ------------------------------------------------------------------
     def x_of_moves(self, moves: list[Move]) -> np.ndarray:
@@ -271,7 +264,7 @@ class _Model:
         th.start()
         th.join(max(0.0, hard_end - time.monotonic()))
         if th.is_alive():
-            self.stop_at = float("-inf")
+            self.interrupt.stop_at = float("-inf")
             self.abandoned = True
             return False
         return True
@@ -287,7 +280,7 @@ class _Model:
         reported objective, the solve is repeated with presolve off."""
         h = self.h
         t_end = time.monotonic() + max(float(time_limit), 1e-3)
-        self.stop_at = t_end + INTERRUPT_GRACE_S
+        self.interrupt.stop_at = t_end + INTERRUPT_GRACE_S
         h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
         if start is not None:
             sol = self.full_solution(start)
@@ -329,8 +322,8 @@ class _Model:
         idx = np.arange(nx, dtype=np.int32)
         h = self.h
         h.changeColsIntegrality(nx, idx, np.zeros(nx, dtype=np.uint8))
-        h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
-        self.stop_at = time.monotonic() + max(float(time_limit), 1e-3) + INTERRUPT_GRACE_S
+        set_lp_time_limit(h, time_limit)
+        self.interrupt.stop_at = time.monotonic() + max(float(time_limit), 1e-3) + INTERRUPT_GRACE_S
         done = self._bounded_run(hard_end)
         out: np.ndarray | None = None
         if done and h.getModelStatus() == highspy.HighsModelStatus.kOptimal:

@@ -48,7 +48,7 @@ import highspy
 import numpy as np
 import numpy.typing as npt
 
-from .highs import new_highs, to_csc
+from .highs import new_highs, set_lp_time_limit, to_csc
 from .model import FloatArray, IntArray, Move, Problem, Result, finish, window_offsets
 
 __all__ = ["lower_bounds", "solve_heuristic"]
@@ -309,6 +309,7 @@ def _guide(problem: Problem, st: _State, classes: list[int]) -> _Guide:
     h.changeColsCost(n_col, np.arange(n_col, dtype=np.int32), cost2)
     h.addRow(-np.inf, o1 + max(_TOL, 1e-9 * o1), f_n,
              np.arange(ny, ny + f_n, dtype=np.int32), np.ones(f_n))
+    set_lp_time_limit(h, st.lp_time())   # its own limit, not what the first LP left
     h.run()
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         return fallback

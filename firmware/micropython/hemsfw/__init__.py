@@ -18,8 +18,9 @@ def unload(*names: str) -> None:
 
 def drop_init(*objs: object) -> None:
     """Drop the constructors of the classes of objects built once at boot, on MicroPython: their
-    bytecode leaves the heap (~2 KB for the runner's objects on a 32-bit port); such a class
-    can build no other instance after this.  None (an object not configured) is skipped."""
+    bytecode leaves the heap (~2.5 KB for the runner's objects on a 32-bit port); such a class
+    must build no other instance after this (it would lack its attributes).  None (an object
+    not configured) is skipped."""
     import sys
 
     if sys.implementation.name != "micropython":

@@ -117,8 +117,8 @@ def page(r: "Runner", s: "Json | None" = None) -> "Iterator[str]":
         from hemsfw import webchart
 
         r.home.phase("chart")
-        yield from webchart.svg(s["planned_wh"], s["adjusted_wh"], s["frame"], s["frame_s"],
-                                s.get("metered_wh"))
+        yield from webchart.svg(s["plan"], s["adjusted"], s["frame"], s["frame_s"],
+                                s.get("metered_wh"), s["quantum_wh"])
         del webchart
         unload("webchart")
     from hemsfw import webpage

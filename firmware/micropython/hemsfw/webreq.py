@@ -94,11 +94,11 @@ def _auth(r: "Runner", st: "dict[str, Any]") -> "Auth":
     return Auth(r.store, r.ticks, r.urandom, r.log, st)
 
 
-def state(r: "Runner") -> "Json":
+def state(r: "Runner", wh: bool = False) -> "Json":
     from hemsfw import unload
     from hemsfw.pagestate import state
 
-    s = state(r)
+    s = state(r, wh)
     unload("pagestate")
     return s
 
@@ -192,7 +192,7 @@ def answer(r: "Runner", st: "dict[str, Any]", w: "Any", method: str, path: str,
     elif path in ("/state.json", "/override") and not authed:
         send(w, "401 Unauthorized", "text/plain", ["log in first\n"])
     elif method == "GET" and path == "/state.json":
-        send(w, "200 OK", "application/json", [json.dumps(state(r))])
+        send(w, "200 OK", "application/json", [json.dumps(state(r, True))])
     elif method == "POST" and path == "/override":
         if f.get("state") not in ("on", "off", "auto"):
             send(w, "400 Bad Request", "text/plain", ["state must be on|off|auto\n"])

@@ -108,6 +108,30 @@ def test_the_page_text_and_its_chart_are_never_in_the_heap_together():
     assert chart or not MP
 
 
+def test_the_password_is_set_with_the_request_code_out_of_the_heap():
+    """POST /password in the set-up window: PBKDF2 runs (hemsfw/auth.py's step) while
+    hemsfw/webreq.py, which parsed the request and then writes the answer, is not loaded."""
+    from hemsfw import auth, web
+
+    r, _, _ = _runner()
+    st = auth.new_state(r.ticks)
+    seen = []
+    r.home.phase = lambda name: seen.append((name, "hemsfw.webreq" in sys.modules,
+                                             "hemsfw.auth" in sys.modules))
+    w = _Conn(b"POST /password HTTP/1.0\r\nContent-Length: 12\r\n\r\nnew=pin-1234")
+    conns = {w: [b"", 0]}
+    done = False
+    while not done:
+        done = web._take(r, st, w, conns[w])
+    web._drop(_Poll(), conns, w)
+    assert w.out.startswith(b"HTTP/1.0 303") and b"Set-Cookie: hems=" in w.out
+    assert r.store.read(auth.FILE) is not None and len(st["sessions"]) == 1
+    assert [n for n, _, _ in seen] == ["auth"]
+    if MP:
+        assert seen == [("auth", False, True)]
+        assert "hemsfw.webreq" not in sys.modules and "hemsfw.auth" not in sys.modules
+
+
 class _NoMemory:
     """hemsfw.webreq as it is when the heap cannot hold the request's code or its parsing."""
 

@@ -140,6 +140,7 @@ def page(r: "Runner", s: "Json | None" = None) -> "Iterator[str]":
     yield from webpage.top(r, s)
     del webpage
     unload("webpage")
+    gc.collect()   # (its blocks freed before the chart's code and generator take the gaps)
     if s["day"]:
         from hemsfw import webchart
 
@@ -148,6 +149,7 @@ def page(r: "Runner", s: "Json | None" = None) -> "Iterator[str]":
                                 s.get("metered_wh"), s["quantum_wh"])
         del webchart
         unload("webchart")
+        gc.collect()
     from hemsfw import webpage
 
     yield from webpage.bottom(s)

@@ -95,7 +95,8 @@ ROUND_SLACK_S = 60
 
 def resident_views_page(port: int) -> bool:
     """POST /password (the set-up window after boot: hemsfw/auth.py), then GET / with the
-    session cookie it sets; True when the page with its chart came back."""
+    session cookie it sets; True when the whole page with its chart came back (a page whose
+    drawing ran out of memory halfway ends early: its head and chart may have gone out)."""
     base = f"http://127.0.0.1:{port}"
 
     class Keep(urllib.request.HTTPRedirectHandler):
@@ -114,7 +115,8 @@ def resident_views_page(port: int) -> bool:
                 return False
         req = urllib.request.Request(base + "/", headers={"Cookie": cookie})
         with opener.open(req, timeout=10) as r:
-            return r.status == 200 and b"<svg" in r.read()
+            page = r.read()
+            return r.status == 200 and b"<svg" in page and page.endswith(b"</html>")
     except OSError:
         return False
 

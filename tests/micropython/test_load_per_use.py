@@ -108,6 +108,30 @@ def test_the_page_text_and_its_chart_are_never_in_the_heap_together():
     assert chart or not MP
 
 
+def test_the_password_is_set_with_the_request_code_out_of_the_heap():
+    """POST /password in the set-up window: PBKDF2 runs (hemsfw/auth.py's step) while
+    hemsfw/webreq.py, which parsed the request and then writes the answer, is not loaded."""
+    from hemsfw import auth, web
+
+    r, _, _ = _runner()
+    st = auth.new_state(r.ticks)
+    seen = []
+    r.home.phase = lambda name: seen.append((name, "hemsfw.webreq" in sys.modules,
+                                             "hemsfw.auth" in sys.modules))
+    w = _Conn(b"POST /password HTTP/1.0\r\nContent-Length: 12\r\n\r\nnew=pin-1234")
+    conns = {w: [b"", 0]}
+    done = False
+    while not done:
+        done = web._take(r, st, w, conns[w])
+    web._drop(_Poll(), conns, w)
+    assert w.out.startswith(b"HTTP/1.0 303") and b"Set-Cookie: hems=" in w.out
+    assert r.store.read(auth.FILE) is not None and len(st["sessions"]) == 1
+    assert [n for n, _, _ in seen] == ["auth"]
+    if MP:
+        assert seen == [("auth", False, True)]
+        assert "hemsfw.webreq" not in sys.modules and "hemsfw.auth" not in sys.modules
+
+
 class _NoMemory:
     """hemsfw.webreq as it is when the heap cannot hold the request's code or its parsing."""
 
@@ -148,3 +172,39 @@ def test_a_page_request_that_runs_out_of_memory_costs_the_loop_nothing():
     r.step()
     assert r.home.new is not None and r.home.new["status"] == "reported"
     assert len(r.relay.calls) > driven   # the relay still driven every turn
+
+
+# A class built once, compiled from source as a module is loaded: the class keeps the only
+# reference to its constructor's bytecode.
+_ONCE = """
+class Once:
+    def __init__(self, n):
+        self.a = [n, n + 1, n + 2, n + 3]
+        self.b = {"n": n, "twice": 2 * n, "thrice": 3 * n, "text": "%d items" % n}
+        self.c = (n, str(n), float(n), [n] * 3, -n, n * n, n // 2, n % 3)
+        self.d = self.a + list(self.c) + list(self.b.values())
+
+    def total(self):
+        return len(self.d)
+"""
+
+
+def test_a_constructor_run_once_leaves_the_heap_with_drop_init():
+    import gc
+
+    from hemsfw import drop_init
+
+    g = {}
+    exec(_ONCE, g)
+    cls = g["Once"]
+    o = cls(5)
+    del g
+    gc.collect()
+    before = gc.mem_alloc() if MP else 0   # type: ignore[attr-defined]
+    drop_init(o, None)
+    gc.collect()
+    assert o.total() == 16     # the object itself is untouched
+    if not MP:    # CPython keeps every constructor
+        assert cls(6).total() == 16
+        return
+    assert before - gc.mem_alloc() >= 128, before - gc.mem_alloc()

@@ -164,16 +164,16 @@ def test_the_page_refreshes_itself():
 def test_an_unauthenticated_client_sees_no_plan_no_relay_and_no_secret():
     a, _ = _auth()
     a.set_password("4711")
-    html = "".join(authgate.gate("Special circuit of h1", a))
+    html = "".join(authgate.gate("Special circuit of h1", a.gate()))
     assert 'action="/login"' in html and "<svg" not in html and "Relay" not in html
     assert "4711" not in html and "hash" not in html and "token" not in html
 
 
 def test_the_setup_form_only_in_the_window_after_boot():
     a, tk = _auth()
-    assert 'action="/password"' in "".join(authgate.gate("Special circuit of h1", a))
+    assert 'action="/password"' in "".join(authgate.gate("Special circuit of h1", a.gate()))
     tk.ms += 1000 * auth.SETUP_S
-    html = "".join(authgate.gate("Special circuit of h1", a))
+    html = "".join(authgate.gate("Special circuit of h1", a.gate()))
     assert 'action="/password"' not in html and "off and on again" in html
 
 

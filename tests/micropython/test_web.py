@@ -52,7 +52,7 @@ def test_svg_shows_planned_and_adjusted():
     _round_and_adjust(r, cl)
     ck.t = START + 1000
     r.step()
-    s = pagestate.state(r)
+    s = pagestate.state(r, wh=True)   # as GET /state.json gives it
     assert s["planned_wh"] == [0, 300, 0, 500] and s["adjusted_wh"] == [0, 0, 300, 500]
     assert s["relay"] == "off" and s["frame"] == 1
     chunks = list(web.page(r))   # a generator: one small string at a time
@@ -61,6 +61,19 @@ def test_svg_shows_planned_and_adjusted():
     assert _rects(chunks, "p") == {0: 0, 1: 300, 2: 0, 3: 500}
     assert _rects(chunks, "a") == {0: 0, 1: 0, 2: 300, 3: 500}
     assert '<rect class="now" x="180.0"' in html
+
+
+def test_page_state_holds_the_stored_plans_not_copies():
+    """The page scales the stored round's lists as it draws them (a copy of each in Wh was
+    ~1 KB of heap at the page's peak on a 32-bit port)."""
+    r, cl, _, ck = _runner()
+    _round_and_adjust(r, cl)
+    ck.t = START + 1000
+    r.step()
+    s = pagestate.state(r)
+    st = r.home.new
+    assert s["plan"] is st["plan"] and s["adjusted"] is st["adjusted"]
+    assert s["quantum_wh"] == 100 and "planned_wh" not in s
 
 
 def test_page_is_drawn_a_small_piece_at_a_time():

@@ -36,7 +36,7 @@ def build(path: str, make_log: "Callable[[str], Log]") -> "Runner | int":
     threshold = getattr(gc, "threshold", None)   # MicroPython only
     if threshold is not None:
         threshold(GC_BOOT)
-    from hemsfw import config, unload
+    from hemsfw import config, drop_init, unload
 
     try:
         cfg = config.load(path)
@@ -86,6 +86,13 @@ def build(path: str, make_log: "Callable[[str], Log]") -> "Runner | int":
         from hemsfw import ota
 
         ota.hook(cfg["ota"], r, board, log)
+    # Each built once, above: their constructors leave the heap (run once, like this module),
+    # and so do the config's sections that only they read (~0.9 KB on a 32-bit port)
+    m = r.meter
+    drop_init(r, r.home, r.resident, r.main, r.ha, m, m and m.meter, m and m.budget, board,
+              board.relay, board.clock, getattr(board, "pulses", None), client, local)
+    for k in ("mqtt", "local", "meter", "keys"):
+        cfg.pop(k, None)
     gc.collect()
     if threshold is not None:
         threshold(GC_LOOP)

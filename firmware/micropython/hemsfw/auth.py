@@ -1,8 +1,10 @@
 # Who may see the resident's page and switch the relay from it: whoever knows the password the
-# resident set (a PIN of 4 digits will do).  hemsfw/webreq.py loads this module only for a request
-# that needs it (log in, set the password, the log-in page) and drops it after: what lives
-# between requests is the state dict (new_state: sessions, failures, the set-up window) that
-# web.py keeps, and the session check (valid), which webreq.py does itself.
+# resident set (a PIN of 4 digits will do).  hemsfw/web.py loads this module only for a request
+# that needs it (log in, set the password, log out, the log-in page: step), while
+# hemsfw/webreq.py, which parsed the request and then writes the answer, is out of the heap, and
+# drops it after: what lives between requests is the state dict (new_state: sessions, failures,
+# the set-up window) that web.py keeps, and the session check (valid), which webreq.py does
+# itself.
 #
 #   auth.json   {"salt": hex, "hash": hex, "iter": n}: PBKDF2-HMAC-SHA256 of the password
 #               (RFC 8018; the HMAC is hemsfw.hmacsha's), never the password itself
@@ -24,6 +26,7 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
     from typing import Any
 
     from hemsfw.interfaces import Log, Storage, Ticks, Urandom
+    from hemsfw.runner import Runner
 
 FILE = "auth.json"
 ITER = 1000      # ~17 ms on the x86 unix port, well under a second on an RP2040
@@ -90,6 +93,11 @@ class Auth:
     def is_set(self) -> bool:
         return bool(self.rec)
 
+    def gate(self) -> str:
+        """What the log-in page offers (hemsfw/authgate.py): "login" (a password is set),
+        "setup" (none yet, within the set-up window) or "closed" (none, the window is over)."""
+        return "login" if self.rec else ("setup" if self.setup_open() else "closed")
+
     def setup_open(self) -> bool:
         """No password yet and still within SETUP_S of boot."""
         if self.rec or self.s["setup_over"]:
@@ -155,3 +163,34 @@ class Auth:
     def logout(self, tok: str | None) -> None:
         if tok:
             self.sessions.pop(tok, None)
+
+
+def step(r: "Runner", st: "dict[str, Any]", path: str, tok: str | None, f: "dict[str, str]",
+         authed: bool) -> tuple[str, str, str]:
+    """The password's part of a page request (hemsfw/webreq.py's answer hands it over, path
+    "/" for the log-in page, else a POST to /login, /password or /logout; f: the form fields;
+    authed: the request has a live session).  hemsfw/web.py runs it with webreq.py out of the
+    heap (the two were the whole firmware's peak together, PBKDF2 on top: docs/benchmarks.md,
+    Firmware memory), then webreq.answer_auth writes the outcome: (HTTP status, what, text),
+    what "cookie" (text: the new session token; "" clears it), "page" (the page, with that
+    status), else the log-in page's mode (Auth.gate) with text as its message."""
+    a = Auth(r.store, r.ticks, r.urandom, r.log, st)
+    r.home.phase("auth")   # (test hook: the password code loaded; hemsfw/debug.py)
+    if path == "/login":
+        if a.locked():
+            return "429 Too Many Requests", a.gate(), "Too many wrong passwords: wait a little."
+        new = a.login(f.get("password", ""))
+        if new is None:
+            return "403 Forbidden", a.gate(), "Wrong password."
+        return "303 See Other", "cookie", new
+    if path == "/password":
+        if not (authed or a.setup_open()):
+            return "401 Unauthorized", a.gate(), "Log in first."
+        why = a.set_password(f.get("new", ""))
+        if why is not None:
+            return ("400 Bad Request", "page", "") if authed else ("400 Bad Request", a.gate(), why)
+        return "303 See Other", "cookie", a.new_session()
+    if path == "/logout":
+        a.logout(tok)
+        return "303 See Other", "cookie", ""
+    return "200 OK", a.gate(), ""     # GET / without a session: the log-in page

@@ -20,6 +20,9 @@ Urandom = Callable[[int], bytes]
 Ticks = Callable[[], int]
 #: on_msg(topic, payload) from inside an MQTT client's check_msg
 OnMsg = Callable[[bytes | str, bytes], None]
+#: a page request for the password's code (hemsfw/webreq.py's answer -> hemsfw/auth.py's step):
+#: (path, session token, form fields, logged in)
+Password = tuple[str, str | None, dict[str, str], bool]
 
 
 class Slot(TypedDict):

@@ -16,8 +16,11 @@ def _slot(r: "Runner") -> "Slot | None":
     return h.slot_at(r.clock.now()) or h.new
 
 
-def state(r: "Runner") -> "Json":
-    """What the page shows, as a dict (also GET /state.json)."""
+def state(r: "Runner", wh: bool = False) -> "Json":
+    """What the page shows, as a dict; wh: as GET /state.json gives it, the plans in Wh
+    (planned_wh, adjusted_wh).  Else the page's: the stored round's own lists, in quanta of
+    quantum_wh (plan, adjusted), which the page scales as it draws them: two copies of a 96-frame
+    plan were ~1 KB of heap at the page's peak (docs/benchmarks.md, Firmware memory)."""
     st = _slot(r)
     on, frame = r.state
     out: Json = {"home": r.id, "relay": "on" if on else "off", "frame": frame,
@@ -28,8 +31,11 @@ def state(r: "Runner") -> "Json":
         out["day"] = st["day"]
         out["round"] = st["round"]
         out["status"] = st.get("status")
-        out["planned_wh"] = [v * q for v in st["plan"]]
-        out["adjusted_wh"] = [v * q for v in adj]
+        if wh:
+            out["planned_wh"] = [v * q for v in st["plan"]]
+            out["adjusted_wh"] = [v * q for v in adj]
+        else:
+            out["plan"], out["adjusted"], out["quantum_wh"] = st["plan"], adj, q
         out["frame_s"] = st["frame_s"]
         out["start"] = st["start"]
         out["adjustment"] = explain(st.get("adjustment"), st["frame_s"], r.clock.now())

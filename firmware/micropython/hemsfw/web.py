@@ -27,7 +27,9 @@
 # ~3 KB smaller (its objects and the coroutines; docs/benchmarks.md).  Only this module's loop
 # and the page's drawing (page) stay in the heap: a request is parsed and answered by
 # hemsfw/webreq.py, loaded while a connection is open and dropped once none is (~4 KB less
-# resident on a 32-bit port), and before the page is drawn (~4 KB less at the page).
+# resident on a 32-bit port), before the page is drawn (~4 KB less at the page), and while the
+# password's code (hemsfw/auth.py: the log-in page, log in, set the password, PBKDF2) runs,
+# loaded again to write its answer: the two are never in the heap together.
 # LAN only: there is no TLS on the page.  MicroPython subset only.
 
 import gc
@@ -48,7 +50,7 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
     from collections.abc import Iterator
     from typing import Any
 
-    from hemsfw.interfaces import Json
+    from hemsfw.interfaces import Json, Password
     from hemsfw.runner import Runner
 
 
@@ -74,17 +76,25 @@ def _take(r: "Runner", st: "dict[str, Any]", w: "Any", c: "list[Any]") -> bool:
             webreq.send(w, webreq.STATUS[req], "text/plain", ["bad request\n"])
             return True
         s = webreq.answer(r, st, w, *req)
-        if s is not None:   # the page: drawn once the request's code has left the heap
-            del webreq
-            unload("webreq", "auth", "authgate")
-            gc.collect()   # (its blocks freed before the page's code loads into the gaps)
-            end = ticks_add(ticks_ms(), 1000 * REQ_S)
-            for chunk in page(r, s):   # each as it is drawn (no buffer: the heap has small gaps)
-                left = ticks_diff(end, ticks_ms())
-                if left <= 0:
-                    raise OSError("answer too slow")
-                w.settimeout(left / 1000)
-                w.sendall(chunk.encode())
+        if s is None:
+            return True
+        # the page, or the password's step: once the request's code has left the heap
+        del webreq
+        unload("webreq")
+        gc.collect()   # (its blocks freed before the next code loads into the gaps)
+        if isinstance(s, tuple):
+            s = _password(r, st, w, s)
+            if s is None:
+                return True
+            unload("webreq")   # (the page, after a refused new password)
+            gc.collect()
+        end = ticks_add(ticks_ms(), 1000 * REQ_S)
+        for chunk in page(r, s):   # each as it is drawn (no buffer: the heap has small gaps)
+            left = ticks_diff(end, ticks_ms())
+            if left <= 0:
+                raise OSError("answer too slow")
+            w.settimeout(left / 1000)
+            w.sendall(chunk.encode())
     except Exception as e:   # a bad or failed request must never reach the control loop
         c[0] = b""
         r.log("web:", type(e).__name__, e)
@@ -93,6 +103,23 @@ def _take(r: "Runner", st: "dict[str, Any]", w: "Any", c: "list[Any]") -> bool:
     finally:
         unload("auth", "authgate", "pagestate", "webpage", "webchart")   # (with it)
     return True
+
+
+def _password(r: "Runner", st: "dict[str, Any]", w: "Any", q: "Password") -> "Json | None":
+    """The password's step of a request (auth.step: the log-in page, log in, set the password,
+    log out) run while hemsfw/webreq.py is out of the heap, then its outcome written by webreq.py
+    loaded again (webreq.answer_auth: the page's state, for a page, else None).  The two
+    modules together, PBKDF2 on top, were the whole firmware's peak (docs/benchmarks.md,
+    Firmware memory).  A function of its own: no slot of _take's frame keeps either module."""
+    from hemsfw import auth
+
+    out = auth.step(r, st, *q)
+    del auth
+    unload("auth")
+    gc.collect()
+    from hemsfw import webreq
+
+    return webreq.answer_auth(r, w, *out)
 
 
 def page(r: "Runner", s: "Json | None" = None) -> "Iterator[str]":
@@ -113,14 +140,16 @@ def page(r: "Runner", s: "Json | None" = None) -> "Iterator[str]":
     yield from webpage.top(r, s)
     del webpage
     unload("webpage")
+    gc.collect()   # (its blocks freed before the chart's code and generator take the gaps)
     if s["day"]:
         from hemsfw import webchart
 
         r.home.phase("chart")
-        yield from webchart.svg(s["planned_wh"], s["adjusted_wh"], s["frame"], s["frame_s"],
-                                s.get("metered_wh"))
+        yield from webchart.svg(s["plan"], s["adjusted"], s["frame"], s["frame_s"],
+                                s.get("metered_wh"), s["quantum_wh"])
         del webchart
         unload("webchart")
+        gc.collect()
     from hemsfw import webpage
 
     yield from webpage.bottom(s)

@@ -14,13 +14,14 @@ if False:  # types for mypy only (docs/firmware.md, "Types")
 
 
 def svg(planned: list[int], adjusted: list[int], frame: int | None,
-        frame_s: int = 900, metered: list[int] | None = None) -> "Iterator[str]":
+        frame_s: int = 900, metered: list[int] | None = None, q: int = 1) -> "Iterator[str]":
     """The bar chart, as small strings yielded one at a time: per frame a grey outline bar
     (planned), a filled bar (adjusted, class "a", with data-k / data-wh) and, with a meter, a
     thin dark bar (metered, class "m"), the current frame marked, clock times every 6 hours
-    below, the Wh scale on the top line."""
+    below, the Wh scale on the top line.  planned, adjusted: in quanta of q Wh (the stored
+    round's own lists, not scaled copies); metered: in Wh."""
     n = len(planned)
-    top = max(max(planned), max(adjusted), max(metered) if metered else 0, 1)
+    top = max(q * max(planned), q * max(adjusted), max(metered) if metered else 0, 1)
     bw = W / n
     yield ('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
            'viewBox="0 0 %d %d" role="img" aria-label="planned vs adjusted load">'
@@ -32,12 +33,14 @@ def svg(planned: list[int], adjusted: list[int], frame: int | None,
                % (frame * bw, bw, H))
     for k in range(n):
         x = k * bw
-        hp = H * planned[k] / top
-        ha = H * adjusted[k] / top
+        p = q * planned[k]
+        a = q * adjusted[k]
+        hp = H * p / top
+        ha = H * a / top
         yield ('<rect class="p" data-k="%d" data-wh="%d" x="%.1f" y="%.1f" width="%.1f" '
-               'height="%.1f" fill="none" stroke="#999"/>' % (k, planned[k], x, H - hp, bw, hp))
+               'height="%.1f" fill="none" stroke="#999"/>' % (k, p, x, H - hp, bw, hp))
         yield ('<rect class="a" data-k="%d" data-wh="%d" x="%.1f" y="%.1f" width="%.1f" '
-               'height="%.1f" fill="#2a7"/>' % (k, adjusted[k], x + bw / 4, H - ha, bw / 2, ha))
+               'height="%.1f" fill="#2a7"/>' % (k, a, x + bw / 4, H - ha, bw / 2, ha))
         if metered:
             hm = H * metered[k] / top
             yield ('<rect class="m" data-k="%d" data-wh="%d" x="%.1f" y="%.1f" width="%.1f" '

@@ -50,7 +50,8 @@ def top(r: "Runner", s: "Json") -> "Iterator[str]":
         mw = s.get("metered_wh")
         if mw is not None:
             yield ("; dark: metered today, <b id=\"metered\">%d</b> Wh of %d Wh. Meter: <b "
-                   "id=\"meter\">%s</b>" % (sum(mw), sum(s["adjusted_wh"]), s["meter"]))
+                   "id=\"meter\">%s</b>" % (sum(mw), s["quantum_wh"] * sum(s["adjusted"]),
+                                                s["meter"]))
             if s["meter"] == "stuck":
                 yield " (no pulses: the relay runs on time at rated power)"
         yield ".</p>"

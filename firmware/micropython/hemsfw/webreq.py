@@ -15,11 +15,10 @@ BODY_MAX = 256
 COOKIE = "hems"
 
 if False:  # types for mypy only (docs/firmware.md, "Types")
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable
     from typing import Any
 
-    from hemsfw.auth import Auth
-    from hemsfw.interfaces import Json
+    from hemsfw.interfaces import Json, Password
     from hemsfw.runner import Runner
 
 
@@ -87,18 +86,11 @@ def _set_cookie(tok: str) -> str:
             % (COOKIE, tok, SEE_HOME))
 
 
-def _auth(r: "Runner", st: "dict[str, Any]") -> "Auth":
-    """The password logic, loaded for this request only (hemsfw/auth.py; unload after)."""
-    from hemsfw.auth import Auth
-
-    return Auth(r.store, r.ticks, r.urandom, r.log, st)
-
-
-def state(r: "Runner") -> "Json":
+def state(r: "Runner", wh: bool = False) -> "Json":
     from hemsfw import unload
     from hemsfw.pagestate import state
 
-    s = state(r)
+    s = state(r, wh)
     unload("pagestate")
     return s
 
@@ -108,12 +100,6 @@ def _head(w: "Any", status: str, r: "Runner") -> "Json":
     s = state(r)
     send(w, status, HTML, [])
     return s
-
-
-def _gate(r: "Runner", a: "Auth", msg: str = "") -> "Iterator[str]":
-    from hemsfw.authgate import gate
-
-    return gate("Special circuit of " + r.id, a, msg)
 
 
 def request(data: bytes) -> "tuple[str, str, str | None, bytes] | int | None":
@@ -151,49 +137,25 @@ def request(data: bytes) -> "tuple[str, str, str | None, bytes] | int | None":
 
 
 def answer(r: "Runner", st: "dict[str, Any]", w: "Any", method: str, path: str,
-            tok: str | None, body: bytes) -> "Json | None":
+           tok: str | None, body: bytes) -> "Json | Password | None":
     """Answer the request, or, for the page, write its head and return its state: the caller
-    (web.py) draws the page once this module has left the heap (web.page)."""
+    (web.py) draws the page once this module has left the heap (web.page).  A request for the
+    password's code (the log-in page, log in, set the password, log out) is not answered here:
+    its (path, session token, form fields, logged in) are returned, for auth.step to run once
+    this module has left the heap, and answer_auth to write its outcome."""
     exp = st["sessions"].get(tok) if tok else None     # (auth.valid, without loading it)
     authed = exp is not None and ticks_diff(exp, r.ticks()) > 0
-    a = None if authed and path in ("/", "/state.json", "/override") else _auth(r, st)
-    if a is not None:
-        r.home.phase("auth")   # (test hook: the password code loaded)
-    f = form_fields(body.decode()) if method == "POST" else {}
+    if (method == "GET" and path == "/" and not authed) or (
+            method == "POST" and path in ("/login", "/password", "/logout")):
+        return path, tok, form_fields(body.decode()) if method == "POST" else {}, authed
     if method == "GET" and path == "/":
-        if a is None:
-            return _head(w, "200 OK", r)
-        send(w, "200 OK", HTML, _gate(r, a))
-    elif a is not None and method == "POST" and path == "/login":
-        if a.locked():
-            send(w, "429 Too Many Requests", HTML,
-                  _gate(r, a, "Too many wrong passwords: wait a little."))
-            return None
-        new = a.login(f.get("password", ""))
-        if new is None:
-            send(w, "403 Forbidden", HTML, _gate(r, a, "Wrong password."))
-        else:
-            send(w, "303 See Other", "text/plain", ["ok\n"], _set_cookie(new))
-    elif a is not None and method == "POST" and path == "/password":
-        if not (authed or a.setup_open()):
-            send(w, "401 Unauthorized", HTML, _gate(r, a, "Log in first."))
-            return None
-        why = a.set_password(f.get("new", ""))
-        if why is not None:
-            if authed:
-                return _head(w, "400 Bad Request", r)
-            send(w, "400 Bad Request", HTML, _gate(r, a, why))
-        else:
-            send(w, "303 See Other", "text/plain", ["ok\n"], _set_cookie(a.new_session()))
-    elif a is not None and method == "POST" and path == "/logout":
-        a.logout(tok)
-        send(w, "303 See Other", "text/plain", ["ok\n"],
-              "Set-Cookie: %s=; Max-Age=0; Path=/\r\n%s" % (COOKIE, SEE_HOME))
-    elif path in ("/state.json", "/override") and not authed:
+        return _head(w, "200 OK", r)
+    if path in ("/state.json", "/override") and not authed:
         send(w, "401 Unauthorized", "text/plain", ["log in first\n"])
     elif method == "GET" and path == "/state.json":
-        send(w, "200 OK", "application/json", [json.dumps(state(r))])
+        send(w, "200 OK", "application/json", [json.dumps(state(r, True))])
     elif method == "POST" and path == "/override":
+        f = form_fields(body.decode())
         if f.get("state") not in ("on", "off", "auto"):
             send(w, "400 Bad Request", "text/plain", ["state must be on|off|auto\n"])
         else:
@@ -201,6 +163,23 @@ def answer(r: "Runner", st: "dict[str, Any]", w: "Any", method: str, path: str,
             send(w, "303 See Other", "text/plain", ["ok\n"], "Location: /\r\n")
     else:
         send(w, "404 Not Found", "text/plain", ["not found\n"])
+    return None
+
+
+def answer_auth(r: "Runner", w: "Any", status: str, what: str, text: str) -> "Json | None":
+    """Write the outcome of the password's step (auth.step): a session cookie ("cookie"; text:
+    the token, "" to clear it), the page ("page": its head written, its state returned, as
+    answer does), else the log-in page (hemsfw/authgate.py) in mode `what` with message
+    `text`."""
+    if what == "page":
+        return _head(w, status, r)
+    if what == "cookie":
+        send(w, status, "text/plain", ["ok\n"], _set_cookie(text) if text else
+             "Set-Cookie: %s=; Max-Age=0; Path=/\r\n%s" % (COOKIE, SEE_HOME))
+        return None
+    from hemsfw.authgate import gate
+
+    send(w, status, HTML, gate("Special circuit of " + r.id, what, text))
     return None
 
 

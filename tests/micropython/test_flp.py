@@ -228,7 +228,8 @@ def test_home_proves_with_a_gc_threshold_scaled_to_the_free_heap_and_restores_th
     th = getattr(gc, "threshold", None)
     if th is None:   # CPython has no such setting: nothing to check
         return
-    from hemsfw import flp as live   # the module report.py will find (it unloads flp after)
+    # the module report.py will find (it unloads flp after)
+    from hemsfw import flp as live
     real = live.home_report
     seen = []
 

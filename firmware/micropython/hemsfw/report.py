@@ -108,7 +108,7 @@ def report(h: "Any", new: "Slot", brokers: list[str]) -> None:
         th = getattr(gc, "threshold", None)   # MicroPython only
         was = th() if th is not None else -1
         if th is not None and was > 0:
-            th(max(was, gc.mem_free() // 4))
+            th(max(was, gc.mem_free() // 4))   # type: ignore[attr-defined]  # (MicroPython)
         try:
             masked, proof = flp.home_report(h.id, new, rid, h.rated_w, seeds,
                                             h.urandom(2 * flp.SEED_LEN))

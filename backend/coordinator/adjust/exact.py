@@ -139,7 +139,6 @@ class _Model:
 
     def __init__(self, problem: Problem, cand: _Candidates,
                  stop: threading.Event | None = None, presolve: bool = True) -> None:
-        self.stop = stop
         self.problem = problem
         self.cand = cand
         f_n = problem.n_frames
@@ -362,7 +361,8 @@ class _Model:
         target = float(LNS_START_FREE)  # candidates set free, adapted to what solves in a slice
         x_lp: np.ndarray | None = None  # the relaxation's optimum, computed at the first need
         step = 0
-        while not self.abandoned and (self.stop is None or not self.stop.is_set()):
+        while not self.abandoned and (self.interrupt.stop is None
+                                      or not self.interrupt.stop.is_set()):
             if enough is not None and enough(best_key):
                 break
             left = until - time.monotonic()

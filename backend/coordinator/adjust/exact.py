@@ -66,11 +66,14 @@ INTERRUPT_GRACE_S = 0.05
 #: that the incumbent so far is turned into a result before the deadline: the portfolio waits
 #: for this solver until the deadline and not a moment longer
 HANDBACK_S = 0.1
-#: the neighbourhood search's time slice per sub-model, and the least time worth a slice
-LNS_SLICE_S = 0.5
+#: the neighbourhood search's time slice per sub-model, and the least time worth a slice.
+#: Almost every step of a 10-50 group day's stage 2 improves the plan, so the number of steps
+#: decides: 0.25 s and a first neighbourhood of 150 candidates did better than 0.5 s and 300
+#: on most of 21 days of 10-200 groups (docs/adjustment.md, "Neighbourhood search")
+LNS_SLICE_S = 0.25
 LNS_MIN_SLICE_S = 0.05
 #: candidates set free in the search's first neighbourhood
-LNS_START_FREE = 300
+LNS_START_FREE = 150
 #: with ``improve``, the share of a stage's time the whole model gets first (it may prove the
 #: start optimal, or find better at once); the neighbourhood search takes most of the rest and
 #: the whole model, warm-started from the search's plan, the last ``FINAL_SHARE`` (its bound)

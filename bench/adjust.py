@@ -3,6 +3,9 @@
     .venv/bin/python bench/adjust.py            # table on stdout
     .venv/bin/python bench/adjust.py --json     # table on stderr, JSON on stdout
     .venv/bin/python bench/adjust.py --quick    # a few small instances, 2 s budget (a test)
+    .venv/bin/python bench/adjust.py --only real80/10/1,curtail/10/2 --bound-limit-retry 600
+        # chosen instances (family/groups/seed, as the table names them) again, e.g. with a
+        # longer bound run: how much of a gap is the plan's and how much the bound's
     .venv/bin/python bench/adjust.py --budget 10 --bound-limit 10 --bound-limit-small 20 \
         --bound-limit-retry 45
 
@@ -88,7 +91,17 @@ GOALS = {"default_overload_gap_to_bound_pct_p95": 1.0,
          "wall_s_over_budget_max": 0.5}
 
 
-def _instances(quick: bool) -> list[tuple[int, int, Family, float, str]]:
+def _name(g_n: int, seed: int, label: str) -> str:
+    return f"{label}/{g_n}/{seed}"
+
+
+def _instances(quick: bool, only: list[str] | None = None,
+               ) -> list[tuple[int, int, Family, float, str]]:
+    """The instances of a run: all, ``--quick``'s ten, or (``only``) the named ones of all, in
+    the order given."""
+    if only is not None:
+        every = {_name(g, s, lb): (g, s, fam, r, lb) for g, s, fam, r, lb in _instances(False)}
+        return [every[n] for n in only]
     case = {label: (fam, ratio) for fam, ratio, label in CASES}
     if quick:
         return [(g, 1, case[lb][0], case[lb][1], lb)
@@ -268,7 +281,7 @@ def _print_row(row: dict[str, Any], stream: Any, first: bool) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     stream = sys.stderr if args.json else sys.stdout
     rows = []
-    for i, (g_n, seed, fam, ratio, label) in enumerate(_instances(args.quick)):
+    for i, (g_n, seed, fam, ratio, label) in enumerate(_instances(args.quick, args.only)):
         row = _row(g_n, seed, fam, ratio, label, args)
         rows.append(row)
         _print_row(row, stream, i == 0)
@@ -277,7 +290,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "bound_limit_retry_s": args.bound_limit_retry,
                        "retry_gap_pct": RETRY_GAP_PCT,
                        "small_bound_groups": SMALL_BOUND_GROUPS, "quantum_wh": QUANTUM_WH,
-                       "quick": args.quick, "seeds": list(SEEDS), "resolves": RESOLVES,
+                       "quick": args.quick, "only": args.only, "seeds": list(SEEDS),
+                       "resolves": RESOLVES,
                        "bound_max_groups": BOUND_MAX_GROUPS, "goals": GOALS},
             "instances": rows, "summary": _summary(rows)}
 
@@ -298,7 +312,20 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"a second, longer cold bound run where a gap is still above "
                          f"{RETRY_GAP_PCT} %% (s, default 45, 0 = none; --quick: the "
                          "--bound-limit)")
+    ap.add_argument("--only", default=None, metavar="NAME[,NAME...]",
+                    help="only these instances, family/groups/seed as the table names them "
+                         "(e.g. real80/10/1,curtail/10/2)")
     args = ap.parse_args(argv)
+    if args.only is not None:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        every = {_name(g, s, lb) for g, s, _, _, lb in _instances(False)}
+        unknown = [n for n in names if n not in every]
+        if not names or unknown:
+            ap.error(f"--only: unknown instance {unknown[0] if unknown else args.only!r} "
+                     "(family/groups/seed, e.g. real80/10/1)")
+        if args.quick:
+            ap.error("--only and --quick exclude each other")
+        args.only = names
     if args.bound_limit_retry is not None and args.bound_limit_retry < 0:
         ap.error("--bound-limit-retry must be 0 or positive")
     for name in ("budget", "bound_limit", "bound_limit_small"):

@@ -621,3 +621,33 @@ def test_bench_quick_reports_every_summary_key() -> None:
     assert s["hard_instances"] >= 4  # curtailment and rigid days at both sizes
     for row in out["instances"]:
         assert row["bounds"]["overload"] <= row["default"]["overload_after_wh"] + 0.5
+
+
+def test_bench_only_runs_the_named_instances() -> None:
+    """bench/adjust.py --only family/groups/seed: exactly those rows, in the order given."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "bench" / "adjust.py"), "--json",
+                        "--only", "rigid/5/2,real95/5/1", "--budget", "1", "--bound-limit",
+                        "1", "--bound-limit-small", "1", "--bound-limit-retry", "0"],
+                       capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(r.stdout)["instances"]
+    assert [(x["family"], x["groups"], x["seed"]) for x in rows] == [("rigid", 5, 2),
+                                                                    ("real95", 5, 1)]
+
+
+def test_bench_only_rejects_an_unknown_instance_before_running() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "bench" / "adjust.py"), "--only",
+                        "real80/7/1"], capture_output=True, text=True, timeout=60, cwd=root)
+    assert r.returncode == 2
+    assert "unknown instance 'real80/7/1'" in r.stderr
+    assert r.stdout == ""

@@ -91,8 +91,9 @@ GOALS = {"default_overload_gap_to_bound_pct_p95": 1.0,
          "wall_s_over_budget_max": 0.5}
 
 
-def _name(g_n: int, seed: int, label: str) -> str:
-    return f"{label}/{g_n}/{seed}"
+def _by_name() -> dict[str, tuple[int, int, Family, float, str]]:
+    """Every instance of a full run under its name, family/groups/seed as the table prints it."""
+    return {f"{lb}/{g}/{s}": (g, s, fam, r, lb) for g, s, fam, r, lb in _instances(False)}
 
 
 def _instances(quick: bool, only: list[str] | None = None,
@@ -100,7 +101,7 @@ def _instances(quick: bool, only: list[str] | None = None,
     """The instances of a run: all, ``--quick``'s ten, or (``only``) the named ones of all, in
     the order given."""
     if only is not None:
-        every = {_name(g, s, lb): (g, s, fam, r, lb) for g, s, fam, r, lb in _instances(False)}
+        every = _by_name()
         return [every[n] for n in only]
     case = {label: (fam, ratio) for fam, ratio, label in CASES}
     if quick:
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.only is not None:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
-        every = {_name(g, s, lb) for g, s, _, _, lb in _instances(False)}
+        every = _by_name()
         unknown = [n for n in names if n not in every]
         if not names or unknown:
             ap.error(f"--only: unknown instance {unknown[0] if unknown else args.only!r} "

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -594,16 +597,16 @@ def test_realistic_day_heuristic() -> None:
         assert again.moves == res.moves  # deterministic
 
 
+def _run_bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """bench/adjust.py with ``args``, from the repository root."""
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, str(root / "bench" / "adjust.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=root)
+
+
 def test_bench_quick_reports_every_summary_key() -> None:
     """bench/adjust.py --quick: valid JSON (no Infinity/NaN) with the summary the docs quote."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(root / "bench" / "adjust.py"), "--quick", "--json",
-                        "--budget", "1", "--bound-limit", "1"],
-                       capture_output=True, text=True, timeout=600, cwd=root)
+    r = _run_bench("--quick", "--json", "--budget", "1", "--bound-limit", "1")
     assert r.returncode == 0, r.stderr[-2000:]
 
     def no_constant(name: str) -> None:
@@ -625,15 +628,8 @@ def test_bench_quick_reports_every_summary_key() -> None:
 
 def test_bench_only_runs_the_named_instances() -> None:
     """bench/adjust.py --only family/groups/seed: exactly those rows, in the order given."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(root / "bench" / "adjust.py"), "--json",
-                        "--only", "rigid/5/2,real95/5/1", "--budget", "1", "--bound-limit",
-                        "1", "--bound-limit-small", "1", "--bound-limit-retry", "0"],
-                       capture_output=True, text=True, timeout=600, cwd=root)
+    r = _run_bench("--json", "--only", "rigid/5/2,real95/5/1", "--budget", "1",
+                   "--bound-limit", "1", "--bound-limit-small", "1", "--bound-limit-retry", "0")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(r.stdout)["instances"]
     assert [(x["family"], x["groups"], x["seed"]) for x in rows] == [("rigid", 5, 2),
@@ -641,13 +637,7 @@ def test_bench_only_runs_the_named_instances() -> None:
 
 
 def test_bench_only_rejects_an_unknown_instance_before_running() -> None:
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(root / "bench" / "adjust.py"), "--only",
-                        "real80/7/1"], capture_output=True, text=True, timeout=60, cwd=root)
+    r = _run_bench("--only", "real80/7/1", timeout=60)
     assert r.returncode == 2
     assert "unknown instance 'real80/7/1'" in r.stderr
     assert r.stdout == ""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from backend.coordinator.adjust import (
     window,
     window_offsets,
 )
+from backend.coordinator.adjust import exact as exact_mod
 from backend.coordinator.adjust.exact import moved_energy_bound, solve_exact
 from backend.coordinator.adjust.heuristic import lower_bounds, solve_heuristic
 from backend.coordinator.adjust.model import validate_moves
@@ -470,6 +472,43 @@ def test_improving_exact_run_is_valid_and_never_worse_than_its_start() -> None:
                     overload_bound=h.best_bound, improve=True)
     check_valid(p, e)
     assert (e.overload_after_wh, e.moved_wh) <= (h.overload_after_wh, h.moved_wh)
+
+
+def test_exact_stage1_stops_at_the_callers_overload_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan at the caller's proven overload bound (the LP's) ends stage 1, proven optimal,
+    even when the whole model has not proven it: no neighbourhood search for stage 1, and
+    stage 2's moved-energy bound is reported (it holds at a proven minimal overload only)."""
+    p = _random_problem(5, 8, 24, "defer")  # 368 Wh over at best
+    best = solve_exact(p, deadline=time.monotonic() + 20)  # cold: the proven minimal overload
+    assert best.status == "optimal"
+    real_run = exact_mod._Model.run
+    runs: list[int] = []
+    searches: list[int] = []  # the length of each search's key
+
+    def unproven_first_runs(self: Any, *a: Any, **k: Any) -> Any:
+        # stage 1's whole-model runs (one with presolve, one without) find the optimum but
+        # prove nothing, as on a day too large to prove in time
+        runs.append(1)
+        if len(runs) <= 2:
+            return list(best.moves), "time_limit", float("inf"), float("-inf")
+        return real_run(self, *a, **k)
+
+    real_search = exact_mod._Model.neighbourhood_search
+
+    def spy(self: Any, moves: Any, until: float, hard_end: float, key: Any,
+            *a: Any, **k: Any) -> Any:
+        searches.append(len(key(moves)))  # stage 1's key has 2 parts, stage 2's 1
+        return real_search(self, moves, until, hard_end, key, *a, **k)
+
+    monkeypatch.setattr(exact_mod._Model, "run", unproven_first_runs)
+    monkeypatch.setattr(exact_mod._Model, "neighbourhood_search", spy)
+    e = solve_exact(p, deadline=time.monotonic() + 3, start=[],
+                    overload_bound=float(best.overload_after_wh), improve=True)
+    check_valid(p, e)
+    assert e.overload_after_wh == best.overload_after_wh > 0
+    assert 2 not in searches
+    assert e.moved_bound_wh is not None
 
 
 # --------------------------------------------------------------------------

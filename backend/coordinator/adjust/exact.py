@@ -529,6 +529,11 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         o1 = overload_wh(apply_moves(totals, moves1).sum(axis=0), cap)
         if o_seed < o1:
             moves1, o1 = seed, o_seed
+        if overload_bound is not None:
+            # both bound the same overload: the caller's (the LP's, often the higher one on
+            # curtailment days) may already prove a plan that the whole model has not
+            bound1 = (max(bound1, float(overload_bound)) if np.isfinite(bound1)
+                      else float(overload_bound))
         if improve and stage1_status != "optimal" and not (np.isfinite(bound1)
                                                            and o1 <= bound1):
             known = bound1
@@ -541,8 +546,8 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
             moves1 = model.neighbourhood_search(moves1, t1_end, deadline - HANDBACK_S, key1,
                                                 reached)
             o1 = overload_wh(apply_moves(totals, moves1).sum(axis=0), cap)
-            if np.isfinite(bound1) and o1 <= bound1:
-                stage1_status = "optimal"
+        if np.isfinite(bound1) and o1 <= bound1:
+            stage1_status = "optimal"
         if stage1_status == "optimal":
             gap1 = 0.0
             bound1 = float(o1)

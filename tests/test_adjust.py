@@ -26,8 +26,12 @@ from backend.coordinator.adjust import (
     window,
     window_offsets,
 )
-from backend.coordinator.adjust import exact as exact_mod
-from backend.coordinator.adjust.exact import moved_energy_bound, solve_exact
+from backend.coordinator.adjust.exact import (
+    MipModel,
+    candidates,
+    moved_energy_bound,
+    solve_exact,
+)
 from backend.coordinator.adjust.heuristic import lower_bounds, solve_heuristic
 from backend.coordinator.adjust.model import validate_moves
 from backend.coordinator.adjust.portfolio import solve_portfolio
@@ -474,6 +478,35 @@ def test_improving_exact_run_is_valid_and_never_worse_than_its_start() -> None:
     assert (e.overload_after_wh, e.moved_wh) <= (h.overload_after_wh, h.moved_wh)
 
 
+def _fill_day() -> Problem:
+    """Frames 0 and 1 over their capacity by 5 Wh each, frame 2 empty, frames 3-5 full;
+    magnification 3 (defer: one or two frames later) for groups 0 and 1, 1 (no moves) for 2."""
+    return make([[6, 6, 0, 10, 10, 10], [5, 5, 0, 0, 0, 0], [4, 4, 0, 0, 0, 0]],
+                [10] * 6, [3, 3, 1], window="defer")
+
+
+def test_fill_step_frees_the_short_frame_and_the_overloaded_frames_that_reach_it() -> None:
+    p = _fill_day()
+    model = MipModel(p, candidates(p))
+    free = model.fill_neighbourhood(model.x_of_moves([]), np.random.default_rng(1))
+    assert free is not None
+    c = model.cand
+    got = {(int(c.g[j]), int(c.f[j]), int(c.t[j])) for j in np.flatnonzero(free)}
+    # by hand: frame 2 is below its capacity and frames 0 and 1 (over it) can move into it,
+    # so every move leaving or entering frame 0, 1 or 2 is free; of the others none
+    every = {(g, f, t) for g in range(3) for f in range(6) if p.totals[g, f] > 0
+             for t in window(int(p.magnification[g]), f, 6, "defer")}
+    assert got == {(g, f, t) for g, f, t in every if {f, t} & {0, 1, 2}}
+    assert len(every - got) == 3  # group 0's moves from frames 3 and 4
+
+
+def test_no_fill_step_once_no_overloaded_frame_can_reach_a_short_one() -> None:
+    p = _fill_day()
+    model = MipModel(p, candidates(p))
+    filled = model.x_of_moves([(1, 0, 2), (1, 1, 2)])  # frames 0-2 at 10 Wh each
+    assert model.fill_neighbourhood(filled, np.random.default_rng(1)) is None
+
+
 def test_exact_stage1_stops_at_the_callers_overload_bound(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A plan at the caller's proven overload bound (the LP's) ends stage 1, proven optimal,
@@ -482,7 +515,7 @@ def test_exact_stage1_stops_at_the_callers_overload_bound(
     p = _random_problem(5, 8, 24, "defer")  # 368 Wh over at best
     best = solve_exact(p, deadline=time.monotonic() + 20)  # cold: the proven minimal overload
     assert best.status == "optimal"
-    real_run = exact_mod._Model.run
+    real_run = MipModel.run
     runs: list[int] = []
     searches: list[int] = []  # the length of each search's key
 
@@ -494,15 +527,15 @@ def test_exact_stage1_stops_at_the_callers_overload_bound(
             return list(best.moves), "time_limit", float("inf"), float("-inf")
         return real_run(self, *a, **k)
 
-    real_search = exact_mod._Model.neighbourhood_search
+    real_search = MipModel.neighbourhood_search
 
     def spy(self: Any, moves: Any, until: float, hard_end: float, key: Any,
             *a: Any, **k: Any) -> Any:
         searches.append(len(key(moves)))  # stage 1's key has 2 parts, stage 2's 1
         return real_search(self, moves, until, hard_end, key, *a, **k)
 
-    monkeypatch.setattr(exact_mod._Model, "run", unproven_first_runs)
-    monkeypatch.setattr(exact_mod._Model, "neighbourhood_search", spy)
+    monkeypatch.setattr(MipModel, "run", unproven_first_runs)
+    monkeypatch.setattr(MipModel, "neighbourhood_search", spy)
     e = solve_exact(p, deadline=time.monotonic() + 3, start=[],
                     overload_bound=float(best.overload_after_wh), improve=True)
     check_valid(p, e)

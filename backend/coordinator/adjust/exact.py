@@ -56,7 +56,8 @@ from .model import (
     window_offsets,
 )
 
-__all__ = ["candidate_count", "moved_energy_bound", "solve_exact"]
+__all__ = ["Candidates", "MipModel", "candidate_count", "candidates", "moved_energy_bound",
+           "solve_exact"]
 
 #: seconds kept back from HiGHS for reading its solution and building the result
 RESERVE_S = 0.15
@@ -96,7 +97,7 @@ PRESOLVE_OFF_FROM = 8_000
 STAGE1_SPLIT_SHARE = 0.25
 #: with ``improve``, stage 1 first runs the neighbourhood search with fill steps from the
 #: caller's plan for at most this share of its time, and stops it after
-#: ``FILL_STALL_STEPS`` steps in a row without a better plan (``_Model._fill_free``)
+#: ``FILL_STALL_STEPS`` steps in a row without a better plan (``MipModel.fill_neighbourhood``)
 FILL_SHARE = 0.6
 #: ... but only from a plan within this much of the overload bound: far above it (a 100-group
 #: 70 % day's heuristic plan, 7.8 % above) the fill steps are slow and the whole model's runs
@@ -108,7 +109,7 @@ FILL_STALL_STEPS = 3
 FILL_SLICE_S = 1.0
 
 @dataclass
-class _Candidates:
+class Candidates:
     g: IntArray
     f: IntArray
     t: IntArray
@@ -128,7 +129,7 @@ def candidate_count(problem: Problem) -> int:
     return n
 
 
-def _candidates(problem: Problem) -> _Candidates:
+def candidates(problem: Problem) -> Candidates:
     totals = problem.totals
     f_n = int(totals.shape[1])
     gs: list[IntArray] = []
@@ -152,13 +153,13 @@ def _candidates(problem: Problem) -> _Candidates:
         g = f = t = np.zeros(0, dtype=np.int64)
     order = np.lexsort((t, f, g))
     g, f, t = g[order], f[order], t[order]
-    return _Candidates(g=g, f=f, t=t, s=totals[g, f].astype(np.int64), cell=g * f_n + f)
+    return Candidates(g=g, f=f, t=t, s=totals[g, f].astype(np.int64), cell=g * f_n + f)
 
 
-class _Model:
+class MipModel:
     """The MIP, kept in one Highs instance across the stages."""
 
-    def __init__(self, problem: Problem, cand: _Candidates,
+    def __init__(self, problem: Problem, cand: Candidates,
                  stop: threading.Event | None = None, presolve: bool = True) -> None:
         self.problem = problem
         self.cand = cand
@@ -352,7 +353,7 @@ class _Model:
             h.changeColsIntegrality(nx, idx, np.ones(nx, dtype=np.uint8))
         return out
 
-    def _fill_free(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    def fill_neighbourhood(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
         """The candidates free in a "fill" step of the search (None: no such step): one frame
         ``r`` below its capacity under plan ``x`` that a candidate from an overloaded frame can
         still move load into, picked at random, and every frame with such a candidate into
@@ -391,9 +392,10 @@ class _Model:
         milliseconds each (docs/adjustment.md, "Exact model").  ``enough`` (optional): the
         search stops once it holds for the incumbent's key (a proven bound reached).  ``fill``
         (stage 1): every ``fill``-th step (0: none) frees the frames around one frame left below
-        its capacity that an overloaded frame can still move load into (:meth:`_fill_free`),
-        when there is one, for a longer slice (``FILL_SLICE_S``).  ``stall`` (optional): the
-        search stops after that many steps in a row without a better plan."""
+        its capacity that an overloaded frame can still move load into
+        (:meth:`fill_neighbourhood`), when there is one, for a longer slice (``FILL_SLICE_S``).
+        ``stall`` (optional): the search stops after that many steps in a row without a better
+        plan."""
         c = self.cand
         nx = self.nx
         if nx == 0:
@@ -422,7 +424,7 @@ class _Model:
                 break
             x = self.x_of_moves(best)
             kind = step % 3
-            fill_free = self._fill_free(x, rng) if fill and step % fill == 0 else None
+            fill_free = self.fill_neighbourhood(x, rng) if fill and step % fill == 0 else None
             if fill_free is not None:
                 kind = 3
             if kind == 2 and x_lp is None:
@@ -499,7 +501,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
     reaches it, stage 1 is already solved and stage 2 gets all the time.  ``stop`` (optional):
     once set, no further step starts and a running HiGHS call is interrupted (the portfolio
     sets it when it stops waiting).  ``improve``: spend part of each stage's time on a
-    neighbourhood search for better plans (:meth:`_Model.neighbourhood_search`) rather than all
+    neighbourhood search for better plans (:meth:`MipModel.neighbourhood_search`) rather than all
     of it on the whole model's search; the bounds come from the whole model's runs only.  The
     portfolio sets it; a bound-only run (the benchmark's cold run) does not."""
     t0 = time.monotonic()
@@ -508,7 +510,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
     totals = problem.totals
     cap = problem.capacity
     before = overload_wh(totals.sum(axis=0), cap)
-    cand = _candidates(problem)
+    cand = candidates(problem)
     target = problem.target_array()
     if cand.g.shape[0] == 0 or (before == 0 and target is None):
         # nothing can move, or nothing needs to: doing nothing is optimal
@@ -525,7 +527,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
     if left() <= 0.01:
         return finish(problem, seed, solver="exact", t_start=t0, status="time_limit",
                       best_bound=None)
-    model = _Model(problem, cand, stop,
+    model = MipModel(problem, cand, stop,
                    presolve=not (improve and cand.g.shape[0] >= PRESOLVE_OFF_FROM))
     h = model.h
     statuses: list[str] = []
@@ -566,7 +568,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         if fill and overload_bound is not None and (
                 o_seed <= overload_bound * (1.0 + FILL_NEAR_PCT / 100.0)):
             # the fill steps first, from the caller's plan (``FILL_SHARE``): they often reach
-            # the least overload while moving little more than that plan (``_fill_free``)
+            # the least overload while moving little more than that plan (``fill_neighbourhood``)
             lp_bound = overload_bound
 
             def at_lp(k: tuple[float, ...]) -> bool:
@@ -698,12 +700,12 @@ def moved_energy_bound(problem: Problem, overload: float, *, deadline: float,
     proven (a plan attains a proven overload bound) but the cold run's stage 1 did not finish,
     so it gave no moved-energy bound.  Returns (bound or None, HiGHS status); None also with a
     target profile (stage 2 then minimises more than the moved energy)."""
-    cand = _candidates(problem)
+    cand = candidates(problem)
     if problem.target_array() is not None:
         return None, "target"
     if cand.g.shape[0] == 0:
         return 0.0, "optimal"
-    model = _Model(problem, cand)
+    model = MipModel(problem, cand)
     h = model.h
     eps = 1.0 / (model.nx + 1)
     cost = np.zeros(model.n_col)

@@ -353,8 +353,7 @@ class MipModel:
             h.changeColsIntegrality(nx, idx, np.ones(nx, dtype=np.uint8))
         return out
 
-    def fill_neighbourhood(self, x: np.ndarray, rng: np.random.Generator,
-                           receiving: bool = False) -> np.ndarray | None:
+    def fill_neighbourhood(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
         """The candidates free in a "fill" step of the search (None: no such step): one frame
         ``r`` below its capacity under plan ``x`` that a candidate from an overloaded frame can
         still move load into, picked at random, and every frame with such a candidate into
@@ -363,10 +362,7 @@ class MipModel:
         model's plans reach that by moving much more than needed (a 200-group curtailment day:
         11 % above the moved-energy bound after 10 s).  The heuristic's plan moves little but
         leaves a few such frames short; one sub-model over the frames that can fill one of them
-        (about 1,400 candidates there, solved in 0.3 s) fills it exactly.  ``receiving``
-        (stage 2): where no frame is short, one frame the plan moves load into and the frames
-        that load comes from instead: there the least moved energy is an exact fill too, by
-        other cells."""
+        (about 1,400 candidates there, solved in 0.3 s) fills it exactly."""
         c = self.cand
         s = c.s.astype(np.float64) * x
         after = (self.load - np.bincount(c.f, weights=s, minlength=self.f_n)
@@ -374,11 +370,7 @@ class MipModel:
         cap = self.problem.capacity
         into = (after[c.t] < cap[c.t]) & (after[c.f] > cap[c.f]) & (x < 0.5)
         if not into.any():
-            if not receiving:
-                return None
-            into = x > 0.5
-            if not into.any():
-                return None
+            return None
         r = int(rng.choice(np.unique(c.t[into])))
         frames = np.zeros(self.f_n, dtype=bool)
         frames[r] = True
@@ -388,8 +380,7 @@ class MipModel:
     def neighbourhood_search(self, moves: list[Move], until: float, hard_end: float,
                              key: Callable[[list[Move]], tuple[float, ...]],
                              enough: Callable[[tuple[float, ...]], bool] | None = None,
-                             fill: int = 0, stall: int | None = None,
-                             receiving: bool = False) -> list[Move]:
+                             fill: int = 0, stall: int | None = None) -> list[Move]:
         """Large-neighbourhood search around ``moves`` under the model's current cost and rows
         until ``until`` (monotonic): each step fixes every candidate outside a neighbourhood
         (a few groups, or a window of frames) at its value in the incumbent and lets HiGHS
@@ -404,7 +395,7 @@ class MipModel:
         its capacity that an overloaded frame can still move load into
         (:meth:`fill_neighbourhood`), when there is one, for a longer slice (``FILL_SLICE_S``).
         ``stall`` (optional): the search stops after that many steps in a row without a better
-        plan.  ``receiving``: passed to :meth:`fill_neighbourhood` (stage 2)."""
+        plan."""
         c = self.cand
         nx = self.nx
         if nx == 0:
@@ -433,8 +424,7 @@ class MipModel:
                 break
             x = self.x_of_moves(best)
             kind = step % 3
-            fill_free = (self.fill_neighbourhood(x, rng, receiving)
-                         if fill and step % fill == 0 else None)
+            fill_free = self.fill_neighbourhood(x, rng) if fill and step % fill == 0 else None
             if fill_free is not None:
                 kind = 3
             if kind == 2 and x_lp is None:
@@ -674,8 +664,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
             def key2(m: list[Move]) -> tuple[float, ...]:
                 return (_stage2_value(problem, m, eps),)
             incumbent = model.neighbourhood_search(
-                incumbent, t2_end - FINAL_SHARE * budget, deadline - HANDBACK_S, key2,
-                fill=2, receiving=True)
+                incumbent, t2_end - FINAL_SHARE * budget, deadline - HANDBACK_S, key2)
             last = t2_end - time.monotonic()
             if last > LNS_MIN_SLICE_S and not model.abandoned:
                 got2, stage2_status, gap2, b2 = model.run(last, incumbent, deadline - HANDBACK_S)

@@ -564,22 +564,21 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         # every reachable frame must be filled to the Wh.  Where all can go, a frame below its
         # capacity needs no exact fill, and the whole model's runs do better first (a 20-group
         # 70 % day: 0.7 kWh left with fill steps first, none without)
-        fill = improve and overload_bound is not None and overload_bound > 0
-        if fill and overload_bound is not None and (
-                o_seed <= overload_bound * (1.0 + FILL_NEAR_PCT / 100.0)):
+        lp_bound = float(overload_bound) if overload_bound is not None else 0.0
+        fill = improve and lp_bound > 0
+        if fill and o_seed <= lp_bound * (1.0 + FILL_NEAR_PCT / 100.0):
             # the fill steps first, from the caller's plan (``FILL_SHARE``): they often reach
             # the least overload while moving little more than that plan (``fill_neighbourhood``)
-            lp_bound = overload_bound
-
             def at_lp(k: tuple[float, ...]) -> bool:
-                return lp_bound is not None and k[0] <= lp_bound
+                return k[0] <= lp_bound
 
             start1 = model.neighbourhood_search(
                 seed, min(t1_end, time.monotonic() + FILL_SHARE * budget),
                 deadline - HANDBACK_S, key1, at_lp, fill=1, stall=FILL_STALL_STEPS)
+        key_start = key1(start1)
         split = improve and model.presolve == "choose"
-        if fill and overload_bound is not None and key1(start1)[0] <= overload_bound:
-            got, stage1_status, gap1, bound1 = start1, "optimal", 0.0, float(overload_bound)
+        if fill and key_start[0] <= lp_bound:
+            got, stage1_status, gap1, bound1 = start1, "optimal", 0.0, lp_bound
         else:
             # the fill steps' time is stage 1's too: the whole model gets what is left of it
             # (at least a slice)
@@ -602,9 +601,9 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
             # overload = objective - tie-break > bound - 0.5, and the overload is integral
             bound1 = float(np.floor(bound1 - 0.5 - 1e-6 * max(1.0, abs(bound1))) + 1.0)
         moves1 = got if got is not None else start1
+        if key_start < key1(moves1):
+            moves1 = start1
         o1 = overload_wh(apply_moves(totals, moves1).sum(axis=0), cap)
-        if key1(start1) < key1(moves1):
-            moves1, o1 = start1, overload_wh(apply_moves(totals, start1).sum(axis=0), cap)
         if overload_bound is not None:
             # both bound the same overload: the caller's (the LP's, often the higher one on
             # curtailment days) may already prove a plan that the whole model has not

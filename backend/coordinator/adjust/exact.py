@@ -528,7 +528,7 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
         return finish(problem, seed, solver="exact", t_start=t0, status="time_limit",
                       best_bound=None)
     model = MipModel(problem, cand, stop,
-                   presolve=not (improve and cand.g.shape[0] >= PRESOLVE_OFF_FROM))
+                     presolve=not (improve and cand.g.shape[0] >= PRESOLVE_OFF_FROM))
     h = model.h
     statuses: list[str] = []
 
@@ -601,9 +601,10 @@ def solve_exact(problem: Problem, *, deadline: float | None = None,
             # overload = objective - tie-break > bound - 0.5, and the overload is integral
             bound1 = float(np.floor(bound1 - 0.5 - 1e-6 * max(1.0, abs(bound1))) + 1.0)
         moves1 = got if got is not None else start1
-        if key_start < key1(moves1):
-            moves1 = start1
-        o1 = overload_wh(apply_moves(totals, moves1).sum(axis=0), cap)
+        k1 = key1(moves1)
+        if key_start < k1:
+            moves1, k1 = start1, key_start
+        o1 = int(k1[0])  # key1's first part is the plan's overload
         if overload_bound is not None:
             # both bound the same overload: the caller's (the LP's, often the higher one on
             # curtailment days) may already prove a plan that the whole model has not
